@@ -1,0 +1,33 @@
+// The metrics interface the admission layer reports to, with a null default. Sinks hand out one
+// route_metrics per route at setup, so the hot path is a single virtual call with no lookup.
+// Implementations must be thread-safe: any reactor or fiber thread reports.
+#pragma once
+
+#include <string_view>
+
+#include "qos/clock.hpp"
+#include "qos/outcome.hpp"
+
+namespace qos {
+
+class route_metrics {
+ public:
+  virtual ~route_metrics() = default;
+  // Once per request: how it ended and how long it waited for a decision (0 when admitted at
+  // once or shed at once).
+  virtual void on_outcome(outcome o, duration waited) noexcept = 0;
+  // Once per handler run: how long the handler held its permit.
+  virtual void on_served(duration took) noexcept = 0;
+};
+
+class metrics_sink {
+ public:
+  virtual ~metrics_sink() = default;
+  // Called once per route while the gate is built; the object must outlive the gate.
+  virtual route_metrics& route(std::string_view route, std::string_view group) = 0;
+};
+
+// Discards everything.
+metrics_sink& null_metrics() noexcept;
+
+}  // namespace qos

@@ -1,0 +1,49 @@
+// A permit is the right to run one handler of a limit group. Move-only RAII: destroying or
+// resetting it returns the permit to its source exactly once. Not thread-safe itself; the
+// source's release_permit must be.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+namespace qos {
+
+// Whatever hands out permits. release_permit is called once per permit, from any thread.
+class permit_source {
+ public:
+  virtual void release_permit() noexcept = 0;
+
+ protected:
+  ~permit_source() = default;
+};
+
+class permit {
+ public:
+  permit() noexcept = default;
+  explicit permit(permit_source& source) noexcept : source_(&source) {}
+  permit(permit&& other) noexcept : source_(std::exchange(other.source_, nullptr)) {}
+  permit& operator=(permit&& other) noexcept {
+    if (this != &other) {
+      reset();
+      source_ = std::exchange(other.source_, nullptr);
+    }
+    return *this;
+  }
+  permit(const permit&) = delete;
+  permit& operator=(const permit&) = delete;
+  ~permit() { reset(); }
+
+  void reset() noexcept {
+    if (auto* s = std::exchange(source_, nullptr)) s->release_permit();
+  }
+  explicit operator bool() const noexcept { return source_ != nullptr; }
+
+ private:
+  permit_source* source_ = nullptr;
+};
+
+static_assert(std::is_nothrow_move_constructible_v<permit>);
+static_assert(std::is_nothrow_move_assignable_v<permit>);
+static_assert(!std::is_copy_constructible_v<permit>);
+
+}  // namespace qos

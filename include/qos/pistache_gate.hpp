@@ -1,0 +1,80 @@
+// The Pistache adapter: wraps route handlers so that a guarded route runs under its limit group
+// on a fiber, and answers a fallback when it cannot. Wrapped handlers run on the reactor thread,
+// never block and never throw. Thread-safe after construction; guard() is for setup time.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <pistache/http.h>
+#include <pistache/router.h>
+
+#include "qos/admission.hpp"
+#include "qos/config.hpp"
+#include "qos/outcome.hpp"
+
+namespace qos {
+
+// A guarded handler answers through the writer before it returns. If it returns without
+// answering, qos answers 500; if it throws, qos answers 500 unless it had answered already.
+using handler =
+    std::function<void(const Pistache::Rest::Request&, Pistache::Http::ResponseWriter&)>;
+
+// Answers in place of the handler (stale cache value, placeholder image). Runs on the reactor
+// thread for queue_full/shutdown/rejected and on a fiber for timeout: it must not block. The
+// writer already carries the X-QoS-Outcome header. Throwing falls back to the static fallback.
+using fallback_handler = std::function<void(outcome why, const Pistache::Rest::Request&,
+                                            Pistache::Http::ResponseWriter&)>;
+
+enum class handler_kind {
+  fiber,     // runs on the fiber: non-blocking code, fiber-aware waits
+  blocking,  // calls a synchronous driver: runs on the group's blocking pool
+};
+
+// Adds a response header by name. Pistache 0.0.5 does not write raw headers added with
+// headers().addRaw() to responses; this one is written.
+void add_header(Pistache::Http::ResponseWriter& w, std::string name, std::string value);
+
+// Header on every response qos makes itself, naming why (timeout, queue_full, ...).
+inline constexpr const char* outcome_header = "X-QoS-Outcome";
+
+class gate {
+ public:
+  gate(admission& adm, const config::app_config& cfg);
+  gate(const gate&) = delete;
+  gate& operator=(const gate&) = delete;
+  ~gate();
+
+  // Guards `h` with the route policy `route` of the config. Throws std::invalid_argument for a
+  // route name the config does not declare.
+  Pistache::Rest::Route::Handler guard(const std::string& route, handler h,
+                                       handler_kind kind = handler_kind::fiber);
+  Pistache::Rest::Route::Handler guard_blocking(const std::string& route, handler h) {
+    return guard(route, std::move(h), handler_kind::blocking);
+  }
+  // An unguarded route: runs `h` on the reactor thread exactly as Pistache would, with only the
+  // keep-alive fix applied.
+  static Pistache::Rest::Route::Handler plain(handler h);
+
+  // Replaces the static fallback of `route` with code. Setup time only.
+  void on_fallback(const std::string& route, fallback_handler f);
+
+  // Registers a route for every HTTP method once, so that Router never inserts into its method
+  // map while reactors read it (a data race in Pistache 0.0.5).
+  static void prime_router(Pistache::Rest::Router& router);
+
+  // Pistache 0.0.5 answers `Connection: Close` to an HTTP/1.1 request that sent no Connection
+  // header, which makes clients reconnect every time. Restores keep-alive on the writer.
+  static void keep_alive(const Pistache::Http::Request& req, Pistache::Http::ResponseWriter& w);
+
+  struct route_state;
+
+ private:
+  admission& adm_;
+  std::map<std::string, std::unique_ptr<route_state>, std::less<>> routes_;
+};
+
+}  // namespace qos

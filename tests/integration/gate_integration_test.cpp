@@ -1,0 +1,547 @@
+// The gate over real HTTP: a real Pistache server on 127.0.0.1, port 0, real sockets. Waits
+// are bounded; nothing asserts speed.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <pistache/router.h>
+#include <boost/fiber/operations.hpp>
+
+#include "qos/qos.hpp"
+#include "support/http_client.hpp"
+
+namespace qos {
+namespace {
+
+using namespace std::chrono_literals;
+namespace http = Pistache::Http;
+namespace rest = Pistache::Rest;
+using test::http_connection;
+using test::http_get;
+using test::http_response;
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  const auto until = clock::now() + limit;
+  while (!pred()) {
+    if (clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// A gate a test opens: handlers park on it (fiber-friendly) until the test lets them go.
+class valve {
+ public:
+  void open() { open_ = true; }
+  bool is_open() const { return open_; }
+  void wait_on_fiber() const {
+    const auto until = clock::now() + 10s;
+    while (!open_ && clock::now() < until) boost::this_fiber::sleep_for(1ms);
+  }
+
+ private:
+  std::atomic<bool> open_{false};
+};
+
+config::app_config base_config() {
+  config::app_config cfg;
+  cfg.server.address = "127.0.0.1";
+  cfg.server.port = 0;
+  cfg.server.reactor_threads = 2;
+  cfg.server.fiber_threads = 2;
+  cfg.server.shutdown_grace = 5000ms;
+  return cfg;
+}
+
+config::group_config group(std::string name, std::size_t n, std::size_t queue) {
+  config::group_config g;
+  g.name = std::move(name);
+  g.max_concurrent = n;
+  g.max_queue = queue;
+  return g;
+}
+
+config::route_config route(std::string name, std::string grp, std::chrono::milliseconds wait) {
+  config::route_config r;
+  r.name = std::move(name);
+  r.group = std::move(grp);
+  r.max_wait = wait;
+  return r;
+}
+
+// Tracks how many handlers run at once.
+struct concurrency_probe {
+  std::atomic<int> now{0}, peak{0}, runs{0};
+  void enter() {
+    ++runs;
+    const int n = ++now;
+    int seen = peak.load();
+    while (n > seen && !peak.compare_exchange_weak(seen, n)) {
+    }
+  }
+  void leave() { --now; }
+};
+
+class gate_test : public ::testing::Test {
+ protected:
+  void start(config::app_config cfg) {
+    srv_ = std::make_unique<server>(std::move(cfg));
+    rest::Routes::Get(srv_->router(), "/cache",
+                      gate::plain([](const rest::Request&, http::ResponseWriter& w) {
+                        w.send(http::Code::Ok, std::string("cached"));
+                      }));
+  }
+  void serve() {
+    srv_->start();
+    port_ = srv_->port();
+  }
+  void TearDown() override {
+    if (srv_) {
+      EXPECT_TRUE(srv_->shutdown());
+    }
+  }
+  limiter_stats stats(const std::string& g) { return srv_->admission().find_group(g)->stats(); }
+  rest::Router& router() { return srv_->router(); }
+  qos::gate& gate() { return srv_->gate(); }
+
+  std::unique_ptr<server> srv_;
+  std::uint16_t port_ = 0;
+};
+
+TEST_F(gate_test, limit_of_four_is_exact_under_eight_clients_and_all_are_served) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 4, 100));
+  cfg.routes.push_back(route("work", "db", 5000ms));
+  start(cfg);
+  concurrency_probe probe;
+  rest::Routes::Get(router(), "/work",
+                    gate().guard("work", [&](const rest::Request&, http::ResponseWriter& w) {
+                      probe.enter();
+                      boost::this_fiber::sleep_for(50ms);
+                      probe.leave();
+                      w.send(http::Code::Ok, std::string("done"));
+                    }));
+  serve();
+
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&] {
+      http_connection conn(port_);
+      for (int i = 0; i < 6; ++i) {
+        auto r = conn.request({"GET", "/work", {}, {}});
+        if (r.status == 200 && r.body == "done") ++ok;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 48);
+  EXPECT_EQ(probe.runs.load(), 48);
+  EXPECT_EQ(probe.peak.load(), 4);
+  EXPECT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+}
+
+TEST_F(gate_test, blocking_handlers_share_one_group_and_respect_its_limit) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("pool", 3, 100));
+  cfg.routes.push_back(route("a", "pool", 5000ms));
+  cfg.routes.push_back(route("b", "pool", 5000ms));
+  start(cfg);
+  concurrency_probe probe;
+  auto blocking = [&](const rest::Request&, http::ResponseWriter& w) {
+    probe.enter();
+    std::this_thread::sleep_for(30ms);  // a synchronous driver call: on the blocking pool
+    probe.leave();
+    w.send(http::Code::Ok, std::string("row"));
+  };
+  rest::Routes::Get(router(), "/a", gate().guard_blocking("a", blocking));
+  rest::Routes::Get(router(), "/b", gate().guard_blocking("b", blocking));
+  serve();
+
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      http_connection conn(port_);
+      for (int i = 0; i < 4; ++i) {
+        if (conn.request({"GET", c % 2 ? "/a" : "/b", {}, {}}).status == 200) ++ok;
+      }
+    });
+  }
+  // The cache route answers on the reactor meanwhile, although every permit is taken.
+  EXPECT_TRUE(eventually([&] { return stats("pool").in_use == 3; }));
+  EXPECT_EQ(http_get(port_, "/cache").status, 200);
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 32);
+  EXPECT_EQ(probe.peak.load(), 3);
+}
+
+TEST_F(gate_test, cache_route_answers_while_group_is_saturated_and_queue_is_full) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 2));
+  auto r = route("slow", "db", 10000ms);
+  r.fallback.queue_full = r.fallback.any;
+  r.fallback.queue_full->status = 429;
+  r.fallback.queue_full->retry_after_s = 2;
+  r.fallback.queue_full->body = "busy";
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::atomic<int> runs{0};
+  rest::Routes::Get(router(), "/slow",
+                    gate().guard("slow", [&](const rest::Request&, http::ResponseWriter& w) {
+                      ++runs;
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("slow"));
+                    }));
+  serve();
+
+  // 1 running + 2 parked fill the group; the fourth is shed at once.
+  std::vector<std::thread> held;
+  std::atomic<int> held_ok{0};
+  for (int i = 0; i < 3; ++i) {
+    held.emplace_back([&] {
+      if (http_get(port_, "/slow").status == 200) ++held_ok;
+    });
+    ASSERT_TRUE(eventually([&] {
+      auto s = stats("db");
+      return s.in_use + s.waiting == static_cast<std::size_t>(i + 1);
+    }));
+  }
+  auto shed = http_get(port_, "/slow");
+  EXPECT_EQ(shed.status, 429);
+  EXPECT_EQ(shed.header("Retry-After"), "2");
+  EXPECT_EQ(shed.header(outcome_header), "queue_full");
+  EXPECT_EQ(shed.body, "busy");
+
+  auto cached = http_get(port_, "/cache");
+  EXPECT_EQ(cached.status, 200);
+  EXPECT_EQ(cached.body, "cached");
+
+  v.open();
+  for (auto& t : held) t.join();
+  EXPECT_EQ(held_ok.load(), 3);
+  EXPECT_EQ(runs.load(), 3);
+}
+
+TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  auto r = route("slow", "db", 100ms);
+  r.fallback.any.status = 503;
+  r.fallback.any.retry_after_s = 1;
+  r.fallback.any.headers["X-Team"] = "catalog";
+  r.fallback.any.body = R"({"error":"overloaded"})";
+  r.fallback.any.content_type = "application/json";
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::atomic<int> runs{0};
+  rest::Routes::Get(router(), "/slow",
+                    gate().guard("slow", [&](const rest::Request&, http::ResponseWriter& w) {
+                      ++runs;
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("slow"));
+                    }));
+  serve();
+
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/slow").status, 200); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  const auto sent = clock::now();
+  auto late = http_get(port_, "/slow");
+  EXPECT_GE(clock::now() - sent, 100ms);
+  EXPECT_EQ(late.status, 503);
+  EXPECT_EQ(late.header("Retry-After"), "1");
+  EXPECT_EQ(late.header("X-Team"), "catalog");
+  EXPECT_EQ(late.header(outcome_header), "timeout");
+  EXPECT_EQ(late.header("Content-Type"), "application/json");
+  EXPECT_EQ(late.body, R"({"error":"overloaded"})");
+  EXPECT_EQ(stats("db").waiting, 0u);
+  v.open();
+  holder.join();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+  const auto* m = srv_->metrics().find("slow");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->count(outcome::timed_out), 1u);
+  EXPECT_EQ(m->count(outcome::admitted), 1u);
+}
+
+TEST_F(gate_test, fallback_handler_in_code_answers_and_static_fallback_backs_it_up) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("item", "db", 50ms));
+  start(cfg);
+  valve v;
+  rest::Routes::Get(router(), "/item/:id",
+                    gate().guard("item", [&](const rest::Request&, http::ResponseWriter& w) {
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("fresh"));
+                    }));
+  gate().on_fallback("item", [](outcome why, const rest::Request& req, http::ResponseWriter& w) {
+    if (req.param(":id").as<int>() == 1) {
+      qos::add_header(w, "X-Stale", "true");
+      w.send(http::Code::Ok, "stale:" + std::string(to_string(why)));
+    }
+    // Other ids: nothing sent, the static fallback answers.
+  });
+  serve();
+
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/item/9").body, "fresh"); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  auto stale = http_get(port_, "/item/1");
+  EXPECT_EQ(stale.status, 200);
+  EXPECT_EQ(stale.body, "stale:timeout");
+  EXPECT_EQ(stale.header("X-Stale"), "true");
+  EXPECT_EQ(stale.header(outcome_header), "timeout");
+  auto none = http_get(port_, "/item/2");
+  EXPECT_EQ(none.status, 503);
+  EXPECT_EQ(none.header(outcome_header), "timeout");
+  v.open();
+  holder.join();
+}
+
+TEST_F(gate_test, high_priority_queued_after_low_priority_is_served_first) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 100));
+  auto r = route("ranked", "db", 10000ms);
+  r.priority.default_level = 1;
+  r.priority.header = "X-Api-Key";
+  r.priority.values = {{"gold-key", 10}, {"silver-key", 5}};
+  r.priority.raw_header = "X-Priority";
+  r.priority.raw_header_trusted = false;  // clients cannot raise their own level
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::mutex order_mutex;
+  std::vector<std::string> order;
+  rest::Routes::Get(router(), "/ranked/:tag",
+                    gate().guard("ranked", [&](const rest::Request& req, http::ResponseWriter& w) {
+                      const auto tag = req.param(":tag").as<std::string>();
+                      if (tag == "holder") v.wait_on_fiber();
+                      {
+                        std::lock_guard lk(order_mutex);
+                        order.push_back(tag);
+                      }
+                      w.send(http::Code::Ok, tag);
+                    }));
+  serve();
+
+  std::vector<std::thread> clients;
+  auto send = [&](std::string tag, test::header_list headers) {
+    clients.emplace_back([this, tag, headers] {
+      EXPECT_EQ(http_get(port_, "/ranked/" + tag, headers).status, 200);
+    });
+  };
+  send("holder", {});
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  // Low first: default level, an unknown key, and a raw level the config does not trust.
+  const std::vector<std::pair<std::string, test::header_list>> low = {
+      {"low1", {}},
+      {"low2", {{"X-Api-Key", "stolen-key"}}},
+      {"low3", {{"X-Priority", "15"}}},
+  };
+  for (std::size_t i = 0; i < low.size(); ++i) {
+    send(low[i].first, low[i].second);
+    ASSERT_TRUE(eventually([&] { return stats("db").waiting == i + 1; }));
+  }
+  send("silver", {{"X-Api-Key", "silver-key"}});
+  ASSERT_TRUE(eventually([&] { return stats("db").waiting == 4; }));
+  send("gold1", {{"X-Api-Key", "gold-key"}});
+  ASSERT_TRUE(eventually([&] { return stats("db").waiting == 5; }));
+  send("gold2", {{"X-Api-Key", "gold-key"}});
+  ASSERT_TRUE(eventually([&] { return stats("db").waiting == 6; }));
+  v.open();
+  for (auto& t : clients) t.join();
+  const std::vector<std::string> expected = {"holder", "gold1", "gold2", "silver",
+                                             "low1",   "low2",  "low3"};
+  EXPECT_EQ(order, expected);
+}
+
+TEST_F(gate_test, trusted_raw_priority_header_sets_the_level) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 100));
+  auto r = route("ranked", "db", 10000ms);
+  r.priority.raw_header = "X-Priority";
+  r.priority.raw_header_trusted = true;
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::mutex order_mutex;
+  std::vector<std::string> order;
+  rest::Routes::Get(router(), "/ranked/:tag",
+                    gate().guard("ranked", [&](const rest::Request& req, http::ResponseWriter& w) {
+                      const auto tag = req.param(":tag").as<std::string>();
+                      if (tag == "holder") v.wait_on_fiber();
+                      std::lock_guard lk(order_mutex);
+                      order.push_back(tag);
+                      w.send(http::Code::Ok, tag);
+                    }));
+  serve();
+  std::vector<std::thread> clients;
+  auto send = [&](std::string tag, test::header_list headers, std::size_t waiting_after) {
+    clients.emplace_back([this, tag, headers] { http_get(port_, "/ranked/" + tag, headers); });
+    ASSERT_TRUE(eventually([&] {
+      auto s = stats("db");
+      return s.in_use == 1 && s.waiting == waiting_after;
+    }));
+  };
+  send("holder", {}, 0);
+  send("bad", {{"X-Priority", "high"}}, 1);  // malformed: the route default (0)
+  send("huge", {{"X-Priority", "99"}}, 2);   // out of range: the route default
+  send("p7", {{"X-Priority", "7"}}, 3);
+  v.open();
+  for (auto& t : clients) t.join();
+  const std::vector<std::string> expected = {"holder", "p7", "bad", "huge"};
+  EXPECT_EQ(order, expected);
+}
+
+TEST_F(gate_test, client_that_disconnects_while_queued_never_runs_its_handler) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("slow", "db", 10000ms));
+  start(cfg);
+  valve v;
+  std::mutex runs_mutex;
+  std::map<std::string, int> runs;
+  rest::Routes::Get(router(), "/slow/:tag",
+                    gate().guard("slow", [&](const rest::Request& req, http::ResponseWriter& w) {
+                      const auto tag = req.param(":tag").as<std::string>();
+                      {
+                        std::lock_guard lk(runs_mutex);
+                        ++runs[tag];
+                      }
+                      if (tag == "holder") v.wait_on_fiber();
+                      w.send(http::Code::Ok, tag);
+                    }));
+  serve();
+
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/slow/holder").status, 200); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  {
+    http_connection gone(port_);
+    gone.send_raw("GET /slow/gone HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    ASSERT_TRUE(gone.error().empty());
+    ASSERT_TRUE(eventually([&] { return stats("db").waiting == 1; }));
+    gone.close(true);
+  }
+  // Let the reactor see the closed socket before the permit frees up.
+  std::this_thread::sleep_for(200ms);
+  v.open();
+  holder.join();
+  ASSERT_TRUE(eventually([&] {
+    auto s = stats("db");
+    return s.in_use == 0 && s.waiting == 0;
+  }));
+  EXPECT_EQ(http_get(port_, "/slow/after").status, 200);
+  std::lock_guard lk(runs_mutex);
+  EXPECT_EQ(runs["gone"], 0);
+  EXPECT_EQ(runs["holder"], 1);
+  EXPECT_EQ(runs["after"], 1);
+  EXPECT_EQ(srv_->metrics().find("slow")->count(outcome::client_gone), 1u);
+}
+
+TEST_F(gate_test, throwing_or_silent_handler_gets_500_and_frees_its_permit) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 2, 10));
+  cfg.routes.push_back(route("r", "db", 1000ms));
+  start(cfg);
+  rest::Routes::Get(router(), "/boom",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter&) {
+                      throw std::runtime_error("driver exploded");
+                    }));
+  rest::Routes::Get(router(), "/boom-blocking",
+                    gate().guard_blocking("r", [](const rest::Request&, http::ResponseWriter&) {
+                      throw 42;  // not even a std::exception
+                    }));
+  rest::Routes::Get(router(), "/silent",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter&) {}));
+  rest::Routes::Get(router(), "/fine",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter& w) {
+                      w.send(http::Code::Ok, std::string("fine"));
+                    }));
+  serve();
+  http_connection conn(port_);
+  for (int i = 0; i < 3; ++i) {
+    for (const char* path : {"/boom", "/boom-blocking", "/silent"}) {
+      auto r = conn.request({"GET", path, {}, {}});
+      EXPECT_EQ(r.status, 500) << path;
+      EXPECT_EQ(r.header(outcome_header), "error") << path;
+    }
+  }
+  EXPECT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+  EXPECT_EQ(conn.request({"GET", "/fine", {}, {}}).body, "fine");
+  EXPECT_EQ(srv_->metrics().find("r")->count(outcome::error), 9u);
+}
+
+TEST_F(gate_test, shutdown_answers_waiters_with_fallback_and_lets_running_handlers_finish) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("slow", "db", 10000ms));
+  start(cfg);
+  valve v;
+  rest::Routes::Get(router(), "/slow",
+                    gate().guard("slow", [&](const rest::Request&, http::ResponseWriter& w) {
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("finished"));
+                    }));
+  serve();
+  http_response running, waiting1, waiting2;
+  std::thread a([&] { running = http_get(port_, "/slow"); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  std::thread b([&] { waiting1 = http_get(port_, "/slow"); });
+  std::thread c([&] { waiting2 = http_get(port_, "/slow"); });
+  ASSERT_TRUE(eventually([&] { return stats("db").waiting == 2; }));
+  std::thread stopper([&] { EXPECT_TRUE(srv_->shutdown()); });
+  b.join();
+  c.join();
+  EXPECT_EQ(waiting1.status, 503);
+  EXPECT_EQ(waiting1.header(outcome_header), "shutdown");
+  EXPECT_EQ(waiting2.header(outcome_header), "shutdown");
+  v.open();
+  a.join();
+  stopper.join();
+  EXPECT_EQ(running.status, 200);
+  EXPECT_EQ(running.body, "finished");
+}
+
+TEST_F(gate_test, guarded_responses_keep_the_connection_alive) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("r", "db", 1000ms));
+  start(cfg);
+  rest::Routes::Get(router(), "/r",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter& w) {
+                      w.send(http::Code::Ok, std::string("r"));
+                    }));
+  serve();
+  // A request without a Connection header (HTTP/1.1 default: keep-alive).
+  http_connection conn(port_);
+  conn.send_raw("GET /r HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  auto first = conn.request({"GET", "/cache", {}, {}});  // reads the answer to /r first
+  EXPECT_EQ(first.status, 200);
+  EXPECT_EQ(first.body, "r");
+  EXPECT_NE(first.header("Connection").value_or(""), "Close");
+  EXPECT_TRUE(conn.is_open());
+}
+
+TEST(gate_config_test, unknown_route_name_is_an_error_at_setup) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("r", "db", 1000ms));
+  server srv(cfg);
+  EXPECT_THROW(srv.gate().guard("nope", [](const rest::Request&, http::ResponseWriter&) {}),
+               std::invalid_argument);
+  EXPECT_TRUE(srv.shutdown());
+}
+
+}  // namespace
+}  // namespace qos

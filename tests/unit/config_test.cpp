@@ -1,0 +1,759 @@
+// Tests of the YAML config loader: defaults, every key, fallback inheritance and files, and
+// that every bad input fails with a message naming the file, line, column and key path.
+#include "qos/config.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#ifndef QOS_SOURCE_DIR
+#error "QOS_SOURCE_DIR must name the repository root"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using qos::config::app_config;
+using qos::config::config_error;
+using qos::config::load_config;
+using qos::config::load_config_string;
+using qos::config::parse_duration;
+
+// The smallest valid config; tests append to it or replace parts of it.
+constexpr const char* minimal = R"(groups:
+  - name: db
+    max_concurrent: 8
+routes:
+  - name: items
+    group: db
+)";
+
+// A fresh folder per test, so file-based cases cannot see each other's files.
+class temp_dir {
+ public:
+  temp_dir() {
+    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() / ("qos_config_test_" + std::to_string(::getpid()) + "_" +
+                                         info->test_suite_name() + "_" + info->name());
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+
+  const fs::path& path() const { return path_; }
+
+  fs::path write(const std::string& name, const std::string& content) const {
+    const fs::path file = path_ / name;
+    fs::create_directories(file.parent_path());
+    std::ofstream(file, std::ios::binary) << content;
+    return file;
+  }
+
+ private:
+  fs::path path_;
+};
+
+config_error load_error(const std::string& yaml, const std::string& base_dir = ".") {
+  try {
+    load_config_string(yaml, "test.yaml", base_dir);
+  } catch (const config_error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected config_error for:\n" << yaml;
+  return config_error("", 0, 0, "", "");
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Valid configs
+
+TEST(config_load, applies_defaults) {
+  const app_config config = load_config_string(minimal);
+
+  EXPECT_EQ(config.source, "<string>");
+  EXPECT_EQ(config.server.address, "127.0.0.1");
+  EXPECT_EQ(config.server.port, 9080);
+  EXPECT_EQ(config.server.reactor_threads, 2u);
+  EXPECT_EQ(config.server.fiber_threads, 2u);
+  EXPECT_EQ(config.server.max_pending_jobs, 16384u);
+  EXPECT_EQ(config.server.shutdown_grace, 5s);
+  EXPECT_EQ(config.server.backlog, 1024u);
+  EXPECT_EQ(config.logging.level, "info");
+
+  ASSERT_EQ(config.groups.size(), 1u);
+  EXPECT_EQ(config.groups[0].name, "db");
+  EXPECT_EQ(config.groups[0].max_concurrent, 8u);
+  EXPECT_EQ(config.groups[0].max_queue, 1000u);
+  EXPECT_EQ(config.groups[0].blocking_threads, 0u);
+
+  ASSERT_EQ(config.routes.size(), 1u);
+  const auto& route = config.routes[0];
+  EXPECT_EQ(route.name, "items");
+  EXPECT_EQ(route.group, "db");
+  EXPECT_EQ(route.max_wait, 1s);
+  EXPECT_EQ(route.priority.default_level, 0);
+  EXPECT_EQ(route.priority.header, "");
+  EXPECT_TRUE(route.priority.values.empty());
+  EXPECT_EQ(route.priority.raw_header, "");
+  EXPECT_FALSE(route.priority.raw_header_trusted);
+  EXPECT_EQ(route.fallback.any.status, 503);
+  EXPECT_EQ(route.fallback.any.retry_after_s, 1);
+  EXPECT_TRUE(route.fallback.any.headers.empty());
+  EXPECT_EQ(route.fallback.any.body, R"({"error":"overloaded"})");
+  EXPECT_EQ(route.fallback.any.content_type, "application/json");
+  EXPECT_EQ(route.fallback.any.file, "");
+  EXPECT_FALSE(route.fallback.timeout);
+  EXPECT_FALSE(route.fallback.queue_full);
+  EXPECT_FALSE(route.fallback.shutdown);
+}
+
+TEST(config_load, parses_every_key) {
+  const app_config config = load_config_string(R"(
+server:
+  address: 0.0.0.0
+  port: 0
+  reactor_threads: 3
+  fiber_threads: 4
+  max_pending_jobs: 100
+  shutdown_grace: 250ms
+  backlog: 64
+logging:
+  level: debug
+groups:
+  - name: db.main-1_x
+    max_concurrent: 4
+    max_queue: 50
+    blocking_threads: 6
+routes:
+  - name: items
+    group: db.main-1_x
+    max_wait: 1.5s
+    priority:
+      default: 3
+      header: X-Api-Key
+      values: {gold-key: 10, silver-key: 5, top: 15}
+      raw_header: X-Priority
+      raw_header_trusted: yes
+    fallback:
+      status: 429
+      retry_after: 7
+      headers: {X-Foo: bar, Cache-Control: no-store}
+      body: busy
+      content_type: text/plain
+      timeout: {status: 504}
+      queue_full: {status: 507}
+      shutdown: {status: 502}
+)",
+                                               "full.yaml");
+
+  EXPECT_EQ(config.source, "full.yaml");
+  EXPECT_EQ(config.server.address, "0.0.0.0");
+  EXPECT_EQ(config.server.port, 0);
+  EXPECT_EQ(config.server.reactor_threads, 3u);
+  EXPECT_EQ(config.server.fiber_threads, 4u);
+  EXPECT_EQ(config.server.max_pending_jobs, 100u);
+  EXPECT_EQ(config.server.shutdown_grace, 250ms);
+  EXPECT_EQ(config.server.backlog, 64u);
+  EXPECT_EQ(config.logging.level, "debug");
+
+  const auto* group = config.find_group("db.main-1_x");
+  ASSERT_NE(group, nullptr);
+  EXPECT_EQ(group->max_concurrent, 4u);
+  EXPECT_EQ(group->max_queue, 50u);
+  EXPECT_EQ(group->blocking_threads, 6u);
+
+  const auto* route = config.find_route("items");
+  ASSERT_NE(route, nullptr);
+  EXPECT_EQ(route->group, "db.main-1_x");
+  EXPECT_EQ(route->max_wait, 1500ms);
+  EXPECT_EQ(route->priority.default_level, 3);
+  EXPECT_EQ(route->priority.header, "X-Api-Key");
+  const std::map<std::string, qos::priority> values{
+      {"gold-key", 10}, {"silver-key", 5}, {"top", 15}};
+  EXPECT_EQ(route->priority.values, values);
+  EXPECT_EQ(route->priority.raw_header, "X-Priority");
+  EXPECT_TRUE(route->priority.raw_header_trusted);
+
+  const auto& any = route->fallback.any;
+  EXPECT_EQ(any.status, 429);
+  EXPECT_EQ(any.retry_after_s, 7);
+  const std::map<std::string, std::string> headers{{"X-Foo", "bar"}, {"Cache-Control", "no-store"}};
+  EXPECT_EQ(any.headers, headers);
+  EXPECT_EQ(any.body, "busy");
+  EXPECT_EQ(any.content_type, "text/plain");
+  ASSERT_TRUE(route->fallback.timeout);
+  ASSERT_TRUE(route->fallback.queue_full);
+  ASSERT_TRUE(route->fallback.shutdown);
+  EXPECT_EQ(route->fallback.timeout->status, 504);
+  EXPECT_EQ(route->fallback.queue_full->status, 507);
+  EXPECT_EQ(route->fallback.shutdown->status, 502);
+}
+
+TEST(config_load, finds_groups_and_routes_by_name) {
+  const app_config config = load_config_string(std::string(minimal) + R"(  - name: other
+    group: db
+)");
+  ASSERT_NE(config.find_route("other"), nullptr);
+  EXPECT_EQ(config.find_route("other")->name, "other");
+  EXPECT_EQ(config.find_route("missing"), nullptr);
+  EXPECT_EQ(config.find_group("missing"), nullptr);
+  ASSERT_NE(config.find_group("db"), nullptr);
+}
+
+TEST(config_load, records_declaration_lines) {
+  const app_config config = load_config_string(R"(# comment
+groups:
+  - name: a
+    max_concurrent: 1
+
+  - max_concurrent: 2
+    name: b
+routes:
+  - name: r1
+    group: a
+  -
+    name: r2
+    group: b
+)");
+  EXPECT_EQ(config.groups[0].line, 3);
+  EXPECT_EQ(config.groups[1].line, 6);
+  EXPECT_EQ(config.routes[0].line, 9);
+  EXPECT_EQ(config.routes[1].line, 12);
+}
+
+TEST(config_load, per_reason_fallbacks_inherit_route_fields) {
+  const app_config config = load_config_string(std::string(minimal) + R"(    fallback:
+      status: 429
+      retry_after: 3
+      headers: {X-Foo: bar}
+      body: '{"error":"busy"}'
+      timeout:
+        status: 504
+      queue_full:
+        headers: {X-Queue: full}
+        body: full
+        content_type: text/plain
+      shutdown:
+        retry_after: none
+)");
+  const auto& fallback = config.routes[0].fallback;
+  const std::map<std::string, std::string> route_headers{{"X-Foo", "bar"}};
+
+  ASSERT_TRUE(fallback.timeout);
+  EXPECT_EQ(fallback.timeout->status, 504);
+  EXPECT_EQ(fallback.timeout->retry_after_s, 3);
+  EXPECT_EQ(fallback.timeout->headers, route_headers);
+  EXPECT_EQ(fallback.timeout->body, R"({"error":"busy"})");
+  EXPECT_EQ(fallback.timeout->content_type, "application/json");
+
+  // A headers table replaces the inherited one instead of merging with it.
+  ASSERT_TRUE(fallback.queue_full);
+  EXPECT_EQ(fallback.queue_full->status, 429);
+  const std::map<std::string, std::string> queue_headers{{"X-Queue", "full"}};
+  EXPECT_EQ(fallback.queue_full->headers, queue_headers);
+  EXPECT_EQ(fallback.queue_full->body, "full");
+  EXPECT_EQ(fallback.queue_full->content_type, "text/plain");
+
+  ASSERT_TRUE(fallback.shutdown);
+  EXPECT_EQ(fallback.shutdown->status, 429);
+  EXPECT_EQ(fallback.shutdown->retry_after_s, std::nullopt);
+  EXPECT_EQ(fallback.shutdown->body, R"({"error":"busy"})");
+
+  EXPECT_EQ(fallback.any.status, 429);
+  EXPECT_EQ(fallback.any.retry_after_s, 3);
+}
+
+TEST(config_load, retry_after_can_be_omitted) {
+  for (const char* value : {"none", "null", "~", "", "'none'"}) {
+    const app_config config = load_config_string(
+        std::string(minimal) + "    fallback:\n      retry_after: " + value + "\n");
+    EXPECT_EQ(config.routes[0].fallback.any.retry_after_s, std::nullopt) << value;
+  }
+  const app_config zero =
+      load_config_string(std::string(minimal) + "    fallback: {retry_after: 0}\n");
+  EXPECT_EQ(zero.routes[0].fallback.any.retry_after_s, 0);
+}
+
+TEST(config_load, empty_sections_mean_defaults) {
+  const app_config config = load_config_string(std::string("server:\nlogging:\n") + minimal +
+                                               "    priority:\n    fallback:\n");
+  EXPECT_EQ(config.server.port, 9080);
+  EXPECT_EQ(config.logging.level, "info");
+  EXPECT_EQ(config.routes[0].fallback.any.status, 503);
+}
+
+TEST(config_load, integers_are_decimal) {
+  // yaml-cpp alone would read 010 as octal 8.
+  const app_config config = load_config_string(R"(groups:
+  - {name: db, max_concurrent: 010}
+routes:
+  - {name: r, group: db}
+)");
+  EXPECT_EQ(config.groups[0].max_concurrent, 10u);
+}
+
+TEST(config_load, every_log_level_is_accepted) {
+  for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+    const app_config config =
+        load_config_string(std::string("logging: {level: ") + level + "}\n" + minimal);
+    EXPECT_EQ(config.logging.level, level);
+  }
+}
+
+TEST(config_load, blocking_threads_equal_to_max_concurrent_is_fine) {
+  const app_config config = load_config_string(R"(groups:
+  - {name: db, max_concurrent: 4, blocking_threads: 4}
+routes:
+  - {name: r, group: db}
+)");
+  EXPECT_EQ(config.groups[0].blocking_threads, 4u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fallback files
+
+TEST(config_files, fallback_file_is_read_relative_to_base_dir) {
+  const temp_dir dir;
+  dir.write("img/grey.svg", "<svg/>");
+  const app_config config = load_config_string(
+      std::string(minimal) + "    fallback:\n      timeout: {status: 200, file: img/grey.svg}\n",
+      "test.yaml", dir.path().string());
+  const auto& timeout = *config.routes[0].fallback.timeout;
+  EXPECT_EQ(timeout.status, 200);
+  EXPECT_EQ(timeout.body, "<svg/>");
+  EXPECT_EQ(timeout.content_type, "image/svg+xml");
+  EXPECT_EQ(fs::path(timeout.file), dir.path() / "img" / "grey.svg");
+  // The route-level response is untouched by the override.
+  EXPECT_EQ(config.routes[0].fallback.any.file, "");
+  EXPECT_EQ(config.routes[0].fallback.any.content_type, "application/json");
+}
+
+TEST(config_files, content_type_follows_the_extension) {
+  const temp_dir dir;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"a.json", "application/json"},
+      {"a.svg", "image/svg+xml"},
+      {"a.PNG", "image/png"},
+      {"a.html", "text/html"},
+      {"a.txt", "text/plain"},
+      {"a.bin", "application/octet-stream"},
+      {"noext", "application/octet-stream"}};
+  for (const auto& [name, type] : cases) {
+    dir.write(name, "x");
+    const app_config config = load_config_string(
+        std::string(minimal) + "    fallback: {file: " + name + "}\n", "t", dir.path().string());
+    EXPECT_EQ(config.routes[0].fallback.any.content_type, type) << name;
+  }
+}
+
+TEST(config_files, explicit_content_type_wins_over_extension) {
+  const temp_dir dir;
+  dir.write("page.txt", "hello");
+  const app_config config = load_config_string(
+      std::string(minimal) + "    fallback: {file: page.txt, content_type: text/markdown}\n", "t",
+      dir.path().string());
+  EXPECT_EQ(config.routes[0].fallback.any.content_type, "text/markdown");
+  EXPECT_EQ(config.routes[0].fallback.any.body, "hello");
+}
+
+TEST(config_files, binary_and_empty_files_are_kept_byte_for_byte) {
+  const temp_dir dir;
+  const std::string png("\x89PNG\r\n\x1a\n\0\x01", 10);
+  dir.write("p.png", png);
+  dir.write("empty.txt", "");
+  const app_config config = load_config_string(
+      std::string(minimal) +
+          "    fallback:\n      file: p.png\n      shutdown: {file: empty.txt}\n",
+      "t", dir.path().string());
+  EXPECT_EQ(config.routes[0].fallback.any.body, png);
+  EXPECT_EQ(config.routes[0].fallback.shutdown->body, "");
+}
+
+TEST(config_files, per_reason_body_replaces_inherited_file) {
+  const temp_dir dir;
+  dir.write("x.svg", "<svg/>");
+  const app_config config = load_config_string(
+      std::string(minimal) + "    fallback:\n      file: x.svg\n      timeout: {body: late}\n", "t",
+      dir.path().string());
+  const auto& timeout = *config.routes[0].fallback.timeout;
+  EXPECT_EQ(timeout.body, "late");
+  EXPECT_EQ(timeout.file, "");
+  EXPECT_EQ(timeout.content_type, "image/svg+xml");  // inherited, not set by the override
+}
+
+TEST(config_files, load_config_resolves_against_the_config_folder) {
+  const temp_dir dir;
+  dir.write("fallback/p.svg", "<svg/>");
+  const fs::path file = dir.write("conf/../svc.yaml",
+                                  std::string(minimal) + "    fallback: {file: fallback/p.svg}\n");
+  const app_config config = load_config(file.string());
+  EXPECT_EQ(config.source, file.string());
+  EXPECT_EQ(config.routes[0].fallback.any.body, "<svg/>");
+}
+
+TEST(config_files, errors_name_the_config_file) {
+  const temp_dir dir;
+  const fs::path file = dir.write("svc.yaml", "groups: []\nroutes: []\n");
+  try {
+    load_config(file.string());
+    FAIL() << "expected config_error";
+  } catch (const config_error& e) {
+    EXPECT_EQ(e.file(), file.string());
+    EXPECT_EQ(std::string(e.what()), file.string() + ":1:9: groups: must list at least one group");
+  }
+}
+
+TEST(config_files, unreadable_config_file_fails_with_line_zero) {
+  const temp_dir dir;
+  for (const fs::path& path : {dir.path() / "missing.yaml", dir.path()}) {
+    try {
+      load_config(path.string());
+      FAIL() << "expected config_error for " << path;
+    } catch (const config_error& e) {
+      EXPECT_EQ(e.line(), 0);
+      EXPECT_EQ(e.file(), path.string());
+      EXPECT_EQ(std::string(e.what()), path.string() + ": cannot read config file");
+    }
+  }
+}
+
+TEST(config_files, unreadable_fallback_file_fails) {
+  const temp_dir dir;
+  fs::create_directories(dir.path() / "folder.svg");
+  for (const char* name : {"missing.svg", "folder.svg"}) {
+    const config_error e = load_error(
+        std::string(minimal) + "    fallback:\n      timeout:\n        file: " + name + "\n",
+        dir.path().string());
+    EXPECT_TRUE(contains(e.what(), "test.yaml:9:15: routes[0].fallback.timeout.file: "))
+        << e.what();
+    EXPECT_TRUE(contains(e.what(), name)) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shipped configs
+
+TEST(config_shipped, every_yaml_in_config_folder_loads) {
+  const fs::path folder = fs::path(QOS_SOURCE_DIR) / "config";
+  int loaded = 0;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(load_config(entry.path().string()));
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 3);
+}
+
+TEST(config_shipped, catalog_serves_a_placeholder_image_on_timeout) {
+  const app_config config = load_config(QOS_SOURCE_DIR "/config/qos.yaml");
+  const auto* image = config.find_route("image");
+  ASSERT_NE(image, nullptr);
+  ASSERT_TRUE(image->fallback.timeout);
+  EXPECT_EQ(image->fallback.timeout->status, 200);
+  EXPECT_EQ(image->fallback.timeout->content_type, "image/svg+xml");
+  EXPECT_EQ(image->fallback.timeout->retry_after_s, std::nullopt);
+  EXPECT_EQ(image->fallback.timeout->headers.at("X-Placeholder"), "true");
+  EXPECT_TRUE(contains(image->fallback.timeout->body, "<svg"));
+  EXPECT_EQ(image->fallback.any.status, 503);
+
+  const auto* db = config.find_route("db");
+  ASSERT_NE(db, nullptr);
+  EXPECT_EQ(db->priority.values.at("gold-key"), 10);
+  EXPECT_EQ(db->priority.values.at("silver-key"), 5);
+  EXPECT_FALSE(db->priority.raw_header_trusted);
+  EXPECT_EQ(config.find_group("db")->max_concurrent, 8u);
+}
+
+TEST(config_shipped, peer_benchmark_configs_trust_x_priority) {
+  for (const auto& [file, slots] : {std::pair{"peers-n8.yaml", 8u}, {"peers-n30.yaml", 30u}}) {
+    const app_config config = load_config(std::string(QOS_SOURCE_DIR "/config/") + file);
+    EXPECT_EQ(config.server.port, 9080);
+    EXPECT_EQ(config.find_group("db")->max_concurrent, slots);
+    const auto* route = config.find_route("db");
+    ASSERT_NE(route, nullptr);
+    EXPECT_EQ(route->max_wait, 1s);
+    EXPECT_EQ(route->priority.raw_header, "X-Priority");
+    EXPECT_TRUE(route->priority.raw_header_trusted);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+
+TEST(config_duration, parses_units) {
+  EXPECT_EQ(parse_duration("250ms"), 250ms);
+  EXPECT_EQ(parse_duration("1s"), 1000ms);
+  EXPECT_EQ(parse_duration("1.5s"), 1500ms);
+  EXPECT_EQ(parse_duration("1.001s"), 1001ms);
+  EXPECT_EQ(parse_duration("2m"), 120000ms);
+  EXPECT_EQ(parse_duration("1h"), 3600000ms);
+  EXPECT_EQ(parse_duration("100us"), 1ms);  // positive stays positive
+  EXPECT_EQ(parse_duration("2500us"), 2ms);
+  EXPECT_EQ(parse_duration("1.9ms"), 1ms);  // truncated
+  EXPECT_EQ(parse_duration("0.0001us"), 1ms);
+  EXPECT_EQ(parse_duration("42"), 42ms);
+  EXPECT_EQ(parse_duration("0"), 0ms);
+  EXPECT_EQ(parse_duration("0s"), 0ms);
+  EXPECT_EQ(parse_duration("0.5"), 1ms);
+}
+
+TEST(config_duration, rejects_malformed_and_negative) {
+  for (const char* text :
+       {"", "s", "-1s", "-5", "1x", "1 s", " 1s", "1s ", "1.s", ".5s", "1..5s", "1e3", "ms", "abc",
+        "1sec", "+1s", "99999999999999999999h", "3000000h"}) {
+    EXPECT_THROW(parse_duration(text), std::invalid_argument) << "'" << text << "'";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// config_error formatting
+
+TEST(config_error_format, what_names_file_line_column_and_key) {
+  EXPECT_STREQ(config_error("f.yaml", 3, 7, "groups[0].name", "boom").what(),
+               "f.yaml:3:7: groups[0].name: boom");
+  EXPECT_STREQ(config_error("f.yaml", 0, 0, "", "cannot read").what(), "f.yaml: cannot read");
+  EXPECT_STREQ(config_error("f.yaml", 2, 0, "k", "m").what(), "f.yaml:2: k: m");
+  const config_error e("f", 1, 2, "k", "m");
+  EXPECT_EQ(e.file(), "f");
+  EXPECT_EQ(e.line(), 1);
+  EXPECT_EQ(e.column(), 2);
+  EXPECT_EQ(e.key(), "k");
+  EXPECT_EQ(e.message(), "m");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad configs: each must fail, pointing at the right place.
+
+struct bad_case {
+  const char* name;
+  std::string yaml;
+  int line;
+  int column;
+  const char* key;      // full key path; empty when no key applies
+  const char* message;  // a part of the message
+};
+
+void PrintTo(const bad_case& c, std::ostream* out) {
+  *out << c.name;
+}
+
+class config_bad : public testing::TestWithParam<bad_case> {};
+
+TEST_P(config_bad, fails_with_location_and_key) {
+  const bad_case& c = GetParam();
+  const config_error e = load_error(c.yaml);
+  const std::string what = e.what();
+  const std::string where =
+      c.line == 0 ? "test.yaml: "
+                  : "test.yaml:" + std::to_string(c.line) + ":" + std::to_string(c.column) + ": ";
+  EXPECT_EQ(what.rfind(where, 0), 0u) << what;
+  EXPECT_EQ(e.file(), "test.yaml");
+  EXPECT_EQ(e.line(), c.line) << what;
+  EXPECT_EQ(e.column(), c.column) << what;
+  EXPECT_EQ(e.key(), c.key) << what;
+  if (*c.key != '\0') {
+    EXPECT_TRUE(contains(what, std::string(": ") + c.key + ": ")) << what;
+  }
+  EXPECT_TRUE(contains(what, c.message)) << what;
+}
+
+// `minimal` is lines 1-6; snippets appended to it start on line 7.
+std::string with(const std::string& tail) {
+  return std::string(minimal) + tail;
+}
+
+// A group entry with `extra` on line 4, after max_concurrent.
+std::string group_with(const std::string& extra) {
+  return "groups:\n  - name: db\n    max_concurrent: 8\n" + extra +
+         "routes:\n  - name: items\n    group: db\n";
+}
+
+const std::string two_routes = R"(groups:
+  - name: db
+    max_concurrent: 8
+routes:
+  - name: a
+    group: db
+  - name: b
+    group: db
+    fallback:
+      timeout:
+        status: 600
+)";
+
+INSTANTIATE_TEST_SUITE_P(
+    cases, config_bad,
+    testing::Values(
+        // Unknown keys, at every level.
+        bad_case{"unknown_top_level", with("serverx: {}\n"), 7, 1, "serverx", "unknown key"},
+        bad_case{"unknown_server_key", "server:\n  prot: 80\n" + std::string(minimal), 2, 3,
+                 "server.prot", "unknown key"},
+        bad_case{"unknown_group_key", group_with("    max_concurent: 1\n"), 4, 5,
+                 "groups[0].max_concurent", "unknown key"},
+        bad_case{"unknown_priority_key", with("    priority: {levle: 1}\n"), 7, 16,
+                 "routes[0].priority.levle", "unknown key"},
+        bad_case{"unknown_reason_key", with("    fallback:\n      timeout:\n        stauts: 500\n"),
+                 9, 9, "routes[0].fallback.timeout.stauts", "unknown key"},
+        bad_case{"unknown_reason", with("    fallback:\n      slow: {}\n"), 8, 7,
+                 "routes[0].fallback.slow", "unknown key"},
+        bad_case{"nested_reason", with("    fallback:\n      timeout: {shutdown: {}}\n"), 8, 17,
+                 "routes[0].fallback.timeout.shutdown", "unknown key"},
+        bad_case{"duplicate_key", "server:\n  port: 1\n  port: 2\n" + std::string(minimal), 3, 3,
+                 "server.port", "duplicate key"},
+        bad_case{"duplicate_header", with("    fallback:\n      headers: {X-A: 1, X-A: 2}\n"), 8,
+                 25, "routes[0].fallback.headers.X-A", "duplicate key"},
+        // Wrong types.
+        bad_case{"string_for_int", "server:\n  port: abc\n" + std::string(minimal), 2, 9,
+                 "server.port", "expected an integer"},
+        bad_case{"quoted_int", "server:\n  port: \"80\"\n" + std::string(minimal), 2, 9,
+                 "server.port", "expected an integer, got a string"},
+        bad_case{
+            "float_for_int",
+            "groups:\n  - name: db\n    max_concurrent: 1.5\nroutes:\n  - {name: r, group: db}\n",
+            3, 21, "groups[0].max_concurrent", "expected an integer"},
+        bad_case{"map_for_list", "groups: {name: db}\nroutes:\n  - {name: r, group: db}\n", 1, 9,
+                 "groups", "expected a list, got a map"},
+        bad_case{"list_for_map", "server: [1]\n" + std::string(minimal), 1, 9, "server",
+                 "expected a map, got a list"},
+        bad_case{"map_for_string", with("    fallback:\n      body: {error: x}\n"), 8, 13,
+                 "routes[0].fallback.body", "expected a string, got a map"},
+        bad_case{"null_for_int", "server:\n  port:\n" + std::string(minimal), 2, 3, "server.port",
+                 "expected an integer, got null"},
+        bad_case{"list_for_int", "server:\n  backlog: [1]\n" + std::string(minimal), 2, 12,
+                 "server.backlog", "expected an integer, got a list"},
+        bad_case{"bad_bool", with("    priority: {raw_header_trusted: maybe}\n"), 7, 36,
+                 "routes[0].priority.raw_header_trusted", "expected true or false"},
+        bad_case{"huge_int", "server:\n  backlog: 99999999999999999999\n" + std::string(minimal), 2,
+                 12, "server.backlog", "out of range"},
+        bad_case{"root_not_a_map", "- a\n- b\n", 1, 1, "", "expected a map, got a list"},
+        bad_case{"group_not_a_map", "groups: [db]\nroutes: [{name: r, group: db}]\n", 1, 10,
+                 "groups[0]", "expected a map"},
+        // Zero or negative limits.
+        bad_case{
+            "zero_max_concurrent",
+            "groups:\n  - name: db\n    max_concurrent: 0\nroutes:\n  - {name: r, group: db}\n", 3,
+            21, "groups[0].max_concurrent", "must be > 0, got 0"},
+        bad_case{"negative_max_queue", group_with("    max_queue: -5\n"), 4, 16,
+                 "groups[0].max_queue", "must be > 0, got -5"},
+        bad_case{"negative_blocking_threads", group_with("    blocking_threads: -1\n"), 4, 23,
+                 "groups[0].blocking_threads", "must be >= 0"},
+        bad_case{"blocking_below_max_concurrent", group_with("    blocking_threads: 4\n"), 4, 23,
+                 "groups[0].blocking_threads", "must be 0 or >= max_concurrent (8)"},
+        bad_case{"zero_reactor_threads", "server: {reactor_threads: 0}\n" + std::string(minimal), 1,
+                 27, "server.reactor_threads", "must be > 0"},
+        bad_case{"zero_fiber_threads", "server: {fiber_threads: 0}\n" + std::string(minimal), 1, 25,
+                 "server.fiber_threads", "must be > 0"},
+        bad_case{"zero_max_pending_jobs", "server: {max_pending_jobs: 0}\n" + std::string(minimal),
+                 1, 28, "server.max_pending_jobs", "must be > 0"},
+        bad_case{"zero_backlog", "server: {backlog: 0}\n" + std::string(minimal), 1, 19,
+                 "server.backlog", "must be > 0"},
+        bad_case{"zero_max_wait", with("    max_wait: 0s\n"), 7, 15, "routes[0].max_wait",
+                 "must be > 0"},
+        // Names and references.
+        bad_case{"unknown_group", with("  - name: other\n    group: dbx\n"), 8, 12,
+                 "routes[1].group", "unknown group 'dbx'"},
+        bad_case{"duplicate_group",
+                 "groups:\n  - {name: db, max_concurrent: 1}\n  - {name: db, max_concurrent: 2}\n"
+                 "routes: [{name: r, group: db}]\n",
+                 3, 12, "groups[1].name", "duplicate group name 'db' (first declared at line 2)"},
+        bad_case{"duplicate_route", with("  - name: items\n    group: db\n"), 7, 11,
+                 "routes[1].name", "duplicate route name 'items' (first declared at line 5)"},
+        bad_case{"invalid_group_name",
+                 "groups:\n  - {name: 'd b', max_concurrent: 1}\nroutes: [{name: r, group: d b}]\n",
+                 2, 12, "groups[0].name", "invalid group name"},
+        bad_case{"empty_route_name", with("  - {name: '', group: db}\n"), 7, 12, "routes[1].name",
+                 "must not be empty"},
+        // Durations.
+        bad_case{"malformed_max_wait", with("    max_wait: 1x\n"), 7, 15, "routes[0].max_wait",
+                 "invalid duration '1x'"},
+        bad_case{"malformed_shutdown_grace",
+                 "server:\n  shutdown_grace: soon\n" + std::string(minimal), 2, 19,
+                 "server.shutdown_grace", "invalid duration"},
+        bad_case{"negative_duration", with("    max_wait: -1s\n"), 7, 15, "routes[0].max_wait",
+                 "negative"},
+        bad_case{"map_for_duration", with("    max_wait: {s: 1}\n"), 7, 15, "routes[0].max_wait",
+                 "expected a duration, got a map"},
+        // Ranges.
+        bad_case{"priority_default_too_high", with("    priority:\n      default: 16\n"), 8, 16,
+                 "routes[0].priority.default", "must be between 0 and 15, got 16"},
+        bad_case{"priority_negative", with("    priority:\n      default: -1\n"), 8, 16,
+                 "routes[0].priority.default", "must be between 0 and 15"},
+        bad_case{"priority_value_too_high",
+                 with("    priority:\n      header: X-Key\n      values: {gold: 20}\n"), 9, 22,
+                 "routes[0].priority.values.gold", "must be between 0 and 15"},
+        bad_case{"status_too_high", two_routes, 11, 17, "routes[1].fallback.timeout.status",
+                 "must be between 100 and 599, got 600"},
+        bad_case{"status_too_low", with("    fallback: {status: 99}\n"), 7, 24,
+                 "routes[0].fallback.status", "must be between 100 and 599"},
+        bad_case{"port_too_high", "server: {port: 65536}\n" + std::string(minimal), 1, 16,
+                 "server.port", "must be between 0 and 65535"},
+        bad_case{"port_negative", "server: {port: -1}\n" + std::string(minimal), 1, 16,
+                 "server.port", "must be between 0 and 65535"},
+        bad_case{"retry_after_negative", with("    fallback: {retry_after: -1}\n"), 7, 29,
+                 "routes[0].fallback.retry_after", "must be between 0"},
+        bad_case{"retry_after_word", with("    fallback: {retry_after: soon}\n"), 7, 29,
+                 "routes[0].fallback.retry_after", "expected an integer"},
+        bad_case{"retry_after_float", with("    fallback: {retry_after: 1.5}\n"), 7, 29,
+                 "routes[0].fallback.retry_after", "expected an integer"},
+        bad_case{"log_level", "logging:\n  level: verbose\n" + std::string(minimal), 2, 10,
+                 "logging.level", "invalid log level 'verbose'"},
+        // Missing required keys point at the enclosing map.
+        bad_case{"missing_groups", "routes: [{name: r, group: db}]\n", 1, 1, "groups",
+                 "missing required key"},
+        bad_case{"missing_routes", "server: {}\ngroups: [{name: db, max_concurrent: 1}]\n", 1, 1,
+                 "routes", "missing required key"},
+        bad_case{"empty_document", "# nothing here\n", 0, 0, "groups", "missing required key"},
+        bad_case{"missing_group_name",
+                 "groups:\n  - max_queue: 5\n    max_concurrent: 1\nroutes: [{name: r, group: "
+                 "db}]\n",
+                 2, 5, "groups[0].name", "missing required key"},
+        bad_case{"missing_max_concurrent",
+                 "groups:\n  - name: db\nroutes: [{name: r, group: db}]\n", 2, 5,
+                 "groups[0].max_concurrent", "missing required key"},
+        bad_case{"missing_route_group", with("  - name: other\n    max_wait: 2s\n"), 7, 5,
+                 "routes[1].group", "missing required key"},
+        bad_case{"empty_groups", "groups: []\nroutes: [{name: r, group: db}]\n", 1, 9, "groups",
+                 "must list at least one group"},
+        bad_case{"empty_routes", "groups: [{name: db, max_concurrent: 1}]\nroutes: []\n", 2, 9,
+                 "routes", "must list at least one route"},
+        bad_case{"null_routes", "groups: [{name: db, max_concurrent: 1}]\nroutes:\n", 2, 1,
+                 "routes", "expected a list, got null"},
+        // Fallback contents.
+        bad_case{"body_and_file",
+                 with("    fallback:\n      timeout:\n        body: x\n        file: y.svg\n"), 10,
+                 15, "routes[0].fallback.timeout.file", "body and file are mutually exclusive"},
+        bad_case{"bad_header_name", with("    fallback:\n      headers: {'X Foo': bar}\n"), 8, 17,
+                 "routes[0].fallback.headers.X Foo", "invalid header name"},
+        bad_case{"reserved_header", with("    fallback:\n      headers: {Content-Length: 5}\n"), 8,
+                 17, "routes[0].fallback.headers.Content-Length", "computed from the body"},
+        bad_case{"header_line_break",
+                 with("    fallback:\n      headers: {X-A: \"a\\r\\nSet-Cookie: x\"}\n"), 8, 22,
+                 "routes[0].fallback.headers.X-A", "line breaks"},
+        bad_case{"values_without_header", with("    priority:\n      values: {a: 1}\n"), 8, 15,
+                 "routes[0].priority.values", "need a header"},
+        bad_case{"bad_priority_header", with("    priority: {raw_header: 'X:P'}\n"), 7, 28,
+                 "routes[0].priority.raw_header", "invalid header name"},
+        // Syntax.
+        bad_case{"syntax_error", "groups: [1, 2\nroutes: []\n", 2, 7, "",
+                 "end of sequence flow not found"},
+        bad_case{"bad_indentation", "server:\n  port: 1\n   backlog: 2\n", 3, 11, "",
+                 "illegal map value"},
+        bad_case{"two_documents", std::string(minimal) + "---\n" + minimal, 8, 1, "",
+                 "single YAML document"}),
+    [](const testing::TestParamInfo<bad_case>& param) { return param.param.name; });
+
+}  // namespace

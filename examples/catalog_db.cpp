@@ -376,6 +376,11 @@ std::size_t database::max_busy() const {
   return max_busy_;
 }
 
+void database::reset_max_busy() {
+  std::lock_guard lock(mutex_);
+  max_busy_ = busy_;
+}
+
 std::string item_to_json(const item& it) {
   std::string out;
   out.reserve(64 + it.name.size() + it.description.size());

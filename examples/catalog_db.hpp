@@ -52,6 +52,7 @@ class database {
   std::size_t connections() const noexcept { return connections_.size(); }
   std::size_t busy() const;      // connections leased right now
   std::size_t max_busy() const;  // high-water mark of busy(), for tests and metrics
+  void reset_max_busy();         // starts a new high-water mark from busy()
 
  private:
   struct connection;  // one sqlite3 handle and its prepared statements

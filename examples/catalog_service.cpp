@@ -150,6 +150,17 @@ int main(int argc, char** argv) {
                       w.send(http::Code::Ok, std::string("ok\n"));
                     }));
   rest::Routes::Get(router, "/metrics", srv.metrics_handler());
+  // The peers' load script reads these names: queries in flight now and at most since the last
+  // ?reset=1 (must never exceed N in guarded mode).
+  rest::Routes::Get(router, "/stats",
+                    qos::gate::plain([&db](const rest::Request& req, http::ResponseWriter& w) {
+                      if (req.query().has("reset")) db->reset_max_busy();
+                      w.send(http::Code::Ok,
+                             "{\"dbInFlight\":" + std::to_string(db->busy()) +
+                                 ",\"dbMaxInFlight\":" + std::to_string(db->max_busy()) +
+                                 ",\"dbConnections\":" + std::to_string(db->connections()) + "}",
+                             json);
+                    }));
 
   // Database routes: a blocking SQLite query plus the configured latency.
   std::atomic<std::int64_t> next_id{0};

@@ -1,0 +1,172 @@
+// The example service as a process: a bad config stops it with status 2 and a message naming
+// file, line and key; SIGTERM answers waiting requests with the fallback, lets the running one
+// finish and exits 0. Bounded waits only; the child is killed if a test fails midway.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/http_client.hpp"
+
+#ifndef CATALOG_SERVICE
+#error "CATALOG_SERVICE must name the catalog_service binary"
+#endif
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+struct child {
+  pid_t pid = -1;
+  int out = -1;  // the child's stdout and stderr, merged
+  std::string output;
+
+  ~child() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    if (out >= 0) ::close(out);
+  }
+
+  // Reads output until `pattern` matches or `limit` passes; returns the first capture group.
+  std::optional<std::string> read_until(const std::regex& pattern,
+                                        std::chrono::milliseconds limit) {
+    const auto until = clock_type::now() + limit;
+    std::smatch m;
+    while (!std::regex_search(output, m, pattern)) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(until - clock_type::now());
+      if (left <= 0ms) return std::nullopt;
+      pollfd p{out, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(out, buf, sizeof buf);
+      if (n <= 0) return std::nullopt;
+      output.append(buf, static_cast<std::size_t>(n));
+    }
+    return m.size() > 1 ? m[1].str() : m[0].str();
+  }
+
+  // Waits for exit; returns the exit status, or -1 after `limit` (the child is then killed).
+  int wait_exit(std::chrono::milliseconds limit) {
+    const auto until = clock_type::now() + limit;
+    while (clock_type::now() < until) {
+      int status = 0;
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    return -1;
+  }
+};
+
+child spawn(const std::vector<std::string>& args) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  child c;
+  c.pid = ::fork();
+  if (c.pid == 0) {
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(CATALOG_SERVICE));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(CATALOG_SERVICE, argv.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  c.out = fds[0];
+  return c;
+}
+
+class catalog_process_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("qos-catalog-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    const auto path = dir_ / name;
+    std::ofstream(path) << text;
+    return path.string();
+  }
+  fs::path dir_;
+};
+
+TEST_F(catalog_process_test, bad_config_exits_2_naming_file_line_and_key) {
+  const auto path = write("bad.yaml",
+                          "groups:\n"
+                          "  - name: db\n"
+                          "    max_concurrent: 0\n"
+                          "routes:\n"
+                          "  - name: db\n"
+                          "    group: db\n");
+  auto c = spawn({"--config", path, "--db", (dir_ / "c.db").string()});
+  EXPECT_EQ(c.wait_exit(20s), 2);
+  c.read_until(std::regex("bad config[^\n]*\n"), 5s);
+  EXPECT_NE(c.output.find("bad.yaml:3:"), std::string::npos) << c.output;
+  EXPECT_NE(c.output.find("groups[0].max_concurrent"), std::string::npos) << c.output;
+}
+
+TEST_F(catalog_process_test, sigterm_answers_waiters_finishes_running_and_exits_0) {
+  const auto path = write("ok.yaml",
+                          "server: {port: 0, shutdown_grace: 10s}\n"
+                          "groups:\n"
+                          "  - {name: db, max_concurrent: 1, max_queue: 10}\n"
+                          "routes:\n"
+                          "  - name: db\n"
+                          "    group: db\n"
+                          "    max_wait: 30s\n");
+  auto c = spawn({"--config", path, "--db", (dir_ / "c.db").string(), "--db-latency-ms", "400"});
+  const auto port_text = c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
+  ASSERT_TRUE(port_text) << c.output;
+  const auto port = static_cast<std::uint16_t>(std::stoi(*port_text));
+
+  qos::test::http_response running, waiting;
+  std::thread a([&] { running = qos::test::http_get(port, "/db/1"); });
+  const auto until = clock_type::now() + 10s;
+  while (qos::test::http_get(port, "/stats").body.find("\"dbInFlight\":1") == std::string::npos) {
+    ASSERT_LT(clock_type::now(), until);
+    std::this_thread::sleep_for(2ms);
+  }
+  std::thread b([&] { waiting = qos::test::http_get(port, "/db/2"); });
+  while (qos::test::http_get(port, "/metrics").body.find("qos_group_waiting{group=\"db\"} 1") ==
+         std::string::npos) {
+    ASSERT_LT(clock_type::now(), until);
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_EQ(::kill(c.pid, SIGTERM), 0);
+  b.join();
+  a.join();
+  EXPECT_EQ(c.wait_exit(20s), 0) << c.output;
+  EXPECT_EQ(waiting.status, 503);
+  EXPECT_EQ(waiting.header("X-QoS-Outcome"), "shutdown");
+  EXPECT_EQ(running.status, 200);
+  EXPECT_NE(running.body.find("\"id\":1"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,778 @@
+// loadgen: the closed-loop HTTP/1.1 load client of the qos benchmarks (bench/run.sh).
+//
+// Why not only wrk: wrk's latency histogram mixes 2xx and 503 answers, its Lua hooks cannot
+// see per-request latency, and it does not count requests that never get an answer. This client
+// keeps C keep-alive connections busy (each sends its next request when the previous answer
+// arrived), records the latency of every answer by status class, and accounts for every request
+// it wrote: answered, timed out (closed after --timeout), failed (connection error) or still
+// unanswered when it stops.
+//
+// Timeline: connect and load for -d seconds (the window; rates use answers completed in it),
+// then stop sending and wait up to --drain seconds for the requests still out (their answers
+// count in the latency and status figures, not in the rates), then close everything.
+// Latency = from the first byte of the request written to the last byte of the answer read
+// (like wrk; time spent connecting is not included).
+//
+// Only 127.0.0.1 / localhost targets are accepted. Every loop is bounded by the clock.
+//
+// Output: one line "LOADGEN key=value ..." on stdout (run.sh parses it), a short human summary
+// on stderr, and with --cdf FILE the latency quantiles per status class.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(steady::now().time_since_epoch())
+      .count();
+}
+
+struct options {
+  std::string url;
+  std::string host = "127.0.0.1";
+  int port = 0;
+  std::string path = "/";
+  int conns = 10;
+  int threads = 1;
+  double duration_s = 10;
+  double timeout_s = 10;
+  double drain_s = 2.5;
+  int reqs_per_conn = 0;  // 0: unlimited; 1: one request, then hold the connection idle
+  std::vector<std::string> headers;
+  std::vector<int> pids;
+  std::string cdf_file;
+  std::string label;
+};
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr,
+               "loadgen: %s\n"
+               "usage: loadgen --url http://127.0.0.1:PORT/PATH [-c CONNS] [-t THREADS] "
+               "[-d SECONDS]\n"
+               "               [--timeout S] [--drain S] [--reqs-per-conn K] [-H 'Name: value']...\n"
+               "               [--pid PID]... [--cdf FILE] [--label TEXT]\n",
+               why);
+  std::exit(2);
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) usage((a + " needs a value").c_str());
+      return argv[++i];
+    };
+    if (a == "--url") o.url = val();
+    else if (a == "-c") o.conns = std::stoi(val());
+    else if (a == "-t") o.threads = std::stoi(val());
+    else if (a == "-d") o.duration_s = std::stod(val());
+    else if (a == "--timeout") o.timeout_s = std::stod(val());
+    else if (a == "--drain") o.drain_s = std::stod(val());
+    else if (a == "--reqs-per-conn") o.reqs_per_conn = std::stoi(val());
+    else if (a == "-H") o.headers.push_back(val());
+    else if (a == "--pid") o.pids.push_back(std::stoi(val()));
+    else if (a == "--cdf") o.cdf_file = val();
+    else if (a == "--label") o.label = val();
+    else usage(("unknown argument " + a).c_str());
+  }
+  // http://HOST:PORT/PATH with HOST 127.0.0.1 or localhost only.
+  const std::string scheme = "http://";
+  if (o.url.rfind(scheme, 0) != 0) usage("--url must start with http://");
+  std::string rest = o.url.substr(scheme.size());
+  const auto slash = rest.find('/');
+  std::string hostport = rest.substr(0, slash);
+  o.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  const auto colon = hostport.rfind(':');
+  if (colon == std::string::npos) usage("--url needs an explicit port");
+  const std::string host = hostport.substr(0, colon);
+  if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
+  o.port = std::stoi(hostport.substr(colon + 1));
+  if (o.port <= 0 || o.port > 65535) usage("bad port");
+  if (o.conns < 1 || o.conns > 100000) usage("-c out of range");
+  if (o.threads < 1) o.threads = 1;
+  if (o.threads > o.conns) o.threads = o.conns;
+  if (o.duration_s <= 0 || o.duration_s > 3600) usage("-d out of range (0, 3600]");
+  if (o.timeout_s <= 0 || o.timeout_s > 3600) usage("--timeout out of range");
+  if (o.drain_s < 0 || o.drain_s > 600) usage("--drain out of range");
+  return o;
+}
+
+// Counters and latencies of one thread (merged at the end; no sharing while running).
+struct stats {
+  std::uint64_t sent = 0, answered = 0, answered_in_window = 0;
+  std::uint64_t s2xx = 0, s503 = 0, s5xx_other = 0, s4xx = 0, s_other = 0;
+  std::uint64_t ok_in_window = 0, s503_in_window = 0;
+  std::uint64_t timeouts = 0;          // no answer within --timeout: connection closed
+  std::uint64_t err_connect = 0;       // connect failed or did not complete within --timeout
+  std::uint64_t err_lost = 0;          // connection reset/closed with a request out
+  std::uint64_t err_parse = 0;         // unparseable answer
+  std::uint64_t unanswered = 0;        // still out at the end of the drain
+  std::uint64_t reconnects = 0;        // server closed a connection (Connection: close, idle)
+  std::uint64_t outcome_timeout = 0;   // X-QoS-Outcome: timeout
+  std::uint64_t outcome_queue_full = 0;
+  std::uint64_t outcome_other = 0;
+  std::uint64_t retry_after = 0;       // answers carrying Retry-After
+  std::vector<std::uint32_t> lat2xx, lat503, latother;  // microseconds
+};
+
+enum class phase : int { run = 0, drain = 1, stop = 2 };
+std::atomic<int> g_phase{0};
+std::atomic<int> g_open{0};      // connections established now
+std::atomic<int> g_open_max{0};  // most established at once
+std::int64_t g_start_us = 0, g_window_end_us = 0;
+
+void note_open(int delta) {
+  const int n = g_open.fetch_add(delta, std::memory_order_relaxed) + delta;
+  int seen = g_open_max.load(std::memory_order_relaxed);
+  while (n > seen && !g_open_max.compare_exchange_weak(seen, n, std::memory_order_relaxed)) {
+  }
+}
+
+bool iequals_prefix(std::string_view line, std::string_view name) {
+  if (line.size() < name.size() + 1) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return false;
+  }
+  return line[name.size()] == ':';
+}
+
+std::string_view header_value(std::string_view line, std::size_t name_len) {
+  std::string_view v = line.substr(name_len + 1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) v.remove_suffix(1);
+  return v;
+}
+
+struct conn {
+  int fd = -1;
+  bool connecting = false;
+  bool outstanding = false;   // a request was written (in part or whole) and not answered
+  bool want_write = false;    // EPOLLOUT registered
+  std::size_t out_off = 0;
+  std::int64_t t_sent = 0;    // first byte written
+  std::int64_t t_connect = 0;
+  std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
+  int done = 0;               // answers on this logical connection (for --reqs-per-conn)
+  std::string in;
+};
+
+// Result of parsing the bytes received so far.
+struct parsed {
+  enum { incomplete, complete, error } state = incomplete;
+  int status = 0;
+  bool close = false;
+  bool until_eof = false;  // no length: body ends at close
+  std::size_t consumed = 0;
+  std::string outcome;
+  bool retry_after = false;
+};
+
+parsed parse_response(const std::string& buf) {
+  parsed p;
+  const auto hdr_end = buf.find("\r\n\r\n");
+  if (hdr_end == std::string::npos) {
+    if (buf.size() > 65536) p.state = parsed::error;
+    return p;
+  }
+  if (buf.size() < 12 || buf.compare(0, 5, "HTTP/") != 0) {
+    p.state = parsed::error;
+    return p;
+  }
+  p.status = std::atoi(buf.c_str() + 9);
+  const bool http10 = buf.compare(0, 8, "HTTP/1.0") == 0;
+  long long content_length = -1;
+  bool chunked = false, keep_alive_10 = false;
+  std::size_t pos = buf.find("\r\n") + 2;
+  while (pos < hdr_end) {
+    std::size_t eol = buf.find("\r\n", pos);
+    std::string_view line(buf.data() + pos, eol - pos);
+    if (iequals_prefix(line, "content-length")) {
+      content_length = std::atoll(std::string(header_value(line, 14)).c_str());
+    } else if (iequals_prefix(line, "transfer-encoding")) {
+      std::string v(header_value(line, 17));
+      for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      chunked = v.find("chunked") != std::string::npos;
+    } else if (iequals_prefix(line, "connection")) {
+      std::string v(header_value(line, 10));
+      for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (v.find("close") != std::string::npos) p.close = true;
+      if (v.find("keep-alive") != std::string::npos) keep_alive_10 = true;
+    } else if (iequals_prefix(line, "x-qos-outcome")) {
+      p.outcome = std::string(header_value(line, 13));
+    } else if (iequals_prefix(line, "retry-after")) {
+      p.retry_after = true;
+    }
+    pos = eol + 2;
+  }
+  if (http10 && !keep_alive_10) p.close = true;
+  std::size_t body = hdr_end + 4;
+  if ((p.status >= 100 && p.status < 200) || p.status == 204 || p.status == 304) {
+    p.consumed = body;
+  } else if (chunked) {
+    std::size_t at = body;
+    for (;;) {
+      const auto eol = buf.find("\r\n", at);
+      if (eol == std::string::npos) return p;
+      const unsigned long size = std::strtoul(buf.c_str() + at, nullptr, 16);
+      if (size == 0) {
+        // no trailers expected: "0\r\n\r\n"
+        if (buf.size() < eol + 4) return p;
+        p.consumed = eol + 4;
+        break;
+      }
+      at = eol + 2 + size + 2;
+      if (buf.size() < at) return p;
+    }
+  } else if (content_length >= 0) {
+    if (buf.size() < body + static_cast<std::size_t>(content_length)) return p;
+    p.consumed = body + static_cast<std::size_t>(content_length);
+  } else {
+    p.until_eof = true;
+    p.close = true;
+    return p;  // completed by the caller at end of stream
+  }
+  p.state = parsed::complete;
+  return p;
+}
+
+class worker {
+ public:
+  worker(const options& o, int nconns, const std::string& request, sockaddr_in addr)
+      : o_(o), request_(request), addr_(addr), conns_(static_cast<std::size_t>(nconns)) {
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    timeout_us_ = static_cast<std::int64_t>(o.timeout_s * 1e6);
+  }
+  ~worker() {
+    for (auto& c : conns_) close_conn(c);
+    if (ep_ >= 0) ::close(ep_);
+  }
+  stats& result() { return st_; }
+
+  void run() {
+    for (auto& c : conns_) open_conn(c);
+    std::vector<epoll_event> evs(1024);
+    std::int64_t last_scan = 0;
+    for (;;) {
+      const int ph = g_phase.load(std::memory_order_acquire);
+      if (ph == static_cast<int>(phase::stop)) break;
+      if (ph == static_cast<int>(phase::drain) && outstanding() == 0) {
+        // nothing left to wait for; idle until the main thread stops us
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        continue;
+      }
+      const int n = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), 20);
+      for (int i = 0; i < n; ++i) {
+        auto& c = conns_[evs[i].data.u64];
+        if (c.fd < 0) continue;
+        handle(c, evs[i].events);
+      }
+      const auto t = now_us();
+      if (t - last_scan > 20000) {
+        last_scan = t;
+        scan(t);
+      }
+    }
+    // Whatever is still out has no answer.
+    for (auto& c : conns_) {
+      if (c.outstanding) ++st_.unanswered;
+      c.outstanding = false;
+    }
+  }
+
+ private:
+  std::size_t outstanding() const {
+    std::size_t n = 0;
+    for (const auto& c : conns_) n += c.outstanding ? 1 : 0;
+    return n;
+  }
+
+  bool running() const { return g_phase.load(std::memory_order_relaxed) == 0; }
+
+  void ctl(conn& c, int op, std::uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = static_cast<std::uint64_t>(&c - conns_.data());
+    epoll_ctl(ep_, op, c.fd, &ev);
+  }
+
+  void open_conn(conn& c) {
+    c = conn{};
+    if (!running()) return;
+    c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c.fd < 0) {
+      ++st_.err_connect;
+      c.retry_at = now_us() + 100000;
+      return;
+    }
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c.t_connect = now_us();
+    const int r = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_);
+    if (r == 0) {
+      note_open(1);
+      ctl(c, EPOLL_CTL_ADD, EPOLLIN | EPOLLRDHUP);
+      start_request(c);
+    } else if (errno == EINPROGRESS) {
+      c.connecting = true;
+      c.want_write = true;
+      ctl(c, EPOLL_CTL_ADD, EPOLLOUT | EPOLLIN | EPOLLRDHUP);
+    } else {
+      ++st_.err_connect;
+      ::close(c.fd);
+      c.fd = -1;
+      c.retry_at = now_us() + 100000;
+    }
+  }
+
+  void close_conn(conn& c) {
+    if (c.fd >= 0) {
+      if (!c.connecting) note_open(-1);
+      ::close(c.fd);
+    }
+    c.fd = -1;
+    c.connecting = false;
+  }
+
+  void reopen(conn& c) {
+    close_conn(c);
+    open_conn(c);
+  }
+
+  void start_request(conn& c) {
+    if (!running()) return;
+    if (o_.reqs_per_conn > 0 && c.done >= o_.reqs_per_conn) return;  // hold it idle
+    c.out_off = 0;
+    c.outstanding = true;
+    c.t_sent = now_us();
+    ++st_.sent;
+    write_some(c);
+  }
+
+  void write_some(conn& c) {
+    while (c.out_off < request_.size()) {
+      const ssize_t w =
+          ::send(c.fd, request_.data() + c.out_off, request_.size() - c.out_off, MSG_NOSIGNAL);
+      if (w > 0) {
+        c.out_off += static_cast<std::size_t>(w);
+      } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!c.want_write) {
+          c.want_write = true;
+          ctl(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+        }
+        return;
+      } else {
+        lost(c);
+        return;
+      }
+    }
+    if (c.want_write) {
+      c.want_write = false;
+      ctl(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP);
+    }
+  }
+
+  // The connection failed with a request out: that request is lost.
+  void lost(conn& c) {
+    if (c.outstanding) ++st_.err_lost;
+    c.outstanding = false;
+    reopen(c);
+  }
+
+  void handle(conn& c, std::uint32_t events) {
+    if (c.connecting) {
+      if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+          ++st_.err_connect;
+          ::close(c.fd);
+          c.fd = -1;
+          c.connecting = false;
+          c.retry_at = now_us() + 100000;
+          return;
+        }
+        c.connecting = false;
+        c.want_write = false;
+        note_open(1);
+        ctl(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLRDHUP);
+        start_request(c);
+      }
+      return;
+    }
+    if ((events & EPOLLOUT) && c.outstanding && c.out_off < request_.size()) write_some(c);
+    if (c.fd < 0) return;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_some(c);
+  }
+
+  void read_some(conn& c) {
+    char buf[16384];
+    for (int rounds = 0; rounds < 64; ++rounds) {
+      const ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+      if (r > 0) {
+        c.in.append(buf, static_cast<std::size_t>(r));
+        if (!consume(c)) return;
+        if (static_cast<std::size_t>(r) < sizeof buf) return;
+        continue;
+      }
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      // End of stream or error.
+      if (c.outstanding && !c.in.empty()) {
+        parsed p = parse_response(c.in);
+        if (p.until_eof && p.status != 0) {
+          record(c, p);
+          c.outstanding = false;
+        }
+      }
+      if (c.outstanding) {
+        lost(c);
+      } else {
+        ++st_.reconnects;
+        reopen(c);
+        if (c.fd >= 0) start_request(c);
+      }
+      return;
+    }
+  }
+
+  // Parses complete answers from c.in. Returns false if the connection was replaced.
+  bool consume(conn& c) {
+    for (;;) {
+      if (c.in.empty()) return true;
+      parsed p = parse_response(c.in);
+      if (p.state == parsed::incomplete) return true;
+      if (p.state == parsed::error || !c.outstanding) {
+        ++st_.err_parse;
+        lost(c);
+        if (c.fd >= 0) start_request(c);
+        return false;
+      }
+      record(c, p);
+      c.outstanding = false;
+      c.in.erase(0, p.consumed);
+      ++c.done;
+      if (p.close) {
+        ++st_.reconnects;
+        const int done = c.done;
+        reopen(c);
+        c.done = done;
+        if (c.fd >= 0 && !c.connecting) start_request(c);
+        return false;
+      }
+      start_request(c);
+      if (c.fd < 0) return false;
+    }
+  }
+
+  void record(conn& c, const parsed& p) {
+    const auto t = now_us();
+    const auto lat = static_cast<std::uint32_t>(std::min<std::int64_t>(t - c.t_sent, UINT32_MAX));
+    const bool in_window = t <= g_window_end_us;
+    ++st_.answered;
+    if (in_window) ++st_.answered_in_window;
+    if (p.status >= 200 && p.status < 300) {
+      ++st_.s2xx;
+      if (in_window) ++st_.ok_in_window;
+      st_.lat2xx.push_back(lat);
+    } else if (p.status == 503) {
+      ++st_.s503;
+      if (in_window) ++st_.s503_in_window;
+      st_.lat503.push_back(lat);
+    } else {
+      if (p.status >= 500) ++st_.s5xx_other;
+      else if (p.status >= 400) ++st_.s4xx;
+      else ++st_.s_other;
+      st_.latother.push_back(lat);
+    }
+    if (!p.outcome.empty()) {
+      if (p.outcome == "timeout") ++st_.outcome_timeout;
+      else if (p.outcome == "queue_full") ++st_.outcome_queue_full;
+      else ++st_.outcome_other;
+    }
+    if (p.retry_after) ++st_.retry_after;
+  }
+
+  void scan(std::int64_t t) {
+    for (auto& c : conns_) {
+      if (c.fd < 0) {
+        if (running() && t >= c.retry_at) {
+          const int done = c.done;
+          open_conn(c);
+          c.done = done;
+        }
+        continue;
+      }
+      if (c.connecting && t - c.t_connect > timeout_us_) {
+        ++st_.err_connect;
+        close_conn(c);
+        c.retry_at = t;
+        continue;
+      }
+      if (c.outstanding && t - c.t_sent > timeout_us_) {
+        ++st_.timeouts;
+        c.outstanding = false;
+        reopen(c);
+      }
+    }
+  }
+
+  const options& o_;
+  const std::string& request_;
+  sockaddr_in addr_;
+  std::vector<conn> conns_;
+  int ep_ = -1;
+  std::int64_t timeout_us_ = 0;
+  stats st_;
+};
+
+struct proc_sample {
+  long rss_kib = 0, hwm_kib = 0, threads = 0;
+  bool ok = false;
+};
+
+proc_sample read_proc(const std::vector<int>& pids) {
+  proc_sample s;
+  for (int pid : pids) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+    if (!f) continue;
+    s.ok = true;
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) s.rss_kib += std::atol(line.c_str() + 6);
+      else if (line.rfind("VmHWM:", 0) == 0) s.hwm_kib += std::atol(line.c_str() + 6);
+      else if (line.rfind("Threads:", 0) == 0) s.threads += std::atol(line.c_str() + 8);
+    }
+  }
+  return s;
+}
+
+double pct(std::vector<std::uint32_t>& v, double q) {  // nearest rank, in ms
+  if (v.empty()) return -1;
+  std::size_t idx = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size())));
+  if (idx == 0) idx = 1;
+  if (idx > v.size()) idx = v.size();
+  return v[idx - 1] / 1000.0;
+}
+
+std::string fmt_ms(double v) {
+  if (v < 0) return "";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  const options o = parse(argc, argv);
+
+  // Each connection needs one descriptor; raise the soft limit as far as the hard one allows.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur != RLIM_INFINITY && static_cast<rlim_t>(o.conns) + 64 > rl.rlim_cur) {
+    std::fprintf(stderr, "loadgen: -c %d needs more open files than the limit %llu\n", o.conns,
+                 static_cast<unsigned long long>(rl.rlim_cur));
+    return 3;
+  }
+
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(o.port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+  std::string request = "GET " + o.path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(o.port) +
+                        "\r\nConnection: keep-alive\r\n";
+  for (const auto& h : o.headers) request += h + "\r\n";
+  request += "\r\n";
+
+  const proc_sample before = read_proc(o.pids);
+  g_start_us = now_us();
+  g_window_end_us = g_start_us + static_cast<std::int64_t>(o.duration_s * 1e6);
+
+  std::vector<std::unique_ptr<worker>> workers;
+  for (int t = 0; t < o.threads; ++t) {
+    const int n = o.conns / o.threads + (t < o.conns % o.threads ? 1 : 0);
+    workers.push_back(std::make_unique<worker>(o, n, request, addr));
+  }
+  std::vector<std::thread> threads;
+  for (auto& w : workers) threads.emplace_back([&w] { w->run(); });
+
+  // Main thread: sample the servers' /proc while the window runs.
+  long rss_max = 0, thr_max = 0;
+  proc_sample at_end;
+  while (now_us() < g_window_end_us) {
+    const auto s = read_proc(o.pids);
+    rss_max = std::max(rss_max, s.rss_kib);
+    thr_max = std::max(thr_max, s.threads);
+    at_end = s;
+    const auto left = g_window_end_us - now_us();
+    std::this_thread::sleep_for(std::chrono::microseconds(std::clamp<std::int64_t>(left, 0, 200000)));
+  }
+  at_end = read_proc(o.pids);
+  rss_max = std::max(rss_max, at_end.rss_kib);
+  thr_max = std::max(thr_max, at_end.threads);
+  const int open_at_end = g_open.load();
+  g_phase.store(static_cast<int>(phase::drain), std::memory_order_release);
+  // Wait for the requests still out, at most --drain seconds.
+  const auto drain_end = now_us() + static_cast<std::int64_t>(o.drain_s * 1e6);
+  while (now_us() < drain_end && g_outstanding.load(std::memory_order_acquire) > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const double drained_s = (now_us() - g_window_end_us) / 1e6;
+  g_phase.store(static_cast<int>(phase::stop), std::memory_order_release);
+  for (auto& t : threads) t.join();
+
+  stats all;
+  for (auto& w : workers) {
+    auto& s = w->result();
+    all.sent += s.sent;
+    all.answered += s.answered;
+    all.answered_in_window += s.answered_in_window;
+    all.s2xx += s.s2xx;
+    all.s503 += s.s503;
+    all.s5xx_other += s.s5xx_other;
+    all.s4xx += s.s4xx;
+    all.s_other += s.s_other;
+    all.ok_in_window += s.ok_in_window;
+    all.s503_in_window += s.s503_in_window;
+    all.timeouts += s.timeouts;
+    all.err_connect += s.err_connect;
+    all.err_lost += s.err_lost;
+    all.err_parse += s.err_parse;
+    all.unanswered += s.unanswered;
+    all.reconnects += s.reconnects;
+    all.outcome_timeout += s.outcome_timeout;
+    all.outcome_queue_full += s.outcome_queue_full;
+    all.outcome_other += s.outcome_other;
+    all.retry_after += s.retry_after;
+    all.lat2xx.insert(all.lat2xx.end(), s.lat2xx.begin(), s.lat2xx.end());
+    all.lat503.insert(all.lat503.end(), s.lat503.begin(), s.lat503.end());
+    all.latother.insert(all.latother.end(), s.latother.begin(), s.latother.end());
+  }
+  workers.clear();  // closes every connection
+  std::sort(all.lat2xx.begin(), all.lat2xx.end());
+  std::sort(all.lat503.begin(), all.lat503.end());
+  std::sort(all.latother.begin(), all.latother.end());
+  std::vector<std::uint32_t> lat_all;
+  lat_all.reserve(all.lat2xx.size() + all.lat503.size() + all.latother.size());
+  lat_all.insert(lat_all.end(), all.lat2xx.begin(), all.lat2xx.end());
+  lat_all.insert(lat_all.end(), all.lat503.begin(), all.lat503.end());
+  lat_all.insert(lat_all.end(), all.latother.begin(), all.latother.end());
+  std::sort(lat_all.begin(), lat_all.end());
+
+  const double d = o.duration_s;
+  std::ostringstream out;
+  out << "LOADGEN";
+  auto kv = [&out](const char* k, const auto& v) { out << ' ' << k << '=' << v; };
+  kv("conns", o.conns);
+  kv("threads", o.threads);
+  kv("duration_s", d);
+  kv("drained_s", fmt_ms(drained_s * 1000.0 / 1000.0));
+  kv("sent", all.sent);
+  kv("answered", all.answered);
+  kv("answered_in_window", all.answered_in_window);
+  kv("rps", fmt_ms(all.answered_in_window / d));
+  kv("ok_rps", fmt_ms(all.ok_in_window / d));
+  kv("ok_in_window", all.ok_in_window);
+  kv("s503_in_window", all.s503_in_window);
+  kv("s2xx", all.s2xx);
+  kv("s503", all.s503);
+  kv("s5xx_other", all.s5xx_other);
+  kv("s4xx", all.s4xx);
+  kv("s_other", all.s_other);
+  kv("timeouts", all.timeouts);
+  kv("err_connect", all.err_connect);
+  kv("err_lost", all.err_lost);
+  kv("err_parse", all.err_parse);
+  kv("unanswered", all.unanswered);
+  kv("reconnects", all.reconnects);
+  kv("outcome_timeout", all.outcome_timeout);
+  kv("outcome_queue_full", all.outcome_queue_full);
+  kv("outcome_other", all.outcome_other);
+  kv("retry_after", all.retry_after);
+  kv("open_max", g_open_max.load());
+  kv("open_at_end", open_at_end);
+  struct {
+    const char* name;
+    std::vector<std::uint32_t>* v;
+  } classes[] = {{"ok", &all.lat2xx}, {"s503", &all.lat503}, {"all", &lat_all}};
+  for (auto& c : classes) {
+    const std::string n = c.name;
+    kv((n + "_p50_ms").c_str(), fmt_ms(pct(*c.v, 0.50)));
+    kv((n + "_p90_ms").c_str(), fmt_ms(pct(*c.v, 0.90)));
+    kv((n + "_p99_ms").c_str(), fmt_ms(pct(*c.v, 0.99)));
+    kv((n + "_p999_ms").c_str(), fmt_ms(pct(*c.v, 0.999)));
+    kv((n + "_max_ms").c_str(), fmt_ms(c.v->empty() ? -1 : c.v->back() / 1000.0));
+    kv((n + "_min_ms").c_str(), fmt_ms(c.v->empty() ? -1 : c.v->front() / 1000.0));
+  }
+  if (!o.pids.empty()) {
+    kv("srv_rss_before_kib", before.rss_kib);
+    kv("srv_rss_end_kib", at_end.rss_kib);
+    kv("srv_rss_max_kib", rss_max);
+    kv("srv_hwm_kib", at_end.hwm_kib);
+    kv("srv_threads_max", thr_max);
+    kv("srv_threads_end", at_end.threads);
+    kv("srv_alive", at_end.ok ? 1 : 0);
+  }
+  std::printf("%s\n", out.str().c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "loadgen%s%s: c=%d %.1fs: sent %llu, answered %llu (2xx %llu, 503 %llu, other %llu), "
+               "timeouts %llu, lost %llu, connect errors %llu, unanswered %llu; 2xx/s %.1f; "
+               "2xx p50/p99 %s/%s ms\n",
+               o.label.empty() ? "" : " ", o.label.c_str(), o.conns, d,
+               static_cast<unsigned long long>(all.sent),
+               static_cast<unsigned long long>(all.answered),
+               static_cast<unsigned long long>(all.s2xx),
+               static_cast<unsigned long long>(all.s503),
+               static_cast<unsigned long long>(all.s5xx_other + all.s4xx + all.s_other),
+               static_cast<unsigned long long>(all.timeouts),
+               static_cast<unsigned long long>(all.err_lost),
+               static_cast<unsigned long long>(all.err_connect),
+               static_cast<unsigned long long>(all.unanswered), all.ok_in_window / d,
+               fmt_ms(pct(all.lat2xx, 0.5)).c_str(), fmt_ms(pct(all.lat2xx, 0.99)).c_str());
+
+  if (!o.cdf_file.empty()) {
+    // "class quantile latency_ms", 1000 steps plus the extreme tail, for gnuplot.
+    std::ofstream f(o.cdf_file);
+    f << "# class quantile latency_ms (n per class in the header below)\n";
+    for (auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";
+    for (auto& c : classes) {
+      if (c.v->empty()) continue;
+      for (int i = 1; i <= 1000; ++i) f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
+      f << "\n\n";
+    }
+  }
+  return 0;
+}

@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -145,6 +146,7 @@ enum class phase : int { run = 0, drain = 1, stop = 2 };
 std::atomic<int> g_phase{0};
 std::atomic<int> g_open{0};      // connections established now
 std::atomic<int> g_open_max{0};  // most established at once
+std::atomic<std::int64_t> g_outstanding{0};  // requests written and not yet settled
 std::int64_t g_start_us = 0, g_window_end_us = 0;
 
 void note_open(int delta) {
@@ -312,6 +314,11 @@ class worker {
     return n;
   }
 
+  void settle(conn& c) {
+    c.outstanding = false;
+    g_outstanding.fetch_sub(1, std::memory_order_relaxed);
+  }
+
   bool running() const { return g_phase.load(std::memory_order_relaxed) == 0; }
 
   void ctl(conn& c, int op, std::uint32_t events) {
@@ -369,6 +376,7 @@ class worker {
     if (o_.reqs_per_conn > 0 && c.done >= o_.reqs_per_conn) return;  // hold it idle
     c.out_off = 0;
     c.outstanding = true;
+    g_outstanding.fetch_add(1, std::memory_order_relaxed);
     c.t_sent = now_us();
     ++st_.sent;
     write_some(c);
@@ -399,8 +407,10 @@ class worker {
 
   // The connection failed with a request out: that request is lost.
   void lost(conn& c) {
-    if (c.outstanding) ++st_.err_lost;
-    c.outstanding = false;
+    if (c.outstanding) {
+      ++st_.err_lost;
+      settle(c);
+    }
     reopen(c);
   }
 
@@ -447,7 +457,7 @@ class worker {
         parsed p = parse_response(c.in);
         if (p.until_eof && p.status != 0) {
           record(c, p);
-          c.outstanding = false;
+          settle(c);
         }
       }
       if (c.outstanding) {
@@ -474,7 +484,7 @@ class worker {
         return false;
       }
       record(c, p);
-      c.outstanding = false;
+      settle(c);
       c.in.erase(0, p.consumed);
       ++c.done;
       if (p.close) {
@@ -536,7 +546,7 @@ class worker {
       }
       if (c.outstanding && t - c.t_sent > timeout_us_) {
         ++st_.timeouts;
-        c.outstanding = false;
+        settle(c);
         reopen(c);
       }
     }

@@ -1,0 +1,165 @@
+// The path of one request without HTTP: every job gets exactly one of run/reject, and every
+// permit and queue place comes back, on every path.
+#include "qos/admission.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <boost/fiber/operations.hpp>
+
+namespace qos {
+namespace {
+
+using namespace std::chrono_literals;
+
+template <class Pred>
+bool eventually(Pred pred) {
+  const auto until = clock::now() + 10s;
+  while (!pred()) {
+    if (clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+struct tally {
+  std::atomic<int> runs{0}, rejects{0}, answers{0};
+  std::atomic<int> by_outcome[outcome_count]{};
+};
+
+class fake_job final : public request_job {
+ public:
+  fake_job(tally& t, const std::atomic<bool>* hold = nullptr, bool connected = true)
+      : t_(t), hold_(hold), connected_(connected) {}
+  ~fake_job() override { EXPECT_EQ(calls_, 1) << "a job must be answered exactly once"; }
+  bool client_connected() noexcept override { return connected_; }
+  outcome run(limit_group&) noexcept override {
+    ++calls_;
+    ++t_.runs;
+    ++t_.answers;
+    const auto until = clock::now() + 10s;
+    while (hold_ != nullptr && hold_->load() && clock::now() < until) {
+      boost::this_fiber::sleep_for(1ms);
+    }
+    return outcome::admitted;
+  }
+  void reject(outcome why) noexcept override {
+    ++calls_;
+    ++t_.rejects;
+    ++t_.answers;
+    ++t_.by_outcome[static_cast<int>(why)];
+  }
+
+ private:
+  tally& t_;
+  const std::atomic<bool>* hold_;
+  bool connected_;
+  int calls_ = 0;
+};
+
+struct fixture {
+  explicit fixture(std::size_t n, std::size_t queue, duration wait)
+      : exec({2, 1024, 64 * 1024}),
+        adm({{"g", n, queue, 0}}, {{"r", "g", wait}}, exec),
+        route(*adm.find_route("r")),
+        group(*adm.find_group("g")) {}
+  ~fixture() { exec.stop(); }
+  executor exec;
+  admission adm;
+  const admission::route_entry& route;
+  limit_group& group;
+};
+
+TEST(admission_test, sheds_timeouts_and_queue_full_and_returns_everything) {
+  fixture f(1, 2, 50ms);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  // Both places are taken (waiting or reserved): the next one is shed inline, on this thread.
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::queue_full)].load(), 1);
+  ASSERT_TRUE(eventually([&] { return t.by_outcome[static_cast<int>(outcome::timed_out)] == 2; }));
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 4; }));
+  EXPECT_EQ(t.runs.load(), 1);
+  ASSERT_TRUE(eventually([&] {
+    auto s = f.group.stats();
+    return s.in_use == 0 && s.waiting == 0 && s.reserved == 0;
+  }));
+}
+
+TEST(admission_test, gone_client_never_runs_and_hands_its_permit_on) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, nullptr, false));
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 2; }));
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 3; }));
+  EXPECT_EQ(t.runs.load(), 2);
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::client_gone)].load(), 1);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
+}
+
+TEST(admission_test, refused_post_answers_inline_and_returns_permit_and_reservation) {
+  fixture f(1, 10, 5s);
+  f.exec.stop();  // every post is refused from now on
+  tally t;
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));  // would take the free permit
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::rejected)].load(), 1);
+  auto s = f.group.stats();
+  EXPECT_EQ(s.in_use, 0u);
+  EXPECT_EQ(s.reserved, 0u);
+}
+
+TEST(admission_test, shutdown_answers_waiters_and_newcomers) {
+  fixture f(1, 10, 60s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  for (int i = 0; i < 3; ++i) f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 3; }));
+  f.adm.shutdown();
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  ASSERT_TRUE(
+      eventually([&] { return t.by_outcome[static_cast<int>(outcome::shutting_down)] == 4; }));
+  hold = false;  // the running one finishes normally
+  ASSERT_TRUE(eventually([&] { return t.answers == 5; }));
+  EXPECT_EQ(t.runs.load(), 1);
+}
+
+TEST(admission_test, many_jobs_each_answered_exactly_once) {
+  fixture f(3, 20, 20ms);
+  tally t;
+  std::atomic<bool> hold{true};
+  std::vector<std::thread> reactors;
+  for (int r = 0; r < 2; ++r) {
+    reactors.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        f.adm.submit(f.route, static_cast<priority>(i % 4),
+                     std::make_unique<fake_job>(t, i % 7 == 0 ? &hold : nullptr, i % 11 != 0));
+      }
+    });
+  }
+  for (auto& th : reactors) th.join();
+  std::this_thread::sleep_for(30ms);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 400; }));
+  ASSERT_TRUE(eventually([&] {
+    auto s = f.group.stats();
+    return s.in_use == 0 && s.waiting == 0 && s.reserved == 0;
+  }));
+}
+
+}  // namespace
+}  // namespace qos

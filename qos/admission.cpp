@@ -1,14 +1,30 @@
 #include "qos/admission.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 
 namespace qos {
 
+namespace {
+
+std::size_t pool_size(const group_options& o) {
+  if (o.blocking_threads != 0) return o.blocking_threads;
+  // The pool must be able to run as many handlers as the group may ever admit at once.
+  return o.limit ? std::max(o.limit->max, o.limiter.max_concurrent) : o.limiter.max_concurrent;
+}
+
+std::unique_ptr<limit_algorithm> algorithm_for(const group_options& o) {
+  return o.limit ? make_limit_algorithm(*o.limit) : nullptr;
+}
+
+}  // namespace
+
 limit_group::limit_group(const group_options& options)
     : name_(options.name),
-      limiter_(limiter_options{options.max_concurrent, options.max_queue}),
-      pool_(options.blocking_threads != 0 ? options.blocking_threads : options.max_concurrent) {}
+      shadow_(options.shadow),
+      limiter_(options.limiter, algorithm_for(options)),
+      pool_(pool_size(options)) {}
 
 admission::admission(const std::vector<group_options>& groups,
                      const std::vector<route_policy>& routes, executor& exec, metrics_sink& metrics)
@@ -48,9 +64,10 @@ std::vector<limit_group*> admission::groups() {
 
 namespace {
 
-// Runs an admitted request and reports it. The permit is released when `p` goes out of scope,
-// after the handler returned or threw.
-void serve(const admission::route_entry& route, request_job& job, permit p, duration waited) {
+// Runs an admitted request and reports it. The permit (empty in shadow mode) is returned after
+// the handler ended, whether it returned, threw or overran max_exec.
+void serve(const admission::route_entry& route, request_job& job, permit p, duration waited,
+           const request_context& ctx) {
   if (!job.client_connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
     route.metrics->on_outcome(outcome::client_gone, waited);
@@ -58,58 +75,88 @@ void serve(const admission::route_entry& route, request_job& job, permit p, dura
     return;
   }
   const auto start = clock::now();
-  const outcome o = job.run(*route.group);
+  outcome o;
+  {
+    request_scope scope(&ctx);
+    o = job.run(*route.group, route.policy);
+  }
+  const auto took = clock::now() - start;
+  // Only requests that really ran are latency samples; an overrun says the backend is slow.
+  if (p) route.group->limiter().on_served(took, o == outcome::exec_timeout);
   p.reset();
-  route.metrics->on_served(clock::now() - start);
+  route.metrics->on_served(took);
   route.metrics->on_outcome(o, waited);
+}
+
+// How long a request may wait: max_wait, or less when the client's deadline minus the
+// expected service time comes first (zero or less: it cannot finish in time).
+duration wait_budget(const admission::route_entry& route, const request_info& info) {
+  duration budget = route.policy.max_wait;
+  if (info.deadline) {
+    const auto service = route.group->stats().service_ewma;
+    budget = std::min(budget, *info.deadline - info.arrival - service);
+  }
+  return budget;
 }
 
 }  // namespace
 
-void admission::submit(const route_entry& route, priority level,
+void admission::submit(const route_entry& route, const request_info& info,
                        std::unique_ptr<request_job> job) noexcept {
-  const auto arrival = clock::now();
   auto& limiter = route.group->limiter();
-  auto admit = limiter.try_admit();
-  switch (admit.kind) {
-    case fiber_limiter::admit_kind::queue_full:
-    case fiber_limiter::admit_kind::shutting_down: {
-      const auto why = admit.kind == fiber_limiter::admit_kind::queue_full ? outcome::queue_full
-                                                                           : outcome::shutting_down;
-      route.metrics->on_outcome(why, duration::zero());
-      job->reject(why);
-      return;
-    }
-    case fiber_limiter::admit_kind::granted:
-    case fiber_limiter::admit_kind::reserved:
-      break;
+  auto answer_now = [&](outcome why) {
+    route.metrics->on_outcome(why, duration::zero());
+    job->reject(why);
+  };
+  const duration budget = wait_budget(route, info);
+  if (budget <= duration::zero()) return answer_now(outcome::deadline);
+
+  auto admit = limiter.try_admit(route.policy.cost);
+  if (admit.kind == fiber_limiter::admit_kind::shutting_down) {
+    return answer_now(outcome::shutting_down);
   }
-  const bool reserved = admit.kind == fiber_limiter::admit_kind::reserved;
+  bool reserved = admit.kind == fiber_limiter::admit_kind::reserved;
+  if (route.group->shadow() && admit.kind != fiber_limiter::admit_kind::granted) {
+    // Shadow mode: count what a real gate would do, then let the request through unlimited.
+    if (reserved) limiter.cancel_reservation();
+    route.metrics->on_shadow(reserved ? outcome::timed_out : outcome::queue_full);
+    reserved = false;
+  } else if (admit.kind == fiber_limiter::admit_kind::queue_full) {
+    return answer_now(outcome::queue_full);
+  } else if (reserved && route.policy.predictive_reject &&
+             limiter.estimate_wait(info.level) > budget) {
+    limiter.cancel_reservation();
+    return answer_now(outcome::predicted_timeout);
+  }
+
   request_job* raw = job.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
-  unique_task task([&route, level, arrival, reserved, j = std::move(job),
+  unique_task task([&route, info, budget, reserved, j = std::move(job),
                     p = std::move(admit.permit)]() mutable {
+    const request_context ctx{info.deadline};
     if (!reserved) {
-      serve(route, *j, std::move(p), duration::zero());
+      serve(route, *j, std::move(p), duration::zero(), ctx);
       return;
     }
-    const auto deadline = arrival + route.policy.max_wait;
-    auto got = route.group->limiter().acquire(level, deadline, true);
-    const auto waited = clock::now() - arrival;
+    auto got =
+        route.group->limiter().acquire(info.level, info.arrival + budget, true, route.policy.cost);
+    const auto waited = clock::now() - info.arrival;
     if (got.result != outcome::admitted) {
-      route.metrics->on_outcome(got.result, waited);
-      j->reject(got.result);
+      // A wait cut short by the client's deadline is reported as such.
+      const bool by_deadline = got.result == outcome::timed_out && budget < route.policy.max_wait;
+      const outcome why = by_deadline ? outcome::deadline : got.result;
+      route.metrics->on_outcome(why, waited);
+      j->reject(why);
       return;
     }
-    serve(route, *j, std::move(got.permit), waited);
+    serve(route, *j, std::move(got.permit), waited, ctx);
   });
   if (!exec_.try_post(task)) {
-    // The task still owns the job and any permit; cancel the reservation, drop the permit,
-    // and answer from here.
+    // The task still owns the job and any permit; cancel the reservation, answer from here,
+    // and let `task` return the permit as it goes.
     if (reserved) limiter.cancel_reservation();
     route.metrics->on_outcome(outcome::rejected, duration::zero());
     raw->reject(outcome::rejected);
-    return;  // `task` destroys the job and returns the permit
   }
 }
 

@@ -4,14 +4,15 @@
 
 namespace qos {
 
-limiter::limiter(limiter_options options) noexcept : options_(options) {
+limiter::limiter(limiter_options options) noexcept
+    : options_(options), limit_(options.max_concurrent) {
   assert(options_.max_concurrent > 0);
   assert(options_.max_queue > 0);
 }
 
-bool limiter::try_acquire() noexcept {
-  if (in_use_ >= options_.max_concurrent || waiting_ != 0 || reserved_ != 0) return false;
-  ++in_use_;
+bool limiter::try_acquire(std::uint32_t cost) noexcept {
+  if (in_use_ + cost > limit_ || waiting_ != 0 || reserved_ != 0) return false;
+  in_use_ += cost;
   return true;
 }
 
@@ -26,39 +27,25 @@ void limiter::cancel_reservation() noexcept {
   --reserved_;
 }
 
-limiter::enqueue_result limiter::enqueue(waiter& w, priority level, time_point deadline,
-                                         bool reserved) noexcept {
+limiter::enqueue_result limiter::enqueue(waiter& w, const wait_spec& spec, bool reserved) noexcept {
   assert(w.state_ == waiter_state::idle);
-  assert(level <= max_priority);
-  if (reserved) {
-    cancel_reservation();
-  }
+  assert(spec.level <= max_priority);
+  assert(spec.cost > 0);
+  if (reserved) cancel_reservation();
   // The reservation is gone now, so a reserved request competes exactly like a newcomer that
   // arrived at this instant; others still reserved keep their place behind it.
-  if (in_use_ < options_.max_concurrent && waiting_ == 0) {
-    ++in_use_;
+  w.cost_ = spec.cost;
+  if (in_use_ + spec.cost <= limit_ && waiting_ == 0) {
+    in_use_ += spec.cost;
     w.state_ = waiter_state::granted;
     return enqueue_result::granted;
   }
   if (!reserved && waiting_ + reserved_ >= options_.max_queue) return enqueue_result::queue_full;
-  w.level_ = level;
-  w.deadline_ = deadline;
+  w.level_ = spec.level;
+  w.deadline_ = spec.deadline;
   w.state_ = waiter_state::waiting;
-  push_back(w);
+  push_back(w, spec.now);
   return enqueue_result::queued;
-}
-
-waiter* limiter::release() noexcept {
-  assert(in_use_ > 0);
-  waiter* w = front_of_highest();
-  if (w == nullptr) {
-    --in_use_;
-    return nullptr;
-  }
-  // Direct hand-off: in_use_ stays, the permit changes owner.
-  unlink(*w);
-  w->state_ = waiter_state::granted;
-  return w;
 }
 
 bool limiter::remove(waiter& w, waiter_state final_state) noexcept {
@@ -79,17 +66,50 @@ std::optional<time_point> limiter::next_deadline() const noexcept {
   return best;
 }
 
-void limiter::push_back(waiter& w) noexcept {
+std::size_t limiter::waiting_at_or_above(priority level) const noexcept {
+  std::size_t n = 0;
+  for (std::size_t l = level; l < levels_.size(); ++l) n += levels_[l].count;
+  return n;
+}
+
+int limiter::pick_level(time_point now) const noexcept {
+  if (nonempty_ == 0) return -1;
+  const int top = 31 - std::countl_zero(nonempty_);
+  if (options_.aging_step <= duration::zero()) return top;
+  // Aging: a level's claim is its number plus one per aging_step its oldest waiter has waited
+  // (capped at the top level); the older head wins a tie, so a long-waiting low level gets
+  // its turn under sustained high-priority load.
+  int best = -1;
+  long best_claim = -1;
+  duration best_age{};
+  for (std::uint32_t bits = nonempty_; bits != 0; bits &= bits - 1) {
+    const int lvl = std::countr_zero(bits);
+    const duration age = now - levels_[static_cast<std::size_t>(lvl)].head->enqueued_;
+    long claim = lvl + static_cast<long>(age / options_.aging_step);
+    if (claim > max_priority) claim = max_priority;
+    if (claim > best_claim || (claim == best_claim && age > best_age)) {
+      best = lvl;
+      best_claim = claim;
+      best_age = age;
+    }
+  }
+  return best;
+}
+
+void limiter::push_back(waiter& w, time_point now) noexcept {
   auto& q = levels_[w.level_];
+  w.enqueued_ = now;
   w.prev_ = q.tail;
   w.next_ = nullptr;
   if (q.tail != nullptr) {
     q.tail->next_ = &w;
   } else {
     q.head = &w;
+    q.nonempty_since = now;
   }
   q.tail = &w;
   nonempty_ |= 1u << w.level_;
+  ++q.count;
   ++waiting_;
 }
 
@@ -99,14 +119,9 @@ void limiter::unlink(waiter& w) noexcept {
   (w.next_ != nullptr ? w.next_->prev_ : q.tail) = w.prev_;
   w.prev_ = w.next_ = nullptr;
   if (q.head == nullptr) nonempty_ &= ~(1u << w.level_);
+  --q.count;
   assert(waiting_ > 0);
   --waiting_;
-}
-
-waiter* limiter::front_of_highest() const noexcept {
-  if (nonempty_ == 0) return nullptr;
-  const int top = 31 - std::countl_zero(nonempty_);
-  return levels_[static_cast<std::size_t>(top)].head;
 }
 
 }  // namespace qos

@@ -7,6 +7,7 @@ class null_route final : public route_metrics {
  public:
   void on_outcome(outcome, duration) noexcept override {}
   void on_served(duration) noexcept override {}
+  void on_shadow(outcome) noexcept override {}
 };
 
 class null_sink final : public metrics_sink {

@@ -15,7 +15,17 @@ std::uint64_t ns(duration d) {
 }
 
 bool is_shed(outcome o) {
-  return o == outcome::queue_full || o == outcome::timed_out || o == outcome::rejected;
+  switch (o) {
+    case outcome::queue_full:
+    case outcome::timed_out:
+    case outcome::rejected:
+    case outcome::shed:
+    case outcome::deadline:
+    case outcome::predicted_timeout:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -36,6 +46,11 @@ void metrics_registry::route_counters::on_outcome(outcome o, duration waited) no
 void metrics_registry::route_counters::on_served(duration took) noexcept {
   served.fetch_add(1, std::memory_order_relaxed);
   served_ns_sum.fetch_add(ns(took), std::memory_order_relaxed);
+}
+
+void metrics_registry::route_counters::on_shadow(outcome would_be) noexcept {
+  (would_be == outcome::queue_full ? shadow_shed : shadow_queued)
+      .fetch_add(1, std::memory_order_relaxed);
 }
 
 route_metrics& metrics_registry::route(std::string_view route, std::string_view group) {
@@ -93,6 +108,15 @@ std::string metrics_registry::render(admission& adm) const {
     out << "qos_handler_seconds_count{" << labels << "} "
         << c.served.load(std::memory_order_relaxed) << '\n';
   }
+  out << "# HELP qos_shadow_total Shadow mode: requests let through that a real gate would "
+         "have queued or shed.\n# TYPE qos_shadow_total counter\n";
+  for (const auto& c : routes_) {
+    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
+    out << "qos_shadow_total{" << labels << ",decision=\"queue\"} "
+        << c.shadow_queued.load(std::memory_order_relaxed) << '\n';
+    out << "qos_shadow_total{" << labels << ",decision=\"shed\"} "
+        << c.shadow_shed.load(std::memory_order_relaxed) << '\n';
+  }
   out << "# HELP qos_group_in_use Permits held now.\n# TYPE qos_group_in_use gauge\n";
   auto groups = adm.groups();
   for (auto* g : groups) {
@@ -104,7 +128,8 @@ std::string metrics_registry::render(admission& adm) const {
     const auto s = g->stats();
     out << "qos_group_waiting{group=\"" << g->name() << "\"} " << s.waiting + s.reserved << '\n';
   }
-  out << "# HELP qos_group_limit Configured max_concurrent.\n# TYPE qos_group_limit gauge\n";
+  out << "# HELP qos_group_limit The concurrency limit now (adaptive limits move it).\n# TYPE "
+         "qos_group_limit gauge\n";
   for (auto* g : groups) {
     out << "qos_group_limit{group=\"" << g->name() << "\"} " << g->stats().max_concurrent << '\n';
   }

@@ -1,12 +1,16 @@
 #include "qos/pistache_gate.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <random>
 #include <stdexcept>
 #include <utility>
 
 #include <pistache/http_header.h>
 #include <pistache/mime.h>
 #include <spdlog/spdlog.h>
+#include <boost/fiber/future.hpp>
 
 namespace qos {
 
@@ -45,19 +49,72 @@ namespace {
 // A fallback made ready once at setup, so answering one costs no parsing.
 struct rendered_fallback {
   http::Code code;
-  std::vector<std::pair<std::string, std::string>> headers;  // Retry-After included
+  std::vector<std::pair<std::string, std::string>> headers;  // static Retry-After included
   std::string body;
   Pistache::Http::Mime::MediaType mime;
+  bool retry_auto = false;
 };
 
 rendered_fallback render(const config::fallback_config& f) {
   rendered_fallback r{static_cast<http::Code>(f.status),
                       {},
                       f.body,
-                      Pistache::Http::Mime::MediaType::fromString(f.content_type)};
-  if (f.retry_after_s) r.headers.emplace_back("Retry-After", std::to_string(*f.retry_after_s));
+                      Pistache::Http::Mime::MediaType::fromString(f.content_type),
+                      f.retry_after_auto};
+  if (f.retry_after_s && !f.retry_after_auto) {
+    r.headers.emplace_back("Retry-After", std::to_string(*f.retry_after_s));
+  }
   for (const auto& [name, value] : f.headers) r.headers.emplace_back(name, value);
   return r;
+}
+
+// Retry-After from the group's backlog (Little's law): the time the queue needs to drain at
+// limit / service-time per second, within [1, 60] s, plus up to half of it at random so that
+// shed clients do not all come back in the same second.
+int auto_retry_after(const limiter_stats& s) {
+  const double svc = std::chrono::duration<double>(s.service_ewma).count();
+  const double drain = static_cast<double>(s.waiting + s.reserved) * svc /
+                       static_cast<double>(std::max<std::size_t>(1, s.max_concurrent));
+  const int base = std::clamp(static_cast<int>(std::ceil(drain)), 1, 60);
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  std::uniform_int_distribution<int> jitter(0, base / 2);
+  return std::min(60, base + jitter(rng));
+}
+
+// A client deadline from a duration header ("800ms", "2s", bare milliseconds).
+std::optional<duration> parse_timeout_header(const std::string& v) {
+  try {
+    return std::chrono::duration_cast<duration>(config::parse_duration(v));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// gRPC's timeout header: up to 8 digits and a unit (H M S m u n).
+std::optional<duration> parse_grpc_timeout(const std::string& v) {
+  if (v.size() < 2 || v.size() > 9) return std::nullopt;
+  long long n = 0;
+  for (std::size_t i = 0; i + 1 < v.size(); ++i) {
+    if (v[i] < '0' || v[i] > '9') return std::nullopt;
+    n = n * 10 + (v[i] - '0');
+  }
+  using namespace std::chrono;
+  switch (v.back()) {
+    case 'H':
+      return duration_cast<duration>(hours(n));
+    case 'M':
+      return duration_cast<duration>(minutes(n));
+    case 'S':
+      return duration_cast<duration>(seconds(n));
+    case 'm':
+      return duration_cast<duration>(milliseconds(n));
+    case 'u':
+      return duration_cast<duration>(microseconds(n));
+    case 'n':
+      return duration_cast<duration>(nanoseconds(n));
+    default:
+      return std::nullopt;
+  }
 }
 
 }  // namespace
@@ -65,7 +122,8 @@ rendered_fallback render(const config::fallback_config& f) {
 struct gate::route_state {
   const admission::route_entry* entry = nullptr;
   config::priority_config priority;
-  rendered_fallback any, timeout, queue_full, shutdown;
+  config::deadline_config deadline;
+  rendered_fallback any, timeout, queue_full, shutdown, shed, deadline_fb, predicted, exec;
   fallback_handler custom;  // empty: static fallbacks only
 
   const rendered_fallback& fallback_for(outcome why) const {
@@ -77,6 +135,14 @@ struct gate::route_state {
         return queue_full;
       case outcome::shutting_down:
         return shutdown;
+      case outcome::shed:
+        return shed;
+      case outcome::deadline:
+        return deadline_fb;
+      case outcome::predicted_timeout:
+        return predicted;
+      case outcome::exec_timeout:
+        return exec;
       default:
         return any;
     }
@@ -105,12 +171,38 @@ struct gate::route_state {
     }
     return priority.default_level;
   }
+
+  // The client's deadline from the configured headers (the earliest wins); malformed values
+  // are ignored, as if absent.
+  std::optional<time_point> resolve_deadline(const http::Request& req, time_point now) const {
+    std::optional<duration> left;
+    const auto& headers = req.headers();
+    if (!deadline.header.empty()) {
+      if (auto raw = headers.tryGetRaw(deadline.header)) left = parse_timeout_header(raw->value());
+    }
+    if (deadline.grpc_timeout) {
+      if (auto raw = headers.tryGetRaw("grpc-timeout")) {
+        if (auto g = parse_grpc_timeout(raw->value()); g && (!left || *g < *left)) left = g;
+      }
+    }
+    if (!left) return std::nullopt;
+    return now + *left;
+  }
+
+  request_info info(const http::Request& req) const {
+    const auto now = clock::now();
+    return {resolve_priority(req), now, resolve_deadline(req, now)};
+  }
 };
 
 namespace {
 
-void send_static(const rendered_fallback& f, outcome why, http::ResponseWriter& w) noexcept {
+void send_static(const gate::route_state& route, const rendered_fallback& f, outcome why,
+                 http::ResponseWriter& w) noexcept {
   try {
+    if (f.retry_auto) {
+      add_header(w, "Retry-After", std::to_string(auto_retry_after(route.entry->group->stats())));
+    }
     for (const auto& [name, value] : f.headers) add_header(w, name, value);
     w.send(f.code, f.body, f.mime);
   } catch (const std::exception& e) {
@@ -136,7 +228,7 @@ void send_fallback(const gate::route_state& route, outcome why, const rest::Requ
       spdlog::warn("qos: fallback handler of route '{}' threw", route.entry->policy.name);
     }
   }
-  send_static(route.fallback_for(why), why, w);
+  send_static(route, route.fallback_for(why), why, w);
 }
 
 void send_error(http::ResponseWriter& w) noexcept {
@@ -148,22 +240,38 @@ void send_error(http::ResponseWriter& w) noexcept {
   }
 }
 
+void send_result(const response& r, http::ResponseWriter& w) {
+  for (const auto& [name, value] : r.headers) add_header(w, name, value);
+  w.send(r.code, r.body, Pistache::Http::Mime::MediaType::fromString(r.content_type));
+}
+
 // One guarded request: owns the request copy and the writer until it is answered. Keeps no
 // shared_ptr<Peer>: file descriptors are reused and a held peer can reach the wrong client.
 class http_job final : public request_job {
  public:
-  http_job(const gate::route_state& route, const handler& h, handler_kind kind, rest::Request req,
-           http::ResponseWriter writer)
-      : route_(route), handler_(h), kind_(kind), req_(std::move(req)), writer_(std::move(writer)) {}
+  http_job(const gate::route_state& route, const handler* h, const result_handler* rh,
+           handler_kind kind, rest::Request req, http::ResponseWriter writer)
+      : route_(route),
+        handler_(h),
+        result_handler_(rh),
+        kind_(kind),
+        req_(std::move(req)),
+        writer_(std::move(writer)) {}
 
   bool client_connected() noexcept override { return writer_.getPeer() != nullptr; }
 
-  outcome run(limit_group& group) noexcept override {
+  outcome run(limit_group& group, const route_policy& policy) noexcept override {
     try {
+      if (result_handler_ != nullptr) return run_result(group, policy);
+      // The handler may run on a pool thread: carry the request's context there.
+      const request_context* ctx = current_request();
       if (kind_ == handler_kind::blocking) {
-        group.pool().run([this] { handler_(req_, writer_); });
+        group.pool().run([this, ctx] {
+          request_scope scope(ctx);
+          (*handler_)(req_, writer_);
+        });
       } else {
-        handler_(req_, writer_);
+        (*handler_)(req_, writer_);
       }
     } catch (const std::exception& e) {
       spdlog::error("qos: handler of route '{}' threw: {}", route_.entry->policy.name, e.what());
@@ -184,13 +292,40 @@ class http_job final : public request_job {
   void reject(outcome why) noexcept override { send_fallback(route_, why, req_, writer_); }
 
  private:
+  // The handler runs apart from this fiber so that this fiber can stop waiting at max_exec;
+  // the permit stays held (we wait for the handler to end before returning) and a late result
+  // is dropped.
+  outcome run_result(limit_group& group, const route_policy& policy) {
+    const request_context* ctx = current_request();
+    auto call = [this, ctx] {
+      request_scope scope(ctx);
+      return (*result_handler_)(req_);
+    };
+    boost::fibers::future<response> result =
+        kind_ == handler_kind::blocking ? group.pool().post(call)
+                                        : boost::fibers::async(boost::fibers::launch::post, call);
+    if (policy.max_exec &&
+        result.wait_for(*policy.max_exec) == boost::fibers::future_status::timeout) {
+      send_fallback(route_, outcome::exec_timeout, req_, writer_);
+      result.wait();  // abandoned work still occupies the group until it really ends
+      try {
+        (void)result.get();
+      } catch (...) {
+      }
+      return outcome::exec_timeout;
+    }
+    send_result(result.get(), writer_);  // rethrows the handler's exception: run() answers 500
+    return outcome::admitted;
+  }
+
   outcome fail() noexcept {
     if (writer_.getResponseSize() == 0) send_error(writer_);
     return outcome::error;
   }
 
   const gate::route_state& route_;
-  const handler& handler_;
+  const handler* handler_;
+  const result_handler* result_handler_;
   handler_kind kind_;
   rest::Request req_;
   http::ResponseWriter writer_;
@@ -206,10 +341,18 @@ gate::gate(admission& adm, const config::app_config& cfg) : adm_(adm) {
       throw std::invalid_argument("route '" + rc.name + "' is not known to admission");
     }
     state->priority = rc.priority;
-    state->any = render(rc.fallback.any);
-    state->timeout = render(rc.fallback.timeout.value_or(rc.fallback.any));
-    state->queue_full = render(rc.fallback.queue_full.value_or(rc.fallback.any));
-    state->shutdown = render(rc.fallback.shutdown.value_or(rc.fallback.any));
+    state->deadline = rc.deadline;
+    const auto& fb = rc.fallback;
+    state->any = render(fb.any);
+    state->timeout = render(fb.timeout.value_or(fb.any));
+    state->queue_full = render(fb.queue_full.value_or(fb.any));
+    state->shutdown = render(fb.shutdown.value_or(fb.any));
+    state->shed = render(fb.shed.value_or(fb.queue_full.value_or(fb.any)));
+    state->deadline_fb = render(fb.deadline.value_or(fb.timeout.value_or(fb.any)));
+    state->predicted = render(fb.predicted_timeout.value_or(fb.timeout.value_or(fb.any)));
+    auto exec = fb.exec_timeout.value_or(fb.any);
+    if (!fb.exec_timeout) exec.status = 504;
+    state->exec = render(exec);
     routes_.emplace(rc.name, std::move(state));
   }
 }
@@ -222,19 +365,46 @@ void gate::on_fallback(const std::string& route, fallback_handler f) {
   it->second->custom = std::move(f);
 }
 
-rest::Route::Handler gate::guard(const std::string& route, handler h, handler_kind kind) {
+const gate::route_state& gate::find(const std::string& route) const {
   auto it = routes_.find(route);
   if (it == routes_.end()) throw std::invalid_argument("unknown qos route '" + route + "'");
-  const route_state& state = *it->second;
+  return *it->second;
+}
+
+rest::Route::Handler gate::guard(const std::string& route, handler h, handler_kind kind) {
+  const route_state& state = find(route);
+  if (state.entry->policy.max_exec) {
+    throw std::invalid_argument("route '" + route +
+                                "' has max_exec: guard it with guard_result, whose late result "
+                                "can be discarded");
+  }
   auto shared = std::make_shared<const handler>(std::move(h));
   admission& adm = adm_;
   return [&state, &adm, shared, kind](const rest::Request req, http::ResponseWriter writer) {
     // On the reactor thread: nothing here blocks, and nothing escapes once the writer moved.
     try {
       keep_alive(req, writer);
-      const priority level = state.resolve_priority(req);
-      adm.submit(*state.entry, level,
-                 std::make_unique<http_job>(state, *shared, kind, req, std::move(writer)));
+      adm.submit(
+          *state.entry, state.info(req),
+          std::make_unique<http_job>(state, shared.get(), nullptr, kind, req, std::move(writer)));
+    } catch (const std::exception& e) {
+      spdlog::error("qos: guard of route '{}' failed: {}", state.entry->policy.name, e.what());
+    }
+    return rest::Route::Result::Ok;
+  };
+}
+
+rest::Route::Handler gate::guard_result(const std::string& route, result_handler h,
+                                        handler_kind kind) {
+  const route_state& state = find(route);
+  auto shared = std::make_shared<const result_handler>(std::move(h));
+  admission& adm = adm_;
+  return [&state, &adm, shared, kind](const rest::Request req, http::ResponseWriter writer) {
+    try {
+      keep_alive(req, writer);
+      adm.submit(
+          *state.entry, state.info(req),
+          std::make_unique<http_job>(state, nullptr, shared.get(), kind, req, std::move(writer)));
     } catch (const std::exception& e) {
       spdlog::error("qos: guard of route '{}' failed: {}", state.entry->policy.name, e.what());
     }

@@ -42,14 +42,38 @@ class signals_blocked {
 std::vector<group_options> to_group_options(const config::app_config& cfg) {
   std::vector<group_options> out;
   for (const auto& g : cfg.groups) {
-    out.push_back({g.name, g.max_concurrent, g.max_queue, g.blocking_threads});
+    group_options o;
+    o.name = g.name;
+    o.limiter.max_concurrent = g.max_concurrent;
+    o.limiter.max_queue = g.max_queue;
+    o.limiter.discipline = g.queue.discipline;
+    o.limiter.target = g.queue.target;
+    o.limiter.interval = g.queue.interval;
+    o.limiter.aging_step = g.aging_step;
+    if (g.limit) {
+      o.limit = g.limit->options;
+      // The limiter starts where the algorithm starts.
+      o.limiter.max_concurrent = g.limit->options.initial;
+    }
+    o.blocking_threads = g.blocking_threads;
+    o.shadow = g.shadow;
+    out.push_back(std::move(o));
   }
   return out;
 }
 
 std::vector<route_policy> to_route_policies(const config::app_config& cfg) {
   std::vector<route_policy> out;
-  for (const auto& r : cfg.routes) out.push_back({r.name, r.group, r.max_wait});
+  for (const auto& r : cfg.routes) {
+    route_policy p;
+    p.name = r.name;
+    p.group = r.group;
+    p.max_wait = r.max_wait;
+    p.cost = r.cost;
+    p.predictive_reject = r.predictive_reject;
+    if (r.max_exec) p.max_exec = std::chrono::duration_cast<duration>(*r.max_exec);
+    out.push_back(std::move(p));
+  }
   return out;
 }
 

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,23 +16,30 @@
 #include "qos/clock.hpp"
 #include "qos/executor.hpp"
 #include "qos/fiber_limiter.hpp"
+#include "qos/limit_algorithm.hpp"
+#include "qos/limiter.hpp"
 #include "qos/metrics.hpp"
 #include "qos/outcome.hpp"
 #include "qos/priority.hpp"
+#include "qos/request_context.hpp"
 
 namespace qos {
 
 struct group_options {
   std::string name;
-  std::size_t max_concurrent = 1;
-  std::size_t max_queue = 1000;
-  std::size_t blocking_threads = 0;  // 0: max_concurrent
+  limiter_options limiter;             // initial limit, queue cap, discipline, aging
+  std::optional<limit_options> limit;  // adaptive limit; absent: fixed
+  std::size_t blocking_threads = 0;    // 0: the most permits the group may ever hand out
+  bool shadow = false;                 // count decisions, let everything through
 };
 
 struct route_policy {
   std::string name;
   std::string group;
   duration max_wait = std::chrono::seconds(1);
+  std::uint32_t cost = 1;            // permit units per request
+  bool predictive_reject = false;    // answer at once when the estimated wait exceeds the budget
+  std::optional<duration> max_exec;  // execution timeout (enforced by the job)
 };
 
 // One limit group: its limiter and the blocking pool its blocking handlers run on.
@@ -38,12 +47,14 @@ class limit_group {
  public:
   explicit limit_group(const group_options& options);
   const std::string& name() const noexcept { return name_; }
+  bool shadow() const noexcept { return shadow_; }
   fiber_limiter& limiter() noexcept { return limiter_; }
   blocking_pool& pool() noexcept { return pool_; }
   limiter_stats stats() const { return limiter_.stats(); }
 
  private:
   std::string name_;
+  bool shadow_;
   fiber_limiter limiter_;
   blocking_pool pool_;
 };
@@ -54,11 +65,19 @@ class request_job {
   virtual ~request_job() = default;
   // Asked once the request holds a permit, before its handler would start.
   virtual bool client_connected() noexcept = 0;
-  // Runs the handler and answers; the permit is held until it returns. Returns admitted, or
-  // error when the handler failed (the job has then answered 500).
-  virtual outcome run(limit_group& group) noexcept = 0;
+  // Runs the handler and answers; the permit is held until it returns. Returns admitted,
+  // error (the handler failed; the job answered 500) or exec_timeout (the job answered the
+  // fallback at max_exec and waited for the handler to end before returning).
+  virtual outcome run(limit_group& group, const route_policy& policy) noexcept = 0;
   // Answers without running the handler (fallback response).
   virtual void reject(outcome why) noexcept = 0;
+};
+
+// What the edge learnt about one request before admission.
+struct request_info {
+  priority level = 0;
+  time_point arrival{};                // when the request reached the gate
+  std::optional<time_point> deadline;  // the client's own deadline, if it sent one
 };
 
 class admission {
@@ -80,9 +99,16 @@ class admission {
   limit_group* find_group(const std::string& name);
   std::vector<limit_group*> groups();
 
-  // Never blocks. Sheds on a full queue or a refused post right here; otherwise the job moves
-  // to a fiber that waits at most the route's max_wait.
-  void submit(const route_entry& route, priority level, std::unique_ptr<request_job> job) noexcept;
+  // Never blocks. Answers at once (on the calling thread) when the queue is full, the client's
+  // deadline cannot be met, the predicted wait exceeds the budget, or the executor refuses the
+  // job; otherwise the job moves to a fiber that waits at most the wait budget: max_wait, or
+  // less when the client's deadline minus the expected service time comes first.
+  void submit(const route_entry& route, const request_info& info,
+              std::unique_ptr<request_job> job) noexcept;
+  // Shorthand: level only, arriving now, no client deadline.
+  void submit(const route_entry& route, priority level, std::unique_ptr<request_job> job) noexcept {
+    submit(route, request_info{level, clock::now(), std::nullopt}, std::move(job));
+  }
 
   // Wakes every waiter with shutting_down and refuses new requests. Running handlers go on.
   void shutdown() noexcept;

@@ -30,6 +30,11 @@ class blocking_pool {
   template <class F>
   std::invoke_result_t<F&> run(F&& f);
 
+  // Runs f on a pool thread; the returned fiber future yields its result or exception. Throws
+  // std::runtime_error when the pool is stopped.
+  template <class F>
+  boost::fibers::future<std::invoke_result_t<F&>> post(F&& f);
+
   // Finishes queued work, then joins the threads. Idempotent.
   void stop();
   std::size_t threads() const noexcept { return threads_.size(); }
@@ -46,14 +51,19 @@ class blocking_pool {
 };
 
 template <class F>
-std::invoke_result_t<F&> blocking_pool::run(F&& f) {
+boost::fibers::future<std::invoke_result_t<F&>> blocking_pool::post(F&& f) {
   using result = std::invoke_result_t<F&>;
   boost::fibers::packaged_task<result()> work(std::forward<F>(f));
   auto done = work.get_future();
   if (!submit(unique_task([w = std::move(work)]() mutable { w(); }))) {
     throw std::runtime_error("blocking pool stopped");
   }
-  return done.get();
+  return done;
+}
+
+template <class F>
+std::invoke_result_t<F&> blocking_pool::run(F&& f) {
+  return post(std::forward<F>(f)).get();
 }
 
 }  // namespace qos

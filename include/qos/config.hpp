@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "qos/limit_algorithm.hpp"
+#include "qos/limiter.hpp"
 #include "qos/priority.hpp"
 
 namespace qos::config {
@@ -49,30 +51,63 @@ struct logging_config {
   std::string level = "info";  // trace|debug|info|warn|error|critical|off; QOS_LOG_LEVEL wins
 };
 
+// YAML `limit:` of a group. Absent: the limit is max_concurrent, fixed.
+struct limit_config {
+  limit_options options;  // kind, min, max, initial and the algorithm's parameters
+};
+
+// YAML `queue:` of a group: the discipline within each priority level.
+struct queue_config {
+  queue_discipline discipline = queue_discipline::fifo;
+  std::chrono::milliseconds target{5};      // codel
+  std::chrono::milliseconds interval{100};  // codel, adaptive_lifo
+};
+
 struct group_config {
   std::string name;
-  std::size_t max_concurrent = 0;    // required, > 0
+  std::size_t max_concurrent = 0;    // required, > 0; the initial limit when `limit` is set
   std::size_t max_queue = 1000;      // > 0; parked requests beyond this are shed at once
-  std::size_t blocking_threads = 0;  // 0: max_concurrent; else must be >= max_concurrent
-  int line = 0;                      // where it was declared, for messages
+  std::size_t blocking_threads = 0;  // 0: max_concurrent (or limit.max); else >= that
+  std::optional<limit_config> limit;
+  queue_config queue;
+  // Starvation guard: a waiter rises one priority level per aging_step waited; 0: off.
+  std::chrono::milliseconds aging_step{0};
+  // Decide and count what would be queued or shed, but let every request through.
+  bool shadow = false;
+  int line = 0;  // where it was declared, for messages
 };
 
 // A response qos makes on behalf of a route when it does not run the handler.
 struct fallback_config {
   int status = 503;
-  std::optional<int> retry_after_s = 1;        // Retry-After seconds; nullopt: no header
+  std::optional<int> retry_after_s = 1;  // Retry-After seconds; nullopt: no header
+  // `retry_after: auto`: computed from the group's queue and throughput (Little's law),
+  // bounded to [1, 60] s and jittered; retry_after_s is then ignored.
+  bool retry_after_auto = false;
   std::map<std::string, std::string> headers;  // extra headers
   std::string body = "{\"error\":\"overloaded\"}";
   std::string content_type = "application/json";
   std::string file;  // when set, body was read from this file at load time
 };
 
-// Fallbacks by reason; a reason without its own entry uses `any`.
+// Fallbacks by reason; a reason without its own entry uses `any` (exec_timeout: `any` with
+// status 504 unless its own entry sets a status).
 struct fallback_set {
   fallback_config any;
-  std::optional<fallback_config> timeout;
-  std::optional<fallback_config> queue_full;
-  std::optional<fallback_config> shutdown;
+  std::optional<fallback_config> timeout;            // waited max_wait
+  std::optional<fallback_config> queue_full;         // queue full, or the executor refused
+  std::optional<fallback_config> shutdown;           // server stopping
+  std::optional<fallback_config> shed;               // dropped by the queue discipline (codel)
+  std::optional<fallback_config> deadline;           // the client's deadline cannot be met
+  std::optional<fallback_config> predicted_timeout;  // predicted wait > wait budget
+  std::optional<fallback_config> exec_timeout;       // handler ran past max_exec
+};
+
+// Client deadlines: the header is read as a duration ("800ms", "2s", a bare number is ms);
+// grpc_timeout also reads `grpc-timeout` ("100m", "2S", units H M S m u n).
+struct deadline_config {
+  std::string header;         // empty: no header
+  bool grpc_timeout = false;  // also honour grpc-timeout
 };
 
 struct priority_config {
@@ -90,6 +125,14 @@ struct route_config {
   std::string name;
   std::string group;
   std::chrono::milliseconds max_wait{1000};  // > 0
+  // Execution timeout: the client gets the exec_timeout fallback (504) at max_exec, the permit
+  // stays held until the handler really ends, its late result is discarded. Needs a handler
+  // that returns its response (gate::guard_result). Absent: none.
+  std::optional<std::chrono::milliseconds> max_exec;
+  std::uint32_t cost = 1;  // permit units taken from the group, 1..max_concurrent
+  deadline_config deadline;
+  // Answer at once (predicted_timeout) when the estimated wait exceeds the wait budget.
+  bool predictive_reject = false;
   priority_config priority;
   fallback_set fallback;
   int line = 0;

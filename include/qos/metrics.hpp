@@ -18,6 +18,9 @@ class route_metrics {
   virtual void on_outcome(outcome o, duration waited) noexcept = 0;
   // Once per handler run: how long the handler held its permit.
   virtual void on_served(duration took) noexcept = 0;
+  // Shadow mode: the request ran, but a real gate would have given it `would_be` (queued as
+  // `timed_out` stands for "would have waited", queue_full for "would have been shed").
+  virtual void on_shadow(outcome would_be) noexcept = 0;
 };
 
 class metrics_sink {

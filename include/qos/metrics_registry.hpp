@@ -29,9 +29,12 @@ class metrics_registry final : public metrics_sink {
     std::atomic<std::uint64_t> wait_ns_sum{0};
     std::atomic<std::uint64_t> served{0};
     std::atomic<std::uint64_t> served_ns_sum{0};
+    std::atomic<std::uint64_t> shadow_queued{0};  // shadow mode: would have waited
+    std::atomic<std::uint64_t> shadow_shed{0};    // shadow mode: would have been shed
 
     void on_outcome(outcome o, duration waited) noexcept override;
     void on_served(duration took) noexcept override;
+    void on_shadow(outcome would_be) noexcept override;
     std::uint64_t count(outcome o) const noexcept {
       return outcomes[static_cast<std::size_t>(o)].load(std::memory_order_relaxed);
     }

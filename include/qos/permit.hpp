@@ -3,15 +3,17 @@
 // source's release_permit must be.
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
 namespace qos {
 
-// Whatever hands out permits. release_permit is called once per permit, from any thread.
+// Whatever hands out permits. release_permit is called once per permit, with the units it
+// carried (a request's cost), from any thread.
 class permit_source {
  public:
-  virtual void release_permit() noexcept = 0;
+  virtual void release_permit(std::uint32_t units) noexcept = 0;
 
  protected:
   ~permit_source() = default;
@@ -20,12 +22,15 @@ class permit_source {
 class permit {
  public:
   permit() noexcept = default;
-  explicit permit(permit_source& source) noexcept : source_(&source) {}
-  permit(permit&& other) noexcept : source_(std::exchange(other.source_, nullptr)) {}
+  explicit permit(permit_source& source, std::uint32_t units = 1) noexcept
+      : source_(&source), units_(units) {}
+  permit(permit&& other) noexcept
+      : source_(std::exchange(other.source_, nullptr)), units_(other.units_) {}
   permit& operator=(permit&& other) noexcept {
     if (this != &other) {
       reset();
       source_ = std::exchange(other.source_, nullptr);
+      units_ = other.units_;
     }
     return *this;
   }
@@ -34,12 +39,14 @@ class permit {
   ~permit() { reset(); }
 
   void reset() noexcept {
-    if (auto* s = std::exchange(source_, nullptr)) s->release_permit();
+    if (auto* s = std::exchange(source_, nullptr)) s->release_permit(units_);
   }
   explicit operator bool() const noexcept { return source_ != nullptr; }
+  std::uint32_t units() const noexcept { return units_; }
 
  private:
   permit_source* source_ = nullptr;
+  std::uint32_t units_ = 0;
 };
 
 static_assert(std::is_nothrow_move_constructible_v<permit>);

@@ -29,6 +29,16 @@ using handler =
 using fallback_handler = std::function<void(outcome why, const Pistache::Rest::Request&,
                                             Pistache::Http::ResponseWriter&)>;
 
+// What a result handler returns; qos sends it, unless the handler overran the route's
+// max_exec (the client then already has the exec_timeout fallback and this is discarded).
+struct response {
+  Pistache::Http::Code code = Pistache::Http::Code::Ok;
+  std::string body;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+using result_handler = std::function<response(const Pistache::Rest::Request&)>;
+
 enum class handler_kind {
   fiber,     // runs on the fiber: non-blocking code, fiber-aware waits
   blocking,  // calls a synchronous driver: runs on the group's blocking pool
@@ -49,12 +59,17 @@ class gate {
   ~gate();
 
   // Guards `h` with the route policy `route` of the config. Throws std::invalid_argument for a
-  // route name the config does not declare.
+  // route name the config does not declare, or one with max_exec (use guard_result: a
+  // handler that writes its own response cannot have a late result discarded).
   Pistache::Rest::Route::Handler guard(const std::string& route, handler h,
                                        handler_kind kind = handler_kind::fiber);
   Pistache::Rest::Route::Handler guard_blocking(const std::string& route, handler h) {
     return guard(route, std::move(h), handler_kind::blocking);
   }
+  // Guards a handler that returns its response. It runs on its own fiber (or the group's
+  // blocking pool) while the request's fiber waits at most the route's max_exec for it.
+  Pistache::Rest::Route::Handler guard_result(const std::string& route, result_handler h,
+                                              handler_kind kind = handler_kind::blocking);
   // An unguarded route: runs `h` on the reactor thread exactly as Pistache would, with only the
   // keep-alive fix applied.
   static Pistache::Rest::Route::Handler plain(handler h);
@@ -73,6 +88,8 @@ class gate {
   struct route_state;
 
  private:
+  const route_state& find(const std::string& route) const;
+
   admission& adm_;
   std::map<std::string, std::unique_ptr<route_state>, std::less<>> routes_;
 };

@@ -36,7 +36,7 @@ class fake_job final : public request_job {
       : t_(t), hold_(hold), connected_(connected) {}
   ~fake_job() override { EXPECT_EQ(calls_, 1) << "a job must be answered exactly once"; }
   bool client_connected() noexcept override { return connected_; }
-  outcome run(limit_group&) noexcept override {
+  outcome run(limit_group&, const route_policy&) noexcept override {
     ++calls_;
     ++t_.runs;
     ++t_.answers;
@@ -60,10 +60,28 @@ class fake_job final : public request_job {
   int calls_ = 0;
 };
 
+group_options group_of(std::size_t n, std::size_t queue) {
+  group_options g;
+  g.name = "g";
+  g.limiter.max_concurrent = n;
+  g.limiter.max_queue = queue;
+  return g;
+}
+
+route_policy route_of(duration wait) {
+  route_policy r;
+  r.name = "r";
+  r.group = "g";
+  r.max_wait = wait;
+  return r;
+}
+
 struct fixture {
   explicit fixture(std::size_t n, std::size_t queue, duration wait)
+      : fixture(group_of(n, queue), route_of(wait)) {}
+  fixture(const group_options& g, const route_policy& r)
       : exec({2, 1024, 64 * 1024}),
-        adm({{"g", n, queue, 0}}, {{"r", "g", wait}}, exec),
+        adm({g}, {r}, exec),
         route(*adm.find_route("r")),
         group(*adm.find_group("g")) {}
   ~fixture() { exec.stop(); }

@@ -533,6 +533,127 @@ TEST_F(gate_test, guarded_responses_keep_the_connection_alive) {
   EXPECT_TRUE(conn.is_open());
 }
 
+TEST_F(gate_test, max_exec_answers_504_at_the_limit_and_keeps_the_permit_until_the_end) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  auto r = route("slow", "db", 1000ms);
+  r.max_exec = 50ms;
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::atomic<bool> finished{false};
+  rest::Routes::Get(router(), "/slow", gate().guard_result("slow", [&](const rest::Request&) {
+    v.wait_on_fiber();  // on the blocking pool: a plain thread waits too
+    finished = true;
+    return response{http::Code::Ok, "too late", "text/plain", {}};
+  }));
+  serve();
+  auto late = http_get(port_, "/slow");
+  EXPECT_EQ(late.status, 504);
+  EXPECT_EQ(late.header(outcome_header), "exec_timeout");
+  // The abandoned handler still occupies the group until it really ends.
+  EXPECT_FALSE(finished.load());
+  EXPECT_EQ(stats("db").in_use, 1u);
+  v.open();
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+  EXPECT_TRUE(finished.load());
+  EXPECT_EQ(srv_->metrics().find("slow")->count(outcome::exec_timeout), 1u);
+}
+
+TEST_F(gate_test, result_handler_within_max_exec_is_sent_with_its_headers) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  auto r = route("fast", "db", 1000ms);
+  r.max_exec = 5000ms;
+  cfg.routes.push_back(r);
+  start(cfg);
+  rest::Routes::Get(
+      router(), "/fast",
+      gate().guard_result(
+          "fast",
+          [](const rest::Request&) {
+            return response{http::Code::Created, "made", "text/plain", {{"X-Id", "7"}}};
+          },
+          handler_kind::fiber));
+  EXPECT_THROW(gate().guard("fast", [](const rest::Request&, http::ResponseWriter&) {}),
+               std::invalid_argument);
+  serve();
+  auto ok = http_get(port_, "/fast");
+  EXPECT_EQ(ok.status, 201);
+  EXPECT_EQ(ok.body, "made");
+  EXPECT_EQ(ok.header("X-Id"), "7");
+}
+
+TEST_F(gate_test, client_deadline_header_cuts_the_wait_and_reaches_the_handler) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  auto r = route("dl", "db", 10000ms);
+  r.deadline.header = "X-Request-Timeout";
+  r.deadline.grpc_timeout = true;
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  std::atomic<long long> budget_ms{-1};
+  rest::Routes::Get(router(), "/dl/:tag",
+                    gate().guard("dl", [&](const rest::Request& req, http::ResponseWriter& w) {
+                      if (req.param(":tag").as<std::string>() == "holder") {
+                        v.wait_on_fiber();
+                      } else if (auto left = remaining_budget()) {
+                        budget_ms =
+                            std::chrono::duration_cast<std::chrono::milliseconds>(*left).count();
+                      }
+                      w.send(http::Code::Ok, std::string("ok"));
+                    }));
+  serve();
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/dl/holder").status, 200); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  auto cut = http_get(port_, "/dl/x", {{"X-Request-Timeout", "40ms"}});
+  EXPECT_EQ(cut.status, 503);
+  EXPECT_EQ(cut.header(outcome_header), "deadline");
+  auto grpc = http_get(port_, "/dl/x", {{"grpc-timeout", "30m"}});
+  EXPECT_EQ(grpc.header(outcome_header), "deadline");
+  v.open();
+  holder.join();
+  // A free permit: the handler runs and sees what is left of its 5 s.
+  EXPECT_EQ(http_get(port_, "/dl/y", {{"X-Request-Timeout", "5s"}}).status, 200);
+  EXPECT_GT(budget_ms.load(), 0);
+  EXPECT_LE(budget_ms.load(), 5000);
+  // A malformed header is ignored: no deadline, normal service.
+  EXPECT_EQ(http_get(port_, "/dl/z", {{"X-Request-Timeout", "soon"}}).status, 200);
+}
+
+TEST_F(gate_test, retry_after_auto_is_computed_and_bounded) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 1));
+  auto r = route("auto", "db", 10000ms);
+  r.fallback.any.retry_after_auto = true;
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  rest::Routes::Get(router(), "/auto",
+                    gate().guard("auto", [&](const rest::Request&, http::ResponseWriter& w) {
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("ok"));
+                    }));
+  serve();
+  std::vector<std::thread> held;
+  for (int i = 0; i < 2; ++i) {
+    held.emplace_back([&] { http_get(port_, "/auto"); });
+    ASSERT_TRUE(eventually([&] {
+      auto s = stats("db");
+      return s.in_use + s.waiting == static_cast<std::size_t>(i + 1);
+    }));
+  }
+  auto shed = http_get(port_, "/auto");
+  EXPECT_EQ(shed.status, 503);
+  ASSERT_TRUE(shed.header("Retry-After"));
+  const int secs = std::stoi(*shed.header("Retry-After"));
+  EXPECT_GE(secs, 1);
+  EXPECT_LE(secs, 60);
+  v.open();
+  for (auto& t : held) t.join();
+}
+
 TEST(gate_config_test, unknown_route_name_is_an_error_at_setup) {
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 10));

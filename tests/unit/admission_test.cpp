@@ -179,5 +179,85 @@ TEST(admission_test, many_jobs_each_answered_exactly_once) {
   }));
 }
 
+TEST(admission_test, client_deadline_answers_at_once_or_cuts_the_wait) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  const auto now = clock::now();
+  // Already past its deadline: answered inline, no fiber, no queue place.
+  f.adm.submit(f.route, request_info{0, now, now - 1ms}, std::make_unique<fake_job>(t));
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::deadline)].load(), 1);
+  EXPECT_EQ(f.group.stats().reserved + f.group.stats().waiting, 0u);
+  // A deadline 30 ms out shortens the 5 s max_wait: it ends as `deadline`, not `timeout`.
+  f.adm.submit(f.route, request_info{0, clock::now(), clock::now() + 30ms},
+               std::make_unique<fake_job>(t));
+  ASSERT_TRUE(eventually([&] { return t.by_outcome[static_cast<int>(outcome::deadline)] == 2; }));
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::timed_out)].load(), 0);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 3; }));
+}
+
+TEST(admission_test, predictive_reject_answers_when_the_queue_cannot_drain_in_time) {
+  auto r = route_of(200ms);
+  r.predictive_reject = true;
+  fixture f(group_of(1, 100), r);
+  // Teach the group a service time of about 50 ms.
+  for (int i = 0; i < 40; ++i) f.group.limiter().on_served(50ms, false);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  // Each waiter adds ~50 ms of expected wait: four fit in the 200 ms budget, later ones not.
+  for (int i = 0; i < 6; ++i) f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::predicted_timeout)].load(), 2);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 4; }));
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 7; }));
+}
+
+TEST(admission_test, shadow_group_counts_decisions_and_lets_everything_through) {
+  struct counting_metrics final : metrics_sink, route_metrics {
+    std::atomic<int> queued{0}, shed{0};
+    route_metrics& route(std::string_view, std::string_view) override { return *this; }
+    void on_outcome(outcome, duration) noexcept override {}
+    void on_served(duration) noexcept override {}
+    void on_shadow(outcome o) noexcept override { ++(o == outcome::queue_full ? shed : queued); }
+  } m;
+  auto g = group_of(1, 2);
+  g.shadow = true;
+  executor exec({2, 1024, 64 * 1024});
+  admission adm({g}, {route_of(1s)}, exec, m);
+  const auto& route = *adm.find_route("r");
+  tally t;
+  std::atomic<bool> hold{true};
+  for (int i = 0; i < 6; ++i) adm.submit(route, 0, std::make_unique<fake_job>(t, &hold));
+  // All six run at once although the limit is 1 and the queue holds 2.
+  ASSERT_TRUE(eventually([&] { return t.runs == 6; }));
+  EXPECT_EQ(m.queued.load() + m.shed.load(), 5);
+  EXPECT_EQ(adm.find_group("g")->stats().in_use, 1u);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.answers == 6; }));
+  ASSERT_TRUE(eventually([&] { return adm.find_group("g")->stats().in_use == 0; }));
+  exec.stop();
+}
+
+TEST(admission_test, adaptive_limit_moves_the_group_limit_from_served_samples) {
+  auto g = group_of(10, 100);
+  limit_options lo;
+  lo.kind = limit_kind::aimd;
+  lo.min = 2;
+  lo.max = 40;
+  lo.initial = 10;
+  lo.timeout = 100ms;
+  g.limit = lo;
+  fixture f(g, route_of(1s));
+  EXPECT_EQ(f.group.stats().max_concurrent, 10u);
+  // Served requests slower than the AIMD timeout cut the limit; it never goes below min.
+  for (int i = 0; i < 100; ++i) f.group.limiter().on_served(300ms, false);
+  EXPECT_EQ(f.group.stats().max_concurrent, 2u);
+}
+
 }  // namespace
 }  // namespace qos

@@ -323,6 +323,278 @@ routes:
 }
 
 // ---------------------------------------------------------------------------------------------
+// Overload control keys: adaptive limits, queue disciplines, aging, shadow mode, execution
+// timeouts, costs, client deadlines, predictive rejects and the new fallback reasons.
+
+// `minimal` with `group_extra` in the group (from line 4) and `route_extra` in the route.
+std::string overload_config(const std::string& group_extra, const std::string& route_extra = "") {
+  return "groups:\n  - name: db\n    max_concurrent: 8\n" + group_extra +
+         "routes:\n  - name: items\n    group: db\n" + route_extra;
+}
+
+TEST(config_overload, new_keys_default_to_the_old_behaviour) {
+  const app_config config = load_config_string(minimal);
+  const auto& group = config.groups[0];
+  EXPECT_FALSE(group.limit);
+  EXPECT_EQ(group.queue.discipline, qos::queue_discipline::fifo);
+  EXPECT_EQ(group.queue.target, 5ms);
+  EXPECT_EQ(group.queue.interval, 100ms);
+  EXPECT_EQ(group.aging_step, 0ms);
+  EXPECT_FALSE(group.shadow);
+
+  const auto& route = config.routes[0];
+  EXPECT_EQ(route.max_exec, std::nullopt);
+  EXPECT_EQ(route.cost, 1u);
+  EXPECT_EQ(route.deadline.header, "");
+  EXPECT_FALSE(route.deadline.grpc_timeout);
+  EXPECT_FALSE(route.predictive_reject);
+  EXPECT_FALSE(route.fallback.any.retry_after_auto);
+  EXPECT_FALSE(route.fallback.shed);
+  EXPECT_FALSE(route.fallback.deadline);
+  EXPECT_FALSE(route.fallback.predicted_timeout);
+  // exec_timeout is always set, so callers never special-case it: `any` with status 504.
+  ASSERT_TRUE(route.fallback.exec_timeout);
+  EXPECT_EQ(route.fallback.exec_timeout->status, 504);
+  EXPECT_EQ(route.fallback.exec_timeout->retry_after_s, 1);
+  EXPECT_FALSE(route.fallback.exec_timeout->retry_after_auto);
+  EXPECT_EQ(route.fallback.exec_timeout->body, route.fallback.any.body);
+  EXPECT_EQ(route.fallback.exec_timeout->content_type, "application/json");
+}
+
+TEST(config_overload, limit_defaults_follow_max_concurrent) {
+  const app_config config = load_config_string(overload_config("    limit: {algorithm: aimd}\n"));
+  ASSERT_TRUE(config.groups[0].limit);
+  const qos::limit_options& o = config.groups[0].limit->options;
+  const qos::limit_options defaults;
+  EXPECT_EQ(o.kind, qos::limit_kind::aimd);
+  EXPECT_EQ(o.min, 1u);
+  EXPECT_EQ(o.max, 32u);     // 4 * max_concurrent
+  EXPECT_EQ(o.initial, 8u);  // max_concurrent
+  EXPECT_EQ(o.backoff_ratio, defaults.backoff_ratio);
+  EXPECT_EQ(o.timeout, defaults.timeout);
+  EXPECT_EQ(o.rtt_tolerance, defaults.rtt_tolerance);
+  EXPECT_EQ(o.smoothing, defaults.smoothing);
+  EXPECT_EQ(o.long_window, defaults.long_window);
+  EXPECT_EQ(o.probe_interval, defaults.probe_interval);
+  EXPECT_EQ(config.groups[0].max_concurrent, 8u);
+}
+
+TEST(config_overload, limit_initial_is_max_concurrent_clamped_into_min_max) {
+  const app_config above =
+      load_config_string(overload_config("    limit: {algorithm: fixed, min: 2, max: 4}\n"));
+  EXPECT_EQ(above.groups[0].limit->options.initial, 4u);
+  EXPECT_EQ(above.groups[0].limit->options.kind, qos::limit_kind::fixed);
+
+  // With no max, max defaults to 4 * max_concurrent but never below min.
+  const app_config below =
+      load_config_string(overload_config("    limit: {algorithm: fixed, min: 40}\n"));
+  EXPECT_EQ(below.groups[0].limit->options.min, 40u);
+  EXPECT_EQ(below.groups[0].limit->options.max, 40u);
+  EXPECT_EQ(below.groups[0].limit->options.initial, 40u);
+}
+
+TEST(config_overload, parses_every_limit_key) {
+  const app_config aimd = load_config_string(overload_config(R"(    limit:
+      algorithm: aimd
+      min: 2
+      max: 64
+      initial: 10
+      backoff_ratio: 0.75
+      timeout: 1.5s
+)"));
+  const qos::limit_options& a = aimd.groups[0].limit->options;
+  EXPECT_EQ(a.kind, qos::limit_kind::aimd);
+  EXPECT_EQ(a.min, 2u);
+  EXPECT_EQ(a.max, 64u);
+  EXPECT_EQ(a.initial, 10u);
+  EXPECT_DOUBLE_EQ(a.backoff_ratio, 0.75);
+  EXPECT_EQ(a.timeout, 1500ms);
+
+  // Integers are fine where a number is expected.
+  const app_config gradient = load_config_string(overload_config(R"(    limit:
+      algorithm: gradient2
+      rtt_tolerance: 2
+      smoothing: 1
+      long_window: 100
+)"));
+  const qos::limit_options& g = gradient.groups[0].limit->options;
+  EXPECT_EQ(g.kind, qos::limit_kind::gradient2);
+  EXPECT_DOUBLE_EQ(g.rtt_tolerance, 2.0);
+  EXPECT_DOUBLE_EQ(g.smoothing, 1.0);
+  EXPECT_EQ(g.long_window, 100u);
+
+  const app_config vegas = load_config_string(
+      overload_config("    limit: {algorithm: vegas, probe_interval: 30s, min: 3}\n"));
+  const qos::limit_options& v = vegas.groups[0].limit->options;
+  EXPECT_EQ(v.kind, qos::limit_kind::vegas);
+  EXPECT_EQ(v.probe_interval, 30s);
+  EXPECT_EQ(v.min, 3u);
+}
+
+TEST(config_overload, limit_options_are_accepted_by_the_algorithm_factory) {
+  for (const char* limit :
+       {"{algorithm: fixed}", "{algorithm: aimd, backoff_ratio: 0.5, timeout: 1ms}",
+        "{algorithm: gradient2, rtt_tolerance: 1, smoothing: 0.01, long_window: 1}",
+        "{algorithm: vegas, min: 8, max: 8, probe_interval: 100us}"}) {
+    const app_config config =
+        load_config_string(overload_config(std::string("    limit: ") + limit + "\n"));
+    EXPECT_NO_THROW(qos::make_limit_algorithm(config.groups[0].limit->options)) << limit;
+  }
+}
+
+TEST(config_overload, parses_queue_aging_and_shadow) {
+  const app_config codel = load_config_string(overload_config(R"(    queue:
+      discipline: codel
+      target: 10ms
+      interval: 200ms
+    aging_step: 250ms
+    shadow: true
+)"));
+  const auto& g = codel.groups[0];
+  EXPECT_EQ(g.queue.discipline, qos::queue_discipline::codel);
+  EXPECT_EQ(g.queue.target, 10ms);
+  EXPECT_EQ(g.queue.interval, 200ms);
+  EXPECT_EQ(g.aging_step, 250ms);
+  EXPECT_TRUE(g.shadow);
+
+  const app_config lifo = load_config_string(
+      overload_config("    queue: {discipline: adaptive_lifo, interval: 1s}\n    aging_step: 0\n"));
+  EXPECT_EQ(lifo.groups[0].queue.discipline, qos::queue_discipline::adaptive_lifo);
+  EXPECT_EQ(lifo.groups[0].queue.target, 5ms);
+  EXPECT_EQ(lifo.groups[0].queue.interval, 1s);
+  EXPECT_EQ(lifo.groups[0].aging_step, 0ms);
+
+  const app_config empty = load_config_string(overload_config("    queue:\n    shadow: no\n"));
+  EXPECT_EQ(empty.groups[0].queue.discipline, qos::queue_discipline::fifo);
+  EXPECT_FALSE(empty.groups[0].shadow);
+}
+
+TEST(config_overload, blocking_threads_must_cover_limit_max) {
+  const app_config config = load_config_string(
+      overload_config("    blocking_threads: 64\n    limit: {algorithm: aimd, max: 64}\n"));
+  EXPECT_EQ(config.groups[0].blocking_threads, 64u);
+  // A limit that never exceeds 4 needs no more than 4 threads, whatever max_concurrent says.
+  const app_config small = load_config_string(
+      overload_config("    limit: {algorithm: aimd, max: 4}\n    blocking_threads: 4\n"));
+  EXPECT_EQ(small.groups[0].blocking_threads, 4u);
+}
+
+TEST(config_overload, parses_route_keys) {
+  const app_config config = load_config_string(overload_config("", R"(    max_exec: 2s
+    cost: 3
+    deadline:
+      header: X-Request-Timeout
+      grpc_timeout: true
+    predictive_reject: true
+)"));
+  const auto& route = config.routes[0];
+  EXPECT_EQ(route.max_exec, 2s);
+  EXPECT_EQ(route.cost, 3u);
+  EXPECT_EQ(route.deadline.header, "X-Request-Timeout");
+  EXPECT_TRUE(route.deadline.grpc_timeout);
+  EXPECT_TRUE(route.predictive_reject);
+
+  const app_config grpc_only =
+      load_config_string(overload_config("", "    deadline: {grpc_timeout: yes}\n"));
+  EXPECT_EQ(grpc_only.routes[0].deadline.header, "");
+  EXPECT_TRUE(grpc_only.routes[0].deadline.grpc_timeout);
+}
+
+TEST(config_overload, cost_may_reach_max_concurrent_or_limit_max) {
+  EXPECT_EQ(load_config_string(overload_config("", "    cost: 8\n")).routes[0].cost, 8u);
+  const std::string limit = "    limit: {algorithm: aimd, max: 16}\n";
+  EXPECT_EQ(load_config_string(overload_config(limit, "    cost: 16\n")).routes[0].cost, 16u);
+  // A limit below max_concurrent does not take permits away from a route.
+  const std::string low = "    limit: {algorithm: aimd, max: 4}\n";
+  EXPECT_EQ(load_config_string(overload_config(low, "    cost: 8\n")).routes[0].cost, 8u);
+}
+
+TEST(config_overload, new_fallback_reasons_inherit_route_fields) {
+  const app_config config = load_config_string(std::string(minimal) + R"(    fallback:
+      status: 429
+      retry_after: 3
+      headers: {X-Foo: bar}
+      body: busy
+      shed: {status: 503}
+      deadline: {body: too late}
+      predicted_timeout: {retry_after: none}
+      exec_timeout: {headers: {X-Exec: slow}}
+)");
+  const auto& fallback = config.routes[0].fallback;
+  const std::map<std::string, std::string> route_headers{{"X-Foo", "bar"}};
+  ASSERT_TRUE(fallback.shed);
+  EXPECT_EQ(fallback.shed->status, 503);
+  EXPECT_EQ(fallback.shed->retry_after_s, 3);
+  EXPECT_EQ(fallback.shed->headers, route_headers);
+  EXPECT_EQ(fallback.shed->body, "busy");
+
+  ASSERT_TRUE(fallback.deadline);
+  EXPECT_EQ(fallback.deadline->status, 429);
+  EXPECT_EQ(fallback.deadline->body, "too late");
+
+  ASSERT_TRUE(fallback.predicted_timeout);
+  EXPECT_EQ(fallback.predicted_timeout->status, 429);
+  EXPECT_EQ(fallback.predicted_timeout->retry_after_s, std::nullopt);
+
+  // exec_timeout inherits everything but the status, which stays 504.
+  ASSERT_TRUE(fallback.exec_timeout);
+  EXPECT_EQ(fallback.exec_timeout->status, 504);
+  EXPECT_EQ(fallback.exec_timeout->retry_after_s, 3);
+  EXPECT_EQ(fallback.exec_timeout->body, "busy");
+  const std::map<std::string, std::string> exec_headers{{"X-Exec", "slow"}};
+  EXPECT_EQ(fallback.exec_timeout->headers, exec_headers);
+  EXPECT_FALSE(fallback.timeout);
+}
+
+TEST(config_overload, exec_timeout_status_defaults_to_504) {
+  const app_config absent =
+      load_config_string(std::string(minimal) + "    fallback: {status: 429, body: busy}\n");
+  ASSERT_TRUE(absent.routes[0].fallback.exec_timeout);
+  EXPECT_EQ(absent.routes[0].fallback.exec_timeout->status, 504);
+  EXPECT_EQ(absent.routes[0].fallback.exec_timeout->body, "busy");
+  EXPECT_EQ(absent.routes[0].fallback.any.status, 429);
+
+  const app_config own_status = load_config_string(
+      std::string(minimal) + "    fallback: {status: 429, exec_timeout: {status: 500}}\n");
+  EXPECT_EQ(own_status.routes[0].fallback.exec_timeout->status, 500);
+
+  const app_config empty_entry =
+      load_config_string(std::string(minimal) + "    fallback:\n      exec_timeout:\n");
+  EXPECT_EQ(empty_entry.routes[0].fallback.exec_timeout->status, 504);
+}
+
+TEST(config_overload, retry_after_auto) {
+  const app_config route_level = load_config_string(std::string(minimal) + R"(    fallback:
+      retry_after: auto
+      timeout: {status: 504}
+      shed: {retry_after: 5}
+      deadline: {retry_after: none}
+)");
+  const auto& fallback = route_level.routes[0].fallback;
+  EXPECT_TRUE(fallback.any.retry_after_auto);
+  EXPECT_TRUE(fallback.timeout->retry_after_auto);       // inherited
+  EXPECT_TRUE(fallback.exec_timeout->retry_after_auto);  // inherited
+  // A per-reason retry_after replaces auto whole.
+  EXPECT_FALSE(fallback.shed->retry_after_auto);
+  EXPECT_EQ(fallback.shed->retry_after_s, 5);
+  EXPECT_FALSE(fallback.deadline->retry_after_auto);
+  EXPECT_EQ(fallback.deadline->retry_after_s, std::nullopt);
+
+  const app_config per_reason = load_config_string(std::string(minimal) + R"(    fallback:
+      retry_after: 3
+      queue_full:
+        retry_after: auto
+      predicted_timeout: {retry_after: 'auto'}
+)");
+  const auto& reasons = per_reason.routes[0].fallback;
+  EXPECT_FALSE(reasons.any.retry_after_auto);
+  EXPECT_EQ(reasons.any.retry_after_s, 3);
+  EXPECT_TRUE(reasons.queue_full->retry_after_auto);
+  EXPECT_TRUE(reasons.predicted_timeout->retry_after_auto);
+  EXPECT_FALSE(reasons.exec_timeout->retry_after_auto);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fallback files
 
 TEST(config_files, fallback_file_is_read_relative_to_base_dir) {
@@ -747,6 +1019,160 @@ INSTANTIATE_TEST_SUITE_P(
                  "routes[0].priority.values", "need a header"},
         bad_case{"bad_priority_header", with("    priority: {raw_header: 'X:P'}\n"), 7, 28,
                  "routes[0].priority.raw_header", "invalid header name"},
+        // Adaptive limit (groups[].limit).
+        bad_case{"limit_not_a_map", group_with("    limit: aimd\n"), 4, 12, "groups[0].limit",
+                 "expected a map, got 'aimd'"},
+        bad_case{"limit_unknown_key", group_with("    limit: {algorithm: aimd, maximum: 3}\n"), 4,
+                 30, "groups[0].limit.maximum", "unknown key"},
+        bad_case{"limit_missing_algorithm", group_with("    limit: {min: 2}\n"), 4, 12,
+                 "groups[0].limit.algorithm", "missing required key"},
+        bad_case{"limit_unknown_algorithm", group_with("    limit: {algorithm: bbr}\n"), 4, 24,
+                 "groups[0].limit.algorithm",
+                 "invalid algorithm 'bbr' (expected fixed, aimd, gradient2 or vegas)"},
+        bad_case{"limit_algorithm_list", group_with("    limit: {algorithm: [aimd]}\n"), 4, 24,
+                 "groups[0].limit.algorithm", "expected a string, got a list"},
+        bad_case{"limit_min_zero", group_with("    limit: {algorithm: aimd, min: 0}\n"), 4, 35,
+                 "groups[0].limit.min", "must be > 0, got 0"},
+        bad_case{"limit_min_above_max",
+                 group_with("    limit:\n      algorithm: aimd\n      min: 10\n      max: 5\n"), 7,
+                 12, "groups[0].limit.max", "must be >= min (10), got 5"},
+        bad_case{"limit_max_float", group_with("    limit: {algorithm: aimd, max: 2.5}\n"), 4, 35,
+                 "groups[0].limit.max", "expected an integer"},
+        bad_case{"limit_initial_below_min",
+                 group_with("    limit: {algorithm: aimd, min: 2, max: 4, initial: 1}\n"), 4, 55,
+                 "groups[0].limit.initial", "must be within [min, max] = [2, 4], got 1"},
+        bad_case{"limit_initial_above_max",
+                 group_with("    limit: {algorithm: aimd, max: 4, initial: 5}\n"), 4, 47,
+                 "groups[0].limit.initial", "must be within [min, max] = [1, 4], got 5"},
+        bad_case{"limit_initial_above_default_max",
+                 group_with("    limit: {algorithm: aimd, initial: 33}\n"), 4, 39,
+                 "groups[0].limit.initial", "[1, 32], got 33"},
+        bad_case{"backoff_ratio_too_low",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: 0.4}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1), got 0.4"},
+        bad_case{"backoff_ratio_one",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: 1}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1), got 1"},
+        bad_case{"backoff_ratio_bool",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: true}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "expected a number, got 'true'"},
+        bad_case{"backoff_ratio_string",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: '0.9'}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "expected a number, got a string"},
+        bad_case{"backoff_ratio_word",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: high}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "expected a number, got 'high'"},
+        bad_case{"backoff_ratio_nan",
+                 group_with("    limit: {algorithm: aimd, backoff_ratio: .nan}\n"), 4, 45,
+                 "groups[0].limit.backoff_ratio", "expected a number"},
+        bad_case{"aimd_timeout_zero", group_with("    limit: {algorithm: aimd, timeout: 0s}\n"), 4,
+                 39, "groups[0].limit.timeout", "must be > 0"},
+        bad_case{"aimd_timeout_negative",
+                 group_with("    limit: {algorithm: aimd, timeout: -1s}\n"), 4, 39,
+                 "groups[0].limit.timeout", "negative"},
+        bad_case{"parameter_of_other_algorithm",
+                 group_with("    limit: {algorithm: vegas, backoff_ratio: 0.8}\n"), 4, 46,
+                 "groups[0].limit.backoff_ratio", "applies only to algorithm aimd, not vegas"},
+        bad_case{"rtt_tolerance_below_one",
+                 group_with("    limit: {algorithm: gradient2, rtt_tolerance: 0.9}\n"), 4, 50,
+                 "groups[0].limit.rtt_tolerance", "must be >= 1, got 0.9"},
+        bad_case{"rtt_tolerance_infinite",
+                 group_with("    limit: {algorithm: gradient2, rtt_tolerance: .inf}\n"), 4, 50,
+                 "groups[0].limit.rtt_tolerance", "expected a number"},
+        bad_case{"smoothing_zero", group_with("    limit: {algorithm: gradient2, smoothing: 0}\n"),
+                 4, 46, "groups[0].limit.smoothing", "must be in (0, 1], got 0"},
+        bad_case{"smoothing_above_one",
+                 group_with("    limit: {algorithm: gradient2, smoothing: 1.5}\n"), 4, 46,
+                 "groups[0].limit.smoothing", "must be in (0, 1], got 1.5"},
+        bad_case{"long_window_zero",
+                 group_with("    limit: {algorithm: gradient2, long_window: 0}\n"), 4, 48,
+                 "groups[0].limit.long_window", "must be > 0, got 0"},
+        bad_case{"probe_interval_zero",
+                 group_with("    limit: {algorithm: vegas, probe_interval: 0ms}\n"), 4, 47,
+                 "groups[0].limit.probe_interval", "must be > 0"},
+        bad_case{"probe_interval_with_aimd",
+                 group_with("    limit: {algorithm: aimd, probe_interval: 1s}\n"), 4, 46,
+                 "groups[0].limit.probe_interval", "applies only to algorithm vegas, not aimd"},
+        bad_case{"blocking_below_limit_max",
+                 group_with("    blocking_threads: 16\n    limit: {algorithm: aimd, max: 32}\n"), 4,
+                 23, "groups[0].blocking_threads", "must be 0 or >= limit.max (32), got 16"},
+        bad_case{"blocking_below_default_limit_max",
+                 group_with("    limit: {algorithm: aimd}\n    blocking_threads: 8\n"), 5, 23,
+                 "groups[0].blocking_threads", "must be 0 or >= limit.max (32), got 8"},
+        // Queue discipline, aging, shadow mode.
+        bad_case{"queue_bad_discipline", group_with("    queue: {discipline: lifo}\n"), 4, 25,
+                 "groups[0].queue.discipline",
+                 "invalid discipline 'lifo' (expected fifo, codel or adaptive_lifo)"},
+        bad_case{"queue_unknown_key", group_with("    queue: {discipline: codel, taget: 5ms}\n"), 4,
+                 32, "groups[0].queue.taget", "unknown key"},
+        bad_case{"queue_zero_target", group_with("    queue: {discipline: codel, target: 0ms}\n"),
+                 4, 40, "groups[0].queue.target", "must be > 0"},
+        bad_case{"queue_negative_interval",
+                 group_with("    queue:\n      discipline: adaptive_lifo\n      interval: -5ms\n"),
+                 6, 17, "groups[0].queue.interval", "negative"},
+        bad_case{"queue_zero_interval", group_with("    queue: {discipline: codel, interval: 0}\n"),
+                 4, 42, "groups[0].queue.interval", "must be > 0"},
+        bad_case{"queue_target_without_codel",
+                 group_with("    queue: {discipline: adaptive_lifo, target: 5ms}\n"), 4, 48,
+                 "groups[0].queue.target", "applies only to discipline codel, not adaptive_lifo"},
+        bad_case{"queue_interval_with_fifo", group_with("    queue: {interval: 1s}\n"), 4, 23,
+                 "groups[0].queue.interval", "not fifo"},
+        bad_case{"aging_step_negative", group_with("    aging_step: -250ms\n"), 4, 17,
+                 "groups[0].aging_step", "negative"},
+        bad_case{"aging_step_word", group_with("    aging_step: often\n"), 4, 17,
+                 "groups[0].aging_step", "invalid duration 'often'"},
+        bad_case{"shadow_not_bool", group_with("    shadow: 1\n"), 4, 13, "groups[0].shadow",
+                 "expected true or false, got '1'"},
+        bad_case{"shadow_quoted", group_with("    shadow: 'true'\n"), 4, 13, "groups[0].shadow",
+                 "expected true or false"},
+        // Route overload keys.
+        bad_case{"max_exec_zero", with("    max_exec: 0\n"), 7, 15, "routes[0].max_exec",
+                 "must be > 0"},
+        bad_case{"max_exec_negative", with("    max_exec: -2s\n"), 7, 15, "routes[0].max_exec",
+                 "negative"},
+        bad_case{"cost_zero", with("  - name: other\n    group: db\n    cost: 0\n"), 9, 11,
+                 "routes[1].cost", "must be between 1 and 8 (group 'db' never grants more"},
+        bad_case{"cost_above_max_concurrent", with("    cost: 9\n"), 7, 11, "routes[0].cost",
+                 "must be between 1 and 8"},
+        bad_case{"cost_above_limit_max",
+                 "groups:\n  - name: db\n    max_concurrent: 8\n    limit: {algorithm: aimd, max: "
+                 "16}\nroutes:\n  - {name: r, group: db, cost: 17}\n",
+                 6, 32, "routes[0].cost", "must be between 1 and 16"},
+        bad_case{"cost_bool", with("    cost: true\n"), 7, 11, "routes[0].cost",
+                 "expected an integer"},
+        bad_case{"cost_string", with("    cost: '2'\n"), 7, 11, "routes[0].cost",
+                 "expected an integer, got a string"},
+        bad_case{"deadline_not_a_map", with("    deadline: X-Request-Timeout\n"), 7, 15,
+                 "routes[0].deadline", "expected a map"},
+        bad_case{"deadline_unknown_key", with("    deadline: {headers: X-T}\n"), 7, 16,
+                 "routes[0].deadline.headers", "unknown key"},
+        bad_case{"deadline_bad_header", with("    deadline: {header: 'X Timeout'}\n"), 7, 24,
+                 "routes[0].deadline.header", "invalid header name 'X Timeout'"},
+        bad_case{"deadline_empty_header", with("    deadline: {header: ''}\n"), 7, 24,
+                 "routes[0].deadline.header", "invalid header name"},
+        bad_case{"deadline_grpc_header", with("    deadline: {header: Grpc-Timeout}\n"), 7, 24,
+                 "routes[0].deadline.header", "set grpc_timeout: true instead"},
+        bad_case{"deadline_grpc_not_bool", with("    deadline: {grpc_timeout: sometimes}\n"), 7, 30,
+                 "routes[0].deadline.grpc_timeout", "expected true or false"},
+        bad_case{"predictive_reject_number", with("    predictive_reject: 2\n"), 7, 24,
+                 "routes[0].predictive_reject", "expected true or false, got '2'"},
+        // New fallback reasons and retry_after: auto.
+        bad_case{"retry_after_list", with("    fallback: {retry_after: [auto]}\n"), 7, 29,
+                 "routes[0].fallback.retry_after", "expected an integer, none or auto, got a list"},
+        bad_case{"reason_retry_after_word",
+                 with("    fallback:\n      shed:\n        retry_after: soon\n"), 9, 22,
+                 "routes[0].fallback.shed.retry_after", "expected an integer, none or auto"},
+        bad_case{"retry_after_auto_uppercase", with("    fallback: {retry_after: AUTO}\n"), 7, 29,
+                 "routes[0].fallback.retry_after", "got 'AUTO'"},
+        bad_case{"exec_timeout_status",
+                 with("    fallback:\n      exec_timeout:\n        status: 700\n"), 9, 17,
+                 "routes[0].fallback.exec_timeout.status", "must be between 100 and 599, got 700"},
+        bad_case{"predicted_timeout_unknown_key",
+                 with("    fallback:\n      predicted_timeout: {stauts: 503}\n"), 8, 27,
+                 "routes[0].fallback.predicted_timeout.stauts", "unknown key"},
+        bad_case{"deadline_reason_nested",
+                 with("    fallback:\n      deadline: {exec_timeout: {}}\n"), 8, 18,
+                 "routes[0].fallback.deadline.exec_timeout", "unknown key"},
         // Syntax.
         bad_case{"syntax_error", "groups: [1, 2\nroutes: []\n", 2, 7, "",
                  "end of sequence flow not found"},

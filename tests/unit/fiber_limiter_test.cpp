@@ -94,6 +94,32 @@ TEST(fiber_limiter_test, shutdown_wakes_every_waiter_and_refuses_newcomers) {
   ex.stop();
 }
 
+TEST(fiber_limiter_test, codel_wakes_shed_waiters_with_their_outcome) {
+  executor ex({2, 64, 64 * 1024});
+  limiter_options o{1, 10};
+  o.discipline = queue_discipline::codel;
+  o.target = 1ms;
+  o.interval = 20ms;
+  fiber_limiter lim(o);
+  auto held = lim.try_admit();
+  std::atomic<int> shed{0}, admitted{0};
+  for (int i = 0; i < 3; ++i) {
+    unique_task t([&] {
+      auto r = lim.acquire(0, clock::now() + 10s, false);
+      if (r.result == outcome::shed) ++shed;
+      if (r.result == outcome::admitted) ++admitted;
+    });
+    ASSERT_TRUE(ex.try_post(t));
+  }
+  ASSERT_TRUE(eventually([&] { return lim.stats().waiting == 3; }));
+  std::this_thread::sleep_for(30ms);  // a standing queue, every waiter past the target
+  held.permit.reset();
+  ASSERT_TRUE(eventually([&] { return shed == 3; }));
+  EXPECT_EQ(admitted.load(), 0);
+  EXPECT_EQ(lim.stats().in_use, 0u);
+  ex.stop();
+}
+
 TEST(fiber_limiter_test, blocking_work_runs_off_the_executor_threads) {
   executor ex({1, 64, 64 * 1024});
   blocking_pool pool(2);

@@ -72,7 +72,6 @@ std::int64_t id_param(const rest::Request& req, std::int64_t fallback) {
 }
 
 const auto json = http::Mime::MediaType::fromString("application/json");
-const auto svg = http::Mime::MediaType::fromString("image/svg+xml");
 
 // The cache hit: item JSON built once at start, read-only afterwards, so reactors share it
 // without locks.
@@ -162,40 +161,47 @@ int main(int argc, char** argv) {
                              json);
                     }));
 
-  // Database routes: a blocking SQLite query plus the configured latency.
+  // Database routes: a blocking SQLite query plus the configured latency. They return their
+  // response, so a route with max_exec can drop a late one.
   std::atomic<std::int64_t> next_id{0};
-  auto db_get = [&db, &next_id, items](const rest::Request& req, http::ResponseWriter& w) {
+  auto not_found = [] {
+    return qos::response{
+        http::Code::Not_Found, "{\"error\":\"no such item\"}", "application/json", {}};
+  };
+  qos::result_handler db_get = [&db, &next_id, items, not_found](const rest::Request& req) {
     const auto id = id_param(req, 1 + next_id.fetch_add(1, std::memory_order_relaxed) % items);
     if (auto it = db->get_item(id)) {
-      w.send(http::Code::Ok, catalog::item_to_json(*it), json);
-    } else {
-      w.send(http::Code::Not_Found, std::string("{\"error\":\"no such item\"}"), json);
+      return qos::response{http::Code::Ok, catalog::item_to_json(*it), "application/json", {}};
     }
+    return not_found();
   };
-  auto image_get = [&db](const rest::Request& req, http::ResponseWriter& w) {
+  qos::result_handler image_get = [&db, not_found](const rest::Request& req) {
     if (auto it = db->get_item(id_param(req, 1))) {
-      w.send(http::Code::Ok, it->image_svg, svg);
-    } else {
-      w.send(http::Code::Not_Found, std::string("{\"error\":\"no such item\"}"), json);
+      return qos::response{http::Code::Ok, it->image_svg, "image/svg+xml", {}};
     }
+    return not_found();
   };
 
   if (opt.naive) {
     // The baseline: the query blocks the reactor thread that read the request.
-    rest::Routes::Get(router, "/db", qos::gate::plain(db_get));
-    rest::Routes::Get(router, "/db/:id", qos::gate::plain(db_get));
-    rest::Routes::Get(router, "/image/:id", qos::gate::plain(image_get));
-    if (cfg.find_route("item") != nullptr) {
-      rest::Routes::Get(router, "/item/:id", qos::gate::plain(db_get));
-    }
+    auto on_reactor = [](qos::result_handler h) {
+      return qos::gate::plain([h](const rest::Request& req, http::ResponseWriter& w) {
+        auto r = h(req);
+        w.send(r.code, r.body, http::Mime::MediaType::fromString(r.content_type));
+      });
+    };
+    rest::Routes::Get(router, "/db", on_reactor(db_get));
+    rest::Routes::Get(router, "/db/:id", on_reactor(db_get));
+    rest::Routes::Get(router, "/image/:id", on_reactor(image_get));
+    rest::Routes::Get(router, "/item/:id", on_reactor(db_get));
   } else {
-    rest::Routes::Get(router, "/db", gate.guard_blocking("db", db_get));
-    rest::Routes::Get(router, "/db/:id", gate.guard_blocking("db", db_get));
+    rest::Routes::Get(router, "/db", gate.guard_result("db", db_get));
+    rest::Routes::Get(router, "/db/:id", gate.guard_result("db", db_get));
     if (cfg.find_route("image") != nullptr) {
-      rest::Routes::Get(router, "/image/:id", gate.guard_blocking("image", image_get));
+      rest::Routes::Get(router, "/image/:id", gate.guard_result("image", image_get));
     }
     if (cfg.find_route("item") != nullptr) {
-      rest::Routes::Get(router, "/item/:id", gate.guard_blocking("item", db_get));
+      rest::Routes::Get(router, "/item/:id", gate.guard_result("item", db_get));
       // A stale value beats an error: on overload, answer the cached copy, marked as such.
       gate.on_fallback("item",
                        [&cache](qos::outcome, const rest::Request& req, http::ResponseWriter& w) {

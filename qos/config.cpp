@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -346,6 +347,54 @@ std::chrono::milliseconds read_duration(const field& f) {
   }
 }
 
+std::chrono::milliseconds read_positive_duration(const field& f) {
+  const std::chrono::milliseconds value = read_duration(f);
+  if (value.count() <= 0) f.fail("must be > 0");
+  return value;
+}
+
+// A real number; integers are fine, quoted strings, bools, inf and nan are not.
+double read_number(const field& f) {
+  if (!f.node.IsScalar() || is_quoted(f.node)) {
+    f.fail("expected a number, got " + (f.node.IsScalar() ? "a string" : describe(f.node)));
+  }
+  const std::string& text = f.node.Scalar();
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+    f.fail("expected a number, got " + describe(f.node));
+  }
+  return value;
+}
+
+// One of a fixed set of words, e.g. an algorithm or a queue discipline.
+template <typename T>
+struct named {
+  std::string_view name;
+  T value;
+};
+
+template <typename T, std::size_t N>
+std::string_view name_of(const named<T> (&choices)[N], T value) {
+  for (const auto& choice : choices) {
+    if (choice.value == value) return choice.name;
+  }
+  return "?";
+}
+
+template <typename T, std::size_t N>
+T read_choice(const field& f, const named<T> (&choices)[N], const char* what) {
+  const std::string text = read_string(f);
+  for (const auto& choice : choices) {
+    if (choice.name == text) return choice.value;
+  }
+  std::string expected;
+  for (std::size_t i = 0; i < N; ++i) {
+    expected += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(choices[i].name);
+  }
+  f.fail(std::string("invalid ") + what + " '" + text + "' (expected " + expected + ")");
+}
+
 priority read_priority(const field& f) {
   return static_cast<priority>(read_int_in(f, 0, max_priority));
 }
@@ -419,8 +468,111 @@ bool is_group_name(std::string_view name) {
   });
 }
 
+constexpr named<limit_kind> limit_algorithms[] = {{"fixed", limit_kind::fixed},
+                                                  {"aimd", limit_kind::aimd},
+                                                  {"gradient2", limit_kind::gradient2},
+                                                  {"vegas", limit_kind::vegas}};
+
+constexpr named<queue_discipline> queue_disciplines[] = {
+    {"fifo", queue_discipline::fifo},
+    {"codel", queue_discipline::codel},
+    {"adaptive_lifo", queue_discipline::adaptive_lifo}};
+
+// The checks of make_limit_algorithm, made here with file positions, so a limit that loads is
+// one the gate can build.
+limit_config parse_limit(const field& f, std::size_t max_concurrent) {
+  const map_view map(f, {"algorithm", "min", "max", "initial", "backoff_ratio", "timeout",
+                         "rtt_tolerance", "smoothing", "long_window", "probe_interval"});
+  limit_config out;
+  limit_options& opt = out.options;
+  opt.kind = read_choice(map.require("algorithm"), limit_algorithms, "algorithm");
+  if (auto v = map.get("min")) opt.min = read_count(*v, 1);
+  if (auto v = map.get("max")) {
+    opt.max = read_count(*v, 1);
+    if (opt.max < opt.min) {
+      v->fail("must be >= min (" + std::to_string(opt.min) + "), got " + std::to_string(opt.max));
+    }
+  } else {
+    const std::size_t four_times = max_concurrent > std::numeric_limits<std::size_t>::max() / 4
+                                       ? std::numeric_limits<std::size_t>::max()
+                                       : 4 * max_concurrent;
+    opt.max = std::max(four_times, opt.min);
+  }
+  if (auto v = map.get("initial")) {
+    const long long value = read_int(*v);
+    if (value < 0 || static_cast<unsigned long long>(value) < opt.min ||
+        static_cast<unsigned long long>(value) > opt.max) {
+      v->fail("must be within [min, max] = [" + std::to_string(opt.min) + ", " +
+              std::to_string(opt.max) + "], got " + std::to_string(value));
+    }
+    opt.initial = static_cast<std::size_t>(value);
+  } else {
+    opt.initial = std::clamp(max_concurrent, opt.min, opt.max);
+  }
+
+  // A parameter of another algorithm would be silently ignored; say so instead.
+  const auto param = [&](std::string_view key,
+                         std::initializer_list<limit_kind> kinds) -> std::optional<field> {
+    auto v = map.get(key);
+    if (v && std::find(kinds.begin(), kinds.end(), opt.kind) == kinds.end()) {
+      std::string names;
+      for (const limit_kind kind : kinds) {
+        names += (names.empty() ? "" : " and ") + std::string(name_of(limit_algorithms, kind));
+      }
+      v->fail(std::string("applies only to algorithm") + (kinds.size() > 1 ? "s " : " ") + names +
+              ", not " + std::string(name_of(limit_algorithms, opt.kind)));
+    }
+    return v;
+  };
+  if (auto v = param("backoff_ratio", {limit_kind::aimd})) {
+    opt.backoff_ratio = read_number(*v);
+    if (!(opt.backoff_ratio >= 0.5 && opt.backoff_ratio < 1.0)) {
+      v->fail("must be in [0.5, 1), got " + v->node.Scalar());
+    }
+  }
+  if (auto v = param("timeout", {limit_kind::aimd})) opt.timeout = read_positive_duration(*v);
+  if (auto v = param("rtt_tolerance", {limit_kind::gradient2})) {
+    opt.rtt_tolerance = read_number(*v);
+    if (!(opt.rtt_tolerance >= 1.0)) v->fail("must be >= 1, got " + v->node.Scalar());
+  }
+  if (auto v = param("smoothing", {limit_kind::gradient2})) {
+    opt.smoothing = read_number(*v);
+    if (!(opt.smoothing > 0.0 && opt.smoothing <= 1.0)) {
+      v->fail("must be in (0, 1], got " + v->node.Scalar());
+    }
+  }
+  if (auto v = param("long_window", {limit_kind::gradient2})) opt.long_window = read_count(*v, 1);
+  if (auto v = param("probe_interval", {limit_kind::gradient2, limit_kind::vegas})) {
+    opt.probe_interval = read_positive_duration(*v);
+  }
+  return out;
+}
+
+queue_config parse_queue(const field& f) {
+  const map_view map(f, {"discipline", "target", "interval"});
+  queue_config out;
+  if (auto v = map.get("discipline")) {
+    out.discipline = read_choice(*v, queue_disciplines, "discipline");
+  }
+  const std::string discipline(name_of(queue_disciplines, out.discipline));
+  if (auto v = map.get("target")) {
+    if (out.discipline != queue_discipline::codel) {
+      v->fail("applies only to discipline codel, not " + discipline);
+    }
+    out.target = read_positive_duration(*v);
+  }
+  if (auto v = map.get("interval")) {
+    if (out.discipline == queue_discipline::fifo) {
+      v->fail("applies only to disciplines codel and adaptive_lifo, not " + discipline);
+    }
+    out.interval = read_positive_duration(*v);
+  }
+  return out;
+}
+
 group_config parse_group(const field& f) {
-  const map_view map(f, {"name", "max_concurrent", "max_queue", "blocking_threads"});
+  const map_view map(f, {"name", "max_concurrent", "max_queue", "blocking_threads", "limit",
+                         "queue", "aging_step", "shadow"});
   group_config out;
   out.line = f.mark.line + 1;
   const field name = map.require("name");
@@ -430,11 +582,17 @@ group_config parse_group(const field& f) {
   }
   out.max_concurrent = read_count(map.require("max_concurrent"), 1);
   if (auto v = map.get("max_queue")) out.max_queue = read_count(*v, 1);
+  if (auto v = map.get("limit")) out.limit = parse_limit(*v, out.max_concurrent);
+  if (auto v = map.get("queue")) out.queue = parse_queue(*v);
+  if (auto v = map.get("aging_step")) out.aging_step = read_duration(*v);
+  if (auto v = map.get("shadow")) out.shadow = read_bool(*v);
   if (auto v = map.get("blocking_threads")) {
     out.blocking_threads = read_count(*v, 0);
-    if (out.blocking_threads != 0 && out.blocking_threads < out.max_concurrent) {
-      v->fail("must be 0 or >= max_concurrent (" + std::to_string(out.max_concurrent) + "), got " +
-              std::to_string(out.blocking_threads));
+    // The pool may have to run as many handlers at once as the limit can reach.
+    const std::size_t needed = out.limit ? out.limit->options.max : out.max_concurrent;
+    if (out.blocking_threads != 0 && out.blocking_threads < needed) {
+      v->fail(std::string("must be 0 or >= ") + (out.limit ? "limit.max" : "max_concurrent") +
+              " (" + std::to_string(needed) + "), got " + std::to_string(out.blocking_threads));
     }
   }
   return out;
@@ -496,10 +654,32 @@ std::string read_body_file(const field& f, const fs::path& path) {
   return std::move(*body);
 }
 
-std::optional<int> read_retry_after(const field& f) {
-  if (f.node.IsNull()) return std::nullopt;
-  if (f.node.IsScalar() && f.node.Scalar() == "none") return std::nullopt;
-  return static_cast<int>(read_int_in(f, 0, std::numeric_limits<int>::max()));
+bool is_decimal_integer(const std::string& text) {
+  long long value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return (ec == std::errc() || ec == std::errc::result_out_of_range) &&
+         end == text.data() + text.size();
+}
+
+// Seconds, `none` (or null: no header) or `auto` (computed per response). Any of them replaces
+// what an entry inherited.
+void read_retry_after(const field& f, fallback_config& out) {
+  const bool scalar = f.node.IsScalar();
+  if (f.node.IsNull() || (scalar && f.node.Scalar() == "none")) {
+    out.retry_after_s = std::nullopt;
+    out.retry_after_auto = false;
+    return;
+  }
+  if (scalar && f.node.Scalar() == "auto") {
+    out.retry_after_auto = true;
+    return;
+  }
+  if (!scalar || is_quoted(f.node) || !is_decimal_integer(f.node.Scalar())) {
+    f.fail("expected an integer, none or auto, got " +
+           (scalar && is_quoted(f.node) ? "a string" : describe(f.node)));
+  }
+  out.retry_after_s = static_cast<int>(read_int_in(f, 0, std::numeric_limits<int>::max()));
+  out.retry_after_auto = false;
 }
 
 // Headers the fallback writes itself; setting them here would send them twice or wrongly.
@@ -523,7 +703,7 @@ std::map<std::string, std::string> read_headers(const field& f) {
 // Applies only the keys `map` sets, so a per-reason entry inherits everything else.
 void apply_fallback(const map_view& map, fallback_config& out) {
   if (auto v = map.get("status")) out.status = static_cast<int>(read_int_in(*v, 100, 599));
-  if (auto v = map.get("retry_after")) out.retry_after_s = read_retry_after(*v);
+  if (auto v = map.get("retry_after")) read_retry_after(*v, out);
   if (auto v = map.get("headers")) out.headers = read_headers(*v);
   const auto body = map.get("body");
   const auto file = map.get("file");
@@ -555,33 +735,72 @@ std::optional<fallback_config> parse_reason(const map_view& route_map, std::stri
   return out;
 }
 
+// `f` may be null (no `fallback` key): exec_timeout is still filled in.
 fallback_set parse_fallback(const field& f) {
-  const map_view map(f, {"status", "retry_after", "headers", "body", "file", "content_type",
-                         "timeout", "queue_full", "shutdown"});
+  const map_view map(
+      f, {"status", "retry_after", "headers", "body", "file", "content_type", "timeout",
+          "queue_full", "shutdown", "shed", "deadline", "predicted_timeout", "exec_timeout"});
   fallback_set out;
   apply_fallback(map, out.any);
   out.timeout = parse_reason(map, "timeout", out.any);
   out.queue_full = parse_reason(map, "queue_full", out.any);
   out.shutdown = parse_reason(map, "shutdown", out.any);
+  out.shed = parse_reason(map, "shed", out.any);
+  out.deadline = parse_reason(map, "deadline", out.any);
+  out.predicted_timeout = parse_reason(map, "predicted_timeout", out.any);
+  // The handler did run, too long: a gateway timeout unless the entry itself says otherwise.
+  fallback_config exec_timeout = out.any;
+  exec_timeout.status = 504;
+  out.exec_timeout = parse_reason(map, "exec_timeout", exec_timeout).value_or(exec_timeout);
+  return out;
+}
+
+deadline_config parse_deadline(const field& f) {
+  const map_view map(f, {"header", "grpc_timeout"});
+  deadline_config out;
+  if (auto v = map.get("header")) {
+    out.header = read_header_name(*v);
+    if (iequals(out.header, "grpc-timeout")) {
+      v->fail("grpc-timeout has its own format; set grpc_timeout: true instead");
+    }
+  }
+  if (auto v = map.get("grpc_timeout")) out.grpc_timeout = read_bool(*v);
   return out;
 }
 
 route_config parse_route(const field& f, const std::vector<group_config>& groups) {
-  const map_view map(f, {"name", "group", "max_wait", "priority", "fallback"});
+  const map_view map(f, {"name", "group", "max_wait", "max_exec", "cost", "deadline",
+                         "predictive_reject", "priority", "fallback"});
   route_config out;
   out.line = f.mark.line + 1;
   out.name = read_non_empty(map.require("name"));
-  const field group = map.require("group");
-  out.group = read_string(group);
-  const bool known = std::any_of(groups.begin(), groups.end(),
-                                 [&](const group_config& g) { return g.name == out.group; });
-  if (!known) group.fail("unknown group '" + out.group + "'");
-  if (auto v = map.get("max_wait")) {
-    out.max_wait = read_duration(*v);
-    if (out.max_wait.count() <= 0) v->fail("must be > 0");
+  const field group_field = map.require("group");
+  out.group = read_string(group_field);
+  const auto group = std::find_if(groups.begin(), groups.end(),
+                                  [&](const group_config& g) { return g.name == out.group; });
+  if (group == groups.end()) group_field.fail("unknown group '" + out.group + "'");
+  if (auto v = map.get("max_wait")) out.max_wait = read_positive_duration(*v);
+  if (auto v = map.get("max_exec")) out.max_exec = read_positive_duration(*v);
+  if (auto v = map.get("cost")) {
+    // A request never needs more permits than its group can ever hand out.
+    const std::size_t most =
+        std::max(group->max_concurrent, group->limit ? group->limit->options.max : 0);
+    const long long cap = static_cast<long long>(
+        std::min<std::size_t>(most, std::numeric_limits<std::uint32_t>::max()));
+    const long long value = read_int(*v);
+    if (value < 1 || value > cap) {
+      v->fail("must be between 1 and " + std::to_string(cap) + " (group '" + group->name +
+              "' never grants more, see its max_concurrent" +
+              (group->limit ? " and limit.max" : "") + "), got " + std::to_string(value));
+    }
+    out.cost = static_cast<std::uint32_t>(value);
   }
+  if (auto v = map.get("deadline")) out.deadline = parse_deadline(*v);
+  if (auto v = map.get("predictive_reject")) out.predictive_reject = read_bool(*v);
   if (auto v = map.get("priority")) out.priority = parse_priority(*v);
-  if (auto v = map.get("fallback")) out.fallback = parse_fallback(*v);
+  const auto fallback = map.get("fallback");
+  out.fallback = parse_fallback(
+      fallback ? *fallback : field{f.ctx, YAML::Node(), join_path(f.path, "fallback"), f.mark});
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "qos/log.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include <spdlog/spdlog.h>
@@ -27,10 +28,23 @@ void log_startup_summary(const config::app_config& cfg) {
       "thread(s)",
       cfg.source, cfg.groups.size(), cfg.routes.size(), cfg.server.reactor_threads,
       cfg.server.fiber_threads);
+  static constexpr const char* disciplines[] = {"fifo", "codel", "adaptive_lifo"};
+  static constexpr const char* algorithms[] = {"fixed", "aimd", "gradient2", "vegas"};
   for (const auto& g : cfg.groups) {
-    spdlog::info("qos: group '{}': max_concurrent={} max_queue={} blocking_threads={}", g.name,
-                 g.max_concurrent, g.max_queue,
-                 g.blocking_threads != 0 ? g.blocking_threads : g.max_concurrent);
+    const std::size_t most =
+        g.limit ? std::max(g.limit->options.max, g.max_concurrent) : g.max_concurrent;
+    std::string limit = std::to_string(g.max_concurrent);
+    if (g.limit) {
+      const auto& o = g.limit->options;
+      limit = std::string(algorithms[static_cast<int>(o.kind)]) + " " + std::to_string(o.min) +
+              ".." + std::to_string(o.max) + " from " + std::to_string(o.initial);
+    }
+    spdlog::info(
+        "qos: group '{}': limit {} max_queue={} queue={} aging_step={}ms "
+        "blocking_threads={}{}",
+        g.name, limit, g.max_queue, disciplines[static_cast<int>(g.queue.discipline)],
+        g.aging_step.count(), g.blocking_threads != 0 ? g.blocking_threads : most,
+        g.shadow ? " SHADOW (counts only, lets everything through)" : "");
   }
   for (const auto& r : cfg.routes) {
     const auto& p = r.priority;
@@ -41,8 +55,14 @@ void log_startup_summary(const config::app_config& cfg) {
     if (!p.raw_header.empty()) {
       prio += ", raw " + p.raw_header + (p.raw_header_trusted ? " (trusted)" : " (ignored)");
     }
-    spdlog::info("qos: route '{}': group '{}' max_wait={}ms priority [{}] fallback {}", r.name,
-                 r.group, r.max_wait.count(), prio, r.fallback.any.status);
+    std::string extra;
+    if (r.cost != 1) extra += " cost=" + std::to_string(r.cost);
+    if (r.max_exec) extra += " max_exec=" + std::to_string(r.max_exec->count()) + "ms";
+    if (!r.deadline.header.empty()) extra += " deadline_header=" + r.deadline.header;
+    if (r.deadline.grpc_timeout) extra += " grpc-timeout";
+    if (r.predictive_reject) extra += " predictive_reject";
+    spdlog::info("qos: route '{}': group '{}' max_wait={}ms priority [{}] fallback {}{}", r.name,
+                 r.group, r.max_wait.count(), prio, r.fallback.any.status, extra);
   }
 }
 

@@ -305,6 +305,23 @@ bool http_connection::read_response(const http_request& req, deadline_t deadline
   return true;
 }
 
+http_response http_connection::read_response(const std::string& method) {
+  error_.clear();
+  http_request req;
+  req.method = method;
+  http_response resp;
+  if (fd_ < 0) {
+    resp.error = "not connected";
+    return resp;
+  }
+  if (!read_response(req, steady::now() + timeout_, resp)) {
+    http_response failed;
+    failed.error = error_;
+    return failed;
+  }
+  return resp;
+}
+
 http_response http_connection::request(const http_request& req) {
   error_.clear();
   const auto deadline = steady::now() + timeout_;

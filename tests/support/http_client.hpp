@@ -53,6 +53,8 @@ class http_connection {
   // timeout bounds the whole exchange. The connection is closed after a failure, after a
   // "Connection: close" exchange and after a body delimited by end of stream.
   http_response request(const http_request& req);
+  // Reads one response to a request sent with send_raw (`method` tells whether a body follows).
+  http_response read_response(const std::string& method = "GET");
   // Sends bytes as-is (connecting lazily) without reading anything; error() reports a failure.
   void send_raw(std::string_view bytes);
   // Abrupt close; with reset the kernel sends RST (SO_LINGER 0) instead of FIN.

@@ -416,12 +416,14 @@ TEST(config_overload, parses_every_limit_key) {
       rtt_tolerance: 2
       smoothing: 1
       long_window: 100
+      probe_interval: 5s
 )"));
   const qos::limit_options& g = gradient.groups[0].limit->options;
   EXPECT_EQ(g.kind, qos::limit_kind::gradient2);
   EXPECT_DOUBLE_EQ(g.rtt_tolerance, 2.0);
   EXPECT_DOUBLE_EQ(g.smoothing, 1.0);
   EXPECT_EQ(g.long_window, 100u);
+  EXPECT_EQ(g.probe_interval, 5s);
 
   const app_config vegas = load_config_string(
       overload_config("    limit: {algorithm: vegas, probe_interval: 30s, min: 3}\n"));
@@ -763,6 +765,83 @@ TEST(config_shipped, peer_benchmark_configs_trust_x_priority) {
   }
 }
 
+TEST(config_shipped, catalog_example_leaves_overload_controls_off) {
+  // qos.yaml documents the overload keys in comments only.
+  const app_config config = load_config(QOS_SOURCE_DIR "/config/qos.yaml");
+  for (const auto& group : config.groups) {
+    EXPECT_FALSE(group.limit) << group.name;
+    EXPECT_EQ(group.queue.discipline, qos::queue_discipline::fifo) << group.name;
+    EXPECT_EQ(group.aging_step, 0ms) << group.name;
+    EXPECT_FALSE(group.shadow) << group.name;
+  }
+  for (const auto& route : config.routes) {
+    EXPECT_EQ(route.max_exec, std::nullopt) << route.name;
+    EXPECT_EQ(route.cost, 1u) << route.name;
+    EXPECT_EQ(route.deadline.header, "") << route.name;
+    EXPECT_FALSE(route.predictive_reject) << route.name;
+    EXPECT_FALSE(route.fallback.any.retry_after_auto) << route.name;
+    EXPECT_FALSE(route.fallback.shed) << route.name;
+    EXPECT_EQ(route.fallback.exec_timeout->status, 504) << route.name;
+  }
+}
+
+TEST(config_shipped, advanced_example_uses_every_overload_control) {
+  const app_config config = load_config(QOS_SOURCE_DIR "/config/advanced.yaml");
+
+  const auto* db = config.find_group("db");
+  ASSERT_NE(db, nullptr);
+  ASSERT_TRUE(db->limit);
+  EXPECT_EQ(db->limit->options.kind, qos::limit_kind::aimd);
+  EXPECT_EQ(db->limit->options.min, 2u);
+  EXPECT_EQ(db->limit->options.max, 32u);
+  EXPECT_EQ(db->limit->options.timeout, 500ms);
+  EXPECT_EQ(db->queue.discipline, qos::queue_discipline::codel);
+  EXPECT_EQ(db->aging_step, 250ms);
+  EXPECT_FALSE(db->shadow);
+
+  const auto* search = config.find_group("search");
+  ASSERT_NE(search, nullptr);
+  ASSERT_TRUE(search->limit);
+  EXPECT_EQ(search->limit->options.kind, qos::limit_kind::gradient2);
+  EXPECT_EQ(search->limit->options.probe_interval, 30s);
+  EXPECT_EQ(search->queue.discipline, qos::queue_discipline::adaptive_lifo);
+  EXPECT_TRUE(search->shadow);
+
+  const auto* recommend = config.find_group("recommend");
+  ASSERT_NE(recommend, nullptr);
+  ASSERT_TRUE(recommend->limit);
+  EXPECT_EQ(recommend->limit->options.kind, qos::limit_kind::vegas);
+  EXPECT_EQ(recommend->limit->options.probe_interval, 10s);
+
+  for (const auto* group : {db, search, recommend}) {
+    EXPECT_NO_THROW(qos::make_limit_algorithm(group->limit->options)) << group->name;
+  }
+
+  const auto* item = config.find_route("item");
+  ASSERT_NE(item, nullptr);
+  EXPECT_EQ(item->max_exec, 2s);
+  EXPECT_EQ(item->deadline.header, "X-Request-Timeout");
+  EXPECT_TRUE(item->deadline.grpc_timeout);
+  EXPECT_TRUE(item->predictive_reject);
+  EXPECT_TRUE(item->fallback.any.retry_after_auto);
+  ASSERT_TRUE(item->fallback.shed);
+  ASSERT_TRUE(item->fallback.deadline);
+  ASSERT_TRUE(item->fallback.predicted_timeout);
+  EXPECT_TRUE(item->fallback.predicted_timeout->retry_after_auto);
+  EXPECT_EQ(item->fallback.deadline->status, 504);
+  EXPECT_FALSE(item->fallback.deadline->retry_after_auto);
+  EXPECT_EQ(item->fallback.exec_timeout->status, 504);
+  EXPECT_FALSE(item->fallback.exec_timeout->retry_after_auto);
+  EXPECT_EQ(item->fallback.exec_timeout->retry_after_s, 2);
+
+  const auto* report = config.find_route("report");
+  ASSERT_NE(report, nullptr);
+  EXPECT_EQ(report->cost, 4u);
+  EXPECT_EQ(report->max_exec, 10s);
+  EXPECT_TRUE(report->fallback.queue_full->retry_after_auto);
+  EXPECT_EQ(report->fallback.exec_timeout->status, 503);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Durations
 
@@ -1070,6 +1149,10 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"aimd_timeout_negative",
                  group_with("    limit: {algorithm: aimd, timeout: -1s}\n"), 4, 39,
                  "groups[0].limit.timeout", "negative"},
+        bad_case{"probe_interval_with_fixed",
+                 group_with("    limit: {algorithm: fixed, probe_interval: 1s}\n"), 4, 47,
+                 "groups[0].limit.probe_interval",
+                 "applies only to algorithms gradient2 and vegas, not fixed"},
         bad_case{"parameter_of_other_algorithm",
                  group_with("    limit: {algorithm: vegas, backoff_ratio: 0.8}\n"), 4, 46,
                  "groups[0].limit.backoff_ratio", "applies only to algorithm aimd, not vegas"},
@@ -1092,7 +1175,8 @@ INSTANTIATE_TEST_SUITE_P(
                  "groups[0].limit.probe_interval", "must be > 0"},
         bad_case{"probe_interval_with_aimd",
                  group_with("    limit: {algorithm: aimd, probe_interval: 1s}\n"), 4, 46,
-                 "groups[0].limit.probe_interval", "applies only to algorithm vegas, not aimd"},
+                 "groups[0].limit.probe_interval",
+                 "applies only to algorithms gradient2 and vegas, not aimd"},
         bad_case{"blocking_below_limit_max",
                  group_with("    blocking_threads: 16\n    limit: {algorithm: aimd, max: 32}\n"), 4,
                  23, "groups[0].blocking_threads", "must be 0 or >= limit.max (32), got 16"},

@@ -1,5 +1,6 @@
-// The limit algorithms behind make_limit_algorithm. Each keeps its estimate as a double and
-// exposes the floor, so increases smaller than one permit accumulate instead of being lost.
+// The limit algorithms behind make_limit_algorithm, plus what the adaptive ones share: the sample
+// window they decide on and the rtt probe. Each keeps its estimate as a double and exposes the
+// floor, so increases smaller than one permit accumulate instead of being lost.
 #include "qos/limit_algorithm.hpp"
 
 #include <algorithm>
@@ -12,12 +13,16 @@ namespace qos {
 namespace {
 
 // Durations as double nanoseconds: the algorithms only ever use ratios of rtts.
-double ns(duration d) noexcept { return std::chrono::duration<double, std::nano>(d).count(); }
+double ns(duration d) noexcept {
+  return std::chrono::duration<double, std::nano>(d).count();
+}
 
 class bounds {
  public:
   bounds(std::size_t min, std::size_t max) noexcept
-      : min_(static_cast<double>(min)), max_(static_cast<double>(max)) {}
+      : min_(static_cast<double>(min)), max_(static_cast<double>(max)) {
+    assert(min >= 1 && min <= max);  // validate() let nothing else through
+  }
   double clamp(double limit) const noexcept { return std::clamp(limit, min_, max_); }
   // The floor of an estimate already within [min, max] is too, since min and max are integers.
   static std::size_t expose(double limit) noexcept {
@@ -143,6 +148,11 @@ class ewma {
     return value_;
   }
   void scale(double by) noexcept { value_ *= by; }
+  // Replaces the history with one trusted value, which then weighs as a full warm-up.
+  void reset(double value) noexcept {
+    value_ = value;
+    count_ = warmup_;
+  }
 
  private:
   double factor_;
@@ -151,30 +161,101 @@ class ewma {
   double value_ = 0;
 };
 
+// Envoy's minimum-rtt measurement (adaptive_concurrency's gradient controller), shared by the
+// delay-based algorithms. Every `interval` the limit is pinned to `min` (never lower) for one
+// window of requests admitted after the probe began; their average is the no-load rtt, and then
+// the limit returns to where it was. Measuring at the current limit instead, as Netflix's Vegas
+// probe does, takes a queued rtt for the no-load one under sustained load: the queue then reads
+// as empty and the limit ratchets up at every probe.
+class rtt_probe {
+ public:
+  explicit rtt_probe(duration interval) noexcept : interval_(interval) {}
+
+  bool active() const noexcept { return active_; }
+  bool due(time_point now) const noexcept { return now >= next_; }
+  void schedule(time_point now) noexcept { next_ = now + interval_; }
+
+  // `inflight` bounds how many requests admitted before the probe are still to report.
+  void begin(time_point now, std::size_t inflight) noexcept {
+    active_ = true;
+    started_ = now;
+    stale_left_ = inflight;
+  }
+  // True for a sample to leave out of the probe: admitted before it began, under the full
+  // limit, so its rtt includes the queue. Counting them down keeps the probe finite even if the
+  // caller's clock stands still.
+  bool stale(const limit_sample& s) noexcept {
+    if (!active_ || stale_left_ == 0 || s.now - s.rtt >= started_) return false;
+    --stale_left_;
+    return true;
+  }
+  void end(time_point now) noexcept {
+    active_ = false;
+    schedule(now);
+  }
+
+ private:
+  duration interval_;
+  time_point next_{};
+  bool active_ = false;
+  time_point started_{};
+  std::size_t stale_left_ = 0;
+};
+
 // Netflix Gradient2Limit: compares the short-term rtt (one window's average) with a long-term
 // average rather than a minimum, because a minimum latches onto rare fast requests and then
-// sheds too much.
+// sheds too much. Two known failures are guarded against:
+//  - Drift (Netflix issue #137): under a steady overload the long-term average absorbs the
+//    queueing delay, the gradient returns to 1 and the limit climbs to max. Each rtt_probe
+//    re-anchors the long-term average to an unloaded measurement, so drift lasts at most one
+//    probe interval; and, as proposed in Netflix PR #134, the sqrt(limit) headroom is added
+//    only while the gradient is 1, so a queue that is detected is never grown into.
+//  - Fast failures (Netflix issue #176): Netflix ignores drops, so a backend failing fast reads
+//    as an idle one. A window with a drop takes the steepest gradient, 0.5 (also PR #134).
 class gradient2_limit final : public limit_algorithm {
  public:
   explicit gradient2_limit(const limit_options& o) noexcept
       : bounds_(o.min, o.max),
+        min_(o.min),
         limit_(static_cast<double>(o.initial)),
         tolerance_(o.rtt_tolerance),
         smoothing_(o.smoothing),
-        long_rtt_(o.long_window) {}
+        long_rtt_(o.long_window),
+        probe_(o.probe_interval) {}
 
-  std::size_t limit() const noexcept override { return bounds::expose(limit_); }
+  std::size_t limit() const noexcept override {
+    return probe_.active() ? min_ : bounds::expose(limit_);
+  }
 
   std::size_t on_sample(const limit_sample& s) noexcept override {
+    if (probe_.stale(s)) return limit();
     if (!window_.add(s, limit())) return limit();
     const window_summary w = window_.take();
-    if (w.dropped) {
-      // Netflix ignores drops here; we take them as the steepest gradient it allows. A backend
-      // that fails fast would otherwise read as an idle one and the limit would climb.
-      update(0.5);
-      return limit();
+    if (probe_.active()) {
+      probe_.end(w.now);
+      if (w.rtt > duration::zero()) long_rtt_.reset(ns(w.rtt));
+      if (w.dropped) update(0.5);
+    } else if (!started_) {
+      started_ = true;
+      probe_.schedule(w.now);
+      on_window(w);
+    } else {
+      const std::size_t admitted_under = limit();
+      on_window(w);
+      if (probe_.due(w.now)) probe_.begin(w.now, std::max(w.inflight, admitted_under));
     }
-    if (w.rtt <= duration::zero()) return limit();  // no latency information
+    return limit();
+  }
+
+  std::string_view name() const noexcept override { return "gradient2"; }
+
+ private:
+  void on_window(const window_summary& w) noexcept {
+    if (w.dropped) {
+      update(0.5);
+      return;
+    }
+    if (w.rtt <= duration::zero()) return;  // no latency information
 
     const double short_rtt = ns(w.rtt);
     const double long_rtt = long_rtt_.add(short_rtt);
@@ -182,72 +263,64 @@ class gradient2_limit final : public limit_algorithm {
     // brings the gradient back into play sooner than the EWMA alone would.
     if (long_rtt / short_rtt > 2) long_rtt_.scale(0.95);
 
-    if (static_cast<double>(w.inflight) < limit_ / 2) return limit();  // app-limited
+    if (static_cast<double>(w.inflight) < limit_ / 2) return;  // app-limited
 
     // Never cut by more than half at once: one slow window must not halve the limit.
     update(std::clamp(tolerance_ * long_rtt / short_rtt, 0.5, 1.0));
-    return limit();
   }
 
-  std::string_view name() const noexcept override { return "gradient2"; }
-
- private:
   void update(double gradient) noexcept {
-    // sqrt(limit) of headroom lets the limit grow while latency holds; it also sets where the
-    // limit settles, at gradient = 1 - 1 / sqrt(limit).
-    const double queue_size = std::sqrt(limit_);
+    // sqrt(limit) of headroom lets the limit grow while latency holds.
+    const double queue_size = gradient >= 1.0 ? std::sqrt(limit_) : 0.0;
     const double estimate = limit_ * gradient + queue_size;
     limit_ = bounds_.clamp(limit_ * (1 - smoothing_) + estimate * smoothing_);
   }
 
   bounds bounds_;
-  double limit_;
+  std::size_t min_;
+  double limit_;  // the limit outside probes
   double tolerance_;
   double smoothing_;
   ewma long_rtt_;
+  rtt_probe probe_;
+  bool started_ = false;  // a first window has been seen; probes are scheduled from it
   sample_window window_;
 };
 
 // Netflix VegasLimit (after TCP Vegas): estimates the queue from how far rtt has moved above the
-// no-load rtt and keeps it between alpha and beta.
-//
-// Re-probing rtt_noload follows Envoy's gradient controller rather than Netflix. Netflix takes
-// the current rtt as the new no-load rtt; under sustained load that rtt includes the queue, so
-// each probe raises rtt_noload, the queue reads as empty and the limit steps up by beta: it
-// ratchets towards max. Envoy measures at low concurrency instead: during a probe the limit is
-// `min` (never lower) for one window of requests admitted after the probe began, their average
-// becomes rtt_noload, and the limit returns to where it was.
+// no-load rtt and keeps it between alpha and beta. rtt_noload is the least window rtt seen since
+// the last rtt_probe, which re-measures it (Envoy's way, see rtt_probe; Netflix instead takes
+// the current rtt, which ratchets the limit up under sustained load).
 class vegas_limit final : public limit_algorithm {
  public:
   explicit vegas_limit(const limit_options& o) noexcept
       : bounds_(o.min, o.max),
-        limit_(static_cast<double>(o.initial)),
         min_(o.min),
-        probe_interval_(o.probe_interval) {}
+        limit_(static_cast<double>(o.initial)),
+        probe_(o.probe_interval) {}
 
   std::size_t limit() const noexcept override {
-    return probing_ ? min_ : bounds::expose(limit_);
+    return probe_.active() ? min_ : bounds::expose(limit_);
   }
 
   std::size_t on_sample(const limit_sample& s) noexcept override {
-    if (probing_ && s.now - s.rtt < probe_started_ && stale_skipped_ < stale_allowed_) {
-      // Admitted before the probe, under the full limit: its rtt includes the queue. At most
-      // as many requests as were in flight then can be stale; counting them keeps the probe
-      // finite even if the caller's clock stands still.
-      ++stale_skipped_;
-      return limit();
-    }
+    if (probe_.stale(s)) return limit();
     if (!window_.add(s, limit())) return limit();
     const window_summary w = window_.take();
-    if (probing_) {
-      end_probe(w);
-    } else if (rtt_noload_ == duration::zero() && w.rtt > duration::zero()) {
-      rtt_noload_ = w.rtt;  // first measurement
-      next_probe_ = w.now + probe_interval_;
-    } else if (w.now >= next_probe_) {
-      begin_probe(w);
+    if (probe_.active()) {
+      probe_.end(w.now);
+      if (w.rtt > duration::zero()) rtt_noload_ = w.rtt;
+      if (w.dropped) decrease();
+    } else if (rtt_noload_ == duration::zero()) {
+      if (w.rtt > duration::zero()) {  // the first measurement
+        rtt_noload_ = w.rtt;
+        probe_.schedule(w.now);
+      }
+      if (w.dropped) decrease();
     } else {
-      update(w);
+      const std::size_t admitted_under = limit();
+      on_window(w);
+      if (probe_.due(w.now)) probe_.begin(w.now, std::max(w.inflight, admitted_under));
     }
     return limit();
   }
@@ -255,27 +328,14 @@ class vegas_limit final : public limit_algorithm {
   std::string_view name() const noexcept override { return "vegas"; }
 
  private:
-  void begin_probe(const window_summary& w) noexcept {
-    probing_ = true;
-    probe_started_ = w.now;
-    stale_skipped_ = 0;
-    stale_allowed_ = std::max(w.inflight, bounds::expose(limit_));
-  }
-
-  void end_probe(const window_summary& w) noexcept {
-    probing_ = false;
-    next_probe_ = w.now + probe_interval_;
-    if (w.rtt > duration::zero()) rtt_noload_ = w.rtt;
-    if (w.dropped) limit_ = bounds_.clamp(limit_ - step());
-  }
-
   // Netflix's log10 steps are integers with no floor, so below a limit of 10 they are 0 and the
   // limit could neither grow nor shrink; a floor of 1 keeps it moving.
   double step() const noexcept { return std::max(1.0, std::floor(std::log10(limit_))); }
+  void decrease() noexcept { limit_ = bounds_.clamp(limit_ - step()); }
 
-  void update(const window_summary& w) noexcept {
+  void on_window(const window_summary& w) noexcept {
     if (w.dropped) {
-      limit_ = bounds_.clamp(limit_ - step());
+      decrease();
       return;
     }
     if (w.rtt <= duration::zero()) return;  // no latency information
@@ -283,8 +343,7 @@ class vegas_limit final : public limit_algorithm {
       rtt_noload_ = w.rtt;
       return;
     }
-    // No evidence that a higher limit would be used, and the rtt of an idle backend would read
-    // as an empty queue.
+    // No evidence that a higher limit would be used.
     if (static_cast<double>(w.inflight) * 2 < limit_) return;
 
     const double step = this->step();
@@ -297,20 +356,15 @@ class vegas_limit final : public limit_algorithm {
     } else if (queue < alpha) {
       limit_ = bounds_.clamp(limit_ + step);
     } else if (queue > beta) {
-      limit_ = bounds_.clamp(limit_ - step);
+      decrease();
     }
   }
 
   bounds bounds_;
-  double limit_;  // the limit outside probes
   std::size_t min_;
-  duration probe_interval_;
-  duration rtt_noload_{};  // zero until the first window
-  time_point next_probe_{};
-  bool probing_ = false;
-  time_point probe_started_{};
-  std::size_t stale_skipped_ = 0;
-  std::size_t stale_allowed_ = 0;
+  double limit_;           // the limit outside probes
+  duration rtt_noload_{};  // zero until the first window with an rtt
+  rtt_probe probe_;
   sample_window window_;
 };
 

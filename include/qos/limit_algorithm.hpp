@@ -40,9 +40,9 @@ struct limit_options {
   // gradient2
   double rtt_tolerance = 1.5;     // >= 1: how much slower than the long-term rtt is tolerated
   double smoothing = 0.2;         // in (0, 1]: weight of each new estimate
-  std::size_t long_window = 600;  // >= 1: samples in the long-term rtt average
-  // vegas
-  duration probe_interval = std::chrono::seconds(10);  // > 0: how often rtt_noload is re-measured
+  std::size_t long_window = 600;  // >= 1: windows in the long-term rtt average
+  // gradient2, vegas
+  duration probe_interval = std::chrono::seconds(10);  // > 0: how often no-load rtt is measured
 };
 
 class limit_algorithm {
@@ -55,22 +55,30 @@ class limit_algorithm {
   virtual std::string_view name() const noexcept = 0;
 };
 
-// Semantics (after Netflix concurrency-limits' FixedLimit, AIMDLimit, Gradient2Limit and
-// VegasLimit; see limit_algorithm.cpp for the reasoning behind each deviation):
+// Semantics, after Netflix concurrency-limits (FixedLimit, AIMDLimit, Gradient2Limit,
+// VegasLimit) and Envoy's adaptive-concurrency gradient controller; limit_algorithm.cpp gives the
+// reason for each departure from them.
 //  fixed      the limit is `initial` and never moves.
-//  aimd       loss-based: a dropped sample or one slower than `timeout` cuts the limit to
-//             floor(limit * backoff_ratio); any other sample adds 1, but only while the limit
-//             is in use (inflight * 2 >= limit).
+//  Every adaptive algorithm decides once per window of samples, not per sample (as Netflix's
+//  WindowedLimit): a window holds as many samples as the limit was when it opened, one
+//  generation of permits, and is summarised as average rtt (of samples that did not drop),
+//  largest rtt, largest inflight and whether any sample dropped.
+//  aimd       loss-based: a window with a drop or a sample slower than `timeout` cuts the limit
+//             to floor(limit * backoff_ratio); otherwise it adds 1, but only while the limit is
+//             in use (inflight * 2 >= limit). The knee is found only through `timeout`.
 //  gradient2  delay-based: gradient = clamp(rtt_tolerance * long_rtt / rtt, 0.5, 1) where
-//             long_rtt is an EWMA over `long_window` samples; the estimate
-//             limit * gradient + sqrt(limit) is blended in with weight `smoothing`. No change
-//             while inflight < limit / 2.
-//  vegas      delay-based: queue = limit * (1 - rtt_noload / rtt) with rtt_noload the least rtt
-//             seen since the last probe; grows by beta when queue <= threshold, by log10(limit)
-//             when queue < alpha, shrinks by log10(limit) when queue > beta or on a drop. Every
-//             `probe_interval` rtt_noload restarts from the current sample; a probe never
-//             changes the limit itself.
-// All of them clamp to [min, max] on every sample, probes included.
+//             long_rtt is an EWMA over `long_window` windows; the estimate limit * gradient
+//             (+ sqrt(limit) when gradient is 1) is blended in with weight `smoothing`; a drop
+//             counts as gradient 0.5. No change while inflight < limit / 2.
+//  vegas      delay-based: queue = limit * (1 - rtt_noload / rtt), rtt_noload being the least
+//             window rtt seen; step = max(1, floor(log10(limit))), alpha = 3 step, beta = 6 step;
+//             a drop or queue > beta takes a step off; queue <= step adds beta; queue < alpha
+//             adds a step; no increase while inflight * 2 < limit.
+//  Probing (gradient2, vegas): every `probe_interval` the limit reads `min` for one window of
+//  requests admitted after the probe began; their average rtt becomes rtt_noload (vegas) or
+//  long_rtt (gradient2), and the limit returns to its value before the probe. So limit() may
+//  fall to `min` for about one service time per interval, and never lower.
+// Every result is clamped to [min, max].
 // Throws std::invalid_argument, naming the field, when an option is out of range.
 std::unique_ptr<limit_algorithm> make_limit_algorithm(const limit_options& o);
 

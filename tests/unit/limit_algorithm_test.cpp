@@ -105,7 +105,7 @@ TEST(limit_algorithm_test, aimd_settles_where_latency_passes_its_timeout) {
   // x0.9. AIMD only sees the knee through the timeout, so it sits where latency crosses it.
   EXPECT_GE(s.tail_average, 26);
   EXPECT_LE(s.tail_average, 32);
-  EXPECT_LE(s.tail_high, 32);
+  EXPECT_LE(s.tail_high, 32u);
   EXPECT_GE(s.lowest, 5u);
   EXPECT_LE(s.highest, 200u);
 }
@@ -114,8 +114,8 @@ TEST(limit_algorithm_test, gradient2_settles_near_the_knee) {
   auto a = make_limit_algorithm(options(limit_kind::gradient2));
   closed_loop loop(*a);
   const run_stats s = loop.run(backend{}, 3000);
-  // Observed: average 33.6, at most 38, with no upward drift over 20000 rounds: it holds
-  // latency near rtt_tolerance (1.5) times the probed no-load rtt, so above the knee.
+  // Observed: average 33.8, at most 38, and no upward drift over 20000 rounds. It holds latency
+  // at about 1.7x the probed no-load rtt (rtt_tolerance is 1.5), so somewhat past the knee.
   EXPECT_GE(s.tail_average, 25);
   EXPECT_LE(s.tail_average, 40);
   EXPECT_LE(s.tail_high, 45u);
@@ -127,7 +127,7 @@ TEST(limit_algorithm_test, vegas_settles_near_the_knee) {
   auto a = make_limit_algorithm(options(limit_kind::vegas));
   closed_loop loop(*a);
   const run_stats s = loop.run(backend{}, 3000);
-  // Observed: 26 between probes (queue = limit - 20 = 6 = beta), average 25.8 with probes. The
+  // Observed: 26 between probes (queue = limit - 20 = 6 = beta), average 25.9 with probes. The
   // probes do not ratchet it upwards: measured at min, no-load rtt stays 50 ms.
   EXPECT_GE(s.tail_average, 20);
   EXPECT_LE(s.tail_average, 30);
@@ -148,7 +148,7 @@ TEST(limit_algorithm_test, every_adaptive_algorithm_backs_off_when_the_knee_halv
     const run_stats before = loop.run(backend{}, 3000);
     const run_stats early = loop.run(backend{50ms, 10}, 100, 100);
     const run_stats after = loop.run(backend{50ms, 10}, 3000);
-    // Observed (before -> after): aimd 29 -> 15, gradient2 33.6 -> 17.1, vegas 25.8 -> 15.9.
+    // Observed (before -> after): aimd 29 -> 15, gradient2 33.8 -> 17.1, vegas 25.9 -> 15.9.
     EXPECT_LT(early.tail_average, before.tail_average);
     EXPECT_LT(after.tail_average, 0.7 * before.tail_average);
     EXPECT_LE(after.tail_high, 20u);
@@ -164,7 +164,7 @@ TEST(limit_algorithm_test, delay_based_algorithms_back_off_when_base_latency_dou
     closed_loop loop(*a);
     const run_stats before = loop.run(backend{}, 3000);
     const run_stats after = loop.run(backend{100ms, 10}, 3000);
-    // Observed: gradient2 33.6 -> 16.1, vegas 25.8 -> 13.8.
+    // Observed: gradient2 33.8 -> 16.2, vegas 25.9 -> 13.9.
     EXPECT_LT(after.tail_average, 0.7 * before.tail_average);
     EXPECT_GE(after.lowest, 5u);
   }
@@ -256,22 +256,25 @@ TEST(limit_algorithm_test, a_probe_pins_the_limit_to_min_for_one_window_then_res
     auto a = make_limit_algorithm(o);
     SCOPED_TRACE(a->name());
     closed_loop loop(*a);
-    loop.run(backend{}, 149);  // 149 rounds of 50..95 ms: not yet 10 s
+    loop.run(backend{}, 300);  // settled, some probes behind it
     manual_clock& clock = loop.clock();
-    // Run rounds until one ends at or past the probe time; the probe begins with it.
+    // Run rounds until the next probe begins: rounds take 50 ms or more, so within 200 of them.
     std::size_t before = a->limit();
-    while (a->limit() != o.min) {
+    for (int round = 0; round < 200 && a->limit() != o.min; ++round) {
       before = a->limit();
       window(*a, clock, backend{}.latency(before), before);
     }
+    ASSERT_EQ(a->limit(), o.min) << "no probe began within 10 s";
+    ASSERT_GT(before, o.min);
     // Requests admitted before the probe still report, slowly: they must not end it.
     for (std::size_t i = 0; i < before; ++i) {
       EXPECT_EQ(a->on_sample({900ms, before, false, clock.now()}), o.min);
     }
-    // min requests admitted during the probe end it, and the limit comes back.
+    // min requests admitted during the probe end it, and the limit comes back (give or take
+    // the one update from the window that ended at the probe time).
     clock.advance(50ms);
     for (std::size_t i = 0; i < o.min; ++i) a->on_sample({50ms, o.min, false, clock.now()});
-    EXPECT_EQ(a->limit(), before);
+    EXPECT_NEAR(static_cast<double>(a->limit()), static_cast<double>(before), 1.0);
   }
 }
 
@@ -284,7 +287,7 @@ TEST(limit_algorithm_test, a_probe_ends_even_if_the_clock_stands_still) {
   manual_clock clock;
   window(*a, clock, 50ms, 20);  // first measurement: next probe due 1 s later
   clock.advance(1s);
-  window(*a, clock, 50ms, 20);  // ends at the due time: the probe begins
+  window(*a, clock, 70ms, 20);  // at the due time; queue 5.7 holds the limit; the probe begins
   ASSERT_EQ(a->limit(), 5u);
   int samples = 0;
   while (a->limit() == 5u && samples < 1000) {

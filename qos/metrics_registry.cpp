@@ -157,6 +157,12 @@ void metrics_registry::tick(admission& adm) {
     s.last_total = total;
     limiter_stats st;
     if (auto* g = adm.find_group(group)) st = g->stats();
+    if (s.last_limit != 0 && st.max_concurrent != s.last_limit) {
+      spdlog::info("qos: group '{}' limit {} -> {} (in use {}, waiting {}, service {:.1f} ms)",
+                   group, s.last_limit, st.max_concurrent, st.in_use, st.waiting + st.reserved,
+                   std::chrono::duration<double, std::milli>(st.service_ewma).count());
+    }
+    s.last_limit = st.max_concurrent;
     if (delta > 0 && !s.shedding) {
       s.shedding = true;
       s.since = now;

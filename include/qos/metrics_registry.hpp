@@ -47,7 +47,8 @@ class metrics_registry final : public metrics_sink {
   std::string render(admission& adm) const;
 
   // Call about once a second: logs a warning when a group starts shedding (queue full,
-  // timeouts, refused posts) and a note when it stops.
+  // timeouts, refused posts, CoDel, deadlines, predictions) and a note when it stops, and a
+  // note when an adaptive limit moved since the last tick.
   void tick(admission& adm);
 
   const route_counters* find(const std::string& route) const;
@@ -58,6 +59,7 @@ class metrics_registry final : public metrics_sink {
     bool shedding = false;
     clock::time_point since{};
     std::uint64_t at_start = 0;
+    std::size_t last_limit = 0;
   };
 
   mutable std::mutex mutex_;           // guards the maps' shape, not the counters

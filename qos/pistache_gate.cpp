@@ -371,22 +371,19 @@ const gate::route_state& gate::find(const std::string& route) const {
   return *it->second;
 }
 
-rest::Route::Handler gate::guard(const std::string& route, handler h, handler_kind kind) {
-  const route_state& state = find(route);
-  if (state.entry->policy.max_exec) {
-    throw std::invalid_argument("route '" + route +
-                                "' has max_exec: guard it with guard_result, whose late result "
-                                "can be discarded");
-  }
-  auto shared = std::make_shared<const handler>(std::move(h));
-  admission& adm = adm_;
-  return [&state, &adm, shared, kind](const rest::Request req, http::ResponseWriter writer) {
-    // On the reactor thread: nothing here blocks, and nothing escapes once the writer moved.
+namespace {
+
+// The route handler Pistache calls for a guarded route. It runs on the reactor thread: nothing
+// here blocks, and nothing escapes once the writer moved. Exactly one of h / rh is set.
+rest::Route::Handler wrap(const gate::route_state& state, admission& adm,
+                          std::shared_ptr<const handler> h,
+                          std::shared_ptr<const result_handler> rh, handler_kind kind) {
+  return [&state, &adm, h, rh, kind](const rest::Request req, http::ResponseWriter writer) {
     try {
-      keep_alive(req, writer);
+      gate::keep_alive(req, writer);
       adm.submit(
           *state.entry, state.info(req),
-          std::make_unique<http_job>(state, shared.get(), nullptr, kind, req, std::move(writer)));
+          std::make_unique<http_job>(state, h.get(), rh.get(), kind, req, std::move(writer)));
     } catch (const std::exception& e) {
       spdlog::error("qos: guard of route '{}' failed: {}", state.entry->policy.name, e.what());
     }
@@ -394,22 +391,22 @@ rest::Route::Handler gate::guard(const std::string& route, handler h, handler_ki
   };
 }
 
+}  // namespace
+
+rest::Route::Handler gate::guard(const std::string& route, handler h, handler_kind kind) {
+  const route_state& state = find(route);
+  if (state.entry->policy.max_exec) {
+    throw std::invalid_argument("route '" + route +
+                                "' has max_exec: guard it with guard_result, whose late result "
+                                "can be discarded");
+  }
+  return wrap(state, adm_, std::make_shared<const handler>(std::move(h)), nullptr, kind);
+}
+
 rest::Route::Handler gate::guard_result(const std::string& route, result_handler h,
                                         handler_kind kind) {
-  const route_state& state = find(route);
-  auto shared = std::make_shared<const result_handler>(std::move(h));
-  admission& adm = adm_;
-  return [&state, &adm, shared, kind](const rest::Request req, http::ResponseWriter writer) {
-    try {
-      keep_alive(req, writer);
-      adm.submit(
-          *state.entry, state.info(req),
-          std::make_unique<http_job>(state, nullptr, shared.get(), kind, req, std::move(writer)));
-    } catch (const std::exception& e) {
-      spdlog::error("qos: guard of route '{}' failed: {}", state.entry->policy.name, e.what());
-    }
-    return rest::Route::Result::Ok;
-  };
+  return wrap(find(route), adm_, nullptr, std::make_shared<const result_handler>(std::move(h)),
+              kind);
 }
 
 rest::Route::Handler gate::plain(handler h) {

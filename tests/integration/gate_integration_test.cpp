@@ -15,10 +15,13 @@
 #include <boost/fiber/operations.hpp>
 
 #include "qos/qos.hpp"
+#include "support/eventually.hpp"
 #include "support/http_client.hpp"
 
 namespace qos {
 namespace {
+
+using test::eventually;
 
 using namespace std::chrono_literals;
 namespace http = Pistache::Http;
@@ -26,16 +29,6 @@ namespace rest = Pistache::Rest;
 using test::http_connection;
 using test::http_get;
 using test::http_response;
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
-  const auto until = clock::now() + limit;
-  while (!pred()) {
-    if (clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 // A gate a test opens: handlers park on it (fiber-friendly) until the test lets them go.
 class valve {

@@ -1,6 +1,7 @@
 // The path of one request without HTTP: every job gets exactly one of run/reject, and every
 // permit and queue place comes back, on every path.
 #include "qos/admission.hpp"
+#include "support/eventually.hpp"
 
 #include <gtest/gtest.h>
 
@@ -13,17 +14,9 @@
 namespace qos {
 namespace {
 
-using namespace std::chrono_literals;
+using test::eventually;
 
-template <class Pred>
-bool eventually(Pred pred) {
-  const auto until = clock::now() + 10s;
-  while (!pred()) {
-    if (clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using namespace std::chrono_literals;
 
 struct tally {
   std::atomic<int> runs{0}, rejects{0}, answers{0};

@@ -1,6 +1,7 @@
 // The fiber layer with real fibers and real (short) time: parking, hand-off across threads,
 // deadlines, shutdown. Deadline logic itself is covered by limiter_test with a manual clock.
 #include "qos/fiber_limiter.hpp"
+#include "support/eventually.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,18 +18,9 @@
 namespace qos {
 namespace {
 
-using namespace std::chrono_literals;
+using test::eventually;
 
-// Waits (really) until pred holds or 10 s pass; the bound keeps a broken build from hanging.
-template <class Pred>
-bool eventually(Pred pred) {
-  const auto until = clock::now() + 10s;
-  while (!pred()) {
-    if (clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using namespace std::chrono_literals;
 
 TEST(fiber_limiter_test, never_more_than_n_run_and_all_are_served) {
   executor ex({2, 1024, 64 * 1024});

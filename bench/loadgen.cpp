@@ -10,6 +10,12 @@
 // Timeline: connect and load for -d seconds (the window; rates use answers completed in it),
 // then stop sending and wait up to --drain seconds for the requests still out (their answers
 // count in the latency and status figures, not in the rates), then close everything.
+// ok_rps counts the 2xx completed in the whole window; ok_rps_steady only those completed after
+// --skip seconds (default min(1 s, d/4)), leaving out the start-up (connects, first service).
+// The oks_* and s503s_* latencies leave out the first request of every socket and everything sent
+// before --skip: a flash crowd of new connections overflows the listen backlog, and the kernel's
+// SYN/data retransmissions (1 s, 200 ms) then show in the latency of the first requests on those
+// connections, not in the server's own timing.
 // Latency = from the first byte of the request written to the last byte of the answer read
 // (like wrk; time spent connecting is not included).
 //
@@ -28,6 +34,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -63,10 +70,12 @@ struct options {
   double duration_s = 10;
   double timeout_s = 10;
   double drain_s = 2.5;
+  double skip_s = -1;     // steady-state rate ignores answers before this; -1: min(1, d/4)
   int reqs_per_conn = 0;  // 0: unlimited; 1: one request, then hold the connection idle
   std::vector<std::string> headers;
   std::vector<int> pids;
   std::string cdf_file;
+  std::string raw_file;  // every answer: "sent_ms latency_ms status" (sent_ms from the start)
   std::string label;
 };
 
@@ -76,7 +85,7 @@ struct options {
                "usage: loadgen --url http://127.0.0.1:PORT/PATH [-c CONNS] [-t THREADS] "
                "[-d SECONDS]\n"
                "               [--timeout S] [--drain S] [--reqs-per-conn K] [-H 'Name: value']...\n"
-               "               [--pid PID]... [--cdf FILE] [--label TEXT]\n",
+               "               [--pid PID]... [--cdf FILE] [--raw FILE] [--label TEXT]\n",
                why);
   std::exit(2);
 }
@@ -95,10 +104,12 @@ options parse(int argc, char** argv) {
     else if (a == "-d") o.duration_s = std::stod(val());
     else if (a == "--timeout") o.timeout_s = std::stod(val());
     else if (a == "--drain") o.drain_s = std::stod(val());
+    else if (a == "--skip") o.skip_s = std::stod(val());
     else if (a == "--reqs-per-conn") o.reqs_per_conn = std::stoi(val());
     else if (a == "-H") o.headers.push_back(val());
     else if (a == "--pid") o.pids.push_back(std::stoi(val()));
     else if (a == "--cdf") o.cdf_file = val();
+    else if (a == "--raw") o.raw_file = val();
     else if (a == "--label") o.label = val();
     else usage(("unknown argument " + a).c_str());
   }
@@ -121,6 +132,8 @@ options parse(int argc, char** argv) {
   if (o.duration_s <= 0 || o.duration_s > 3600) usage("-d out of range (0, 3600]");
   if (o.timeout_s <= 0 || o.timeout_s > 3600) usage("--timeout out of range");
   if (o.drain_s < 0 || o.drain_s > 600) usage("--drain out of range");
+  if (o.skip_s < 0) o.skip_s = std::min(1.0, o.duration_s / 4);
+  if (o.skip_s >= o.duration_s) usage("--skip must be shorter than -d");
   return o;
 }
 
@@ -129,6 +142,7 @@ struct stats {
   std::uint64_t sent = 0, answered = 0, answered_in_window = 0;
   std::uint64_t s2xx = 0, s503 = 0, s5xx_other = 0, s4xx = 0, s_other = 0;
   std::uint64_t ok_in_window = 0, s503_in_window = 0;
+  std::uint64_t ok_steady = 0;  // 2xx completed in [start + skip, window end]
   std::uint64_t timeouts = 0;          // no answer within --timeout: connection closed
   std::uint64_t err_connect = 0;       // connect failed or did not complete within --timeout
   std::uint64_t err_lost = 0;          // connection reset/closed with a request out
@@ -140,6 +154,12 @@ struct stats {
   std::uint64_t outcome_other = 0;
   std::uint64_t retry_after = 0;       // answers carrying Retry-After
   std::vector<std::uint32_t> lat2xx, lat503, latother;  // microseconds
+  std::vector<std::uint32_t> lat2xx_steady, lat503_steady;  // requests sent after --skip
+  struct sample {
+    std::uint32_t sent_us, lat_us;
+    std::uint16_t status;
+  };
+  std::vector<sample> raw;  // only with --raw
 };
 
 enum class phase : int { run = 0, drain = 1, stop = 2 };
@@ -147,7 +167,7 @@ std::atomic<int> g_phase{0};
 std::atomic<int> g_open{0};      // connections established now
 std::atomic<int> g_open_max{0};  // most established at once
 std::atomic<std::int64_t> g_outstanding{0};  // requests written and not yet settled
-std::int64_t g_start_us = 0, g_window_end_us = 0;
+std::int64_t g_start_us = 0, g_window_end_us = 0, g_steady_start_us = 0;
 
 void note_open(int delta) {
   const int n = g_open.fetch_add(delta, std::memory_order_relaxed) + delta;
@@ -181,6 +201,7 @@ struct conn {
   std::int64_t t_connect = 0;
   std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
   int done = 0;               // answers on this logical connection (for --reqs-per-conn)
+  int sock_answers = 0;       // answers on this socket (0: the request out is its first)
   std::string in;
 };
 
@@ -504,16 +525,23 @@ class worker {
     const auto t = now_us();
     const auto lat = static_cast<std::uint32_t>(std::min<std::int64_t>(t - c.t_sent, UINT32_MAX));
     const bool in_window = t <= g_window_end_us;
+    // "steady": not the first request of its socket (connection set-up is not in it) and sent
+    // after --skip
+    const bool steady = c.sock_answers > 0 && c.t_sent >= g_steady_start_us;
+    ++c.sock_answers;
     ++st_.answered;
     if (in_window) ++st_.answered_in_window;
     if (p.status >= 200 && p.status < 300) {
       ++st_.s2xx;
       if (in_window) ++st_.ok_in_window;
+      if (in_window && t >= g_steady_start_us) ++st_.ok_steady;
       st_.lat2xx.push_back(lat);
+      if (steady) st_.lat2xx_steady.push_back(lat);
     } else if (p.status == 503) {
       ++st_.s503;
       if (in_window) ++st_.s503_in_window;
       st_.lat503.push_back(lat);
+      if (steady) st_.lat503_steady.push_back(lat);
     } else {
       if (p.status >= 500) ++st_.s5xx_other;
       else if (p.status >= 400) ++st_.s4xx;
@@ -526,6 +554,10 @@ class worker {
       else ++st_.outcome_other;
     }
     if (p.retry_after) ++st_.retry_after;
+    if (!o_.raw_file.empty()) {
+      st_.raw.push_back({static_cast<std::uint32_t>(c.t_sent - g_start_us), lat,
+                         static_cast<std::uint16_t>(p.status)});
+    }
   }
 
   void scan(std::int64_t t) {
@@ -629,6 +661,7 @@ int main(int argc, char** argv) {
   const proc_sample before = read_proc(o.pids);
   g_start_us = now_us();
   g_window_end_us = g_start_us + static_cast<std::int64_t>(o.duration_s * 1e6);
+  g_steady_start_us = g_start_us + static_cast<std::int64_t>(o.skip_s * 1e6);
 
   std::vector<std::unique_ptr<worker>> workers;
   for (int t = 0; t < o.threads; ++t) {
@@ -676,6 +709,7 @@ int main(int argc, char** argv) {
     all.s_other += s.s_other;
     all.ok_in_window += s.ok_in_window;
     all.s503_in_window += s.s503_in_window;
+    all.ok_steady += s.ok_steady;
     all.timeouts += s.timeouts;
     all.err_connect += s.err_connect;
     all.err_lost += s.err_lost;
@@ -689,11 +723,23 @@ int main(int argc, char** argv) {
     all.lat2xx.insert(all.lat2xx.end(), s.lat2xx.begin(), s.lat2xx.end());
     all.lat503.insert(all.lat503.end(), s.lat503.begin(), s.lat503.end());
     all.latother.insert(all.latother.end(), s.latother.begin(), s.latother.end());
+    all.lat2xx_steady.insert(all.lat2xx_steady.end(), s.lat2xx_steady.begin(), s.lat2xx_steady.end());
+    all.lat503_steady.insert(all.lat503_steady.end(), s.lat503_steady.begin(), s.lat503_steady.end());
+    all.raw.insert(all.raw.end(), s.raw.begin(), s.raw.end());
+  }
+  if (!o.raw_file.empty()) {
+    std::sort(all.raw.begin(), all.raw.end(),
+              [](const auto& a, const auto& b) { return a.sent_us < b.sent_us; });
+    std::ofstream f(o.raw_file);
+    f << "# sent_ms latency_ms status\n";
+    for (const auto& r : all.raw) f << r.sent_us / 1000.0 << ' ' << r.lat_us / 1000.0 << ' ' << r.status << '\n';
   }
   workers.clear();  // closes every connection
   std::sort(all.lat2xx.begin(), all.lat2xx.end());
   std::sort(all.lat503.begin(), all.lat503.end());
   std::sort(all.latother.begin(), all.latother.end());
+  std::sort(all.lat2xx_steady.begin(), all.lat2xx_steady.end());
+  std::sort(all.lat503_steady.begin(), all.lat503_steady.end());
   std::vector<std::uint32_t> lat_all;
   lat_all.reserve(all.lat2xx.size() + all.lat503.size() + all.latother.size());
   lat_all.insert(lat_all.end(), all.lat2xx.begin(), all.lat2xx.end());
@@ -708,13 +754,15 @@ int main(int argc, char** argv) {
   kv("conns", o.conns);
   kv("threads", o.threads);
   kv("duration_s", d);
-  kv("drained_s", fmt_ms(drained_s * 1000.0 / 1000.0));
+  kv("drained_s", fmt_ms(drained_s));  // two decimals, seconds
   kv("sent", all.sent);
   kv("answered", all.answered);
   kv("answered_in_window", all.answered_in_window);
   kv("rps", fmt_ms(all.answered_in_window / d));
   kv("ok_rps", fmt_ms(all.ok_in_window / d));
   kv("ok_in_window", all.ok_in_window);
+  kv("skip_s", o.skip_s);
+  kv("ok_rps_steady", fmt_ms(all.ok_steady / (d - o.skip_s)));
   kv("s503_in_window", all.s503_in_window);
   kv("s2xx", all.s2xx);
   kv("s503", all.s503);
@@ -736,7 +784,9 @@ int main(int argc, char** argv) {
   struct {
     const char* name;
     std::vector<std::uint32_t>* v;
-  } classes[] = {{"ok", &all.lat2xx}, {"s503", &all.lat503}, {"all", &lat_all}};
+  } classes[] = {{"ok", &all.lat2xx}, {"s503", &all.lat503}, {"all", &lat_all},
+                 {"oks", &all.lat2xx_steady}, {"s503s", &all.lat503_steady}};
+  kv("s503_steady", all.lat503_steady.size());
   for (auto& c : classes) {
     const std::string n = c.name;
     kv((n + "_p50_ms").c_str(), fmt_ms(pct(*c.v, 0.50)));
@@ -779,7 +829,7 @@ int main(int argc, char** argv) {
     f << "# class quantile latency_ms (n per class in the header below)\n";
     for (auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";
     for (auto& c : classes) {
-      if (c.v->empty()) continue;
+      if (c.v->empty() || std::string(c.name) == "oks" || std::string(c.name) == "s503s") continue;
       for (int i = 1; i <= 1000; ++i) f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
       f << "\n\n";
     }

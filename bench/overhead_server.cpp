@@ -1,0 +1,91 @@
+// overhead_server: the S5 benchmark server (bench/run.sh). Two routes with the same trivial
+// handler answering "ok":
+//   GET /plain    unguarded (qos::gate::plain), runs on the reactor thread
+//   GET /guarded  gate.guard() on a group whose permits are always free (max_concurrent 100000),
+//                 so the measured difference is the cost of the gate itself: priority lookup,
+//                 admission, hand-off to a fiber and back
+// Listens on 127.0.0.1 only. Stops cleanly on SIGINT/SIGTERM.
+//
+// usage: overhead_server [--port P] [--reactors R] [--fibers F]
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include <pistache/router.h>
+
+#include "qos/qos.hpp"
+
+namespace http = Pistache::Http;
+namespace rest = Pistache::Rest;
+
+int main(int argc, char** argv) {
+  int port = 19090;
+  int reactors = 2;
+  int fibers = 2;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "usage: overhead_server [--port P] [--reactors R] [--fibers F]\n");
+      return 2;
+    }
+    const int v = std::atoi(argv[++i]);
+    if (a == "--port") {
+      port = v;
+    } else if (a == "--reactors") {
+      reactors = v;
+    } else if (a == "--fibers") {
+      fibers = v;
+    } else {
+      std::fprintf(stderr, "overhead_server: unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (port < 0 || port > 65535 || reactors < 1 || fibers < 1) {
+    std::fprintf(stderr, "overhead_server: bad arguments\n");
+    return 2;
+  }
+
+  qos::config::app_config cfg;
+  cfg.source = "<overhead_server>";
+  cfg.server.address = "127.0.0.1";
+  cfg.server.port = static_cast<std::uint16_t>(port);
+  cfg.server.reactor_threads = static_cast<std::size_t>(reactors);
+  cfg.server.fiber_threads = static_cast<std::size_t>(fibers);
+  cfg.logging.level = "warn";
+
+  qos::config::group_config free_group;
+  free_group.name = "free";
+  free_group.max_concurrent = 100000;  // never the bottleneck: permits are always free
+  free_group.max_queue = 1000;
+  // The handler is a fiber handler and never uses the group's blocking pool. Left at 0 the pool
+  // would get max_concurrent = 100000 OS threads; the YAML loader would insist on >= 100000.
+  free_group.blocking_threads = 1;
+  cfg.groups.push_back(free_group);
+
+  qos::config::route_config guarded;
+  guarded.name = "guarded";
+  guarded.group = "free";
+  guarded.max_wait = std::chrono::milliseconds(1000);
+  cfg.routes.push_back(guarded);
+
+  qos::setup_logging(cfg.logging.level);
+  qos::server srv(cfg);
+  auto ok = [](const rest::Request&, http::ResponseWriter& w) {
+    w.send(http::Code::Ok, std::string("ok"));
+  };
+  rest::Routes::Get(srv.router(), "/plain", qos::gate::plain(ok));
+  rest::Routes::Get(srv.router(), "/guarded", srv.gate().guard("guarded", ok));
+  // Readiness probe of bench/run.sh (every system it measures answers /cache).
+  rest::Routes::Get(srv.router(), "/cache", qos::gate::plain(ok));
+
+  try {
+    srv.start();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "overhead_server: cannot listen on 127.0.0.1:%d: %s\n", port, e.what());
+    return 1;
+  }
+  std::printf("overhead_server ready on http://127.0.0.1:%u (/plain, /guarded)\n", srv.port());
+  std::fflush(stdout);
+  return srv.run();
+}

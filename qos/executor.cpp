@@ -3,7 +3,6 @@
 #include <bit>
 
 #include <boost/fiber/algo/shared_work.hpp>
-#include <boost/fiber/fixedsize_stack.hpp>
 #include <boost/fiber/operations.hpp>
 
 namespace qos {
@@ -18,6 +17,7 @@ std::size_t round_up_pow2(std::size_t n) {
 executor::executor(executor_options options)
     : options_(options),
       inbox_(round_up_pow2(options.inbox)),
+      stacks_(options.stack_size, options.kept_stacks),
       started_(static_cast<std::ptrdiff_t>(options.threads == 0 ? 1 : options.threads)) {
   if (options_.threads == 0) options_.threads = 1;
   threads_.reserve(options_.threads);
@@ -51,7 +51,7 @@ void executor::worker_main() {
   unique_task job;
   while (inbox_.pop(job) == boost::fibers::channel_op_status::success) {
     // Detached: the fiber owns its job; live_ tracks it until it ends.
-    boost::fibers::fiber(std::allocator_arg, boost::fibers::fixedsize_stack(options_.stack_size),
+    boost::fibers::fiber(std::allocator_arg, stack_pool::allocator(stacks_),
                          [this, j = std::move(job)]() mutable {
                            j();
                            j = unique_task{};

@@ -12,6 +12,7 @@
 #include <boost/fiber/condition_variable.hpp>
 #include <boost/fiber/mutex.hpp>
 
+#include "qos/stack_pool.hpp"
 #include "qos/task.hpp"
 
 namespace qos {
@@ -20,6 +21,7 @@ struct executor_options {
   std::size_t threads = 2;             // >= 1
   std::size_t inbox = 16384;           // jobs posted but not yet started; rounded up to 2^k
   std::size_t stack_size = 64 * 1024;  // per fiber; only touched pages cost memory
+  std::size_t kept_stacks = 256;       // free stacks kept for reuse
 };
 
 class executor {
@@ -47,6 +49,7 @@ class executor {
 
   executor_options options_;
   boost::fibers::buffered_channel<unique_task> inbox_;
+  stack_pool stacks_;  // outlives every fiber: the threads are joined before it goes
   // live_ counts posted + running jobs; stop() waits for it to reach 0 (under done_mutex_).
   std::atomic<std::size_t> live_{0};
   boost::fibers::mutex done_mutex_;

@@ -105,7 +105,11 @@ void limiter::push_back(waiter& w, time_point now) noexcept {
     q.tail->next_ = &w;
   } else {
     q.head = &w;
-    q.nonempty_since = now;
+    // Like CoDel's dropping state: a queue that emptied only because we shed it, less than an
+    // interval ago, is still the same standing queue; restarting its clock would give the next
+    // arrivals a free interval of plain FIFO and let late service creep back in.
+    const bool still_dropping = q.ever_shed && now - q.last_shed < options_.interval;
+    if (!still_dropping) q.nonempty_since = now;
   }
   q.tail = &w;
   nonempty_ |= 1u << w.level_;

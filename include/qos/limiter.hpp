@@ -140,7 +140,9 @@ class limiter {
   struct level_queue {
     waiter* head = nullptr;
     waiter* tail = nullptr;
-    time_point nonempty_since{};  // when this level last went from empty to non-empty
+    time_point nonempty_since{};  // when this level's standing-queue clock started
+    time_point last_shed{};       // when CoDel last shed here (epoch: never)
+    bool ever_shed = false;
     std::size_t count = 0;
   };
 
@@ -193,6 +195,8 @@ void limiter::dispatch(time_point now, OnChange&& on_change) {
         unlink(*w);
         w->state_ = waiter_state::shed;
         shed_any = true;
+        q.last_shed = now;
+        q.ever_shed = true;
         on_change(*w);
       }
       if (shed_any) continue;  // the level may be empty now: pick again

@@ -271,6 +271,42 @@ TEST_F(limiter_test, codel_sheds_waiters_past_target_once_the_queue_stands) {
   release(l);
 }
 
+TEST_F(limiter_test, codel_stays_in_dropping_state_when_shedding_empties_the_queue) {
+  limiter_options o{1, 100};
+  o.discipline = queue_discipline::codel;
+  o.target = 5ms;
+  o.interval = 100ms;
+  limiter l(o);
+  ASSERT_TRUE(l.try_acquire());
+  waiter old_one;
+  ASSERT_EQ(l.enqueue(old_one, {0, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  clock_.advance(150ms);
+  std::vector<waiter_state> states;
+  l.release(1, clock_.now(), [&](waiter& x) { states.push_back(x.state()); });
+  EXPECT_EQ(states, std::vector<waiter_state>{waiter_state::shed});  // queue now empty
+  ASSERT_TRUE(l.try_acquire());
+  // A new arrival 10 ms later finds the queue still "standing": once past the target it is
+  // shed, rather than enjoying a fresh interval of FIFO.
+  clock_.advance(10ms);
+  waiter next;
+  ASSERT_EQ(l.enqueue(next, {0, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  clock_.advance(20ms);
+  states.clear();
+  l.release(1, clock_.now(), [&](waiter& x) { states.push_back(x.state()); });
+  EXPECT_EQ(states, std::vector<waiter_state>{waiter_state::shed});
+  // After an interval without shedding, a new queue starts with a fresh clock.
+  ASSERT_TRUE(l.try_acquire());
+  clock_.advance(200ms);
+  waiter fresh;
+  ASSERT_EQ(l.enqueue(fresh, {0, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  clock_.advance(20ms);
+  EXPECT_EQ(release(l), &fresh);
+  release(l);
+}
+
 TEST_F(limiter_test, codel_keeps_levels_apart) {
   limiter_options o{1, 100};
   o.discipline = queue_discipline::codel;

@@ -7,18 +7,18 @@ namespace {
 
 // Fibers migrate between threads, so a thread_local would leak one request's context into
 // another's; fiber-specific storage follows the fiber. A plain thread (the blocking pool) has
-// a main fiber of its own, so the same storage serves it.
-boost::fibers::fiber_specific_ptr<const request_context*>& slot() {
-  static boost::fibers::fiber_specific_ptr<const request_context*> s(
-      [](const request_context** p) { delete p; });
+// a main fiber of its own, so the same storage serves it. The slot holds the pointer and owns
+// nothing (the context lives in the request's frame); Boost.Fiber's slot cannot hold a pointer
+// to const, and nothing writes through it.
+boost::fibers::fiber_specific_ptr<request_context>& slot() {
+  static boost::fibers::fiber_specific_ptr<request_context> s([](request_context*) {});
   return s;
 }
 
 }  // namespace
 
 const request_context* current_request() noexcept {
-  auto* p = slot().get();
-  return p == nullptr ? nullptr : *p;
+  return slot().get();
 }
 
 std::optional<duration> remaining_budget() noexcept {
@@ -29,15 +29,11 @@ std::optional<duration> remaining_budget() noexcept {
 }
 
 request_scope::request_scope(const request_context* ctx) noexcept : previous_(current_request()) {
-  if (slot().get() == nullptr) {
-    slot().reset(new const request_context*(ctx));
-  } else {
-    *slot().get() = ctx;
-  }
+  slot().reset(const_cast<request_context*>(ctx));
 }
 
 request_scope::~request_scope() {
-  *slot().get() = previous_;
+  slot().reset(const_cast<request_context*>(previous_));
 }
 
 }  // namespace qos

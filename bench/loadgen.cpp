@@ -34,8 +34,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -80,13 +80,14 @@ struct options {
 };
 
 [[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "loadgen: %s\n"
-               "usage: loadgen --url http://127.0.0.1:PORT/PATH [-c CONNS] [-t THREADS] "
-               "[-d SECONDS]\n"
-               "               [--timeout S] [--drain S] [--reqs-per-conn K] [-H 'Name: value']...\n"
-               "               [--pid PID]... [--cdf FILE] [--raw FILE] [--label TEXT]\n",
-               why);
+  std::fprintf(
+      stderr,
+      "loadgen: %s\n"
+      "usage: loadgen --url http://127.0.0.1:PORT/PATH [-c CONNS] [-t THREADS] "
+      "[-d SECONDS]\n"
+      "               [--timeout S] [--drain S] [--reqs-per-conn K] [-H 'Name: value']...\n"
+      "               [--pid PID]... [--cdf FILE] [--raw FILE] [--label TEXT]\n",
+      why);
   std::exit(2);
 }
 
@@ -98,20 +99,34 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) usage((a + " needs a value").c_str());
       return argv[++i];
     };
-    if (a == "--url") o.url = val();
-    else if (a == "-c") o.conns = std::stoi(val());
-    else if (a == "-t") o.threads = std::stoi(val());
-    else if (a == "-d") o.duration_s = std::stod(val());
-    else if (a == "--timeout") o.timeout_s = std::stod(val());
-    else if (a == "--drain") o.drain_s = std::stod(val());
-    else if (a == "--skip") o.skip_s = std::stod(val());
-    else if (a == "--reqs-per-conn") o.reqs_per_conn = std::stoi(val());
-    else if (a == "-H") o.headers.push_back(val());
-    else if (a == "--pid") o.pids.push_back(std::stoi(val()));
-    else if (a == "--cdf") o.cdf_file = val();
-    else if (a == "--raw") o.raw_file = val();
-    else if (a == "--label") o.label = val();
-    else usage(("unknown argument " + a).c_str());
+    if (a == "--url")
+      o.url = val();
+    else if (a == "-c")
+      o.conns = std::stoi(val());
+    else if (a == "-t")
+      o.threads = std::stoi(val());
+    else if (a == "-d")
+      o.duration_s = std::stod(val());
+    else if (a == "--timeout")
+      o.timeout_s = std::stod(val());
+    else if (a == "--drain")
+      o.drain_s = std::stod(val());
+    else if (a == "--skip")
+      o.skip_s = std::stod(val());
+    else if (a == "--reqs-per-conn")
+      o.reqs_per_conn = std::stoi(val());
+    else if (a == "-H")
+      o.headers.push_back(val());
+    else if (a == "--pid")
+      o.pids.push_back(std::stoi(val()));
+    else if (a == "--cdf")
+      o.cdf_file = val();
+    else if (a == "--raw")
+      o.raw_file = val();
+    else if (a == "--label")
+      o.label = val();
+    else
+      usage(("unknown argument " + a).c_str());
   }
   // http://HOST:PORT/PATH with HOST 127.0.0.1 or localhost only.
   const std::string scheme = "http://";
@@ -142,18 +157,18 @@ struct stats {
   std::uint64_t sent = 0, answered = 0, answered_in_window = 0;
   std::uint64_t s2xx = 0, s503 = 0, s5xx_other = 0, s4xx = 0, s_other = 0;
   std::uint64_t ok_in_window = 0, s503_in_window = 0;
-  std::uint64_t ok_steady = 0;  // 2xx completed in [start + skip, window end]
-  std::uint64_t timeouts = 0;          // no answer within --timeout: connection closed
-  std::uint64_t err_connect = 0;       // connect failed or did not complete within --timeout
-  std::uint64_t err_lost = 0;          // connection reset/closed with a request out
-  std::uint64_t err_parse = 0;         // unparseable answer
-  std::uint64_t unanswered = 0;        // still out at the end of the drain
-  std::uint64_t reconnects = 0;        // server closed a connection (Connection: close, idle)
-  std::uint64_t outcome_timeout = 0;   // X-QoS-Outcome: timeout
+  std::uint64_t ok_steady = 0;        // 2xx completed in [start + skip, window end]
+  std::uint64_t timeouts = 0;         // no answer within --timeout: connection closed
+  std::uint64_t err_connect = 0;      // connect failed or did not complete within --timeout
+  std::uint64_t err_lost = 0;         // connection reset/closed with a request out
+  std::uint64_t err_parse = 0;        // unparseable answer
+  std::uint64_t unanswered = 0;       // still out at the end of the drain
+  std::uint64_t reconnects = 0;       // server closed a connection (Connection: close, idle)
+  std::uint64_t outcome_timeout = 0;  // X-QoS-Outcome: timeout
   std::uint64_t outcome_queue_full = 0;
   std::uint64_t outcome_other = 0;
-  std::uint64_t retry_after = 0;       // answers carrying Retry-After
-  std::vector<std::uint32_t> lat2xx, lat503, latother;  // microseconds
+  std::uint64_t retry_after = 0;                            // answers carrying Retry-After
+  std::vector<std::uint32_t> lat2xx, lat503, latother;      // microseconds
   std::vector<std::uint32_t> lat2xx_steady, lat503_steady;  // requests sent after --skip
   struct sample {
     std::uint32_t sent_us, lat_us;
@@ -164,8 +179,8 @@ struct stats {
 
 enum class phase : int { run = 0, drain = 1, stop = 2 };
 std::atomic<int> g_phase{0};
-std::atomic<int> g_open{0};      // connections established now
-std::atomic<int> g_open_max{0};  // most established at once
+std::atomic<int> g_open{0};                  // connections established now
+std::atomic<int> g_open_max{0};              // most established at once
 std::atomic<std::int64_t> g_outstanding{0};  // requests written and not yet settled
 std::int64_t g_start_us = 0, g_window_end_us = 0, g_steady_start_us = 0;
 
@@ -187,17 +202,18 @@ bool iequals_prefix(std::string_view line, std::string_view name) {
 std::string_view header_value(std::string_view line, std::size_t name_len) {
   std::string_view v = line.substr(name_len + 1);
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) v.remove_suffix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r'))
+    v.remove_suffix(1);
   return v;
 }
 
 struct conn {
   int fd = -1;
   bool connecting = false;
-  bool outstanding = false;   // a request was written (in part or whole) and not answered
-  bool want_write = false;    // EPOLLOUT registered
+  bool outstanding = false;  // a request was written (in part or whole) and not answered
+  bool want_write = false;   // EPOLLOUT registered
   std::size_t out_off = 0;
-  std::int64_t t_sent = 0;    // first byte written
+  std::int64_t t_sent = 0;  // first byte written
   std::int64_t t_connect = 0;
   std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
   int done = 0;               // answers on this logical connection (for --reqs-per-conn)
@@ -543,15 +559,21 @@ class worker {
       st_.lat503.push_back(lat);
       if (steady) st_.lat503_steady.push_back(lat);
     } else {
-      if (p.status >= 500) ++st_.s5xx_other;
-      else if (p.status >= 400) ++st_.s4xx;
-      else ++st_.s_other;
+      if (p.status >= 500)
+        ++st_.s5xx_other;
+      else if (p.status >= 400)
+        ++st_.s4xx;
+      else
+        ++st_.s_other;
       st_.latother.push_back(lat);
     }
     if (!p.outcome.empty()) {
-      if (p.outcome == "timeout") ++st_.outcome_timeout;
-      else if (p.outcome == "queue_full") ++st_.outcome_queue_full;
-      else ++st_.outcome_other;
+      if (p.outcome == "timeout")
+        ++st_.outcome_timeout;
+      else if (p.outcome == "queue_full")
+        ++st_.outcome_queue_full;
+      else
+        ++st_.outcome_other;
     }
     if (p.retry_after) ++st_.retry_after;
     if (!o_.raw_file.empty()) {
@@ -606,9 +628,12 @@ proc_sample read_proc(const std::vector<int>& pids) {
     s.ok = true;
     std::string line;
     while (std::getline(f, line)) {
-      if (line.rfind("VmRSS:", 0) == 0) s.rss_kib += std::atol(line.c_str() + 6);
-      else if (line.rfind("VmHWM:", 0) == 0) s.hwm_kib += std::atol(line.c_str() + 6);
-      else if (line.rfind("Threads:", 0) == 0) s.threads += std::atol(line.c_str() + 8);
+      if (line.rfind("VmRSS:", 0) == 0)
+        s.rss_kib += std::atol(line.c_str() + 6);
+      else if (line.rfind("VmHWM:", 0) == 0)
+        s.hwm_kib += std::atol(line.c_str() + 6);
+      else if (line.rfind("Threads:", 0) == 0)
+        s.threads += std::atol(line.c_str() + 8);
     }
   }
   return s;
@@ -680,7 +705,8 @@ int main(int argc, char** argv) {
     thr_max = std::max(thr_max, s.threads);
     at_end = s;
     const auto left = g_window_end_us - now_us();
-    std::this_thread::sleep_for(std::chrono::microseconds(std::clamp<std::int64_t>(left, 0, 200000)));
+    std::this_thread::sleep_for(
+        std::chrono::microseconds(std::clamp<std::int64_t>(left, 0, 200000)));
   }
   at_end = read_proc(o.pids);
   rss_max = std::max(rss_max, at_end.rss_kib);
@@ -723,8 +749,10 @@ int main(int argc, char** argv) {
     all.lat2xx.insert(all.lat2xx.end(), s.lat2xx.begin(), s.lat2xx.end());
     all.lat503.insert(all.lat503.end(), s.lat503.begin(), s.lat503.end());
     all.latother.insert(all.latother.end(), s.latother.begin(), s.latother.end());
-    all.lat2xx_steady.insert(all.lat2xx_steady.end(), s.lat2xx_steady.begin(), s.lat2xx_steady.end());
-    all.lat503_steady.insert(all.lat503_steady.end(), s.lat503_steady.begin(), s.lat503_steady.end());
+    all.lat2xx_steady.insert(all.lat2xx_steady.end(), s.lat2xx_steady.begin(),
+                             s.lat2xx_steady.end());
+    all.lat503_steady.insert(all.lat503_steady.end(), s.lat503_steady.begin(),
+                             s.lat503_steady.end());
     all.raw.insert(all.raw.end(), s.raw.begin(), s.raw.end());
   }
   if (!o.raw_file.empty()) {
@@ -732,7 +760,8 @@ int main(int argc, char** argv) {
               [](const auto& a, const auto& b) { return a.sent_us < b.sent_us; });
     std::ofstream f(o.raw_file);
     f << "# sent_ms latency_ms status\n";
-    for (const auto& r : all.raw) f << r.sent_us / 1000.0 << ' ' << r.lat_us / 1000.0 << ' ' << r.status << '\n';
+    for (const auto& r : all.raw)
+      f << r.sent_us / 1000.0 << ' ' << r.lat_us / 1000.0 << ' ' << r.status << '\n';
   }
   workers.clear();  // closes every connection
   std::sort(all.lat2xx.begin(), all.lat2xx.end());
@@ -784,8 +813,11 @@ int main(int argc, char** argv) {
   struct {
     const char* name;
     std::vector<std::uint32_t>* v;
-  } classes[] = {{"ok", &all.lat2xx}, {"s503", &all.lat503}, {"all", &lat_all},
-                 {"oks", &all.lat2xx_steady}, {"s503s", &all.lat503_steady}};
+  } classes[] = {{"ok", &all.lat2xx},
+                 {"s503", &all.lat503},
+                 {"all", &lat_all},
+                 {"oks", &all.lat2xx_steady},
+                 {"s503s", &all.lat503_steady}};
   kv("s503_steady", all.lat503_steady.size());
   for (auto& c : classes) {
     const std::string n = c.name;
@@ -807,21 +839,19 @@ int main(int argc, char** argv) {
   }
   std::printf("%s\n", out.str().c_str());
   std::fflush(stdout);
-  std::fprintf(stderr,
-               "loadgen%s%s: c=%d %.1fs: sent %llu, answered %llu (2xx %llu, 503 %llu, other %llu), "
-               "timeouts %llu, lost %llu, connect errors %llu, unanswered %llu; 2xx/s %.1f; "
-               "2xx p50/p99 %s/%s ms\n",
-               o.label.empty() ? "" : " ", o.label.c_str(), o.conns, d,
-               static_cast<unsigned long long>(all.sent),
-               static_cast<unsigned long long>(all.answered),
-               static_cast<unsigned long long>(all.s2xx),
-               static_cast<unsigned long long>(all.s503),
-               static_cast<unsigned long long>(all.s5xx_other + all.s4xx + all.s_other),
-               static_cast<unsigned long long>(all.timeouts),
-               static_cast<unsigned long long>(all.err_lost),
-               static_cast<unsigned long long>(all.err_connect),
-               static_cast<unsigned long long>(all.unanswered), all.ok_in_window / d,
-               fmt_ms(pct(all.lat2xx, 0.5)).c_str(), fmt_ms(pct(all.lat2xx, 0.99)).c_str());
+  std::fprintf(
+      stderr,
+      "loadgen%s%s: c=%d %.1fs: sent %llu, answered %llu (2xx %llu, 503 %llu, other %llu), "
+      "timeouts %llu, lost %llu, connect errors %llu, unanswered %llu; 2xx/s %.1f; "
+      "2xx p50/p99 %s/%s ms\n",
+      o.label.empty() ? "" : " ", o.label.c_str(), o.conns, d,
+      static_cast<unsigned long long>(all.sent), static_cast<unsigned long long>(all.answered),
+      static_cast<unsigned long long>(all.s2xx), static_cast<unsigned long long>(all.s503),
+      static_cast<unsigned long long>(all.s5xx_other + all.s4xx + all.s_other),
+      static_cast<unsigned long long>(all.timeouts), static_cast<unsigned long long>(all.err_lost),
+      static_cast<unsigned long long>(all.err_connect),
+      static_cast<unsigned long long>(all.unanswered), all.ok_in_window / d,
+      fmt_ms(pct(all.lat2xx, 0.5)).c_str(), fmt_ms(pct(all.lat2xx, 0.99)).c_str());
 
   if (!o.cdf_file.empty()) {
     // "class quantile latency_ms", 1000 steps plus the extreme tail, for gnuplot.
@@ -830,7 +860,8 @@ int main(int argc, char** argv) {
     for (auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";
     for (auto& c : classes) {
       if (c.v->empty() || std::string(c.name) == "oks" || std::string(c.name) == "s503s") continue;
-      for (int i = 1; i <= 1000; ++i) f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
+      for (int i = 1; i <= 1000; ++i)
+        f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
       f << "\n\n";
     }
   }

@@ -80,18 +80,21 @@ i64 now_ns() {
 }
 
 volatile sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+  g_stop = 1;
+}
 
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "stepgen: %s\n"
-               "usage: stepgen --url http://127.0.0.1:PORT/PATH --phase DUR@RPS [--phase ...]\n"
-               "         [--max-conns N (4000)] [--preconnect N (0)] [--header 'Name: value']...\n"
-               "         [--timeout 10s] [--useful 1s] [--bucket 100ms] [--arrivals uniform|poisson]\n"
-               "         [--seed N] [--recovery-factor 1.2] [--recovery-hold 1s] [--label TEXT]\n"
-               "         [--csv FILE] [--summary FILE] [--raw FILE]\n"
-               "  DUR: 5s, 500ms, 1.5s (a bare number is seconds); RPS: requests per second >= 0\n",
-               why.c_str());
+  std::fprintf(
+      stderr,
+      "stepgen: %s\n"
+      "usage: stepgen --url http://127.0.0.1:PORT/PATH --phase DUR@RPS [--phase ...]\n"
+      "         [--max-conns N (4000)] [--preconnect N (0)] [--header 'Name: value']...\n"
+      "         [--timeout 10s] [--useful 1s] [--bucket 100ms] [--arrivals uniform|poisson]\n"
+      "         [--seed N] [--recovery-factor 1.2] [--recovery-hold 1s] [--label TEXT]\n"
+      "         [--csv FILE] [--summary FILE] [--raw FILE]\n"
+      "  DUR: 5s, 500ms, 1.5s (a bare number is seconds); RPS: requests per second >= 0\n",
+      why.c_str());
   std::exit(why == "help" ? 0 : 2);
 }
 
@@ -101,11 +104,16 @@ i64 parse_duration(const std::string& s) {
   const double v = std::strtod(s.c_str(), &end);
   const std::string unit = end ? std::string(end) : "";
   double mult = 1e9;
-  if (unit.empty() || unit == "s") mult = 1e9;
-  else if (unit == "ms") mult = 1e6;
-  else if (unit == "us") mult = 1e3;
-  else if (unit == "m") mult = 60e9;
-  else usage("bad duration '" + s + "'");
+  if (unit.empty() || unit == "s")
+    mult = 1e9;
+  else if (unit == "ms")
+    mult = 1e6;
+  else if (unit == "us")
+    mult = 1e3;
+  else if (unit == "m")
+    mult = 60e9;
+  else
+    usage("bad duration '" + s + "'");
   if (!(v >= 0) || end == s.c_str()) usage("bad duration '" + s + "'");
   return static_cast<i64>(std::llround(v * mult));
 }
@@ -144,7 +152,8 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) usage(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--url") url = val();
+    if (a == "--url")
+      url = val();
     else if (a == "--phase") {
       const std::string p = val();
       const auto at = p.find('@');
@@ -156,26 +165,44 @@ options parse(int argc, char** argv) {
       if (*end != '\0' || !(ph.rps >= 0) || ph.rps > 1e6) usage("bad rate in '" + p + "'");
       if (ph.dur_ns <= 0 || ph.dur_ns > 3600 * s_ns) usage("phase duration out of range");
       o.phases.push_back(ph);
-    } else if (a == "--max-conns") o.max_conns = std::stoi(val());
-    else if (a == "--preconnect") o.preconnect = std::stoi(val());
-    else if (a == "--header" || a == "-H") o.headers.push_back(val());
-    else if (a == "--timeout") o.timeout_ns = parse_duration(val());
-    else if (a == "--useful") o.useful_ns = parse_duration(val());
-    else if (a == "--bucket") o.bucket_ns = parse_duration(val());
+    } else if (a == "--max-conns")
+      o.max_conns = std::stoi(val());
+    else if (a == "--preconnect")
+      o.preconnect = std::stoi(val());
+    else if (a == "--header" || a == "-H")
+      o.headers.push_back(val());
+    else if (a == "--timeout")
+      o.timeout_ns = parse_duration(val());
+    else if (a == "--useful")
+      o.useful_ns = parse_duration(val());
+    else if (a == "--bucket")
+      o.bucket_ns = parse_duration(val());
     else if (a == "--arrivals") {
       const std::string v = val();
-      if (v == "poisson") o.poisson = true;
-      else if (v == "uniform") o.poisson = false;
-      else usage("--arrivals: uniform or poisson");
-    } else if (a == "--seed") o.seed = std::stoull(val());
-    else if (a == "--recovery-factor") o.recovery_factor = std::stod(val());
-    else if (a == "--recovery-hold") o.recovery_hold_ns = parse_duration(val());
-    else if (a == "--label") o.label = val();
-    else if (a == "--csv") o.csv_file = val();
-    else if (a == "--summary") o.summary_file = val();
-    else if (a == "--raw") o.raw_file = val();
-    else if (a == "-h" || a == "--help") usage("help");
-    else usage("unknown argument " + a);
+      if (v == "poisson")
+        o.poisson = true;
+      else if (v == "uniform")
+        o.poisson = false;
+      else
+        usage("--arrivals: uniform or poisson");
+    } else if (a == "--seed")
+      o.seed = std::stoull(val());
+    else if (a == "--recovery-factor")
+      o.recovery_factor = std::stod(val());
+    else if (a == "--recovery-hold")
+      o.recovery_hold_ns = parse_duration(val());
+    else if (a == "--label")
+      o.label = val();
+    else if (a == "--csv")
+      o.csv_file = val();
+    else if (a == "--summary")
+      o.summary_file = val();
+    else if (a == "--raw")
+      o.raw_file = val();
+    else if (a == "-h" || a == "--help")
+      usage("help");
+    else
+      usage("unknown argument " + a);
   }
   const std::string scheme = "http://";
   if (url.rfind(scheme, 0) != 0) usage("--url must start with http://");
@@ -191,7 +218,8 @@ options parse(int argc, char** argv) {
   if (o.port <= 0 || o.port > 65535) usage("bad port");
   if (o.phases.empty()) usage("at least one --phase");
   if (o.max_conns < 1 || o.max_conns > 60000) usage("--max-conns out of range");
-  if (o.preconnect < 0 || o.preconnect > o.max_conns) usage("--preconnect must be in [0, max-conns]");
+  if (o.preconnect < 0 || o.preconnect > o.max_conns)
+    usage("--preconnect must be in [0, max-conns]");
   if (o.timeout_ns <= 0 || o.timeout_ns > 600 * s_ns) usage("--timeout out of range");
   if (o.bucket_ns < ms_ns) usage("--bucket must be >= 1ms");
   i64 t = 0;
@@ -207,7 +235,7 @@ options parse(int argc, char** argv) {
 
 // X-QoS-Outcome values (qos/outcome.hpp), index 0 = header absent.
 constexpr std::array<std::string_view, 12> outcome_names = {
-    "-",        "admitted", "queue_full", "timeout",           "client_gone",  "shutdown",
+    "-",        "admitted", "queue_full", "timeout",  "client_gone",       "shutdown",
     "rejected", "error",    "shed",       "deadline", "predicted_timeout", "exec_timeout"};
 constexpr int outcome_unknown = static_cast<int>(outcome_names.size());  // another value
 constexpr int outcome_slots = outcome_unknown + 1;
@@ -241,9 +269,9 @@ struct conn {
   int fd = -1;
   std::uint32_t gen = 0;
   cstate st = cstate::free;
-  int req = -1;          // request out on it (busy / connecting)
-  bool reused = false;   // has answered a request before (a stale keep-alive may fail)
-  bool want_out = false; // EPOLLOUT registered
+  int req = -1;           // request out on it (busy / connecting)
+  bool reused = false;    // has answered a request before (a stale keep-alive may fail)
+  bool want_out = false;  // EPOLLOUT registered
   std::size_t out_off = 0;
   std::string in;
 };
@@ -300,9 +328,12 @@ class client {
           t += gap(rng);
         }
       } else {
-        const auto n = static_cast<i64>(std::floor(static_cast<double>(ph.dur_ns) / 1e9 * ph.rps + 1e-9));
+        const auto n =
+            static_cast<i64>(std::floor(static_cast<double>(ph.dur_ns) / 1e9 * ph.rps + 1e-9));
         for (i64 k = 0; k < n; ++k) {
-          add_request(ph.start_ns + static_cast<i64>(std::llround(static_cast<double>(k) * 1e9 / ph.rps)), p);
+          add_request(
+              ph.start_ns + static_cast<i64>(std::llround(static_cast<double>(k) * 1e9 / ph.rps)),
+              p);
         }
       }
     }
@@ -323,7 +354,8 @@ class client {
       if (g_stop) {
         for (; next < reqs.size(); ++next) reqs[next].res = result::not_sent;
       }
-      while (next < reqs.size() && t0 + reqs[next].sched <= now) dispatch(static_cast<int>(next++), now);
+      while (next < reqs.size() && t0 + reqs[next].sched <= now)
+        dispatch(static_cast<int>(next++), now);
       expire(now);
       if (next == reqs.size() && outstanding_ == 0) break;
       if (now >= hard_end) break;
@@ -479,8 +511,8 @@ class client {
 
   void write_some(conn& cn, int idx) {
     while (cn.out_off < req_text_.size()) {
-      const ssize_t n = ::send(cn.fd, req_text_.data() + cn.out_off, req_text_.size() - cn.out_off,
-                               MSG_NOSIGNAL);
+      const ssize_t n =
+          ::send(cn.fd, req_text_.data() + cn.out_off, req_text_.size() - cn.out_off, MSG_NOSIGNAL);
       if (n > 0) {
         cn.out_off += static_cast<std::size_t>(n);
         continue;
@@ -612,7 +644,8 @@ class client {
   static bool iequal(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i) {
-      if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      if (std::tolower(static_cast<unsigned char>(a[i])) !=
+          std::tolower(static_cast<unsigned char>(b[i])))
         return false;
     }
     return true;
@@ -620,7 +653,8 @@ class client {
 
   static std::string_view trim(std::string_view v) {
     while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) v.remove_suffix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r'))
+      v.remove_suffix(1);
     return v;
   }
 
@@ -770,10 +804,11 @@ std::string fmt(double v, int prec = 1) {
 
 struct agg {
   std::uint64_t offered = 0, sent = 0, drops = 0, s2xx = 0, s503 = 0, s4xx = 0, s5xx_other = 0,
-                other_status = 0, timeouts = 0, conn_errors = 0, lost = 0, pending = 0, not_sent = 0,
-                useful = 0;
+                other_status = 0, timeouts = 0, conn_errors = 0, lost = 0, pending = 0,
+                not_sent = 0, useful = 0;
   std::array<std::uint64_t, outcome_slots> fb{};  // fallbacks (non-2xx answers) by outcome
-  std::uint64_t anom_2xx_with_outcome = 0, anom_fallback_without_outcome = 0, anom_unknown_outcome = 0;
+  std::uint64_t anom_2xx_with_outcome = 0, anom_fallback_without_outcome = 0,
+                anom_unknown_outcome = 0;
   std::vector<i64> lat2xx, latfb, lag;
 
   // What was scheduled in this window (by scheduled send time).
@@ -798,10 +833,14 @@ struct agg {
           if (lat <= useful_ns) ++useful;
           if (r.outcome != 0 && r.outcome != 1) ++anom_2xx_with_outcome;
         } else {
-          if (r.status == 503) ++s503;
-          else if (r.status >= 400 && r.status < 500) ++s4xx;
-          else if (r.status >= 500) ++s5xx_other;
-          else ++other_status;
+          if (r.status == 503)
+            ++s503;
+          else if (r.status >= 400 && r.status < 500)
+            ++s4xx;
+          else if (r.status >= 500)
+            ++s5xx_other;
+          else
+            ++other_status;
           ++fb[r.outcome];
           latfb.push_back(lat);
           if (r.outcome == 0) ++anom_fallback_without_outcome;
@@ -809,11 +848,20 @@ struct agg {
         if (r.outcome == outcome_unknown) ++anom_unknown_outcome;
         break;
       }
-      case result::drop: ++drops; break;
-      case result::timeout: ++timeouts; break;
-      case result::conn_error: ++conn_errors; break;
-      case result::lost: ++lost; break;
-      default: break;
+      case result::drop:
+        ++drops;
+        break;
+      case result::timeout:
+        ++timeouts;
+        break;
+      case result::conn_error:
+        ++conn_errors;
+        break;
+      case result::lost:
+        ++lost;
+        break;
+      default:
+        break;
     }
   }
 };
@@ -823,7 +871,7 @@ struct agg {
 int main(int argc, char** argv) {
   const options o = parse(argc, argv);
   signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
@@ -861,7 +909,9 @@ int main(int argc, char** argv) {
   };
   std::vector<bucket> B(nb);
   std::vector<long> delta(nb + 1, 0);
-  auto bidx = [&](i64 t) { return std::min(nb - 1, static_cast<std::size_t>(std::max<i64>(0, t) / o.bucket_ns)); };
+  auto bidx = [&](i64 t) {
+    return std::min(nb - 1, static_cast<std::size_t>(std::max<i64>(0, t) / o.bucket_ns));
+  };
   for (const auto& r : reqs) {
     B[bidx(r.sched)].offered++;
     if (r.sent >= 0) {
@@ -883,15 +933,22 @@ int main(int argc, char** argv) {
           b.lat.push_back(r.done - r.sched);
           if (r.done - r.sched <= o.useful_ns) ++b.useful;
         } else {
-          if (r.status == 503) ++b.s503;
-          else ++b.other;
+          if (r.status == 503)
+            ++b.s503;
+          else
+            ++b.other;
           ++b.fb[r.outcome];
         }
         break;
-      case result::timeout: ++b.timeouts; break;
+      case result::timeout:
+        ++b.timeouts;
+        break;
       case result::conn_error:
-      case result::lost: ++b.errors; break;
-      default: break;
+      case result::lost:
+        ++b.errors;
+        break;
+      default:
+        break;
     }
   }
   {
@@ -910,7 +967,8 @@ int main(int argc, char** argv) {
   }
   auto phase_of_time = [&](i64 t) -> int {
     for (std::size_t p = 0; p < np; ++p) {
-      if (t >= o.phases[p].start_ns && t < o.phases[p].start_ns + o.phases[p].dur_ns) return static_cast<int>(p);
+      if (t >= o.phases[p].start_ns && t < o.phases[p].start_ns + o.phases[p].dur_ns)
+        return static_cast<int>(p);
     }
     return -1;
   };
@@ -920,23 +978,30 @@ int main(int argc, char** argv) {
     if (f == nullptr) {
       std::perror(o.csv_file.c_str());
     } else {
-      std::fprintf(f, "label,t_s,phase,offered_rps,sent,drops,done,s2xx,s503,other,timeouts,errors,useful,"
-                      "ok_rps,useful_rps,p50_ms,p99_ms,max_ms,inflight");
+      std::fprintf(
+          f,
+          "label,t_s,phase,offered_rps,sent,drops,done,s2xx,s503,other,timeouts,errors,useful,"
+          "ok_rps,useful_rps,p50_ms,p99_ms,max_ms,inflight");
       for (int k = 1; k < outcome_slots; ++k) {
-        std::fprintf(f, ",fb_%s", k == outcome_unknown ? "unknown" : std::string(outcome_names[static_cast<std::size_t>(k)]).c_str());
+        std::fprintf(f, ",fb_%s",
+                     k == outcome_unknown
+                         ? "unknown"
+                         : std::string(outcome_names[static_cast<std::size_t>(k)]).c_str());
       }
       std::fprintf(f, ",fb_none\n");
       const double bs = static_cast<double>(o.bucket_ns) / 1e9;
       for (std::size_t i = 0; i < nb; ++i) {
         const auto& b = B[i];
         const int ph = phase_of_time(static_cast<i64>(i) * o.bucket_ns);
-        std::fprintf(f, "%s,%.3f,%s,%.0f,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%.0f,%.0f,%s,%s,%s,%ld",
-                     o.label.c_str(), static_cast<double>(i) * bs,
-                     ph < 0 ? "drain" : std::to_string(ph).c_str(), static_cast<double>(b.offered) / bs,
-                     b.sent, b.drops, b.done, b.s2xx, b.s503, b.other, b.timeouts, b.errors, b.useful,
-                     static_cast<double>(b.s2xx) / bs, static_cast<double>(b.useful) / bs,
-                     fmt(bp50[i], 2).c_str(), fmt(bp99[i], 2).c_str(), fmt(bmax[i], 2).c_str(), b.inflight);
-        for (int k = 1; k < outcome_slots; ++k) std::fprintf(f, ",%lu", b.fb[static_cast<std::size_t>(k)]);
+        std::fprintf(
+            f, "%s,%.3f,%s,%.0f,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%.0f,%.0f,%s,%s,%s,%ld",
+            o.label.c_str(), static_cast<double>(i) * bs,
+            ph < 0 ? "drain" : std::to_string(ph).c_str(), static_cast<double>(b.offered) / bs,
+            b.sent, b.drops, b.done, b.s2xx, b.s503, b.other, b.timeouts, b.errors, b.useful,
+            static_cast<double>(b.s2xx) / bs, static_cast<double>(b.useful) / bs,
+            fmt(bp50[i], 2).c_str(), fmt(bp99[i], 2).c_str(), fmt(bmax[i], 2).c_str(), b.inflight);
+        for (int k = 1; k < outcome_slots; ++k)
+          std::fprintf(f, ",%lu", b.fb[static_cast<std::size_t>(k)]);
         std::fprintf(f, ",%lu\n", b.fb[0]);
       }
       std::fclose(f);
@@ -967,8 +1032,8 @@ int main(int argc, char** argv) {
     const i64 skip = std::min<i64>(s_ns, p0.dur_ns / 4);
     std::vector<i64> v;
     for (const auto& r : reqs) {
-      if (r.res == result::answered && r.status >= 200 && r.status < 300 && r.done >= p0.start_ns + skip &&
-          r.done < p0.start_ns + p0.dur_ns)
+      if (r.res == result::answered && r.status >= 200 && r.status < 300 &&
+          r.done >= p0.start_ns + skip && r.done < p0.start_ns + p0.dur_ns)
         v.push_back(r.done - r.sched);
     }
     base_p99 = pct(v, 99);
@@ -980,11 +1045,14 @@ int main(int argc, char** argv) {
     if (!(o.phases[p].rps < o.phases[p - 1].rps) || std::isnan(base_p99)) continue;
     recovery_applies[p] = true;
     const double thr = o.recovery_factor * base_p99;
-    const std::size_t b0 = static_cast<std::size_t>((o.phases[p].start_ns + o.bucket_ns - 1) / o.bucket_ns);
-    const std::size_t bend = std::min(nb, static_cast<std::size_t>((o.phases[p].start_ns + o.phases[p].dur_ns) / o.bucket_ns));
+    const std::size_t b0 =
+        static_cast<std::size_t>((o.phases[p].start_ns + o.bucket_ns - 1) / o.bucket_ns);
+    const std::size_t bend = std::min(
+        nb, static_cast<std::size_t>((o.phases[p].start_ns + o.phases[p].dur_ns) / o.bucket_ns));
     auto good = [&](std::size_t i) { return !B[i].lat.empty() && bp99[i] <= thr; };
     for (std::size_t b = b0; b < bend; ++b) {
-      if (std::isnan(recovery_first[p]) && good(b)) recovery_first[p] = static_cast<double>(b - b0) * static_cast<double>(o.bucket_ns) / 1e9;
+      if (std::isnan(recovery_first[p]) && good(b))
+        recovery_first[p] = static_cast<double>(b - b0) * static_cast<double>(o.bucket_ns) / 1e9;
       bool ok = true;
       for (std::size_t j = b; j < std::min(bend, b + hold); ++j) ok = ok && good(j);
       if (ok) {
@@ -1000,49 +1068,66 @@ int main(int argc, char** argv) {
     return std::to_string(p);
   };
   auto row_start = [&](std::size_t p) {
-    return p < np ? static_cast<double>(o.phases[p].start_ns) / 1e9 : p == np ? static_cast<double>(total_ns) / 1e9 : 0.0;
+    return p < np    ? static_cast<double>(o.phases[p].start_ns) / 1e9
+           : p == np ? static_cast<double>(total_ns) / 1e9
+                     : 0.0;
   };
   auto row_dur = [&](std::size_t p) {
     return p < np ? static_cast<double>(o.phases[p].dur_ns) / 1e9
                   : static_cast<double>(p == np ? last - total_ns : last) / 1e9;
   };
   auto per_s = [](double n, double dur) { return dur > 0 ? n / dur : NAN; };
-  std::string hdr = "label,phase,start_s,dur_s,rate,offered,sent,drops,s2xx,goodput_rps,ok_p50_ms,ok_p99_ms,"
-                    "ok_max_ms,useful,useful_rps,useful_frac,s503,s4xx,s5xx_other,other_status,timeouts,"
-                    "conn_errors,lost,unfinished";
+  std::string hdr =
+      "label,phase,start_s,dur_s,rate,offered,sent,drops,s2xx,goodput_rps,ok_p50_ms,ok_p99_ms,"
+      "ok_max_ms,useful,useful_rps,useful_frac,s503,s4xx,s5xx_other,other_status,timeouts,"
+      "conn_errors,lost,unfinished";
   for (int k = 1; k < outcome_slots; ++k)
-    hdr += ",fb_" + (k == outcome_unknown ? std::string("unknown") : std::string(outcome_names[static_cast<std::size_t>(k)]));
-  hdr += ",fb_none,fb_p50_ms,fb_p99_ms,lag_p99_ms,lag_max_ms,base_p99_ms,recovery_s,recovery_first_s,"
-         "anom_2xx_with_outcome,anom_fallback_without_outcome,anom_unknown_outcome";
+    hdr +=
+        ",fb_" + (k == outcome_unknown ? std::string("unknown")
+                                       : std::string(outcome_names[static_cast<std::size_t>(k)]));
+  hdr +=
+      ",fb_none,fb_p50_ms,fb_p99_ms,lag_p99_ms,lag_max_ms,base_p99_ms,recovery_s,recovery_first_s,"
+      "anom_2xx_with_outcome,anom_fallback_without_outcome,anom_unknown_outcome";
   std::vector<std::string> rows;
   for (std::size_t p = 0; p < np + 2; ++p) {
     auto& a = A[p];
     const double dur = row_dur(p);
     const double start = row_start(p);
     const double rate = p < np ? o.phases[p].rps : per_s(static_cast<double>(a.offered), dur);
-    std::string row = o.label + "," + phase_name(p) + "," + fmt(start, 3) + "," + fmt(dur, 3) + "," + fmt(rate, 1) +
-                      "," + std::to_string(a.offered) + "," + std::to_string(a.sent) + "," + std::to_string(a.drops) +
-                      "," + std::to_string(a.s2xx) + "," + fmt(per_s(static_cast<double>(a.s2xx), dur), 1) + "," +
-                      fmt(pct(a.lat2xx, 50), 1) + "," + fmt(pct(a.lat2xx, 99), 1) + "," +
-                      fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6, 1) + "," +
-                      std::to_string(a.useful) + "," + fmt(per_s(static_cast<double>(a.useful), dur), 1) + "," +
-                      fmt(a.offered ? static_cast<double>(a.useful) / static_cast<double>(a.offered) : NAN, 3) + "," +
-                      std::to_string(a.s503) + "," + std::to_string(a.s4xx) + "," + std::to_string(a.s5xx_other) +
-                      "," + std::to_string(a.other_status) + "," + std::to_string(a.timeouts) + "," +
-                      std::to_string(a.conn_errors) + "," + std::to_string(a.lost) + "," +
-                      std::to_string(a.pending + a.not_sent);
-    for (int k = 1; k < outcome_slots; ++k) row += "," + std::to_string(a.fb[static_cast<std::size_t>(k)]);
+    std::string row =
+        o.label + "," + phase_name(p) + "," + fmt(start, 3) + "," + fmt(dur, 3) + "," +
+        fmt(rate, 1) + "," + std::to_string(a.offered) + "," + std::to_string(a.sent) + "," +
+        std::to_string(a.drops) + "," + std::to_string(a.s2xx) + "," +
+        fmt(per_s(static_cast<double>(a.s2xx), dur), 1) + "," + fmt(pct(a.lat2xx, 50), 1) + "," +
+        fmt(pct(a.lat2xx, 99), 1) + "," +
+        fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6, 1) + "," +
+        std::to_string(a.useful) + "," + fmt(per_s(static_cast<double>(a.useful), dur), 1) + "," +
+        fmt(a.offered ? static_cast<double>(a.useful) / static_cast<double>(a.offered) : NAN, 3) +
+        "," + std::to_string(a.s503) + "," + std::to_string(a.s4xx) + "," +
+        std::to_string(a.s5xx_other) + "," + std::to_string(a.other_status) + "," +
+        std::to_string(a.timeouts) + "," + std::to_string(a.conn_errors) + "," +
+        std::to_string(a.lost) + "," + std::to_string(a.pending + a.not_sent);
+    for (int k = 1; k < outcome_slots; ++k)
+      row += "," + std::to_string(a.fb[static_cast<std::size_t>(k)]);
     row += "," + std::to_string(a.fb[0]);
-    row += "," + fmt(pct(a.latfb, 50), 1) + "," + fmt(pct(a.latfb, 99), 1) + "," + fmt(pct(a.lag, 99), 2) + "," +
-           fmt(a.lag.empty() ? NAN : static_cast<double>(a.lag.back()) / 1e6, 2) + "," + fmt(base_p99, 1) + ",";
+    row += "," + fmt(pct(a.latfb, 50), 1) + "," + fmt(pct(a.latfb, 99), 1) + "," +
+           fmt(pct(a.lag, 99), 2) + "," +
+           fmt(a.lag.empty() ? NAN : static_cast<double>(a.lag.back()) / 1e6, 2) + "," +
+           fmt(base_p99, 1) + ",";
     if (p < np && recovery_applies[p]) {
-      row += (std::isnan(recovery[p]) ? std::string(">") + fmt(static_cast<double>(o.phases[p].dur_ns) / 1e9 - static_cast<double>(o.recovery_hold_ns) / 1e9, 1) : fmt(recovery[p], 1)) + ",";
+      row += (std::isnan(recovery[p])
+                  ? std::string(">") + fmt(static_cast<double>(o.phases[p].dur_ns) / 1e9 -
+                                               static_cast<double>(o.recovery_hold_ns) / 1e9,
+                                           1)
+                  : fmt(recovery[p], 1)) +
+             ",";
       row += std::isnan(recovery_first[p]) ? std::string("none") : fmt(recovery_first[p], 1);
     } else {
       row += ",";
     }
-    row += "," + std::to_string(a.anom_2xx_with_outcome) + "," + std::to_string(a.anom_fallback_without_outcome) +
-           "," + std::to_string(a.anom_unknown_outcome);
+    row += "," + std::to_string(a.anom_2xx_with_outcome) + "," +
+           std::to_string(a.anom_fallback_without_outcome) + "," +
+           std::to_string(a.anom_unknown_outcome);
     rows.push_back(row);
   }
   if (!o.summary_file.empty()) {
@@ -1059,13 +1144,15 @@ int main(int argc, char** argv) {
     FILE* f = std::fopen(o.raw_file.c_str(), "w");
     if (f != nullptr) {
       std::fprintf(f, "sched_ms,sent_ms,done_ms,result,status,outcome\n");
-      static const char* res_names[] = {"pending", "answered", "drop", "timeout", "conn_error", "lost", "not_sent"};
+      static const char* res_names[] = {"pending",    "answered", "drop",    "timeout",
+                                        "conn_error", "lost",     "not_sent"};
       for (const auto& r : reqs) {
         std::fprintf(f, "%.3f,%s,%s,%s,%u,%s\n", static_cast<double>(r.sched) / 1e6,
                      r.sent < 0 ? "" : fmt(static_cast<double>(r.sent) / 1e6, 3).c_str(),
                      r.done < 0 ? "" : fmt(static_cast<double>(r.done) / 1e6, 3).c_str(),
                      res_names[static_cast<int>(r.res)], r.status,
-                     r.outcome == outcome_unknown ? "unknown" : std::string(outcome_names[r.outcome]).c_str());
+                     r.outcome == outcome_unknown ? "unknown"
+                                                  : std::string(outcome_names[r.outcome]).c_str());
       }
       std::fclose(f);
     }
@@ -1076,45 +1163,60 @@ int main(int argc, char** argv) {
   getrusage(RUSAGE_SELF, &ru);
   const double cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                        static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  std::printf("STEPGEN label=%s t0_unix=%.6f requests=%zu open_max=%d opened=%lu preopened=%d cpu_s=%.2f "
-              "wall_s=%.2f\n",
-              o.label.c_str(), cl.t0_unix, reqs.size(), cl.c.open_max, cl.c.opened, pre_open, cpu_s,
-              static_cast<double>(last) / 1e9);
-  std::printf("stepgen %s: %zu requests over %.1f s; connections: %d preopened, %lu opened in all, max %d open; "
-              "connect failures %lu, server closed idle %lu, Connection: close %lu, resent %lu, parse errors %lu, "
-              "unexpected bytes %lu\n",
-              o.label.c_str(), reqs.size(), static_cast<double>(total_ns) / 1e9, pre_open, cl.c.opened, cl.c.open_max,
-              cl.c.connect_fail, cl.c.server_closed_idle, cl.c.server_close_hdr, cl.c.retries, cl.c.parse_errors,
-              cl.c.extra_bytes);
-  std::printf("%-5s %6s %7s %6s %6s %9s %8s %8s %8s %8s %6s %6s %6s %6s %s\n", "phase", "rate", "offered", "drops",
-              "2xx", "goodput/s", "p50ms", "p99ms", "maxms", "useful/s", "503", "tmo", "err", "lagp99", "fallbacks / recovery");
+  std::printf(
+      "STEPGEN label=%s t0_unix=%.6f requests=%zu open_max=%d opened=%lu preopened=%d cpu_s=%.2f "
+      "wall_s=%.2f\n",
+      o.label.c_str(), cl.t0_unix, reqs.size(), cl.c.open_max, cl.c.opened, pre_open, cpu_s,
+      static_cast<double>(last) / 1e9);
+  std::printf(
+      "stepgen %s: %zu requests over %.1f s; connections: %d preopened, %lu opened in all, max %d "
+      "open; "
+      "connect failures %lu, server closed idle %lu, Connection: close %lu, resent %lu, parse "
+      "errors %lu, "
+      "unexpected bytes %lu\n",
+      o.label.c_str(), reqs.size(), static_cast<double>(total_ns) / 1e9, pre_open, cl.c.opened,
+      cl.c.open_max, cl.c.connect_fail, cl.c.server_closed_idle, cl.c.server_close_hdr,
+      cl.c.retries, cl.c.parse_errors, cl.c.extra_bytes);
+  std::printf("%-5s %6s %7s %6s %6s %9s %8s %8s %8s %8s %6s %6s %6s %6s %s\n", "phase", "rate",
+              "offered", "drops", "2xx", "goodput/s", "p50ms", "p99ms", "maxms", "useful/s", "503",
+              "tmo", "err", "lagp99", "fallbacks / recovery");
   for (std::size_t p = 0; p < np + 2; ++p) {
     auto& a = A[p];
     const double dur = row_dur(p);
     std::string fbs;
     for (int k = 0; k < outcome_slots; ++k) {
       if (a.fb[static_cast<std::size_t>(k)] == 0) continue;
-      const std::string name = k == 0 ? "none" : k == outcome_unknown ? "unknown" : std::string(outcome_names[static_cast<std::size_t>(k)]);
+      const std::string name = k == 0 ? "none"
+                               : k == outcome_unknown
+                                   ? "unknown"
+                                   : std::string(outcome_names[static_cast<std::size_t>(k)]);
       fbs += name + "=" + std::to_string(a.fb[static_cast<std::size_t>(k)]) + " ";
     }
     if (p < np && recovery_applies[p]) {
-      fbs += "| recovery " + (std::isnan(recovery[p]) ? std::string("not within phase") : fmt(recovery[p], 1) + " s") +
-             " (first bucket " + (std::isnan(recovery_first[p]) ? std::string("none") : fmt(recovery_first[p], 1) + " s") +
-             ", baseline p99 " + fmt(base_p99, 1) + " ms)";
+      fbs +=
+          "| recovery " +
+          (std::isnan(recovery[p]) ? std::string("not within phase") : fmt(recovery[p], 1) + " s") +
+          " (first bucket " +
+          (std::isnan(recovery_first[p]) ? std::string("none") : fmt(recovery_first[p], 1) + " s") +
+          ", baseline p99 " + fmt(base_p99, 1) + " ms)";
     }
-    std::printf("%-5s %6.0f %7lu %6lu %6lu %9.1f %8s %8s %8s %8.1f %6lu %6lu %6lu %6s %s\n", phase_name(p).c_str(),
-                p < np ? o.phases[p].rps : per_s(static_cast<double>(a.offered), dur), a.offered, a.drops, a.s2xx,
-                per_s(static_cast<double>(a.s2xx), dur), fmt(pct(a.lat2xx, 50)).c_str(), fmt(pct(a.lat2xx, 99)).c_str(),
+    std::printf("%-5s %6.0f %7lu %6lu %6lu %9.1f %8s %8s %8s %8.1f %6lu %6lu %6lu %6s %s\n",
+                phase_name(p).c_str(),
+                p < np ? o.phases[p].rps : per_s(static_cast<double>(a.offered), dur), a.offered,
+                a.drops, a.s2xx, per_s(static_cast<double>(a.s2xx), dur),
+                fmt(pct(a.lat2xx, 50)).c_str(), fmt(pct(a.lat2xx, 99)).c_str(),
                 fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6).c_str(),
-                per_s(static_cast<double>(a.useful), dur), a.s503, a.timeouts, a.conn_errors + a.lost,
-                fmt(pct(a.lag, 99), 2).c_str(), fbs.c_str());
+                per_s(static_cast<double>(a.useful), dur), a.s503, a.timeouts,
+                a.conn_errors + a.lost, fmt(pct(a.lag, 99), 2).c_str(), fbs.c_str());
   }
   const auto& all = A[np + 1];
   if (all.anom_2xx_with_outcome || all.anom_fallback_without_outcome || all.anom_unknown_outcome) {
-    std::printf("ANOMALY: 2xx carrying a fallback X-QoS-Outcome: %lu; non-2xx without X-QoS-Outcome: %lu; "
-                "unknown X-QoS-Outcome values: %lu\n",
-                all.anom_2xx_with_outcome, all.anom_fallback_without_outcome, all.anom_unknown_outcome);
-    for (const auto& [v, n] : cl.c.unknown_outcomes) std::printf("  unknown outcome '%s' x%d\n", v.c_str(), n);
+    std::printf(
+        "ANOMALY: 2xx carrying a fallback X-QoS-Outcome: %lu; non-2xx without X-QoS-Outcome: %lu; "
+        "unknown X-QoS-Outcome values: %lu\n",
+        all.anom_2xx_with_outcome, all.anom_fallback_without_outcome, all.anom_unknown_outcome);
+    for (const auto& [v, n] : cl.c.unknown_outcomes)
+      std::printf("  unknown outcome '%s' x%d\n", v.c_str(), n);
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "qos/stack_pool.hpp"
 
-#include <cstdlib>
+#include <sys/mman.h>
+
 #include <new>
 
 namespace qos {
@@ -10,8 +11,21 @@ stack_pool::stack_pool(std::size_t stack_size, std::size_t max_kept)
   free_.reserve(max_kept_);
 }
 
+namespace {
+
+// mmap, not malloc: a malloc'd stack carries the allocator's header on its lowest page, so a
+// parked fiber touches that page as well as the top ones it really uses; untouched pages of a
+// mapping cost nothing (measured: 13.4 -> 12.3 KiB per parked request at 5k parked).
+void* map_stack(std::size_t size) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return p;
+}
+
+}  // namespace
+
 stack_pool::~stack_pool() {
-  for (void* p : free_) std::free(p);
+  for (void* p : free_) ::munmap(p, size_);
 }
 
 boost::context::stack_context stack_pool::allocate() {
@@ -23,10 +37,7 @@ boost::context::stack_context stack_pool::allocate() {
       free_.pop_back();
     }
   }
-  if (bottom == nullptr) {
-    bottom = std::malloc(size_);
-    if (bottom == nullptr) throw std::bad_alloc();
-  }
+  if (bottom == nullptr) bottom = map_stack(size_);
   boost::context::stack_context sc;
   sc.size = size_;
   sc.sp = static_cast<char*>(bottom) + size_;  // stacks grow down: sp is the top
@@ -42,7 +53,7 @@ void stack_pool::deallocate(boost::context::stack_context& sc) noexcept {
       return;
     }
   }
-  std::free(bottom);
+  ::munmap(bottom, size_);
 }
 
 std::size_t stack_pool::kept() const {

@@ -1,9 +1,10 @@
-// overhead_server: the S5 benchmark server (bench/run.sh). Two routes with the same trivial
+// overhead_server: the S5 benchmark server (bench/run.sh). Three routes with the same trivial
 // handler answering "ok":
 //   GET /plain    unguarded (qos::gate::plain), runs on the reactor thread
-//   GET /guarded  gate.guard() on a group whose permits are always free (max_concurrent 100000),
-//                 so the measured difference is the cost of the gate itself: priority lookup,
-//                 admission, hand-off to a fiber and back
+//   GET /guarded  gate.guard() on a group whose permits are always free (max_concurrent 100000):
+//                 priority lookup, admission, the request copy, hand-off to a fiber and back
+//   GET /inline   the same group with handler_kind::reactor: with a free permit the handler runs
+//                 on the reactor thread, so the difference is the gate's own bookkeeping
 // Listens on 127.0.0.1 only. Stops cleanly on SIGINT/SIGTERM.
 //
 // usage: overhead_server [--port P] [--reactors R] [--fibers F]
@@ -68,6 +69,9 @@ int main(int argc, char** argv) {
   guarded.group = "free";
   guarded.max_wait = std::chrono::milliseconds(1000);
   cfg.routes.push_back(guarded);
+  auto inline_route = guarded;
+  inline_route.name = "inline";
+  cfg.routes.push_back(inline_route);
 
   qos::setup_logging(cfg.logging.level);
   qos::server srv(cfg);
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
   };
   rest::Routes::Get(srv.router(), "/plain", qos::gate::plain(ok));
   rest::Routes::Get(srv.router(), "/guarded", srv.gate().guard("guarded", ok));
+  rest::Routes::Get(srv.router(), "/inline",
+                    srv.gate().guard("inline", ok, qos::handler_kind::reactor));
   // Readiness probe of bench/run.sh (every system it measures answers /cache).
   rest::Routes::Get(srv.router(), "/cache", qos::gate::plain(ok));
 
@@ -85,7 +91,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "overhead_server: cannot listen on 127.0.0.1:%d: %s\n", port, e.what());
     return 1;
   }
-  std::printf("overhead_server ready on http://127.0.0.1:%u (/plain, /guarded)\n", srv.port());
+  std::printf("overhead_server ready on http://127.0.0.1:%u (/plain, /guarded, /inline)\n",
+              srv.port());
   std::fflush(stdout);
   return srv.run();
 }

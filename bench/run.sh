@@ -299,7 +299,7 @@ bench_system() {   # bench_system NAME N CONCS SCENARIOS
 
 # S5: the gate's cost on a trivial handler, at saturation (closed loop, S5_C connections).
 s5_overhead() {
-    log "=== S5 overhead: overhead_server /plain vs /guarded, C=$S5_C, ${S5_D}s x $S5_REPS ==="
+    log "=== S5 overhead: overhead_server /plain vs /guarded (fiber) vs /inline (reactor kind), C=$S5_C, ${S5_D}s x $S5_REPS ==="
     SYS_NAME=overhead SYS_N=0 SYS_PIDS=()
     start_bg overhead "$OVERHEAD" --port $PORT_OVERHEAD
     SYS_URL=http://127.0.0.1:$PORT_OVERHEAD
@@ -307,7 +307,7 @@ s5_overhead() {
     lg "$RAW/s5-warmup.txt" --url "$SYS_URL/guarded" -c "$S5_C" -t 2 -d 1 --drain 1
     local rep route f
     for ((rep = 1; rep <= S5_REPS; rep++)); do
-        for route in plain guarded; do
+        for route in plain guarded inline; do
             f=$RAW/s5-loadgen-$route-$rep.txt
             # shellcheck disable=SC2046
             lg "$f" --url "$SYS_URL/$route" -c "$S5_C" -t "$LG_THREADS" -d "$S5_D" --drain 1 $(pid_args)
@@ -318,7 +318,7 @@ s5_overhead() {
             sleep 1
         done
         if command -v wrk > /dev/null; then
-            for route in plain guarded; do
+            for route in plain guarded inline; do
                 f=$RAW/s5-wrk-$route-$rep.txt
                 "${CLIENT_PREFIX[@]}" timeout -k 5 $((S5_D + 30)) wrk -t"$LG_THREADS" -c"$S5_C" -d"${S5_D}s" --latency \
                     "$SYS_URL/$route" > "$f" 2>&1 || true
@@ -350,8 +350,10 @@ s6_memory() {
             SYS_URL=http://127.0.0.1:$PORT_PARK
             wait_ready "$SYS_URL/cache" 20 || { note "S6 server did not start"; sys_stop; continue; }
             pid=${SYS_PIDS[0]}
-            # warm the reactors and the allocator a little, then take the baseline
+            # warm the reactors, the allocator and the DB path (its connections, page cache and
+            # pool threads are one-time costs, not per parked request), then take the baseline
             lg "$RAW/s6-warm.txt" --url "$SYS_URL/cache" -c 10 -t 1 -d 0.5 --drain 0.5
+            lg "$RAW/s6-warm-db.txt" --url "$SYS_URL/db" -c "$SYS_N" -t 1 -d 1 --drain 0.5
             sleep 0.5
             rss0=$(proc_kib "$pid" VmRSS)
             f=$RAW/s6-$mode-$k.txt

@@ -129,6 +129,19 @@ void admission::submit(const route_entry& route, const request_info& info,
     return answer_now(outcome::predicted_timeout);
   }
 
+  if (!reserved && job->runs_inline()) {
+    // A free permit and trivial code: no fiber, no hand-off (the permit is back before return).
+    serve(route, *job, std::move(admit.permit), duration::zero(), request_context{info.deadline});
+    return;
+  }
+  try {
+    job->detach();
+  } catch (...) {
+    if (reserved) limiter.cancel_reservation();
+    admit.permit.reset();
+    return answer_now(outcome::rejected);
+  }
+
   request_job* raw = job.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
   unique_task task([&route, info, budget, reserved, j = std::move(job),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <utility>
@@ -245,20 +246,27 @@ void send_result(const response& r, http::ResponseWriter& w) {
   w.send(r.code, r.body, Pistache::Http::Mime::MediaType::fromString(r.content_type));
 }
 
-// One guarded request: owns the request copy and the writer until it is answered. Keeps no
-// shared_ptr<Peer>: file descriptors are reused and a held peer can reach the wrong client.
+// One guarded request: owns the writer until it is answered, and borrows the request from
+// the reactor's frame until detach() copies it (a request served inline is never copied).
+// Keeps no shared_ptr<Peer>: file descriptors are reused and a held peer can reach the wrong
+// client.
 class http_job final : public request_job {
  public:
   http_job(const gate::route_state& route, const handler* h, const result_handler* rh,
-           handler_kind kind, rest::Request req, http::ResponseWriter writer)
+           handler_kind kind, const rest::Request& req, http::ResponseWriter writer)
       : route_(route),
         handler_(h),
         result_handler_(rh),
         kind_(kind),
-        req_(std::move(req)),
+        req_(&req),
         writer_(std::move(writer)) {}
 
   bool client_connected() noexcept override { return writer_.getPeer() != nullptr; }
+  bool runs_inline() const noexcept override { return kind_ == handler_kind::reactor; }
+  void detach() override {
+    owned_.emplace(*req_);
+    req_ = &*owned_;
+  }
 
   outcome run(limit_group& group, const route_policy& policy) noexcept override {
     try {
@@ -268,10 +276,10 @@ class http_job final : public request_job {
       if (kind_ == handler_kind::blocking) {
         group.pool().run([this, ctx] {
           request_scope scope(ctx);
-          (*handler_)(req_, writer_);
+          (*handler_)(*req_, writer_);
         });
       } else {
-        (*handler_)(req_, writer_);
+        (*handler_)(*req_, writer_);
       }
     } catch (const std::exception& e) {
       spdlog::error("qos: handler of route '{}' threw: {}", route_.entry->policy.name, e.what());
@@ -289,7 +297,7 @@ class http_job final : public request_job {
     return outcome::admitted;
   }
 
-  void reject(outcome why) noexcept override { send_fallback(route_, why, req_, writer_); }
+  void reject(outcome why) noexcept override { send_fallback(route_, why, *req_, writer_); }
 
  private:
   // The handler runs apart from this fiber so that this fiber can stop waiting at max_exec;
@@ -299,14 +307,14 @@ class http_job final : public request_job {
     const request_context* ctx = current_request();
     auto call = [this, ctx] {
       request_scope scope(ctx);
-      return (*result_handler_)(req_);
+      return (*result_handler_)(*req_);
     };
     boost::fibers::future<response> result =
         kind_ == handler_kind::blocking ? group.pool().post(call)
                                         : boost::fibers::async(boost::fibers::launch::post, call);
     if (policy.max_exec &&
         result.wait_for(*policy.max_exec) == boost::fibers::future_status::timeout) {
-      send_fallback(route_, outcome::exec_timeout, req_, writer_);
+      send_fallback(route_, outcome::exec_timeout, *req_, writer_);
       result.wait();  // abandoned work still occupies the group until it really ends
       try {
         (void)result.get();
@@ -327,7 +335,8 @@ class http_job final : public request_job {
   const handler* handler_;
   const result_handler* result_handler_;
   handler_kind kind_;
-  rest::Request req_;
+  const rest::Request* req_;
+  std::optional<rest::Request> owned_;  // the copy made by detach()
   http::ResponseWriter writer_;
 };
 
@@ -378,7 +387,8 @@ namespace {
 rest::Route::Handler wrap(const gate::route_state& state, admission& adm,
                           std::shared_ptr<const handler> h,
                           std::shared_ptr<const result_handler> rh, handler_kind kind) {
-  return [&state, &adm, h, rh, kind](const rest::Request req, http::ResponseWriter writer) {
+  // The request by reference: the job copies it only if it leaves this thread.
+  return [&state, &adm, h, rh, kind](const rest::Request& req, http::ResponseWriter writer) {
     try {
       gate::keep_alive(req, writer);
       adm.submit(
@@ -405,6 +415,11 @@ rest::Route::Handler gate::guard(const std::string& route, handler h, handler_ki
 
 rest::Route::Handler gate::guard_result(const std::string& route, result_handler h,
                                         handler_kind kind) {
+  if (kind == handler_kind::reactor) {
+    throw std::invalid_argument("route '" + route +
+                                "': a result handler runs apart from its request and cannot be "
+                                "a reactor handler");
+  }
   return wrap(find(route), adm_, nullptr, std::make_shared<const result_handler>(std::move(h)),
               kind);
 }

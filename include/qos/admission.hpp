@@ -71,6 +71,13 @@ class request_job {
   virtual outcome run(limit_group& group, const route_policy& policy) noexcept = 0;
   // Answers without running the handler (fallback response).
   virtual void reject(outcome why) noexcept = 0;
+  // True when the handler is trivial code that never blocks or suspends: given a free permit
+  // on arrival, submit() runs it on the calling thread, with no hand-off to a fiber.
+  virtual bool runs_inline() const noexcept { return false; }
+  // Called before the job leaves the calling thread (to wait, or to run on a fiber): the job
+  // must stop borrowing from the caller's frame. May throw (allocation); the job is then
+  // answered `rejected` from the calling thread.
+  virtual void detach() {}
 };
 
 // What the edge learnt about one request before admission.
@@ -101,8 +108,10 @@ class admission {
 
   // Never blocks. Answers at once (on the calling thread) when the queue is full, the client's
   // deadline cannot be met, the predicted wait exceeds the budget, or the executor refuses the
-  // job; otherwise the job moves to a fiber that waits at most the wait budget: max_wait, or
-  // less when the client's deadline minus the expected service time comes first.
+  // job; runs an inline job (runs_inline()) at once on the calling thread when a permit is
+  // free; otherwise the job is detached and moves to a fiber that waits at most the wait
+  // budget: max_wait, or less when the client's deadline minus the expected service time
+  // comes first.
   void submit(const route_entry& route, const request_info& info,
               std::unique_ptr<request_job> job) noexcept;
   // Shorthand: level only, arriving now, no client deadline.

@@ -42,6 +42,10 @@ using result_handler = std::function<response(const Pistache::Rest::Request&)>;
 enum class handler_kind {
   fiber,     // runs on the fiber: non-blocking code, fiber-aware waits
   blocking,  // calls a synchronous driver: runs on the group's blocking pool
+  // Trivial code that never blocks or waits (a computed answer, an in-memory read). With a
+  // free permit on arrival it runs at once on the reactor thread, with no hand-off (as a
+  // servlet filter would run the chain); a request that must wait runs it on its fiber.
+  reactor,
 };
 
 // Adds a response header by name. Pistache 0.0.5 does not write raw headers added with
@@ -68,6 +72,7 @@ class gate {
   }
   // Guards a handler that returns its response. It runs on its own fiber (or the group's
   // blocking pool) while the request's fiber waits at most the route's max_exec for it.
+  // Throws std::invalid_argument for handler_kind::reactor (it could not be cut at max_exec).
   Pistache::Rest::Route::Handler guard_result(const std::string& route, result_handler h,
                                               handler_kind kind = handler_kind::blocking);
   // An unguarded route: runs `h` on the reactor thread exactly as Pistache would, with only the

@@ -651,6 +651,94 @@ TEST_F(gate_test, retry_after_auto_is_computed_and_bounded) {
   for (auto& t : held) t.join();
 }
 
+TEST_F(gate_test, reactor_handler_runs_inline_with_a_free_permit_and_on_a_fiber_after_a_wait) {
+  auto cfg = base_config();
+  cfg.server.reactor_threads = 1;  // so that "the reactor thread" is one known thread
+  cfg.groups.push_back(group("db", 1, 10));
+  auto fast = route("fast", "db", 5000ms);
+  fast.deadline.header = "X-Request-Timeout";
+  cfg.routes.push_back(fast);
+  cfg.routes.push_back(route("hold", "db", 5000ms));
+  start(cfg);
+  valve v;
+  std::mutex m;
+  std::thread::id reactor_thread;
+  std::map<std::string, std::thread::id> ran_on;
+  std::atomic<long long> budget_ms{-1};
+  std::atomic<int> in_use_seen{-1};
+  rest::Routes::Get(router(), "/where",
+                    gate::plain([&](const rest::Request&, http::ResponseWriter& w) {
+                      std::lock_guard lk(m);
+                      reactor_thread = std::this_thread::get_id();
+                      w.send(http::Code::Ok, std::string("here"));
+                    }));
+  rest::Routes::Get(
+      router(), "/fast/:tag",
+      gate().guard(
+          "fast",
+          [&](const rest::Request& req, http::ResponseWriter& w) {
+            const auto tag = req.param(":tag").as<std::string>();
+            {
+              std::lock_guard lk(m);
+              ran_on[tag] = std::this_thread::get_id();
+            }
+            in_use_seen = static_cast<int>(stats("db").in_use);
+            if (auto left = remaining_budget()) {
+              budget_ms = std::chrono::duration_cast<std::chrono::milliseconds>(*left).count();
+            }
+            w.send(http::Code::Ok, "fast " + tag);
+          },
+          handler_kind::reactor));
+  rest::Routes::Get(router(), "/hold",
+                    gate().guard("hold", [&](const rest::Request&, http::ResponseWriter& w) {
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("held"));
+                    }));
+  serve();
+  ASSERT_EQ(http_get(port_, "/where").status, 200);
+
+  // A free permit: answered from the reactor thread, under the permit, with its budget.
+  auto r = http_get(port_, "/fast/free", {{"X-Request-Timeout", "5s"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "fast free");
+  EXPECT_EQ(in_use_seen.load(), 1);
+  EXPECT_GT(budget_ms.load(), 0);
+  EXPECT_LE(budget_ms.load(), 5000);
+  {
+    std::lock_guard lk(m);
+    EXPECT_EQ(ran_on["free"], reactor_thread);
+  }
+
+  // The group is full: the request waits on a fiber (the reactor is not blocked meanwhile),
+  // then runs there with its own copy of the request.
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/hold").body, "held"); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  http_response waited;
+  std::thread waiter([&] { waited = http_get(port_, "/fast/waited"); });
+  ASSERT_TRUE(eventually([&] { return stats("db").waiting == 1; }));
+  EXPECT_EQ(http_get(port_, "/cache").status, 200);
+  v.open();
+  holder.join();
+  waiter.join();
+  EXPECT_EQ(waited.status, 200);
+  EXPECT_EQ(waited.body, "fast waited");
+  {
+    std::lock_guard lk(m);
+    EXPECT_NE(ran_on["waited"], reactor_thread);
+  }
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+}
+
+TEST_F(gate_test, reactor_kind_is_refused_for_result_handlers) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("r", "db", 1000ms));
+  start(cfg);
+  EXPECT_THROW(gate().guard_result(
+                   "r", [](const rest::Request&) { return response{}; }, handler_kind::reactor),
+               std::invalid_argument);
+}
+
 TEST(gate_config_test, unknown_route_name_is_an_error_at_setup) {
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 10));

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <new>
 #include <thread>
 
 #include <boost/fiber/operations.hpp>
@@ -130,6 +131,80 @@ TEST(admission_test, refused_post_answers_inline_and_returns_permit_and_reservat
   auto s = f.group.stats();
   EXPECT_EQ(s.in_use, 0u);
   EXPECT_EQ(s.reserved, 0u);
+}
+
+// A job whose handler may run on the submitting thread; records where it ran and whether it
+// was detached first.
+class inline_job final : public request_job {
+ public:
+  struct seen {
+    std::atomic<int> runs{0}, rejects{0}, detaches{0}, on_caller{0};
+    std::atomic<bool> held_a_permit{false};
+  };
+  inline_job(seen& s, std::thread::id caller, bool throw_on_detach = false)
+      : s_(s), caller_(caller), throw_on_detach_(throw_on_detach) {}
+  bool client_connected() noexcept override { return true; }
+  bool runs_inline() const noexcept override { return true; }
+  void detach() override {
+    ++s_.detaches;
+    if (throw_on_detach_) throw std::bad_alloc();
+  }
+  outcome run(limit_group& g, const route_policy&) noexcept override {
+    ++s_.runs;
+    if (std::this_thread::get_id() == caller_) ++s_.on_caller;
+    s_.held_a_permit = g.stats().in_use == 1;
+    return outcome::admitted;
+  }
+  void reject(outcome) noexcept override { ++s_.rejects; }
+
+ private:
+  seen& s_;
+  std::thread::id caller_;
+  bool throw_on_detach_;
+};
+
+TEST(admission_test, inline_job_with_a_free_permit_runs_on_the_caller_without_detaching) {
+  fixture f(1, 10, 5s);
+  inline_job::seen s;
+  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id()));
+  // Done before submit returned: ran here, under the permit, which is back already.
+  EXPECT_EQ(s.runs.load(), 1);
+  EXPECT_EQ(s.on_caller.load(), 1);
+  EXPECT_EQ(s.detaches.load(), 0);
+  EXPECT_TRUE(s.held_a_permit.load());
+  EXPECT_EQ(f.group.stats().in_use, 0u);
+}
+
+TEST(admission_test, inline_job_that_must_wait_is_detached_and_runs_on_a_fiber) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  inline_job::seen s;
+  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id()));
+  EXPECT_EQ(s.detaches.load(), 1);
+  EXPECT_EQ(s.runs.load(), 0);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return s.runs == 1; }));
+  EXPECT_EQ(s.on_caller.load(), 0);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
+}
+
+TEST(admission_test, failed_detach_answers_rejected_and_returns_the_queue_place) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
+  inline_job::seen s;
+  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id(), true));
+  EXPECT_EQ(s.rejects.load(), 1);
+  EXPECT_EQ(s.runs.load(), 0);
+  EXPECT_EQ(f.group.stats().reserved, 0u);
+  EXPECT_EQ(f.group.stats().waiting, 0u);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
 }
 
 TEST(admission_test, shutdown_answers_waiters_and_newcomers) {

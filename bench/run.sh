@@ -6,6 +6,7 @@
 # Systems (one at a time, each started and stopped here):
 #   ours         examples/catalog_service, guarded (bench/config/qos-nN.yaml)
 #   ours-naive   the same with --naive: the DB route blocks a reactor thread, no gate
+#   ours-reserve S3 only: ours with one permit kept for high priority (qos-nN-reserve.yaml)
 #   jetty-qos    ../shared/peers/jetty-qos/run.sh qos   (Jetty 9.4 QoSFilter)
 #   jetty-naive  ../shared/peers/jetty-qos/run.sh naive (200 threads, no limit)
 #   haproxy      ../shared/peers/haproxy/run.sh in front of a naive Jetty (server maxconn N)
@@ -389,6 +390,11 @@ if has s1 || has s2 || has s3; then
     for s in $SYSTEMS; do
         bench_system "$s" "$N" "$CONCS" "$(has s1 && echo s1) $(has s2 && echo s2) $(has s3 && echo s3)"
     done
+fi
+# S3 again for ours with a permit kept for high priority: the price (lower-priority goodput)
+# and the gain (high-priority latency) side by side with the default above.
+if has s3 && [[ " $SYSTEMS " == *" ours "* ]]; then
+    bench_system ours-reserve "$N" "" "s3"
 fi
 if has n30 && [ -n "$N30_SYSTEMS" ]; then
     for s in $N30_SYSTEMS; do

@@ -111,7 +111,7 @@ void admission::submit(const route_entry& route, const request_info& info,
   const duration budget = wait_budget(route, info);
   if (budget <= duration::zero()) return answer_now(outcome::deadline);
 
-  auto admit = limiter.try_admit(route.policy.cost);
+  auto admit = limiter.try_admit(route.policy.cost, info.level);
   if (admit.kind == fiber_limiter::admit_kind::shutting_down) {
     return answer_now(outcome::shutting_down);
   }

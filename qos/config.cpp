@@ -572,7 +572,7 @@ queue_config parse_queue(const field& f) {
 
 group_config parse_group(const field& f) {
   const map_view map(f, {"name", "max_concurrent", "max_queue", "blocking_threads", "limit",
-                         "queue", "aging_step", "shadow"});
+                         "queue", "aging_step", "reserve", "shadow"});
   group_config out;
   out.line = f.mark.line + 1;
   const field name = map.require("name");
@@ -585,6 +585,20 @@ group_config parse_group(const field& f) {
   if (auto v = map.get("limit")) out.limit = parse_limit(*v, out.max_concurrent);
   if (auto v = map.get("queue")) out.queue = parse_queue(*v);
   if (auto v = map.get("aging_step")) out.aging_step = read_duration(*v);
+  if (auto v = map.get("reserve")) {
+    const map_view reserve(*v, {"permits", "priority"});
+    const field permits = reserve.require("permits");
+    const field level = reserve.require("priority");
+    out.reserve = read_count(permits, 1);
+    // Lower levels must be able to run at all, at the smallest limit the group can have.
+    const std::size_t smallest = out.limit ? out.limit->options.min : out.max_concurrent;
+    if (out.reserve >= smallest) {
+      permits.fail(std::string("must be below ") + (out.limit ? "limit.min" : "max_concurrent") +
+                   " (" + std::to_string(smallest) + "), got " + std::to_string(out.reserve));
+    }
+    out.reserve_level = read_priority(level);
+    if (out.reserve_level == 0) level.fail("must be at least 1: level 0 would reserve nothing");
+  }
   if (auto v = map.get("shadow")) out.shadow = read_bool(*v);
   if (auto v = map.get("blocking_threads")) {
     out.blocking_threads = read_count(*v, 0);

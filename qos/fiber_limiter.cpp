@@ -36,10 +36,10 @@ fiber_limiter::fiber_limiter(limiter_options options, std::unique_ptr<limit_algo
   }
 }
 
-fiber_limiter::admit_result fiber_limiter::try_admit(std::uint32_t cost) noexcept {
+fiber_limiter::admit_result fiber_limiter::try_admit(std::uint32_t cost, priority level) noexcept {
   std::lock_guard lk(mutex_);
   if (shutting_down_) return {admit_kind::shutting_down, {}};
-  if (core_.try_acquire(cost)) return {admit_kind::granted, permit(*this, cost)};
+  if (core_.try_acquire(cost, level)) return {admit_kind::granted, permit(*this, cost)};
   if (core_.try_reserve()) return {admit_kind::reserved, {}};
   return {admit_kind::queue_full, {}};
 }

@@ -10,8 +10,8 @@ limiter::limiter(limiter_options options) noexcept
   assert(options_.max_queue > 0);
 }
 
-bool limiter::try_acquire(std::uint32_t cost) noexcept {
-  if (in_use_ + cost > limit_ || waiting_ != 0 || reserved_ != 0) return false;
+bool limiter::try_acquire(std::uint32_t cost, priority level) noexcept {
+  if (in_use_ + cost > cap(level) || waiting_ != 0 || reserved_ != 0) return false;
   in_use_ += cost;
   return true;
 }
@@ -35,7 +35,11 @@ limiter::enqueue_result limiter::enqueue(waiter& w, const wait_spec& spec, bool 
   // The reservation is gone now, so a reserved request competes exactly like a newcomer that
   // arrived at this instant; others still reserved keep their place behind it.
   w.cost_ = spec.cost;
-  if (in_use_ + spec.cost <= limit_ && waiting_ == 0) {
+  const bool fits = in_use_ + spec.cost <= cap(spec.level);
+  // Waiters that cannot use the headroom do not stand between it and a level that can.
+  const bool ahead = waiting_ != 0 && (spec.level < options_.reserve_level ||
+                                       options_.reserve == 0 || entitled_waiting());
+  if (fits && !ahead) {
     in_use_ += spec.cost;
     w.state_ = waiter_state::granted;
     return enqueue_result::granted;

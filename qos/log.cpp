@@ -41,9 +41,12 @@ void log_startup_summary(const config::app_config& cfg) {
     }
     spdlog::info(
         "qos: group '{}': limit {} max_queue={} queue={} aging_step={}ms "
-        "blocking_threads={}{}",
+        "blocking_threads={}{}{}",
         g.name, limit, g.max_queue, disciplines[static_cast<int>(g.queue.discipline)],
         g.aging_step.count(), g.blocking_threads != 0 ? g.blocking_threads : most,
+        g.reserve == 0 ? std::string()
+                       : " reserve=" + std::to_string(g.reserve) +
+                             " for priority >= " + std::to_string(g.reserve_level),
         g.shadow ? " SHADOW (counts only, lets everything through)" : "");
   }
   for (const auto& r : cfg.routes) {

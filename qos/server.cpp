@@ -50,6 +50,8 @@ std::vector<group_options> to_group_options(const config::app_config& cfg) {
     o.limiter.target = g.queue.target;
     o.limiter.interval = g.queue.interval;
     o.limiter.aging_step = g.aging_step;
+    o.limiter.reserve = g.reserve;
+    o.limiter.reserve_level = g.reserve_level;
     if (g.limit) {
       o.limit = g.limit->options;
       // The limiter starts where the algorithm starts.

@@ -153,6 +153,13 @@ sys_start() {
             start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS"
             SYS_URL=http://127.0.0.1:$PORT_OURS ;;
+        ours-reserve)
+            # S3 only: the same with one permit kept for high priority (groups[].reserve)
+            cfg=$BENCH/config/qos-n$n-reserve.yaml
+            [ -f "$cfg" ] || { log "no $cfg"; return 1; }
+            start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
+                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS"
+            SYS_URL=http://127.0.0.1:$PORT_OURS ;;
         ours-naive)
             start_bg "$name" "$CATALOG" --config "$BENCH/config/qos-n$n.yaml" --port $PORT_NAIVE \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --naive

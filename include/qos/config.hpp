@@ -72,6 +72,10 @@ struct group_config {
   queue_config queue;
   // Starvation guard: a waiter rises one priority level per aging_step waited; 0: off.
   std::chrono::milliseconds aging_step{0};
+  // Headroom: `reserve.permits` units only for requests at `reserve.priority` or above
+  // (requests below are granted only while that many stay free). 0: off.
+  std::size_t reserve = 0;
+  priority reserve_level = max_priority;
   // Decide and count what would be queued or shed, but let every request through.
   bool shadow = false;
   int line = 0;  // where it was declared, for messages

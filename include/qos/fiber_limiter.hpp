@@ -46,9 +46,9 @@ class fiber_limiter final : public permit_source {
   fiber_limiter(const fiber_limiter&) = delete;
   fiber_limiter& operator=(const fiber_limiter&) = delete;
 
-  // Never blocks or suspends: takes `cost` free units, or reserves a queue place for a later
-  // acquire(reserved = true), or reports a full queue.
-  admit_result try_admit(std::uint32_t cost = 1) noexcept;
+  // Never blocks or suspends: takes `cost` free units (as far as `level` may use them), or
+  // reserves a queue place for a later acquire(reserved = true), or reports a full queue.
+  admit_result try_admit(std::uint32_t cost = 1, priority level = 0) noexcept;
   void cancel_reservation() noexcept;
 
   // Fiber only. Parks the calling fiber until units are handed to it (admitted), `deadline`

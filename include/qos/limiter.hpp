@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
@@ -69,6 +70,13 @@ struct limiter_options {
   duration interval = std::chrono::milliseconds(100);  // codel, adaptive_lifo
   // Starvation guard: a waiter counts one level higher per aging_step waited (zero: off).
   duration aging_step = duration::zero();
+  // Headroom, like a database's connections reserved for its administrators: a request below
+  // reserve_level is granted only while `reserve` units stay free after the grant, so that a
+  // request at reserve_level or above finds a free permit however deep the lower levels'
+  // queue is. (Should an adaptive limit fall to the reserve or below, lower levels may still
+  // take one unit when nothing else is out.) Zero: off.
+  std::size_t reserve = 0;
+  priority reserve_level = max_priority;
 };
 
 // What a request asks for when it queues.
@@ -89,16 +97,17 @@ class limiter {
   ~limiter() { assert(waiting_ == 0); }
 
   // Takes `cost` free units when nobody waits or holds a reservation (no barging: a newcomer
-  // never overtakes a queued request, whatever its priority).
-  bool try_acquire(std::uint32_t cost = 1) noexcept;
+  // never overtakes a queued request, whatever its priority), within what `level` may use.
+  bool try_acquire(std::uint32_t cost = 1, priority level = 0) noexcept;
 
   // Holds a place in the queue for a request that will call enqueue(reserved = true) later,
   // from another thread. Lets the caller shed on a full queue before creating any fiber.
   bool try_reserve() noexcept;
   void cancel_reservation() noexcept;
 
-  // Grants at once when the units are free and nobody waits; else queues `w`. With `reserved`,
-  // consumes a reservation made by try_reserve and cannot fail with queue_full.
+  // Grants at once when the units are free and nobody waits (or, for a level entitled to the
+  // headroom, when only lower levels wait: they cannot use it); else queues `w`. With
+  // `reserved`, consumes a reservation made by try_reserve and cannot fail with queue_full.
   enqueue_result enqueue(waiter& w, const wait_spec& spec, bool reserved) noexcept;
 
   // Returns `cost` units and hands free units to waiters in order. on_change(waiter&) is called
@@ -149,6 +158,13 @@ class limiter {
   // Grants waiters while their units fit; sheds per discipline on the way.
   template <class OnChange>
   void dispatch(time_point now, OnChange&& on_change);
+  // The units `level` may hold in all: the limit, less the headroom below reserve_level.
+  std::size_t cap(priority level) const noexcept {
+    if (options_.reserve == 0 || level >= options_.reserve_level) return limit_;
+    return limit_ > options_.reserve ? limit_ - options_.reserve : 1;
+  }
+  // Someone waits at a level entitled to the headroom.
+  bool entitled_waiting() const noexcept { return (nonempty_ >> options_.reserve_level) != 0; }
   // The level to serve next (aging applied), or -1 when nobody waits.
   int pick_level(time_point now) const noexcept;
   bool standing(const level_queue& q, time_point now) const noexcept {
@@ -204,8 +220,17 @@ void limiter::dispatch(time_point now, OnChange&& on_change) {
     waiter* w = q.head;
     if (options_.discipline == queue_discipline::adaptive_lifo && standing(q, now)) w = q.tail;
     // Strict order: a waiter whose cost does not fit blocks the ones behind it, so heavy
-    // requests are not starved by light ones.
-    if (in_use_ + w->cost_ > limit_) return;
+    // requests are not starved by light ones. Only the headroom is different: what a lower
+    // level may not use goes to the most urgent waiter entitled to it (aging can put a lower
+    // level first).
+    if (in_use_ + w->cost_ > cap(w->level_)) {
+      if (options_.reserve == 0 || lvl >= static_cast<int>(options_.reserve_level) ||
+          !entitled_waiting()) {
+        return;
+      }
+      w = levels_[static_cast<std::size_t>(31 - std::countl_zero(nonempty_))].head;
+      if (in_use_ + w->cost_ > limit_) return;
+    }
     unlink(*w);
     in_use_ += w->cost_;
     w->state_ = waiter_state::granted;

@@ -729,6 +729,45 @@ TEST_F(gate_test, reactor_handler_runs_inline_with_a_free_permit_and_on_a_fiber_
   ASSERT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
 }
 
+TEST_F(gate_test, reserved_headroom_serves_high_priority_at_once_past_a_queue_of_low) {
+  auto cfg = base_config();
+  auto g = group("db", 2, 100);
+  g.reserve = 1;
+  g.reserve_level = 10;
+  cfg.groups.push_back(g);
+  auto r = route("ranked", "db", 10000ms);
+  r.priority.header = "X-Api-Key";
+  r.priority.values = {{"gold-key", 10}};
+  cfg.routes.push_back(r);
+  start(cfg);
+  valve v;
+  rest::Routes::Get(router(), "/ranked/:tag",
+                    gate().guard("ranked", [&](const rest::Request& req, http::ResponseWriter& w) {
+                      const auto tag = req.param(":tag").as<std::string>();
+                      if (tag != "gold") v.wait_on_fiber();
+                      w.send(http::Code::Ok, tag);
+                    }));
+  serve();
+  // One low request takes the lower levels' share; the next ones queue although a unit is
+  // free: it is the headroom.
+  std::vector<std::thread> low;
+  for (int i = 0; i < 3; ++i) {
+    low.emplace_back(
+        [&, i] { EXPECT_EQ(http_get(port_, "/ranked/low" + std::to_string(i)).status, 200); });
+  }
+  ASSERT_TRUE(eventually([&] {
+    auto s = stats("db");
+    return s.in_use == 1 && s.waiting == 2;
+  }));
+  auto gold = http_get(port_, "/ranked/gold", {{"X-Api-Key", "gold-key"}});
+  EXPECT_EQ(gold.status, 200);
+  EXPECT_EQ(gold.body, "gold");
+  EXPECT_EQ(stats("db").waiting, 2u);  // served past them, not ahead of anyone who could run
+  v.open();
+  for (auto& t : low) t.join();
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
+}
+
 TEST_F(gate_test, reactor_kind_is_refused_for_result_handlers) {
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 10));

@@ -444,6 +444,15 @@ TEST(config_overload, limit_options_are_accepted_by_the_algorithm_factory) {
   }
 }
 
+TEST(config_overload, parses_reserve) {
+  const app_config none = load_config_string(minimal);
+  EXPECT_EQ(none.groups[0].reserve, 0u);
+  const app_config c =
+      load_config_string(overload_config("    reserve: {permits: 2, priority: 10}\n"));
+  EXPECT_EQ(c.groups[0].reserve, 2u);
+  EXPECT_EQ(c.groups[0].reserve_level, 10);
+}
+
 TEST(config_overload, parses_queue_aging_and_shadow) {
   const app_config codel = load_config_string(overload_config(R"(    queue:
       discipline: codel
@@ -1201,6 +1210,18 @@ INSTANTIATE_TEST_SUITE_P(
                  "groups[0].queue.target", "applies only to discipline codel, not adaptive_lifo"},
         bad_case{"queue_interval_with_fifo", group_with("    queue: {interval: 1s}\n"), 4, 23,
                  "groups[0].queue.interval", "not fifo"},
+        bad_case{"reserve_whole_limit", group_with("    reserve: {permits: 8, priority: 5}\n"), 4,
+                 24, "groups[0].reserve.permits", "must be below max_concurrent (8)"},
+        bad_case{"reserve_below_adaptive_min",
+                 group_with("    limit: {algorithm: aimd, min: 2}\n"
+                            "    reserve: {permits: 2, priority: 5}\n"),
+                 5, 24, "groups[0].reserve.permits", "must be below limit.min (2)"},
+        bad_case{"reserve_level_zero", group_with("    reserve: {permits: 1, priority: 0}\n"), 4,
+                 37, "groups[0].reserve.priority", "must be at least 1"},
+        bad_case{"reserve_level_too_high", group_with("    reserve: {permits: 1, priority: 16}\n"),
+                 4, 37, "groups[0].reserve.priority", ""},
+        bad_case{"reserve_without_priority", group_with("    reserve: {permits: 1}\n"), 4, 14,
+                 "groups[0].reserve.priority", ""},
         bad_case{"aging_step_negative", group_with("    aging_step: -250ms\n"), 4, 17,
                  "groups[0].aging_step", "negative"},
         bad_case{"aging_step_word", group_with("    aging_step: often\n"), 4, 17,

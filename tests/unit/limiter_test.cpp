@@ -391,6 +391,96 @@ TEST_F(limiter_test, waiting_at_or_above_counts_the_queue_ahead) {
   release(l);
 }
 
+limiter_options with_reserve(std::size_t n, std::size_t reserve, priority level) {
+  limiter_options o{n, 100};
+  o.reserve = reserve;
+  o.reserve_level = level;
+  return o;
+}
+
+TEST_F(limiter_test, reserve_keeps_headroom_that_lower_levels_cannot_take) {
+  limiter l(with_reserve(3, 1, 10));
+  // Lower levels fill limit - reserve, then queue; the last unit stays free.
+  EXPECT_TRUE(l.try_acquire(1, 0));
+  EXPECT_TRUE(l.try_acquire(1, 9));
+  EXPECT_FALSE(l.try_acquire(1, 9));
+  std::array<waiter, 2> low;
+  for (auto& w : low) {
+    ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 10s, clock_.now()}, false),
+              limiter::enqueue_result::queued);
+  }
+  EXPECT_EQ(l.in_use(), 2u);
+  // An entitled newcomer is granted the headroom at once: the queued ones could not use it.
+  waiter high;
+  EXPECT_EQ(l.enqueue(high, {10, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::granted);
+  EXPECT_EQ(l.in_use(), 3u);
+  // Its unit back: the headroom is free again, and the low waiters still wait.
+  EXPECT_EQ(release(l), nullptr);
+  EXPECT_EQ(low[0].state(), waiter_state::waiting);
+  // A lower-level unit back goes to the oldest low waiter, within the lower levels' share.
+  EXPECT_EQ(release(l), &low[0]);
+  EXPECT_EQ(l.in_use(), 2u);
+  l.cancel_all([](waiter&) {});
+  release(l);
+  release(l);
+}
+
+TEST_F(limiter_test, reserve_hands_a_released_unit_to_an_entitled_waiter_first) {
+  limiter l(with_reserve(2, 1, 10));
+  ASSERT_TRUE(l.try_acquire(1, 0));
+  waiter high_holder;
+  ASSERT_EQ(l.enqueue(high_holder, {12, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::granted);
+  waiter low, high;
+  ASSERT_EQ(l.enqueue(low, {0, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  ASSERT_EQ(l.enqueue(high, {10, clock_.now() + 10s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  // Priority order as always. A low waiter is granted only while the headroom stays free:
+  // not while `high` holds one of the two units, then at once.
+  EXPECT_EQ(release(l), &high);
+  EXPECT_EQ(release(l), nullptr);
+  EXPECT_EQ(low.state(), waiter_state::waiting);
+  EXPECT_EQ(release(l), &low);
+  release(l);
+}
+
+TEST_F(limiter_test, reserve_with_aging_still_lets_an_entitled_waiter_use_the_headroom) {
+  limiter_options o = with_reserve(2, 1, 10);
+  o.aging_step = 10ms;
+  limiter l(o);
+  ASSERT_TRUE(l.try_acquire(1, 0));  // the lower levels' share is taken
+  waiter low;
+  ASSERT_EQ(l.enqueue(low, {0, clock_.now() + 60s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  waiter holder;
+  ASSERT_EQ(l.enqueue(holder, {10, clock_.now() + 60s, clock_.now()}, false),
+            limiter::enqueue_result::granted);
+  waiter high;
+  ASSERT_EQ(l.enqueue(high, {10, clock_.now() + 60s, clock_.now()}, false),
+            limiter::enqueue_result::queued);
+  // The low waiter has aged past level 10, so it is picked first, but the freed unit is the
+  // headroom, which it may not use: the entitled waiter gets it.
+  clock_.advance(1s);
+  EXPECT_EQ(release(l), &high);
+  EXPECT_EQ(low.state(), waiter_state::waiting);
+  l.cancel_all([](waiter&) {});
+  release(l);
+  release(l);
+}
+
+TEST_F(limiter_test, reserve_never_leaves_lower_levels_without_a_unit) {
+  limiter l(with_reserve(4, 2, 5));
+  std::vector<waiter*> changed;
+  l.set_limit(2, clock_.now(), [&](waiter& w) { changed.push_back(&w); });
+  EXPECT_TRUE(l.try_acquire(1, 0));
+  EXPECT_FALSE(l.try_acquire(1, 0));
+  EXPECT_TRUE(l.try_acquire(1, 5));
+  release(l);
+  release(l);
+}
+
 // A permit_source counting its releases, to check the RAII contract.
 struct counting_source final : permit_source {
   int released = 0;

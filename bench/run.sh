@@ -21,7 +21,7 @@
 # Every load targets 127.0.0.1 and is bounded in time (timeout(1) around each client).
 #
 # Settings (environment; the mode sets the defaults): SYSTEMS CONCS D DRAIN PAUSE WARMUP TIMEOUT
-#   N DB_MS LG_THREADS S2_DB_CS S3_DB_C S3_PRIO S5_C S5_D S5_REPS S6_KS S6_D N30_SYSTEMS
+#   N DB_MS DB_TIME LG_THREADS S2_DB_CS S3_DB_C S3_PRIO S5_C S5_D S5_REPS S6_KS S6_D N30_SYSTEMS
 #   N30_CONCS SCENARIOS="s1 s2 s3 s5 s6 n30" PIN=1 (client on CPU 0, servers on CPU 1)
 #   BUILD (Release build dir, default build-bench) PEERS (default <repo>/../shared/peers)
 set -euo pipefail
@@ -54,6 +54,9 @@ else
     : "${SCENARIOS:=s1 s2 s3 s5 s6 n30}"
 fi
 : "${N:=8}" "${DB_MS:=50}" "${TIMEOUT:=10}" "${LG_THREADS:=2}"
+# total: our DB route holds its connection DB_MS in all, SQLite read included, like the peers'
+# 50 ms of work; extra: the SQLite read plus DB_MS (the example's default)
+: "${DB_TIME:=total}"
 : "${S3_DB_C:=1000}" "${S3_PRIO:=10}" "${S5_C:=50}"
 : "${N30_SYSTEMS:=ours jetty-qos haproxy}" "${N30_CONCS:=100 1000 5000}"
 : "${BUILD:=$ROOT/build-bench}"
@@ -120,7 +123,7 @@ cat > "$OUT/settings.env" <<EOF
 MODE=$MODE
 SYSTEMS="$SYSTEMS"
 CONCS="$CONCS"
-N=$N DB_MS=$DB_MS D=$D DRAIN=$DRAIN PAUSE=$PAUSE WARMUP=$WARMUP TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS
+N=$N DB_MS=$DB_MS DB_TIME=$DB_TIME D=$D DRAIN=$DRAIN PAUSE=$PAUSE WARMUP=$WARMUP TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS
 S2_DB_CS="$S2_DB_CS" S3_DB_C=$S3_DB_C S3_PRIO=$S3_PRIO S5_C=$S5_C S5_D=$S5_D S5_REPS=$S5_REPS
 S6_KS="$S6_KS" S6_D=$S6_D N30_SYSTEMS="$N30_SYSTEMS" N30_CONCS="$N30_CONCS"
 SCENARIOS="$SCENARIOS" PIN=${PIN:-0} FD_LIMIT=$FD_LIMIT
@@ -133,7 +136,7 @@ build_all
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 # ---- CSV headers ------------------------------------------------------------------------------
-S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rps,ok_rps_steady,ok_rpm,s2xx,s503,s5xx_other,s4xx,timeouts,err_connect,err_lost,unanswered,ok_p50_ms,ok_p99_ms,ok_max_ms,s503_min_ms,s503_p50_ms,s503_p99_ms,s503_max_ms,oks_p50_ms,oks_p99_ms,oks_max_ms,s503_steady,s503s_min_ms,s503s_p50_ms,s503s_p99_ms,s503s_max_ms,listen_overflows,fb_timeout,fb_queue_full,open_max,rss_max_mib,hwm_mib,threads_max,db_max_inflight,srv_admitted,srv_timeout,srv_queue_full,srv_client_gone,srv_error,srv_service_ms,restarted_after"
+S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rps,ok_rps_steady,ok_rpm,s2xx,s503,s5xx_other,s4xx,timeouts,err_connect,err_lost,unanswered,ok_p50_ms,ok_p99_ms,ok_max_ms,s503_min_ms,s503_p50_ms,s503_p99_ms,s503_max_ms,oks_p50_ms,oks_p99_ms,oks_max_ms,s503_steady,s503s_min_ms,s503s_p50_ms,s503s_p99_ms,s503s_max_ms,listen_overflows,fb_timeout,fb_queue_full,open_max,rss_max_mib,hwm_mib,threads_max,db_max_inflight,srv_admitted,srv_timeout,srv_queue_full,srv_client_gone,srv_error,srv_service_ms,restarted_after,srv_late_p50_ms,srv_late_p99_ms,srv_late_within_5ms"
 echo "$S1_COLS" > "$CSV/s1_overload.csv"
 echo "system,n,db_conc,cache_conc,dur_s,cache_rps,cache_p50_ms,cache_p99_ms,cache_p999_ms,cache_max_ms,cache_failed,db_ok_rps,db_s503,rss_max_mib,threads_max" > "$CSV/s2_cache.csv"
 echo "system,n,db_conc,probe,priority,answered,s2xx,s503,failed,p50_ms,p90_ms,p99_ms,max_ms,db_ok_rps" > "$CSV/s3_priority.csv"
@@ -167,9 +170,10 @@ s1_point() {
     stats_get "$st"
     local lo1
     lo1=$(listen_overflows)
-    local adm="" tmo="" qf="" gone="" err="" svc=""
+    local adm="" tmo="" qf="" gone="" err="" svc="" late=",,"
     if sys_is_ours; then
         metrics_get "$m1"
+        late=$(late_summary "$m0" "$m1")
         adm=$(metrics_delta "$m0" "$m1" admitted) tmo=$(metrics_delta "$m0" "$m1" timeout)
         qf=$(metrics_delta "$m0" "$m1" queue_full) gone=$(metrics_delta "$m0" "$m1" client_gone)
         err=$(metrics_delta "$m0" "$m1" error)
@@ -193,7 +197,7 @@ s1_point() {
         printf ',%s' "$([ -n "$lo0" ] && [ -n "$lo1" ] && echo $((lo1 - lo0)))"
         for k in outcome_timeout outcome_queue_full open_max; do printf ',%s' "$(lgv "$f" $k)"; done
         printf ',%s,%s,%s' "$(kib_to_mib "$(lgv "$f" srv_rss_max_kib)")" "$(kib_to_mib "$(lgv "$f" srv_hwm_kib)")" "$(lgv "$f" srv_threads_max)"
-        printf ',%s,%s,%s,%s,%s,%s,%s,%s\n' "$maxin" "$adm" "$tmo" "$qf" "$gone" "$err" "$svc" "$RESTARTED"
+        printf ',%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$maxin" "$adm" "$tmo" "$qf" "$gone" "$err" "$svc" "$RESTARTED" "$late"
     } >> "$CSV/s1_overload.csv"
 
     # What our guarded server must never do.
@@ -347,7 +351,7 @@ s6_memory() {
             log "S6: $k ${mode/_/ } requests on a fresh server"
             SYS_NAME=ours-park SYS_N=8 SYS_PIDS=()
             start_bg "ours-park" "$CATALOG" --config "$BENCH/config/qos-park.yaml" --port $PORT_PARK \
-                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS"
+                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
             SYS_URL=http://127.0.0.1:$PORT_PARK
             wait_ready "$SYS_URL/cache" 20 || { note "S6 server did not start"; sys_stop; continue; }
             pid=${SYS_PIDS[0]}

@@ -254,17 +254,20 @@ struct database::connection {
 
 class database::lease {
  public:
-  explicit lease(database& owner) : owner_(owner), conn_(owner.acquire()) {}
+  explicit lease(database& owner)
+      : owner_(owner), conn_(owner.acquire()), since_(std::chrono::steady_clock::now()) {}
   ~lease() { owner_.release(conn_); }
   lease(const lease&) = delete;
   lease& operator=(const lease&) = delete;
 
   connection& operator*() const noexcept { return conn_; }
   connection* operator->() const noexcept { return &conn_; }
+  std::chrono::steady_clock::time_point since() const noexcept { return since_; }
 
  private:
   database& owner_;
   connection& conn_;
+  std::chrono::steady_clock::time_point since_;
 };
 
 database::database(db_options options) : options_(std::move(options)) {
@@ -317,9 +320,13 @@ void database::release(connection& c) noexcept {
   available_.notify_one();
 }
 
-void database::simulate_latency() const {
-  if (options_.extra_latency > std::chrono::milliseconds::zero())
+void database::simulate_latency(std::chrono::steady_clock::time_point leased) const {
+  if (options_.extra_latency <= std::chrono::milliseconds::zero()) return;
+  if (options_.latency_is_total) {
+    std::this_thread::sleep_until(leased + options_.extra_latency);
+  } else {
     std::this_thread::sleep_for(options_.extra_latency);
+  }
 }
 
 std::optional<item> database::get_item(std::int64_t id) {
@@ -331,7 +338,7 @@ std::optional<item> database::get_item(std::int64_t id) {
     bind_int64(s, 1, id);
     if (step(s)) result = read_item(s);
   }
-  simulate_latency();
+  simulate_latency(conn.since());
   return result;
 }
 
@@ -349,7 +356,7 @@ std::vector<item> database::list_items(std::int64_t offset, std::size_t limit) {
     bind_int64(s, 2, std::max<std::int64_t>(offset, 0));
     while (step(s)) result.push_back(read_item(s));
   }
-  simulate_latency();
+  simulate_latency(conn.since());
   return result;
 }
 
@@ -362,7 +369,7 @@ std::int64_t database::item_count() {
     if (!step(s)) fail(conn->db.get(), "count");
     n = sqlite3_column_int64(s, 0);
   }
-  simulate_latency();
+  simulate_latency(conn.since());
   return n;
 }
 

@@ -29,6 +29,9 @@ struct db_options {
   // Slept while holding the connection after every query, to model a remote database and make
   // overload visible with a local file.
   std::chrono::milliseconds extra_latency{50};
+  // When true, extra_latency is the whole time a query holds its connection (its own SQLite
+  // time included), like a backend whose every call takes exactly that long.
+  bool latency_is_total = false;
   std::size_t seed_items = 1000;  // rows written only if the table is missing or empty
 };
 
@@ -60,7 +63,8 @@ class database {
 
   connection& acquire();
   void release(connection& c) noexcept;
-  void simulate_latency() const;
+  // Sleeps the modelled latency of a query whose connection was leased at `leased`.
+  void simulate_latency(std::chrono::steady_clock::time_point leased) const;
 
   db_options options_;
   std::vector<std::unique_ptr<connection>> connections_;

@@ -24,14 +24,15 @@ struct options {
   std::string config = "config/qos.yaml";
   std::string db_path = "catalog.db";
   int db_latency_ms = 50;
-  int port = -1;  // -1: from the config
+  bool db_latency_total = false;  // --db-time total: the latency includes the query itself
+  int port = -1;                  // -1: from the config
   bool naive = false;
 };
 
 void usage() {
   std::fprintf(stderr,
                "usage: catalog_service [--config FILE] [--db FILE] [--db-latency-ms MS]\n"
-               "                       [--port PORT] [--naive]\n");
+               "                       [--db-time extra|total] [--port PORT] [--naive]\n");
 }
 
 options parse(int argc, char** argv) {
@@ -48,6 +49,10 @@ options parse(int argc, char** argv) {
       o.db_path = value();
     } else if (a == "--db-latency-ms") {
       o.db_latency_ms = std::stoi(value());
+    } else if (a == "--db-time") {
+      const std::string v = value();
+      if (v != "extra" && v != "total") throw std::invalid_argument("--db-time: extra or total");
+      o.db_latency_total = v == "total";
     } else if (a == "--port") {
       o.port = std::stoi(value());
     } else if (a == "--naive") {
@@ -118,8 +123,13 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<catalog::database> db;
   try {
-    db = std::make_unique<catalog::database>(catalog::db_options{
-        opt.db_path, db_group->max_concurrent, std::chrono::milliseconds(opt.db_latency_ms), 1000});
+    catalog::db_options dbo;
+    dbo.path = opt.db_path;
+    dbo.connections = db_group->max_concurrent;
+    dbo.extra_latency = std::chrono::milliseconds(opt.db_latency_ms);
+    dbo.latency_is_total = opt.db_latency_total;
+    dbo.seed_items = 1000;
+    db = std::make_unique<catalog::database>(dbo);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "catalog: %s\n", e.what());
     return 1;
@@ -222,9 +232,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   const auto base = "http://" + cfg.server.address + ":" + std::to_string(srv.port());
-  spdlog::info("catalog: {} mode, {} items, {} DB connections, {} ms extra DB latency",
+  spdlog::info("catalog: {} mode, {} items, {} DB connections, {} ms {} DB latency",
                opt.naive ? "NAIVE (no gate)" : "guarded", items, db->connections(),
-               opt.db_latency_ms);
+               opt.db_latency_ms, opt.db_latency_total ? "total" : "extra");
   std::printf(
       "catalog service ready (%s mode). Try:\n"
       "  curl %s/cache/42      # memory, reactor thread\n"

@@ -160,6 +160,9 @@ void admission::submit(const route_entry& route, const request_info& info,
       const outcome why = by_deadline ? outcome::deadline : got.result;
       route.metrics->on_outcome(why, waited);
       j->reject(why);
+      if (got.result == outcome::timed_out) {
+        route.metrics->on_late_fallback(clock::now() - (info.arrival + budget));
+      }
       return;
     }
     serve(route, *j, std::move(got.permit), waited, ctx);

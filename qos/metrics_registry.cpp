@@ -53,6 +53,14 @@ void metrics_registry::route_counters::on_shadow(outcome would_be) noexcept {
       .fetch_add(1, std::memory_order_relaxed);
 }
 
+void metrics_registry::route_counters::on_late_fallback(duration late) noexcept {
+  const double s = std::chrono::duration<double>(late).count();
+  std::size_t b = 0;
+  while (b < late_buckets.size() && s > late_buckets[b]) ++b;
+  late_hist[b].fetch_add(1, std::memory_order_relaxed);
+  late_ns_sum.fetch_add(ns(late), std::memory_order_relaxed);
+}
+
 route_metrics& metrics_registry::route(std::string_view route, std::string_view group) {
   std::lock_guard lk(mutex_);
   auto& c = routes_.emplace_back();
@@ -98,6 +106,26 @@ std::string metrics_registry::render(admission& adm) const {
     out << "qos_wait_seconds_sum{" << labels << "} "
         << static_cast<double>(c.wait_ns_sum.load(std::memory_order_relaxed)) / 1e9 << '\n';
     out << "qos_wait_seconds_count{" << labels << "} " << cumulative << '\n';
+  }
+  out << "# HELP qos_fallback_late_seconds How long after the end of its wait (max_wait or the "
+         "client's deadline) a fallback was handed to the transport.\n"
+         "# TYPE qos_fallback_late_seconds histogram\n";
+  for (const auto& c : routes_) {
+    std::uint64_t cumulative = 0;
+    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
+    for (std::size_t b = 0; b <= late_buckets.size(); ++b) {
+      cumulative += c.late_hist[b].load(std::memory_order_relaxed);
+      out << "qos_fallback_late_seconds_bucket{" << labels << ",le=\"";
+      if (b < late_buckets.size()) {
+        out << late_buckets[b];
+      } else {
+        out << "+Inf";
+      }
+      out << "\"} " << cumulative << '\n';
+    }
+    out << "qos_fallback_late_seconds_sum{" << labels << "} "
+        << static_cast<double>(c.late_ns_sum.load(std::memory_order_relaxed)) / 1e9 << '\n';
+    out << "qos_fallback_late_seconds_count{" << labels << "} " << cumulative << '\n';
   }
   out << "# HELP qos_handler_seconds Time handlers held their permit.\n"
          "# TYPE qos_handler_seconds summary\n";

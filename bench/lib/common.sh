@@ -151,18 +151,18 @@ sys_start() {
             cfg=$BENCH/config/qos-n$n.yaml
             [ -f "$cfg" ] || { log "no $cfg"; return 1; }
             start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
-                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS"
+                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
             SYS_URL=http://127.0.0.1:$PORT_OURS ;;
         ours-reserve)
             # S3 only: the same with one permit kept for high priority (groups[].reserve)
             cfg=$BENCH/config/qos-n$n-reserve.yaml
             [ -f "$cfg" ] || { log "no $cfg"; return 1; }
             start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
-                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS"
+                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
             SYS_URL=http://127.0.0.1:$PORT_OURS ;;
         ours-naive)
             start_bg "$name" "$CATALOG" --config "$BENCH/config/qos-n$n.yaml" --port $PORT_NAIVE \
-                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --naive
+                --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME" --naive
             SYS_URL=http://127.0.0.1:$PORT_NAIVE ;;
         jetty-qos)   start_bg "$name-n$n" "$PEERS/jetty-qos/run.sh" qos 18081 "$n";   SYS_URL=http://127.0.0.1:18081 ;;
         jetty-naive) start_bg "$name" "$PEERS/jetty-qos/run.sh" naive 18082 "$n";     SYS_URL=http://127.0.0.1:18082 ;;
@@ -268,7 +268,23 @@ metrics_get() {
         awk '/^qos_requests_total\{route="db"/ { match($0, /outcome="[a-z_]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); print o, $NF }
              /^qos_handler_seconds_sum\{route="db"/ { print "handler_sum", $NF }
              /^qos_handler_seconds_count\{route="db"/ { print "handler_count", $NF }
+             /^qos_fallback_late_seconds_bucket\{route="db"/ { match($0, /le="[^"]+"/); print "late_le_" substr($0, RSTART + 4, RLENGTH - 5), $NF }
              /^qos_group_waiting\{group="db"/ { print "waiting", $NF }' > "$1" || true
+}
+
+# late_summary BEFORE AFTER: from the server's qos_fallback_late_seconds histogram (timeouts
+# between the two snapshots), "p50_ms,p99_ms,share_within_5ms": p50/p99 are bucket upper bounds.
+late_summary() {
+    awk 'FNR == NR { if ($1 ~ /^late_le_/) b[$1] = $2; next }
+         $1 ~ /^late_le_/ { le = substr($1, 9); n++; bound[n] = le; cum[n] = $2 - b[$1] }
+         END { if (n == 0 || cum[n] <= 0) { print ",,"; exit }
+               tot = cum[n]
+               for (i = 1; i <= n; i++) {
+                   ms = bound[i] == "+Inf" ? ">250" : sprintf("%g", bound[i] * 1000)
+                   if (p50 == "" && cum[i] >= 0.5 * tot) p50 = ms
+                   if (p99 == "" && cum[i] >= 0.99 * tot) p99 = ms
+                   if (bound[i] == "0.005") w5 = cum[i] / tot }
+               printf "%s,%s,%.4f\n", p50, p99, w5 }' "$1" "$2"
 }
 
 # metrics_delta BEFORE AFTER KEY

@@ -21,6 +21,9 @@ class route_metrics {
   // Shadow mode: the request ran, but a real gate would have given it `would_be` (queued as
   // `timed_out` stands for "would have waited", queue_full for "would have been shed").
   virtual void on_shadow(outcome would_be) noexcept = 0;
+  // Once per fallback for a wait that ran out (timed_out, deadline): how long after the wait's
+  // deadline the fallback was handed to the transport. The precision of max_wait.
+  virtual void on_late_fallback(duration late) noexcept { (void)late; }
 };
 
 class metrics_sink {

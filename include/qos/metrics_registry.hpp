@@ -22,6 +22,10 @@ class metrics_registry final : public metrics_sink {
   static constexpr std::array<double, 11> wait_buckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                           0.25,  0.5,   1.0,  2.5,   5.0};
 
+  // Upper bounds (seconds) of the fallback-lateness histogram buckets; +Inf is implied.
+  static constexpr std::array<double, 9> late_buckets = {0.0005, 0.001, 0.002, 0.005, 0.01,
+                                                         0.025,  0.05,  0.1,   0.25};
+
   struct route_counters final : route_metrics {
     std::string route, group;
     std::array<std::atomic<std::uint64_t>, outcome_count> outcomes{};
@@ -31,10 +35,13 @@ class metrics_registry final : public metrics_sink {
     std::atomic<std::uint64_t> served_ns_sum{0};
     std::atomic<std::uint64_t> shadow_queued{0};  // shadow mode: would have waited
     std::atomic<std::uint64_t> shadow_shed{0};    // shadow mode: would have been shed
+    std::array<std::atomic<std::uint64_t>, late_buckets.size() + 1> late_hist{};
+    std::atomic<std::uint64_t> late_ns_sum{0};
 
     void on_outcome(outcome o, duration waited) noexcept override;
     void on_served(duration took) noexcept override;
     void on_shadow(outcome would_be) noexcept override;
+    void on_late_fallback(duration late) noexcept override;
     std::uint64_t count(outcome o) const noexcept {
       return outcomes[static_cast<std::size_t>(o)].load(std::memory_order_relaxed);
     }

@@ -244,6 +244,7 @@ TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) 
                       v.wait_on_fiber();
                       w.send(http::Code::Ok, std::string("slow"));
                     }));
+  rest::Routes::Get(router(), "/metrics", srv_->metrics_handler());
   serve();
 
   std::thread holder([&] { EXPECT_EQ(http_get(port_, "/slow").status, 200); });
@@ -266,6 +267,14 @@ TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) 
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->count(outcome::timed_out), 1u);
   EXPECT_EQ(m->count(outcome::admitted), 1u);
+  // The one timeout is in the lateness histogram, and the exposition shows it.
+  std::uint64_t late_count = 0;
+  for (const auto& b : m->late_hist) late_count += b.load();
+  EXPECT_EQ(late_count, 1u);
+  const auto text = http_get(port_, "/metrics").body;
+  EXPECT_NE(text.find("qos_fallback_late_seconds_count{route=\"slow\",group=\"db\"} 1"),
+            std::string::npos)
+      << text;
 }
 
 TEST_F(gate_test, fallback_handler_in_code_answers_and_static_fallback_backs_it_up) {

@@ -259,7 +259,7 @@ report_targets() {
     awk -F, -v n="$N" "$AWK_LIB"'
         g("system") == "ours" && g("n") == n && g("srv_late_within_5ms") != "" {
           w = g("srv_late_within_5ms") + 0; if (cnt == 0 || w < worst) { worst = w; wc = g("conc") }; cnt++ }
-        END { if (cnt) printf "| S4 fallback p99 <= 5 ms late (server side: deadline to transport) | worst share within 5 ms %.2f%% (C=%d), over %d runs | %s |\n", worst * 100, wc, cnt, worst >= 0.99 ? "yes" : "**no**" }' "$s1"
+        END { if (cnt) printf "| S4 fallback p99 <= 5 ms late (server side: deadline to transport) | worst share within 5 ms %.2f%% (C=%d), over %d runs | %s |\n", worst * 100, wc, cnt, (worst >= 0.99) ? "yes" : "**no**" }' "$s1"
     awk -F, "$AWK_LIB"'
         function median(arr, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (arr[j] < arr[i]) { t = arr[i]; arr[i] = arr[j]; arr[j] = t }
           return n % 2 ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2 }

@@ -7,9 +7,11 @@
 
 #include <boost/fiber/all.hpp>
 
+#include "qos/admission.hpp"
 #include "qos/executor.hpp"
 #include "qos/fiber_limiter.hpp"
 #include "qos/limiter.hpp"
+#include "qos/metrics_registry.hpp"
 
 namespace {
 
@@ -89,5 +91,41 @@ void reactor_to_fiber(benchmark::State& state) {
 BENCHMARK(reactor_to_fiber)->UseRealTime();
 
 }  // namespace
+
+// The gate's own bookkeeping for a reactor handler with a free permit (S5's /inline without
+// HTTP): admission::submit on this thread, the permit, the handler call, the service-time
+// sample, the metrics registry's counters, the release. The job is built by the caller, as the
+// Pistache adapter builds it, so its allocation is counted.
+class inline_job final : public qos::request_job {
+ public:
+  bool client_connected() noexcept override { return true; }
+  bool runs_inline() const noexcept override { return true; }
+  qos::outcome run(qos::limit_group&, const qos::route_policy&) noexcept override {
+    benchmark::ClobberMemory();
+    return qos::outcome::admitted;
+  }
+  void reject(qos::outcome) noexcept override {}
+};
+
+void admission_inline(benchmark::State& state) {
+  qos::executor exec({1, 1024, 64 * 1024});
+  qos::group_options g;
+  g.name = "free";
+  g.limiter.max_concurrent = 100000;
+  g.limiter.max_queue = 1000;
+  g.blocking_threads = 1;
+  qos::route_policy r;
+  r.name = "inline";
+  r.group = "free";
+  qos::metrics_registry metrics;
+  qos::admission adm({g}, {r}, exec, metrics);
+  const auto& route = *adm.find_route("inline");
+  for (auto _ : state) {
+    adm.submit(route, qos::request_info{0, qos::clock::now(), std::nullopt},
+               std::make_unique<inline_job>());
+  }
+  exec.stop();
+}
+BENCHMARK(admission_inline);
 
 BENCHMARK_MAIN();

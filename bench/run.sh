@@ -140,7 +140,7 @@ S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rp
 echo "$S1_COLS" > "$CSV/s1_overload.csv"
 echo "system,n,db_conc,cache_conc,dur_s,cache_rps,cache_p50_ms,cache_p99_ms,cache_p999_ms,cache_max_ms,cache_failed,db_ok_rps,db_s503,rss_max_mib,threads_max" > "$CSV/s2_cache.csv"
 echo "system,n,db_conc,probe,priority,answered,s2xx,s503,failed,p50_ms,p90_ms,p99_ms,max_ms,db_ok_rps" > "$CSV/s3_priority.csv"
-echo "tool,rep,route,conc,dur_s,rps,p50_ms,p99_ms,failed" > "$CSV/s5_overhead.csv"
+echo "tool,rep,route,conc,dur_s,rps,p50_ms,p99_ms,failed,cpu_us_per_req" > "$CSV/s5_overhead.csv"
 echo "k,mode,rss_before_kib,rss_during_kib,items,per_item_kib,threads" > "$CSV/s6_memory.csv"
 
 # ---- scenarios --------------------------------------------------------------------------------
@@ -303,6 +303,13 @@ bench_system() {   # bench_system NAME N CONCS SCENARIOS
 }
 
 # S5: the gate's cost on a trivial handler, at saturation (closed loop, S5_C connections).
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# µs of server CPU per answered request: cpu_per_req TICKS_BEFORE TICKS_AFTER REQUESTS
+cpu_per_req() {
+    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.2f", (b - a) * 1e6 / hz / n }'
+}
+
 s5_overhead() {
     log "=== S5 overhead: overhead_server /plain vs /guarded (fiber) vs /inline (reactor kind), C=$S5_C, ${S5_D}s x $S5_REPS ==="
     SYS_NAME=overhead SYS_N=0 SYS_PIDS=()
@@ -310,28 +317,35 @@ s5_overhead() {
     SYS_URL=http://127.0.0.1:$PORT_OVERHEAD
     wait_ready "$SYS_URL/cache" 20 || { note "overhead_server did not start"; sys_stop; return 0; }
     lg "$RAW/s5-warmup.txt" --url "$SYS_URL/guarded" -c "$S5_C" -t 2 -d 1 --drain 1
-    local rep route f
+    local rep route f t0 t1 pid=${SYS_PIDS[0]}
     for ((rep = 1; rep <= S5_REPS; rep++)); do
         for route in plain guarded inline; do
             f=$RAW/s5-loadgen-$route-$rep.txt
+            t0=$(cpu_ticks "$pid")
             # shellcheck disable=SC2046
             lg "$f" --url "$SYS_URL/$route" -c "$S5_C" -t "$LG_THREADS" -d "$S5_D" --drain 1 $(pid_args)
+            t1=$(cpu_ticks "$pid")
             cat "$f.err" >&2 || true
-            printf 'loadgen,%s,%s,%s,%s,%s,%s,%s,%s\n' "$rep" "$route" "$S5_C" "$S5_D" "$(lgv "$f" ok_rps)" \
+            printf 'loadgen,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$rep" "$route" "$S5_C" "$S5_D" "$(lgv "$f" ok_rps)" \
                 "$(lgv "$f" ok_p50_ms)" "$(lgv "$f" ok_p99_ms)" \
-                "$(awk -v a="$(lgv "$f" sent)" -v b="$(lgv "$f" s2xx)" 'BEGIN { print a - b }')" >> "$CSV/s5_overhead.csv"
+                "$(awk -v a="$(lgv "$f" sent)" -v b="$(lgv "$f" s2xx)" 'BEGIN { print a - b }')" \
+                "$(cpu_per_req "$t0" "$t1" "$(lgv "$f" s2xx)")" >> "$CSV/s5_overhead.csv"
             sleep 1
         done
         if command -v wrk > /dev/null; then
             for route in plain guarded inline; do
                 f=$RAW/s5-wrk-$route-$rep.txt
+                t0=$(cpu_ticks "$pid")
                 "${CLIENT_PREFIX[@]}" timeout -k 5 $((S5_D + 30)) wrk -t"$LG_THREADS" -c"$S5_C" -d"${S5_D}s" --latency \
                     "$SYS_URL/$route" > "$f" 2>&1 || true
-                awk -v rep="$rep" -v route="$route" -v c="$S5_C" -v d="$S5_D" '
+                t1=$(cpu_ticks "$pid")
+                awk -v rep="$rep" -v route="$route" -v c="$S5_C" -v d="$S5_D" -v t0="$t0" -v t1="$t1" -v hz="$(getconf CLK_TCK)" '
                     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
                     /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec:/ { rps = $2 }
+                    / requests in / { n = $1 }
                     /Non-2xx|Socket errors/ { bad = 1 }
-                    END { printf "wrk,%s,%s,%s,%s,%.2f,%.2f,%.2f,%s\n", rep, route, c, d, rps, p50, p99, bad ? "see raw" : 0 }' \
+                    END { printf "wrk,%s,%s,%s,%s,%.2f,%.2f,%.2f,%s,%s\n", rep, route, c, d, rps, p50, p99, bad ? "see raw" : 0,
+                              (n > 0) ? sprintf("%.2f", (t1 - t0) * 1e6 / hz / n) : "" }' \
                     "$f" >> "$CSV/s5_overhead.csv"
                 sleep 1
             done

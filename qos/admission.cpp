@@ -65,18 +65,21 @@ std::vector<limit_group*> admission::groups() {
 namespace {
 
 // Runs an admitted request and reports it. The permit (empty in shadow mode) is returned after
-// the handler ended, whether it returned, threw or overran max_exec.
+// the handler ended, whether it returned, threw or overran max_exec. `start` is now, or the
+// arrival of a request served inline at once (one clock read fewer on the cheapest path).
 void serve(const admission::route_entry& route, request_job& job, permit p, duration waited,
-           const request_context& ctx) {
+           const request_context& ctx, time_point start, bool on_caller) {
   if (!job.client_connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
     route.metrics->on_outcome(outcome::client_gone, waited);
     job.reject(outcome::client_gone);
     return;
   }
-  const auto start = clock::now();
   outcome o;
-  {
+  if (on_caller) {
+    inline_request_scope scope(&ctx);
+    o = job.run(*route.group, route.policy);
+  } else {
     request_scope scope(&ctx);
     o = job.run(*route.group, route.policy);
   }
@@ -131,7 +134,8 @@ void admission::submit(const route_entry& route, const request_info& info,
 
   if (!reserved && job->runs_inline()) {
     // A free permit and trivial code: no fiber, no hand-off (the permit is back before return).
-    serve(route, *job, std::move(admit.permit), duration::zero(), request_context{info.deadline});
+    serve(route, *job, std::move(admit.permit), duration::zero(), request_context{info.deadline},
+          info.arrival, true);
     return;
   }
   try {
@@ -148,7 +152,7 @@ void admission::submit(const route_entry& route, const request_info& info,
                     p = std::move(admit.permit)]() mutable {
     const request_context ctx{info.deadline};
     if (!reserved) {
-      serve(route, *j, std::move(p), duration::zero(), ctx);
+      serve(route, *j, std::move(p), duration::zero(), ctx, clock::now(), false);
       return;
     }
     auto got =
@@ -165,7 +169,7 @@ void admission::submit(const route_entry& route, const request_info& info,
       }
       return;
     }
-    serve(route, *j, std::move(got.permit), waited, ctx);
+    serve(route, *j, std::move(got.permit), waited, ctx, clock::now(), false);
   });
   if (!exec_.try_post(task)) {
     // The task still owns the job and any permit; cancel the reservation, answer from here,

@@ -101,7 +101,9 @@ void fiber_limiter::release_permit(std::uint32_t units) noexcept {
   woken_list woken;
   {
     std::lock_guard lk(mutex_);
-    core_.release(units, clock::now(), [&](waiter& w) { woken.push_back(&w); });
+    // The hand-off reads the time only when someone waits: spare the clock otherwise.
+    const time_point now = core_.waiting() != 0 ? clock::now() : time_point{};
+    core_.release(units, now, [&](waiter& w) { woken.push_back(&w); });
   }
   for (waiter* w : woken) wake(*w);
 }

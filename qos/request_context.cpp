@@ -15,9 +15,15 @@ boost::fibers::fiber_specific_ptr<request_context>& slot() {
   return s;
 }
 
+// Set only while an inline handler runs: it cannot suspend, so nothing else runs on this
+// thread meanwhile and the slot cannot leak into another request. Checked first, and cheaper
+// than the fiber-specific slot (a map lookup in the running context).
+thread_local const request_context* inline_slot = nullptr;
+
 }  // namespace
 
 const request_context* current_request() noexcept {
+  if (inline_slot != nullptr) return inline_slot;
   return slot().get();
 }
 
@@ -34,6 +40,15 @@ request_scope::request_scope(const request_context* ctx) noexcept : previous_(cu
 
 request_scope::~request_scope() {
   slot().reset(const_cast<request_context*>(previous_));
+}
+
+inline_request_scope::inline_request_scope(const request_context* ctx) noexcept
+    : previous_(inline_slot) {
+  inline_slot = ctx;
+}
+
+inline_request_scope::~inline_request_scope() {
+  inline_slot = previous_;
 }
 
 }  // namespace qos

@@ -32,4 +32,17 @@ class request_scope {
   const request_context* previous_;
 };
 
+// The same for code that runs to completion on the calling thread and never suspends (an
+// inline handler on a reactor thread): a plain thread-local slot, which it shadows.
+class inline_request_scope {
+ public:
+  explicit inline_request_scope(const request_context* ctx) noexcept;
+  ~inline_request_scope();
+  inline_request_scope(const inline_request_scope&) = delete;
+  inline_request_scope& operator=(const inline_request_scope&) = delete;
+
+ private:
+  const request_context* previous_;
+};
+
 }  // namespace qos

@@ -11,7 +11,12 @@ limiter::limiter(limiter_options options) noexcept
 }
 
 bool limiter::try_acquire(std::uint32_t cost, priority level) noexcept {
-  if (in_use_ + cost > cap(level) || waiting_ != 0 || reserved_ != 0) return false;
+  if (in_use_ + cost > cap(level)) return false;
+  // Nobody may be overtaken, except by a level entitled to the headroom: queued lower levels
+  // cannot use it (even a full queue of them must not keep it from the level it is for).
+  const bool headroom =
+      options_.reserve != 0 && level >= options_.reserve_level && !entitled_waiting();
+  if ((waiting_ != 0 || reserved_ != 0) && !headroom) return false;
   in_use_ += cost;
   return true;
 }

@@ -97,7 +97,8 @@ class limiter {
   ~limiter() { assert(waiting_ == 0); }
 
   // Takes `cost` free units when nobody waits or holds a reservation (no barging: a newcomer
-  // never overtakes a queued request, whatever its priority), within what `level` may use.
+  // never overtakes a queued request, whatever its priority), within what `level` may use. A
+  // level entitled to the headroom takes it past queued lower levels, which cannot use it.
   bool try_acquire(std::uint32_t cost = 1, priority level = 0) noexcept;
 
   // Holds a place in the queue for a request that will call enqueue(reserved = true) later,

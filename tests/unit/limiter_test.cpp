@@ -426,6 +426,28 @@ TEST_F(limiter_test, reserve_keeps_headroom_that_lower_levels_cannot_take) {
   release(l);
 }
 
+TEST_F(limiter_test, reserve_is_taken_at_once_past_a_full_queue_of_lower_levels) {
+  limiter_options o = with_reserve(2, 1, 10);
+  o.max_queue = 2;
+  limiter l(o);
+  ASSERT_TRUE(l.try_acquire(1, 0));
+  std::array<waiter, 2> low;
+  for (auto& w : low) {
+    ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 10s, clock_.now()}, false),
+              limiter::enqueue_result::queued);
+  }
+  // The queue is full: a lower level is shed, an entitled one takes the headroom on the spot.
+  EXPECT_FALSE(l.try_reserve());
+  EXPECT_FALSE(l.try_acquire(1, 9));
+  EXPECT_TRUE(l.try_acquire(1, 10));
+  EXPECT_EQ(l.in_use(), 2u);
+  // Only one unit of headroom: the next entitled newcomer must wait like everyone.
+  EXPECT_FALSE(l.try_acquire(1, 12));
+  l.cancel_all([](waiter&) {});
+  release(l);
+  release(l);
+}
+
 TEST_F(limiter_test, reserve_hands_a_released_unit_to_an_entitled_waiter_first) {
   limiter l(with_reserve(2, 1, 10));
   ASSERT_TRUE(l.try_acquire(1, 0));

@@ -144,6 +144,39 @@ TEST(fiber_limiter_test, blocking_work_runs_off_the_executor_threads) {
   ex.stop();
 }
 
+TEST(blocking_pool_test, starts_threads_on_demand_up_to_its_max_and_runs_everything) {
+  blocking_pool pool(3);
+  EXPECT_EQ(pool.threads(), 0u);  // nothing started before the first work
+  executor ex({2, 64, 64 * 1024});
+  std::atomic<int> running{0}, peak{0}, done{0};
+  std::atomic<bool> release{false};
+  auto work = [&] {
+    const int n = ++running;
+    int seen = peak.load();
+    while (n > seen && !peak.compare_exchange_weak(seen, n)) {
+    }
+    const auto until = clock::now() + 10s;
+    while (!release && clock::now() < until) std::this_thread::sleep_for(1ms);
+    --running;
+    return 1;
+  };
+  std::vector<unique_task> tasks;
+  for (int i = 0; i < 5; ++i) {
+    tasks.emplace_back([&] { done += pool.run(work); });
+    ASSERT_TRUE(ex.try_post(tasks.back()));
+  }
+  // Five blocked calls, three threads at most: three run, two wait in the pool's queue.
+  ASSERT_TRUE(eventually([&] { return running == 3; }));
+  EXPECT_EQ(pool.threads(), 3u);
+  release = true;
+  ASSERT_TRUE(eventually([&] { return done == 5; }));
+  EXPECT_EQ(peak.load(), 3);
+  EXPECT_EQ(pool.threads(), 3u);
+  ex.stop();
+  pool.stop();
+  EXPECT_THROW(pool.run([] { return 0; }), std::runtime_error);
+}
+
 TEST(executor_test, full_inbox_refuses_without_consuming_the_job) {
   executor ex({1, 2, 64 * 1024});
   fiber_limiter gate_lim({1, 10});

@@ -16,6 +16,9 @@
 // before --skip: a flash crowd of new connections overflows the listen backlog, and the kernel's
 // SYN/data retransmissions (1 s, 200 ms) then show in the latency of the first requests on those
 // connections, not in the server's own timing.
+// --ramp S opens connection i at i/C * S seconds instead of all at once (first requests spread
+// over S, as independent clients would arrive; closed-loop clients that start together stay in
+// synchronised waves).
 // Latency = from the first byte of the request written to the last byte of the answer read
 // (like wrk; time spent connecting is not included).
 //
@@ -72,6 +75,7 @@ struct options {
   double drain_s = 2.5;
   double skip_s = -1;     // steady-state rate ignores answers before this; -1: min(1, d/4)
   int reqs_per_conn = 0;  // 0: unlimited; 1: one request, then hold the connection idle
+  double ramp_s = 0;      // open connection i at i/C * ramp_s instead of all at once
   std::vector<std::string> headers;
   std::vector<int> pids;
   std::string cdf_file;
@@ -115,6 +119,8 @@ options parse(int argc, char** argv) {
       o.skip_s = std::stod(val());
     else if (a == "--reqs-per-conn")
       o.reqs_per_conn = std::stoi(val());
+    else if (a == "--ramp")
+      o.ramp_s = std::stod(val());
     else if (a == "-H")
       o.headers.push_back(val());
     else if (a == "--pid")
@@ -147,6 +153,7 @@ options parse(int argc, char** argv) {
   if (o.duration_s <= 0 || o.duration_s > 3600) usage("-d out of range (0, 3600]");
   if (o.timeout_s <= 0 || o.timeout_s > 3600) usage("--timeout out of range");
   if (o.drain_s < 0 || o.drain_s > 600) usage("--drain out of range");
+  if (o.ramp_s < 0 || o.ramp_s >= o.duration_s) usage("--ramp out of range [0, -d)");
   if (o.skip_s < 0) o.skip_s = std::min(1.0, o.duration_s / 4);
   if (o.skip_s >= o.duration_s) usage("--skip must be shorter than -d");
   return o;
@@ -302,8 +309,14 @@ parsed parse_response(const std::string& buf) {
 
 class worker {
  public:
-  worker(const options& o, int nconns, const std::string& request, sockaddr_in addr)
-      : o_(o), request_(request), addr_(addr), conns_(static_cast<std::size_t>(nconns)) {
+  // Thread t of T: with --ramp, its j-th connection opens at (j*T + t) / C of the ramp, so the
+  // threads share the ramp evenly.
+  worker(const options& o, int nconns, int t, const std::string& request, sockaddr_in addr)
+      : o_(o),
+        request_(request),
+        addr_(addr),
+        conns_(static_cast<std::size_t>(nconns)),
+        thread_(t) {
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     timeout_us_ = static_cast<std::int64_t>(o.timeout_s * 1e6);
   }
@@ -314,7 +327,18 @@ class worker {
   stats& result() { return st_; }
 
   void run() {
-    for (auto& c : conns_) open_conn(c);
+    // A ramp spreads the first requests: C clients that start in the same millisecond stay in
+    // step (each sends its next request when the previous answer arrives), a synchronised wave.
+    const auto ramp_us = static_cast<std::int64_t>(o_.ramp_s * 1e6);
+    const std::int64_t ramp_end = g_start_us + ramp_us;
+    for (std::size_t j = 0; j < conns_.size(); ++j) {
+      if (ramp_us == 0) {
+        open_conn(conns_[j]);
+      } else {
+        const auto i = static_cast<std::int64_t>(j) * o_.threads + thread_;
+        conns_[j].retry_at = g_start_us + i * ramp_us / o_.conns;
+      }
+    }
     std::vector<epoll_event> evs(1024);
     std::int64_t last_scan = 0;
     for (;;) {
@@ -325,14 +349,15 @@ class worker {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
         continue;
       }
-      const int n = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), 20);
+      const bool ramping = now_us() < ramp_end;
+      const int n = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), ramping ? 1 : 20);
       for (int i = 0; i < n; ++i) {
         auto& c = conns_[evs[i].data.u64];
         if (c.fd < 0) continue;
         handle(c, evs[i].events);
       }
       const auto t = now_us();
-      if (t - last_scan > 20000) {
+      if (t - last_scan > (ramping ? 1000 : 20000)) {
         last_scan = t;
         scan(t);
       }
@@ -612,6 +637,7 @@ class worker {
   std::vector<conn> conns_;
   int ep_ = -1;
   std::int64_t timeout_us_ = 0;
+  int thread_ = 0;
   stats st_;
 };
 
@@ -691,7 +717,7 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<worker>> workers;
   for (int t = 0; t < o.threads; ++t) {
     const int n = o.conns / o.threads + (t < o.conns % o.threads ? 1 : 0);
-    workers.push_back(std::make_unique<worker>(o, n, request, addr));
+    workers.push_back(std::make_unique<worker>(o, n, t, request, addr));
   }
   std::vector<std::thread> threads;
   for (auto& w : workers) threads.emplace_back([&w] { w->run(); });

@@ -14,15 +14,16 @@
 # The peers are skipped with a note when ../shared/peers (next to the repository) is absent.
 #
 # Scenarios: S1 overload table, S2 cache route under DB overload, S3 priority, S4 timeout
-# precision (from the S1 runs), S5 gate overhead (bench/overhead_server.cpp), S6 memory per parked
+# precision (from the S1 runs, whose clients all start at once, and again with their starts spread
+# over S4_RAMP seconds), S5 gate overhead (bench/overhead_server.cpp), S6 memory per parked
 # request. S7 (micro-benchmarks) is bench/micro_bench.cpp, not run here.
 #
 # Output: bench/out/<timestamp>/{results.md, csv/*.csv, plots/*.png, raw/, logs/}.
 # Every load targets 127.0.0.1 and is bounded in time (timeout(1) around each client).
 #
 # Settings (environment; the mode sets the defaults): SYSTEMS CONCS D DRAIN PAUSE WARMUP TIMEOUT
-#   N DB_MS DB_TIME LG_THREADS S2_DB_CS S3_DB_C S3_PRIO S5_C S5_D S5_REPS S6_KS S6_D N30_SYSTEMS
-#   N30_CONCS SCENARIOS="s1 s2 s3 s5 s6 n30" PIN=1 (client on CPU 0, servers on CPU 1)
+#   N DB_MS DB_TIME LG_THREADS S2_DB_CS S3_DB_C S3_PRIO S4_CS S4_D S4_RAMP S5_C S5_D S5_REPS S6_KS S6_D
+#   N30_SYSTEMS N30_CONCS SCENARIOS="s1 s2 s3 s4 s5 s6 n30" PIN=1 (client on CPU 0, servers on CPU 1)
 #   BUILD (Release build dir, default build-bench) PEERS (default <repo>/../shared/peers)
 set -euo pipefail
 
@@ -41,23 +42,27 @@ if [ "$MODE" = quick ]; then
     : "${CONCS:=10 1000 5000}"
     : "${D:=3}" "${DRAIN:=2}" "${PAUSE:=1}" "${WARMUP:=2}"
     : "${S2_DB_CS:=1000}"
+    : "${S4_CS:=5000}" "${S4_D:=3}"
     : "${S5_REPS:=1}" "${S5_D:=3}"
     : "${S6_KS:=1000 5000}" "${S6_D:=4}"
-    : "${SCENARIOS:=s1 s2 s3 s5 s6}"
+    : "${SCENARIOS:=s1 s2 s3 s4 s5 s6}"
 else
     : "${SYSTEMS:=ours ours-naive jetty-qos jetty-naive haproxy}"
     : "${CONCS:=10 50 100 200 500 1000 2000 5000 10000}"
     : "${D:=8}" "${DRAIN:=2.5}" "${PAUSE:=1}" "${WARMUP:=3}"
     : "${S2_DB_CS:=1000 5000}"
+    : "${S4_CS:=1000 5000 10000}" "${S4_D:=5}"
     : "${S5_REPS:=3}" "${S5_D:=5}"
     : "${S6_KS:=1000 5000 10000}" "${S6_D:=6}"
-    : "${SCENARIOS:=s1 s2 s3 s5 s6 n30}"
+    : "${SCENARIOS:=s1 s2 s3 s4 s5 s6 n30}"
 fi
 : "${N:=8}" "${DB_MS:=50}" "${TIMEOUT:=10}" "${LG_THREADS:=2}"
 # total: our DB route holds its connection DB_MS in all, SQLite read included, like the peers'
 # 50 ms of work; extra: the SQLite read plus DB_MS (the example's default)
 : "${DB_TIME:=total}"
 : "${S3_DB_C:=1000}" "${S3_PRIO:=10}" "${S5_C:=50}"
+# S4 again with the clients' first requests spread over S4_RAMP s (loadgen --ramp)
+: "${S4_RAMP:=1}"
 : "${N30_SYSTEMS:=ours jetty-qos haproxy}" "${N30_CONCS:=100 1000 5000}"
 : "${BUILD:=$ROOT/build-bench}"
 : "${PEERS:=$ROOT/../shared/peers}"
@@ -109,6 +114,13 @@ for c in $CONCS; do
     fi
 done
 CONCS=${reach# }
+reach=""
+for c in $S4_CS; do
+    if [ $((c + 100)) -le "$FD_LIMIT" ]; then reach="$reach $c"; else
+        note "S4 C=$c skipped: open-files limit is $FD_LIMIT (hard), the client needs C+100"
+    fi
+done
+S4_CS=${reach# }
 command -v gnuplot > /dev/null || note "gnuplot not installed (QOS_BENCH_DEPS=1 bash scripts/install-deps.sh): no plots"
 
 # Other work on the machine skews every number: record what else was using the CPU.
@@ -124,7 +136,7 @@ MODE=$MODE
 SYSTEMS="$SYSTEMS"
 CONCS="$CONCS"
 N=$N DB_MS=$DB_MS DB_TIME=$DB_TIME D=$D DRAIN=$DRAIN PAUSE=$PAUSE WARMUP=$WARMUP TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS
-S2_DB_CS="$S2_DB_CS" S3_DB_C=$S3_DB_C S3_PRIO=$S3_PRIO S5_C=$S5_C S5_D=$S5_D S5_REPS=$S5_REPS
+S2_DB_CS="$S2_DB_CS" S3_DB_C=$S3_DB_C S3_PRIO=$S3_PRIO S4_CS="$S4_CS" S4_D=$S4_D S4_RAMP=$S4_RAMP S5_C=$S5_C S5_D=$S5_D S5_REPS=$S5_REPS
 S6_KS="$S6_KS" S6_D=$S6_D N30_SYSTEMS="$N30_SYSTEMS" N30_CONCS="$N30_CONCS"
 SCENARIOS="$SCENARIOS" PIN=${PIN:-0} FD_LIMIT=$FD_LIMIT
 COMMIT=$(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . 2>/dev/null || echo "+dirty")
@@ -138,6 +150,7 @@ has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # ---- CSV headers ------------------------------------------------------------------------------
 S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rps,ok_rps_steady,ok_rpm,s2xx,s503,s5xx_other,s4xx,timeouts,err_connect,err_lost,unanswered,ok_p50_ms,ok_p99_ms,ok_max_ms,s503_min_ms,s503_p50_ms,s503_p99_ms,s503_max_ms,oks_p50_ms,oks_p99_ms,oks_max_ms,s503_steady,s503s_min_ms,s503s_p50_ms,s503s_p99_ms,s503s_max_ms,listen_overflows,fb_timeout,fb_queue_full,open_max,rss_max_mib,hwm_mib,threads_max,db_max_inflight,srv_admitted,srv_timeout,srv_queue_full,srv_client_gone,srv_error,srv_service_ms,restarted_after,srv_late_p50_ms,srv_late_p99_ms,srv_late_within_5ms"
 echo "$S1_COLS" > "$CSV/s1_overload.csv"
+echo "$S1_COLS" > "$CSV/s4_ramped.csv"
 echo "system,n,db_conc,cache_conc,dur_s,cache_rps,cache_p50_ms,cache_p99_ms,cache_p999_ms,cache_max_ms,cache_failed,db_ok_rps,db_s503,rss_max_mib,threads_max" > "$CSV/s2_cache.csv"
 echo "system,n,db_conc,probe,priority,answered,s2xx,s503,failed,p50_ms,p90_ms,p99_ms,max_ms,db_ok_rps" > "$CSV/s3_priority.csv"
 echo "tool,rep,route,conc,dur_s,rps,p50_ms,p99_ms,failed,cpu_us_per_req" > "$CSV/s5_overhead.csv"
@@ -154,19 +167,25 @@ warmup() {
     settle
 }
 
-# S1: one point of the overload table.
+# S1: one point of the overload table. s1_point C ramp: the same run for S4 with the clients'
+# starts spread over S4_RAMP seconds, recorded in s4_ramped.csv.
 s1_point() {
-    local c=$1 tag f m0 m1 st
+    local c=$1 tag f m0 m1 st csv=$CSV/s1_overload.csv ramp=() d=$D
     tag=$SYS_NAME-n$SYS_N-s1-c$c
+    if [ "${2:-}" = ramp ]; then
+        tag=$SYS_NAME-n$SYS_N-s4r-c$c csv=$CSV/s4_ramped.csv ramp=(--ramp "$S4_RAMP") d=$S4_D
+        log "S4 $SYS_NAME N=$SYS_N: /db C=$c for ${d}s, starts spread over ${S4_RAMP}s"
+    else
+        log "S1 $SYS_NAME N=$SYS_N: /db C=$c for ${D}s"
+    fi
     f=$RAW/$tag.txt m0=$RAW/$tag.metrics0 m1=$RAW/$tag.metrics1 st=$RAW/$tag.stats.json
-    log "S1 $SYS_NAME N=$SYS_N: /db C=$c for ${D}s"
     stats_reset
     sys_is_ours && metrics_get "$m0"
     local lo0
     lo0=$(listen_overflows)
     # shellcheck disable=SC2046
-    lg "$f" --url "$SYS_URL/db" -c "$c" -t "$LG_THREADS" -d "$D" --timeout "$TIMEOUT" \
-        --drain "$DRAIN" $(pid_args) --cdf "$RAW/$tag.cdf" --label "$tag"
+    lg "$f" --url "$SYS_URL/db" -c "$c" -t "$LG_THREADS" -d "$d" --timeout "$TIMEOUT" \
+        --drain "$DRAIN" "${ramp[@]}" $(pid_args) --cdf "$RAW/$tag.cdf" --label "$tag"
     stats_get "$st"
     local lo1
     lo1=$(listen_overflows)
@@ -198,7 +217,7 @@ s1_point() {
         for k in outcome_timeout outcome_queue_full open_max; do printf ',%s' "$(lgv "$f" $k)"; done
         printf ',%s,%s,%s' "$(kib_to_mib "$(lgv "$f" srv_rss_max_kib)")" "$(kib_to_mib "$(lgv "$f" srv_hwm_kib)")" "$(lgv "$f" srv_threads_max)"
         printf ',%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$maxin" "$adm" "$tmo" "$qf" "$gone" "$err" "$svc" "$RESTARTED" "$late"
-    } >> "$CSV/s1_overload.csv"
+    } >> "$csv"
 
     # What our guarded server must never do.
     if sys_is_ours; then
@@ -289,6 +308,12 @@ bench_system() {   # bench_system NAME N CONCS SCENARIOS
         for c in $concs; do
             s1_point "$c"
             if [ "$RESTARTED" = 2 ]; then note "$name: could not restart after C=$c; rest skipped"; sys_stop; return 0; fi
+        done
+    fi
+    if [[ " $scen " == *" s4 "* ]]; then
+        for c in $S4_CS; do
+            s1_point "$c" ramp
+            if [ "$RESTARTED" = 2 ]; then note "$name: could not restart after S4 C=$c; rest skipped"; sys_stop; return 0; fi
         done
     fi
     if [[ " $scen " == *" s2 "* ]]; then
@@ -404,9 +429,11 @@ s6_memory() {
 
 # ---- main -------------------------------------------------------------------------------------
 T0=$SECONDS
-if has s1 || has s2 || has s3; then
+if has s1 || has s2 || has s3 || has s4; then
     for s in $SYSTEMS; do
-        bench_system "$s" "$N" "$CONCS" "$(has s1 && echo s1) $(has s2 && echo s2) $(has s3 && echo s3)"
+        s4=""  # S4 for the systems that answer a queue timeout with a fallback
+        case "$s" in ours | jetty-qos | haproxy) has s4 && s4=s4 ;; esac
+        bench_system "$s" "$N" "$CONCS" "$(has s1 && echo s1) $(has s2 && echo s2) $(has s3 && echo s3) $s4"
     done
 fi
 # S3 again for ours with a permit kept for high priority: the price (lower-priority goodput)

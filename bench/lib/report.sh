@@ -35,7 +35,9 @@ make_report() {
         machine_info
         echo "- commit: $COMMIT${DIRTY:+ (uncommitted changes outside bench/: $DIRTY)}"
         echo "- command: \`bench/run.sh $MODE\` (settings: \`settings.env\` in this folder)"
-        echo "- workload: /db = SQLite read + ${DB_MS} ms sleep under a limit of N=$N (cap N/${DB_MS} ms = $cap 2xx/s), max_wait 1 s, client timeout ${TIMEOUT} s; /cache from memory"
+        local work="SQLite read + ${DB_MS} ms sleep"
+        if [ "${DB_TIME:-extra}" = total ]; then work="SQLite read, then a sleep to ${DB_MS} ms in all (\`--db-time total\`)"; fi
+        echo "- workload: /db = $work under a limit of N=$N (cap N/${DB_MS} ms = $cap 2xx/s), max_wait 1 s, client timeout ${TIMEOUT} s; /cache from memory"
         echo "- client: bench/loadgen (closed loop, keep-alive, ${LG_THREADS} threads): each connection sends its next request when the answer arrived. Rates count answers completed inside the ${D} s window; after it the client stops sending and waits up to ${DRAIN} s for the answers still out (\"answered\" includes those). Latency is from writing the request to reading the whole answer."
         echo
         if [ -s "$OUT/notes.md" ]; then echo "## Notes"; echo; cat "$OUT/notes.md"; echo; fi

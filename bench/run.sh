@@ -40,11 +40,11 @@ esac
 if [ "$MODE" = quick ]; then
     : "${SYSTEMS:=ours jetty-qos haproxy}"
     : "${CONCS:=10 1000 5000}"
-    : "${D:=3}" "${DRAIN:=2}" "${PAUSE:=1}" "${WARMUP:=2}"
+    : "${D:=3}" "${DRAIN:=2}" "${PAUSE:=0.5}" "${WARMUP:=2}"
     : "${S2_DB_CS:=1000}"
     : "${S4_CS:=5000}" "${S4_D:=3}"
-    : "${S5_REPS:=1}" "${S5_D:=3}"
-    : "${S6_KS:=1000 5000}" "${S6_D:=4}"
+    : "${S5_REPS:=1}" "${S5_D:=2}"
+    : "${S6_KS:=1000}" "${S6_D:=4}"
     : "${SCENARIOS:=s1 s2 s3 s4 s5 s6}"
 else
     : "${SYSTEMS:=ours ours-naive jetty-qos jetty-naive haproxy}"

@@ -107,20 +107,21 @@ if [[ " $SYSTEMS " == *" jetty-"* ]] || [[ " $SYSTEMS " == *" haproxy "* ]]; the
     log "checking the peers' Debian packages"
     ensure_pkgs openjdk-17-jdk-headless libjetty9-java libservlet-api-java haproxy curl
 fi
-reach=""
-for c in $CONCS; do
-    if [ $((c + 100)) -le "$FD_LIMIT" ]; then reach="$reach $c"; else
-        note "C=$c skipped: open-files limit is $FD_LIMIT (hard), the client needs C+100"
-    fi
-done
-CONCS=${reach# }
-reach=""
-for c in $S4_CS; do
-    if [ $((c + 100)) -le "$FD_LIMIT" ]; then reach="$reach $c"; else
-        note "S4 C=$c skipped: open-files limit is $FD_LIMIT (hard), the client needs C+100"
-    fi
-done
-S4_CS=${reach# }
+# reachable WHAT C...: the concurrencies the open-files limit allows (the client needs C+100)
+reachable() {
+    local what=$1 c out=""
+    shift
+    for c in "$@"; do
+        if [ $((c + 100)) -le "$FD_LIMIT" ]; then out="$out $c"; else
+            note "${what}C=$c skipped: open-files limit is $FD_LIMIT (hard), the client needs C+100"
+        fi
+    done
+    echo "${out# }"
+}
+# shellcheck disable=SC2086
+CONCS=$(reachable "" $CONCS)
+# shellcheck disable=SC2086
+S4_CS=$(reachable "S4 " $S4_CS)
 command -v gnuplot > /dev/null || note "gnuplot not installed (QOS_BENCH_DEPS=1 bash scripts/install-deps.sh): no plots"
 
 # Other work on the machine skews every number: record what else was using the CPU.

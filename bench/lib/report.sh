@@ -161,7 +161,7 @@ report_s4() {
     if [ -f "$ramped" ] && [ "$(wc -l < "$ramped")" -gt 1 ]; then
         echo "### S4 with the clients' starts spread over ${S4_RAMP} s"
         echo
-        echo "The same measurement (${S4_D} s windows), but connection i of C opens and sends its first request at i/C × ${S4_RAMP} s (\`loadgen --ramp ${S4_RAMP}\`), as independent clients arrive, instead of all C in the same millisecond; after that each client again sends its next request when its answer arrives. The table above is dominated by the flash-crowd start: C clients that start together stay in step, so each second C − 160 timeouts fall due within a few tens of milliseconds, and the 2 shared cores drain that wave (client, reactors and workers) at their speed; the wave spreads only slowly from one second to the next. Spread starts remove the wave, not the load: the same C, the same request rate and the same number of timeouts per second."
+        echo "The same measurement (${S4_D} s windows), but connection i of C opens and sends its first request at i/C × ${S4_RAMP} s (\`loadgen --ramp ${S4_RAMP}\`), as independent clients arrive, instead of all C in the same millisecond; after that each client again sends its next request when its answer arrives. The table above is dominated by the flash-crowd start: C clients that start together stay in step, so each second C − 160 timeouts fall due within a few tens of milliseconds, and the 2 shared cores drain that wave (client, reactors and workers) at their speed; the wave comes back every second. Spread starts remove the wave, not the load: the same C, the same request rate and the same number of timeouts per second."
         echo
         s4_table "$ramped"
         echo

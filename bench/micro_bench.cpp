@@ -7,11 +7,11 @@
 
 #include <boost/fiber/all.hpp>
 
-#include "qos/admission.hpp"
-#include "qos/executor.hpp"
-#include "qos/fiber_limiter.hpp"
-#include "qos/limiter.hpp"
-#include "qos/metrics_registry.hpp"
+#include "qos/admission/admission.hpp"
+#include "qos/fiber/executor.hpp"
+#include "qos/fiber/fiber_limiter.hpp"
+#include "qos/core/limiter.hpp"
+#include "qos/ops/metrics_registry.hpp"
 
 namespace {
 

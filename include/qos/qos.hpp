@@ -1,9 +1,9 @@
 // Everything a Pistache user needs: the server builder, the gate, config and logging.
 #pragma once
 
-#include "qos/admission.hpp"
-#include "qos/config.hpp"
-#include "qos/log.hpp"
-#include "qos/metrics_registry.hpp"
-#include "qos/pistache_gate.hpp"
-#include "qos/server.hpp"
+#include "qos/admission/admission.hpp"
+#include "qos/config/config.hpp"
+#include "qos/ops/log.hpp"
+#include "qos/ops/metrics_registry.hpp"
+#include "qos/http/gate.hpp"
+#include "qos/http/server.hpp"

@@ -1,0 +1,39 @@
+// The metrics interface the admission layer reports to, with a null default. Sinks hand out one
+// route_metrics per route at setup, so the hot path is a single virtual call with no lookup.
+// Implementations must be thread-safe: any reactor or fiber thread reports.
+#pragma once
+
+#include <string_view>
+
+#include "qos/core/clock.hpp"
+#include "qos/core/outcome.hpp"
+
+namespace qos {
+
+class route_metrics {
+ public:
+  virtual ~route_metrics() = default;
+  // Once per request: how it ended and how long it waited for a decision (0 when admitted at
+  // once or shed at once).
+  virtual void on_outcome(outcome o, duration waited) noexcept = 0;
+  // Once per handler run: how long the handler held its permit.
+  virtual void on_served(duration took) noexcept = 0;
+  // Shadow mode: the request ran, but a real gate would have given it `would_be` (queued as
+  // `timed_out` stands for "would have waited", queue_full for "would have been shed").
+  virtual void on_shadow(outcome would_be) noexcept = 0;
+  // Once per fallback for a wait that ran out (timed_out, deadline): how long after the wait's
+  // deadline the fallback was handed to the transport. The precision of max_wait.
+  virtual void on_late_fallback(duration late) noexcept { (void)late; }
+};
+
+class metrics_sink {
+ public:
+  virtual ~metrics_sink() = default;
+  // Called once per route while the gate is built; the object must outlive the gate.
+  virtual route_metrics& route(std::string_view route, std::string_view group) = 0;
+};
+
+// Discards everything.
+metrics_sink& null_metrics() noexcept;
+
+}  // namespace qos

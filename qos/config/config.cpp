@@ -1,0 +1,873 @@
+// YAML loader for qos::config. Every value is checked against the schema here, once, so the
+// rest of qos can trust app_config; each failure names the file, line, column and key path.
+#include "qos/config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <limits>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace qos::config {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string format_what(const std::string& file, int line, int column, const std::string& key,
+                        const std::string& message) {
+  std::string out = file;
+  if (line > 0) {
+    out += ':' + std::to_string(line);
+    if (column > 0) out += ':' + std::to_string(column);
+  }
+  out += ": ";
+  if (!key.empty()) out += key + ": ";
+  return out + message;
+}
+
+}  // namespace
+
+config_error::config_error(std::string file, int line, int column, std::string key,
+                           std::string message)
+    : std::runtime_error(format_what(file, line, column, key, message)),
+      file_(std::move(file)),
+      line_(line),
+      column_(column),
+      key_(std::move(key)),
+      message_(std::move(message)) {}
+
+const group_config* app_config::find_group(const std::string& name) const {
+  auto it = std::find_if(groups.begin(), groups.end(),
+                         [&](const group_config& g) { return g.name == name; });
+  return it == groups.end() ? nullptr : &*it;
+}
+
+const route_config* app_config::find_route(const std::string& name) const {
+  auto it = std::find_if(routes.begin(), routes.end(),
+                         [&](const route_config& r) { return r.name == name; });
+  return it == routes.end() ? nullptr : &*it;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+
+namespace {
+
+struct duration_unit {
+  std::string_view suffix;
+  std::int64_t ns;
+};
+
+// Longest suffixes first so "ms" is not read as "m" followed by junk.
+constexpr duration_unit duration_units[] = {
+    {"us", 1'000},         {"ms", 1'000'000},        {"s", 1'000'000'000},
+    {"m", 60'000'000'000}, {"h", 3'600'000'000'000},
+};
+
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+[[noreturn]] void bad_duration(const std::string& text, const char* why) {
+  throw std::invalid_argument("invalid duration '" + text + "': " + why);
+}
+
+std::int64_t unit_ns(const std::string& text, std::string_view suffix) {
+  if (suffix.empty()) return 1'000'000;  // a bare number is milliseconds
+  for (const auto& unit : duration_units) {
+    if (unit.suffix == suffix) return unit.ns;
+  }
+  bad_duration(text, "unknown unit (use us, ms, s, m or h)");
+}
+
+}  // namespace
+
+std::chrono::milliseconds parse_duration(const std::string& text) {
+  if (!text.empty() && text.front() == '-') bad_duration(text, "must not be negative");
+  std::size_t pos = 0;
+  while (pos < text.size() && is_digit(text[pos])) ++pos;
+  const std::string_view whole(text.data(), pos);
+  std::string_view fraction;
+  if (pos < text.size() && text[pos] == '.') {
+    const std::size_t start = ++pos;
+    while (pos < text.size() && is_digit(text[pos])) ++pos;
+    fraction = std::string_view(text.data() + start, pos - start);
+    if (fraction.empty()) bad_duration(text, "expected digits after '.'");
+  }
+  if (whole.empty()) bad_duration(text, "expected a number, e.g. 250ms or 1.5s");
+  const std::int64_t ns_per_unit = unit_ns(text, std::string_view(text).substr(pos));
+
+  // Integer arithmetic in nanoseconds keeps "1.001s" exact, which doubles would not.
+  std::int64_t units = 0;
+  const auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), units);
+  if (ec != std::errc() || end != whole.data() + whole.size() ||
+      units > std::numeric_limits<std::int64_t>::max() / ns_per_unit) {
+    bad_duration(text, "too large");
+  }
+  std::int64_t ns = units * ns_per_unit;
+  std::int64_t scale = ns_per_unit;
+  for (char digit : fraction) {
+    scale /= 10;  // digits finer than a nanosecond are dropped
+    ns += (digit - '0') * scale;
+  }
+  const std::int64_t ms = ns / 1'000'000;
+  // A positive duration must stay positive: "100us" means "a little", not "no time at all".
+  const bool positive =
+      std::string_view(text).substr(0, pos).find_first_of("123456789") != std::string_view::npos;
+  return std::chrono::milliseconds(positive && ms == 0 ? 1 : ms);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loader
+
+namespace {
+
+// Nullopt when missing, not a regular file or unreadable; an empty file is fine.
+std::optional<std::string> read_whole_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) return std::nullopt;
+  return text;
+}
+
+struct context {
+  std::string source;
+  fs::path base_dir;
+};
+
+// Yaml-cpp marks are 0-based and -1 when unknown; messages are 1-based and 0 when unknown.
+[[noreturn]] void fail_at(const context& ctx, const YAML::Mark& mark, const std::string& key,
+                          const std::string& message) {
+  const int line = mark.line >= 0 ? mark.line + 1 : 0;
+  const int column = mark.line >= 0 && mark.column >= 0 ? mark.column + 1 : 0;
+  throw config_error(ctx.source, line, column, key, message);
+}
+
+std::string describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Null:
+      return "null";
+    case YAML::NodeType::Scalar:
+      return "'" + node.Scalar() + "'";
+    default:
+      return "nothing";
+  }
+}
+
+std::string join_path(const std::string& parent, std::string_view key) {
+  return parent.empty() ? std::string(key) : parent + "." + std::string(key);
+}
+
+std::string index_path(const std::string& parent, std::size_t index) {
+  return parent + "[" + std::to_string(index) + "]";
+}
+
+// A value together with where it came from, so any check on it can report precisely.
+struct field {
+  const context* ctx;
+  YAML::Node node;
+  std::string path;
+  YAML::Mark mark;  // of the value, or of its key when the value is empty (yaml-cpp marks an
+                    // empty value at the token after it, usually on the next line)
+
+  [[noreturn]] void fail(const std::string& message) const { fail_at(*ctx, mark, path, message); }
+};
+
+field make_field(const context& ctx, const YAML::Node& node, std::string path,
+                 const YAML::Mark& fallback_mark) {
+  const YAML::Mark mark = node.IsNull() ? fallback_mark : node.Mark();
+  return field{&ctx, node, std::move(path), mark};
+}
+
+// A map whose keys were checked against the schema up front, so a typo fails loudly instead of
+// silently leaving a default in place. Null counts as an empty map: a section whose keys are
+// all commented out just means "defaults".
+class map_view {
+ public:
+  map_view(const field& self, std::initializer_list<std::string_view> allowed) : self_(self) {
+    if (self.node.IsNull()) return;
+    if (!self.node.IsMap()) self.fail("expected a map, got " + describe(self.node));
+    for (const auto& pair : self.node) add(pair.first, pair.second, allowed);
+  }
+
+  std::optional<field> get(std::string_view key) const {
+    for (const auto& known : entries_) {
+      if (known.name == key) return known.value;
+    }
+    return std::nullopt;
+  }
+
+  field require(std::string_view key) const {
+    if (auto value = get(key)) return *value;
+    // The key does not exist, so the best place to point at is the map that lacks it.
+    fail_at(*self_.ctx, self_.mark, join_path(self_.path, key), "missing required key");
+  }
+
+  const field& self() const { return self_; }
+
+ private:
+  struct entry {
+    std::string name;
+    field value;
+  };
+
+  void add(const YAML::Node& key, const YAML::Node& value,
+           std::initializer_list<std::string_view> allowed) {
+    if (!key.IsScalar()) {
+      fail_at(*self_.ctx, key.Mark(), self_.path, "keys must be strings, got " + describe(key));
+    }
+    const std::string& name = key.Scalar();
+    const std::string path = join_path(self_.path, name);
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      fail_at(*self_.ctx, key.Mark(), path, "unknown key (expected one of: " + list(allowed) + ")");
+    }
+    if (get(name)) fail_at(*self_.ctx, key.Mark(), path, "duplicate key");
+    entries_.push_back({name, make_field(*self_.ctx, value, path, key.Mark())});
+  }
+
+  static std::string list(std::initializer_list<std::string_view> allowed) {
+    std::string out;
+    for (auto name : allowed) out += (out.empty() ? "" : ", ") + std::string(name);
+    return out;
+  }
+
+  field self_;
+  std::vector<entry> entries_;
+};
+
+// Keys of a free-form map (header tables, priority values), in document order.
+std::vector<std::pair<field, field>> map_entries(const field& self) {
+  std::vector<std::pair<field, field>> out;
+  if (self.node.IsNull()) return out;
+  if (!self.node.IsMap()) self.fail("expected a map, got " + describe(self.node));
+  for (const auto& entry : self.node) {
+    const field key = make_field(*self.ctx, entry.first, self.path, entry.first.Mark());
+    if (!entry.first.IsScalar()) key.fail("keys must be strings, got " + describe(entry.first));
+    const std::string path = join_path(self.path, entry.first.Scalar());
+    for (const auto& [seen, unused] : out) {
+      if (seen.node.Scalar() == entry.first.Scalar()) {
+        fail_at(*self.ctx, entry.first.Mark(), path, "duplicate key");
+      }
+    }
+    out.emplace_back(key, make_field(*self.ctx, entry.second, path, entry.first.Mark()));
+  }
+  return out;
+}
+
+std::vector<field> list_items(const field& self) {
+  if (!self.node.IsSequence()) self.fail("expected a list, got " + describe(self.node));
+  std::vector<field> out;
+  std::size_t index = 0;
+  for (const auto& item : self.node) {
+    out.push_back(make_field(*self.ctx, item, index_path(self.path, index++), self.mark));
+  }
+  return out;
+}
+
+// Quoted scalars are strings to YAML, so `port: "80"` is a type error rather than a number.
+bool is_quoted(const YAML::Node& node) {
+  return node.Tag() == "!";
+}
+
+std::string read_string(const field& f) {
+  if (!f.node.IsScalar()) f.fail("expected a string, got " + describe(f.node));
+  return f.node.Scalar();
+}
+
+std::string read_non_empty(const field& f) {
+  std::string value = read_string(f);
+  if (value.empty()) f.fail("must not be empty");
+  return value;
+}
+
+// Parsed by hand, decimal only: yaml-cpp's own conversion reads "010" as octal 8.
+long long read_int(const field& f) {
+  if (!f.node.IsScalar() || is_quoted(f.node)) {
+    f.fail("expected an integer, got " + (f.node.IsScalar() ? "a string" : describe(f.node)));
+  }
+  const std::string& text = f.node.Scalar();
+  long long value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec == std::errc::result_out_of_range) f.fail("integer out of range: " + text);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    f.fail("expected an integer, got " + describe(f.node));
+  }
+  return value;
+}
+
+long long read_int_in(const field& f, long long min, long long max) {
+  const long long value = read_int(f);
+  if (value < min || value > max) {
+    f.fail("must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
+           std::to_string(value));
+  }
+  return value;
+}
+
+std::size_t read_count(const field& f, long long min) {
+  const long long value = read_int(f);
+  if (value < min) {
+    f.fail((min == 0 ? "must be >= 0" : "must be > " + std::to_string(min - 1)) + ", got " +
+           std::to_string(value));
+  }
+  return static_cast<std::size_t>(value);
+}
+
+bool read_bool(const field& f) {
+  bool value = false;
+  if (!f.node.IsScalar() || is_quoted(f.node) || !YAML::convert<bool>::decode(f.node, value)) {
+    f.fail("expected true or false, got " + describe(f.node));
+  }
+  return value;
+}
+
+std::chrono::milliseconds read_duration(const field& f) {
+  if (!f.node.IsScalar()) f.fail("expected a duration, got " + describe(f.node));
+  try {
+    return parse_duration(f.node.Scalar());
+  } catch (const std::invalid_argument& e) {
+    f.fail(e.what());
+  }
+}
+
+std::chrono::milliseconds read_positive_duration(const field& f) {
+  const std::chrono::milliseconds value = read_duration(f);
+  if (value.count() <= 0) f.fail("must be > 0");
+  return value;
+}
+
+// A real number; integers are fine, quoted strings, bools, inf and nan are not.
+double read_number(const field& f) {
+  if (!f.node.IsScalar() || is_quoted(f.node)) {
+    f.fail("expected a number, got " + (f.node.IsScalar() ? "a string" : describe(f.node)));
+  }
+  const std::string& text = f.node.Scalar();
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+    f.fail("expected a number, got " + describe(f.node));
+  }
+  return value;
+}
+
+// One of a fixed set of words, e.g. an algorithm or a queue discipline.
+template <typename T>
+struct named {
+  std::string_view name;
+  T value;
+};
+
+template <typename T, std::size_t N>
+std::string_view name_of(const named<T> (&choices)[N], T value) {
+  for (const auto& choice : choices) {
+    if (choice.value == value) return choice.name;
+  }
+  return "?";
+}
+
+template <typename T, std::size_t N>
+T read_choice(const field& f, const named<T> (&choices)[N], const char* what) {
+  const std::string text = read_string(f);
+  for (const auto& choice : choices) {
+    if (choice.name == text) return choice.value;
+  }
+  std::string expected;
+  for (std::size_t i = 0; i < N; ++i) {
+    expected += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(choices[i].name);
+  }
+  f.fail(std::string("invalid ") + what + " '" + text + "' (expected " + expected + ")");
+}
+
+priority read_priority(const field& f) {
+  return static_cast<priority>(read_int_in(f, 0, max_priority));
+}
+
+// RFC 9110 token characters; anything else would corrupt the response head.
+bool is_header_name(std::string_view name) {
+  constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
+  return !name.empty() && std::all_of(name.begin(), name.end(), [&](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || extra.find(c) != extra.npos;
+  });
+}
+
+bool has_line_break(std::string_view value) {
+  return value.find_first_of(std::string_view("\r\n\0", 3)) != value.npos;
+}
+
+std::string read_header_name(const field& f) {
+  std::string name = read_string(f);
+  if (!is_header_name(name)) f.fail("invalid header name '" + name + "'");
+  return name;
+}
+
+std::string read_header_value(const field& f) {
+  std::string value = read_string(f);
+  if (has_line_break(value)) f.fail("header values must not contain line breaks");
+  return value;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+server_config parse_server(const field& f) {
+  const map_view map(f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
+                         "shutdown_grace", "backlog"});
+  server_config out;
+  if (auto v = map.get("address")) out.address = read_non_empty(*v);
+  if (auto v = map.get("port")) out.port = static_cast<std::uint16_t>(read_int_in(*v, 0, 65535));
+  if (auto v = map.get("reactor_threads")) out.reactor_threads = read_count(*v, 1);
+  if (auto v = map.get("fiber_threads")) out.fiber_threads = read_count(*v, 1);
+  if (auto v = map.get("max_pending_jobs")) out.max_pending_jobs = read_count(*v, 1);
+  if (auto v = map.get("shutdown_grace")) out.shutdown_grace = read_duration(*v);
+  if (auto v = map.get("backlog")) out.backlog = read_count(*v, 1);
+  return out;
+}
+
+logging_config parse_logging(const field& f) {
+  const map_view map(f, {"level"});
+  logging_config out;
+  if (auto v = map.get("level")) {
+    static constexpr std::string_view levels[] = {"trace", "debug",    "info", "warn",
+                                                  "error", "critical", "off"};
+    out.level = read_string(*v);
+    if (std::find(std::begin(levels), std::end(levels), out.level) == std::end(levels)) {
+      v->fail("invalid log level '" + out.level +
+              "' (expected trace, debug, info, warn, error, critical or off)");
+    }
+  }
+  return out;
+}
+
+bool is_group_name(std::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+  });
+}
+
+constexpr named<limit_kind> limit_algorithms[] = {{"fixed", limit_kind::fixed},
+                                                  {"aimd", limit_kind::aimd},
+                                                  {"gradient2", limit_kind::gradient2},
+                                                  {"vegas", limit_kind::vegas}};
+
+constexpr named<queue_discipline> queue_disciplines[] = {
+    {"fifo", queue_discipline::fifo},
+    {"codel", queue_discipline::codel},
+    {"adaptive_lifo", queue_discipline::adaptive_lifo}};
+
+// The checks of make_limit_algorithm, made here with file positions, so a limit that loads is
+// one the gate can build.
+limit_config parse_limit(const field& f, std::size_t max_concurrent) {
+  const map_view map(f, {"algorithm", "min", "max", "initial", "backoff_ratio", "timeout",
+                         "rtt_tolerance", "smoothing", "long_window", "probe_interval"});
+  limit_config out;
+  limit_options& opt = out.options;
+  opt.kind = read_choice(map.require("algorithm"), limit_algorithms, "algorithm");
+  if (auto v = map.get("min")) opt.min = read_count(*v, 1);
+  if (auto v = map.get("max")) {
+    opt.max = read_count(*v, 1);
+    if (opt.max < opt.min) {
+      v->fail("must be >= min (" + std::to_string(opt.min) + "), got " + std::to_string(opt.max));
+    }
+  } else {
+    const std::size_t four_times = max_concurrent > std::numeric_limits<std::size_t>::max() / 4
+                                       ? std::numeric_limits<std::size_t>::max()
+                                       : 4 * max_concurrent;
+    opt.max = std::max(four_times, opt.min);
+  }
+  if (auto v = map.get("initial")) {
+    const long long value = read_int(*v);
+    if (value < 0 || static_cast<unsigned long long>(value) < opt.min ||
+        static_cast<unsigned long long>(value) > opt.max) {
+      v->fail("must be within [min, max] = [" + std::to_string(opt.min) + ", " +
+              std::to_string(opt.max) + "], got " + std::to_string(value));
+    }
+    opt.initial = static_cast<std::size_t>(value);
+  } else {
+    opt.initial = std::clamp(max_concurrent, opt.min, opt.max);
+  }
+
+  // A parameter of another algorithm would be silently ignored; say so instead.
+  const auto param = [&](std::string_view key,
+                         std::initializer_list<limit_kind> kinds) -> std::optional<field> {
+    auto v = map.get(key);
+    if (v && std::find(kinds.begin(), kinds.end(), opt.kind) == kinds.end()) {
+      std::string names;
+      for (const limit_kind kind : kinds) {
+        names += (names.empty() ? "" : " and ") + std::string(name_of(limit_algorithms, kind));
+      }
+      v->fail(std::string("applies only to algorithm") + (kinds.size() > 1 ? "s " : " ") + names +
+              ", not " + std::string(name_of(limit_algorithms, opt.kind)));
+    }
+    return v;
+  };
+  if (auto v = param("backoff_ratio", {limit_kind::aimd})) {
+    opt.backoff_ratio = read_number(*v);
+    if (!(opt.backoff_ratio >= 0.5 && opt.backoff_ratio < 1.0)) {
+      v->fail("must be in [0.5, 1), got " + v->node.Scalar());
+    }
+  }
+  if (auto v = param("timeout", {limit_kind::aimd})) opt.timeout = read_positive_duration(*v);
+  if (auto v = param("rtt_tolerance", {limit_kind::gradient2})) {
+    opt.rtt_tolerance = read_number(*v);
+    if (!(opt.rtt_tolerance >= 1.0)) v->fail("must be >= 1, got " + v->node.Scalar());
+  }
+  if (auto v = param("smoothing", {limit_kind::gradient2})) {
+    opt.smoothing = read_number(*v);
+    if (!(opt.smoothing > 0.0 && opt.smoothing <= 1.0)) {
+      v->fail("must be in (0, 1], got " + v->node.Scalar());
+    }
+  }
+  if (auto v = param("long_window", {limit_kind::gradient2})) opt.long_window = read_count(*v, 1);
+  if (auto v = param("probe_interval", {limit_kind::gradient2, limit_kind::vegas})) {
+    opt.probe_interval = read_positive_duration(*v);
+  }
+  return out;
+}
+
+queue_config parse_queue(const field& f) {
+  const map_view map(f, {"discipline", "target", "interval"});
+  queue_config out;
+  if (auto v = map.get("discipline")) {
+    out.discipline = read_choice(*v, queue_disciplines, "discipline");
+  }
+  const std::string discipline(name_of(queue_disciplines, out.discipline));
+  if (auto v = map.get("target")) {
+    if (out.discipline != queue_discipline::codel) {
+      v->fail("applies only to discipline codel, not " + discipline);
+    }
+    out.target = read_positive_duration(*v);
+  }
+  if (auto v = map.get("interval")) {
+    if (out.discipline == queue_discipline::fifo) {
+      v->fail("applies only to disciplines codel and adaptive_lifo, not " + discipline);
+    }
+    out.interval = read_positive_duration(*v);
+  }
+  return out;
+}
+
+group_config parse_group(const field& f) {
+  const map_view map(f, {"name", "max_concurrent", "max_queue", "blocking_threads", "limit",
+                         "queue", "aging_step", "reserve", "shadow"});
+  group_config out;
+  out.line = f.mark.line + 1;
+  const field name = map.require("name");
+  out.name = read_string(name);
+  if (!is_group_name(out.name)) {
+    name.fail("invalid group name '" + out.name + "' (use letters, digits, '_', '.', '-')");
+  }
+  out.max_concurrent = read_count(map.require("max_concurrent"), 1);
+  if (auto v = map.get("max_queue")) out.max_queue = read_count(*v, 1);
+  if (auto v = map.get("limit")) out.limit = parse_limit(*v, out.max_concurrent);
+  if (auto v = map.get("queue")) out.queue = parse_queue(*v);
+  if (auto v = map.get("aging_step")) out.aging_step = read_duration(*v);
+  if (auto v = map.get("reserve")) {
+    const map_view reserve(*v, {"permits", "priority"});
+    const field permits = reserve.require("permits");
+    const field level = reserve.require("priority");
+    out.reserve = read_count(permits, 1);
+    // Lower levels must be able to run at all, at the smallest limit the group can have.
+    const std::size_t smallest = out.limit ? out.limit->options.min : out.max_concurrent;
+    if (out.reserve >= smallest) {
+      permits.fail(std::string("must be below ") + (out.limit ? "limit.min" : "max_concurrent") +
+                   " (" + std::to_string(smallest) + "), got " + std::to_string(out.reserve));
+    }
+    out.reserve_level = read_priority(level);
+    if (out.reserve_level == 0) level.fail("must be at least 1: level 0 would reserve nothing");
+  }
+  if (auto v = map.get("shadow")) out.shadow = read_bool(*v);
+  if (auto v = map.get("blocking_threads")) {
+    out.blocking_threads = read_count(*v, 0);
+    // The pool may have to run as many handlers at once as the limit can reach.
+    const std::size_t needed = out.limit ? out.limit->options.max : out.max_concurrent;
+    if (out.blocking_threads != 0 && out.blocking_threads < needed) {
+      v->fail(std::string("must be 0 or >= ") + (out.limit ? "limit.max" : "max_concurrent") +
+              " (" + std::to_string(needed) + "), got " + std::to_string(out.blocking_threads));
+    }
+  }
+  return out;
+}
+
+template <typename T>
+void check_unique(const std::vector<T>& items, const std::vector<field>& fields, const char* what) {
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (items[i].name != items[j].name) continue;
+      const field name = make_field(*fields[i].ctx, fields[i].node["name"],
+                                    join_path(fields[i].path, "name"), fields[i].mark);
+      name.fail(std::string("duplicate ") + what + " name '" + items[i].name +
+                "' (first declared at line " + std::to_string(items[j].line) + ")");
+    }
+  }
+}
+
+std::vector<group_config> parse_groups(const field& f) {
+  const std::vector<field> items = list_items(f);
+  if (items.empty()) f.fail("must list at least one group");
+  std::vector<group_config> out;
+  for (const field& item : items) out.push_back(parse_group(item));
+  check_unique(out, items, "group");
+  return out;
+}
+
+priority_config parse_priority(const field& f) {
+  const map_view map(f, {"default", "header", "values", "raw_header", "raw_header_trusted"});
+  priority_config out;
+  if (auto v = map.get("default")) out.default_level = read_priority(*v);
+  if (auto v = map.get("header")) out.header = read_header_name(*v);
+  if (auto v = map.get("values")) {
+    if (out.header.empty()) v->fail("values need a header to read them from");
+    for (const auto& [key, value] : map_entries(*v)) {
+      out.values[read_string(key)] = read_priority(value);
+    }
+  }
+  if (auto v = map.get("raw_header")) out.raw_header = read_header_name(*v);
+  if (auto v = map.get("raw_header_trusted")) out.raw_header_trusted = read_bool(*v);
+  return out;
+}
+
+std::string content_type_for(const fs::path& file) {
+  std::string ext = file.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (ext == ".json") return "application/json";
+  if (ext == ".svg") return "image/svg+xml";
+  if (ext == ".png") return "image/png";
+  if (ext == ".html" || ext == ".htm") return "text/html";
+  if (ext == ".txt") return "text/plain";
+  return "application/octet-stream";
+}
+
+std::string read_body_file(const field& f, const fs::path& path) {
+  std::optional<std::string> body = read_whole_file(path);
+  if (!body) f.fail("cannot read fallback file " + path.string());
+  return std::move(*body);
+}
+
+bool is_decimal_integer(const std::string& text) {
+  long long value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return (ec == std::errc() || ec == std::errc::result_out_of_range) &&
+         end == text.data() + text.size();
+}
+
+// Seconds, `none` (or null: no header) or `auto` (computed per response). Any of them replaces
+// what an entry inherited.
+void read_retry_after(const field& f, fallback_config& out) {
+  const bool scalar = f.node.IsScalar();
+  if (f.node.IsNull() || (scalar && f.node.Scalar() == "none")) {
+    out.retry_after_s = std::nullopt;
+    out.retry_after_auto = false;
+    return;
+  }
+  if (scalar && f.node.Scalar() == "auto") {
+    out.retry_after_auto = true;
+    return;
+  }
+  if (!scalar || is_quoted(f.node) || !is_decimal_integer(f.node.Scalar())) {
+    f.fail("expected an integer, none or auto, got " +
+           (scalar && is_quoted(f.node) ? "a string" : describe(f.node)));
+  }
+  out.retry_after_s = static_cast<int>(read_int_in(f, 0, std::numeric_limits<int>::max()));
+  out.retry_after_auto = false;
+}
+
+// Headers the fallback writes itself; setting them here would send them twice or wrongly.
+void check_reserved_header(const field& key, const std::string& name) {
+  if (iequals(name, "Content-Type")) key.fail("set Content-Type with content_type");
+  if (iequals(name, "Retry-After")) key.fail("set Retry-After with retry_after");
+  if (iequals(name, "Content-Length")) key.fail("Content-Length is computed from the body");
+}
+
+std::map<std::string, std::string> read_headers(const field& f) {
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : map_entries(f)) {
+    const field name_at{key.ctx, key.node, value.path, key.mark};
+    const std::string name = read_header_name(name_at);
+    check_reserved_header(name_at, name);
+    out[name] = read_header_value(value);
+  }
+  return out;
+}
+
+// Applies only the keys `map` sets, so a per-reason entry inherits everything else.
+void apply_fallback(const map_view& map, fallback_config& out) {
+  if (auto v = map.get("status")) out.status = static_cast<int>(read_int_in(*v, 100, 599));
+  if (auto v = map.get("retry_after")) read_retry_after(*v, out);
+  if (auto v = map.get("headers")) out.headers = read_headers(*v);
+  const auto body = map.get("body");
+  const auto file = map.get("file");
+  if (body && file) file->fail("body and file are mutually exclusive");
+  if (body) {
+    out.body = read_string(*body);
+    out.file.clear();
+  }
+  if (file) {
+    const fs::path path = (map.self().ctx->base_dir / read_non_empty(*file)).lexically_normal();
+    out.body = read_body_file(*file, path);
+    out.file = path.string();
+    // The file says more about its own type than whatever the entry inherited.
+    out.content_type = content_type_for(path);
+  }
+  if (auto v = map.get("content_type")) {
+    out.content_type = read_non_empty(*v);
+    if (has_line_break(out.content_type)) v->fail("must not contain line breaks");
+  }
+}
+
+std::optional<fallback_config> parse_reason(const map_view& route_map, std::string_view reason,
+                                            const fallback_config& inherited) {
+  const auto f = route_map.get(reason);
+  if (!f) return std::nullopt;
+  fallback_config out = inherited;
+  apply_fallback(map_view(*f, {"status", "retry_after", "headers", "body", "file", "content_type"}),
+                 out);
+  return out;
+}
+
+// `f` may be null (no `fallback` key): exec_timeout is still filled in.
+fallback_set parse_fallback(const field& f) {
+  const map_view map(
+      f, {"status", "retry_after", "headers", "body", "file", "content_type", "timeout",
+          "queue_full", "shutdown", "shed", "deadline", "predicted_timeout", "exec_timeout"});
+  fallback_set out;
+  apply_fallback(map, out.any);
+  out.timeout = parse_reason(map, "timeout", out.any);
+  out.queue_full = parse_reason(map, "queue_full", out.any);
+  out.shutdown = parse_reason(map, "shutdown", out.any);
+  out.shed = parse_reason(map, "shed", out.any);
+  out.deadline = parse_reason(map, "deadline", out.any);
+  out.predicted_timeout = parse_reason(map, "predicted_timeout", out.any);
+  // The handler did run, too long: a gateway timeout unless the entry itself says otherwise.
+  fallback_config exec_timeout = out.any;
+  exec_timeout.status = 504;
+  out.exec_timeout = parse_reason(map, "exec_timeout", exec_timeout).value_or(exec_timeout);
+  return out;
+}
+
+deadline_config parse_deadline(const field& f) {
+  const map_view map(f, {"header", "grpc_timeout"});
+  deadline_config out;
+  if (auto v = map.get("header")) {
+    out.header = read_header_name(*v);
+    if (iequals(out.header, "grpc-timeout")) {
+      v->fail("grpc-timeout has its own format; set grpc_timeout: true instead");
+    }
+  }
+  if (auto v = map.get("grpc_timeout")) out.grpc_timeout = read_bool(*v);
+  return out;
+}
+
+route_config parse_route(const field& f, const std::vector<group_config>& groups) {
+  const map_view map(f, {"name", "group", "max_wait", "max_exec", "cost", "deadline",
+                         "predictive_reject", "priority", "fallback"});
+  route_config out;
+  out.line = f.mark.line + 1;
+  out.name = read_non_empty(map.require("name"));
+  const field group_field = map.require("group");
+  out.group = read_string(group_field);
+  const auto group = std::find_if(groups.begin(), groups.end(),
+                                  [&](const group_config& g) { return g.name == out.group; });
+  if (group == groups.end()) group_field.fail("unknown group '" + out.group + "'");
+  if (auto v = map.get("max_wait")) out.max_wait = read_positive_duration(*v);
+  if (auto v = map.get("max_exec")) out.max_exec = read_positive_duration(*v);
+  if (auto v = map.get("cost")) {
+    // A request never needs more permits than its group can ever hand out.
+    const std::size_t most =
+        std::max(group->max_concurrent, group->limit ? group->limit->options.max : 0);
+    const long long cap = static_cast<long long>(
+        std::min<std::size_t>(most, std::numeric_limits<std::uint32_t>::max()));
+    const long long value = read_int(*v);
+    if (value < 1 || value > cap) {
+      v->fail("must be between 1 and " + std::to_string(cap) + " (group '" + group->name +
+              "' never grants more, see its max_concurrent" +
+              (group->limit ? " and limit.max" : "") + "), got " + std::to_string(value));
+    }
+    out.cost = static_cast<std::uint32_t>(value);
+  }
+  if (auto v = map.get("deadline")) out.deadline = parse_deadline(*v);
+  if (auto v = map.get("predictive_reject")) out.predictive_reject = read_bool(*v);
+  if (auto v = map.get("priority")) out.priority = parse_priority(*v);
+  const auto fallback = map.get("fallback");
+  out.fallback = parse_fallback(
+      fallback ? *fallback : field{f.ctx, YAML::Node(), join_path(f.path, "fallback"), f.mark});
+  return out;
+}
+
+std::vector<route_config> parse_routes(const field& f, const std::vector<group_config>& groups) {
+  const std::vector<field> items = list_items(f);
+  if (items.empty()) f.fail("must list at least one route");
+  std::vector<route_config> out;
+  for (const field& item : items) out.push_back(parse_route(item, groups));
+  check_unique(out, items, "route");
+  return out;
+}
+
+app_config parse_root(const context& ctx, const YAML::Node& root) {
+  const field self{&ctx, root, "", root.Mark()};
+  const map_view map(self, {"server", "logging", "groups", "routes"});
+  app_config out;
+  out.source = ctx.source;
+  if (auto v = map.get("server")) out.server = parse_server(*v);
+  if (auto v = map.get("logging")) out.logging = parse_logging(*v);
+  // Groups first whatever the file order, so routes can be checked against them.
+  out.groups = parse_groups(map.require("groups"));
+  out.routes = parse_routes(map.require("routes"), out.groups);
+  return out;
+}
+
+YAML::Node parse_document(const context& ctx, const std::string& yaml) {
+  try {
+    std::vector<YAML::Node> docs = YAML::LoadAll(yaml);
+    if (docs.size() > 1) fail_at(ctx, docs[1].Mark(), "", "expected a single YAML document");
+    return docs.empty() ? YAML::Node() : docs.front();
+  } catch (const YAML::Exception& e) {
+    fail_at(ctx, e.mark, "", e.msg);
+  }
+}
+
+}  // namespace
+
+app_config load_config_string(const std::string& yaml, const std::string& source_name,
+                              const std::string& base_dir) {
+  const context ctx{source_name, base_dir.empty() ? fs::path(".") : fs::path(base_dir)};
+  const YAML::Node root = parse_document(ctx, yaml);
+  try {
+    return parse_root(ctx, root);
+  } catch (const YAML::Exception& e) {
+    // The checks above should leave yaml-cpp nothing to throw; if it does, still say where.
+    fail_at(ctx, e.mark, "", e.msg);
+  }
+}
+
+app_config load_config(const std::string& path) {
+  const std::optional<std::string> text = read_whole_file(path);
+  if (!text) throw config_error(path, 0, 0, "", "cannot read config file");
+  return load_config_string(*text, path, fs::path(path).parent_path().string());
+}
+
+}  // namespace qos::config

@@ -1,4 +1,4 @@
-#include "qos/limiter.hpp"
+#include "qos/core/limiter.hpp"
 
 #include <bit>
 

@@ -7,7 +7,7 @@
 //                 on the reactor thread, so the difference is the gate's own bookkeeping
 // Listens on 127.0.0.1 only. Stops cleanly on SIGINT/SIGTERM.
 //
-// usage: overhead_server [--port P] [--reactors R] [--fibers F]
+// usage: overhead_server [--port P] [--reactors R] [--fibers F] | --version
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -16,6 +16,7 @@
 #include <pistache/router.h>
 
 #include "qos/qos.hpp"
+#include "qos/version.hpp"
 
 namespace http = Pistache::Http;
 namespace rest = Pistache::Rest;
@@ -26,6 +27,10 @@ int main(int argc, char** argv) {
   int fibers = 2;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--version") {
+      std::printf("overhead_server (qos) %s\n", QOS_VERSION_STRING);
+      return 0;
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "usage: overhead_server [--port P] [--reactors R] [--fibers F]\n");
       return 2;

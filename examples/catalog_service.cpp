@@ -14,6 +14,7 @@
 
 #include "examples/catalog_db.hpp"
 #include "qos/qos.hpp"
+#include "qos/version.hpp"
 
 namespace http = Pistache::Http;
 namespace rest = Pistache::Rest;
@@ -57,6 +58,9 @@ options parse(int argc, char** argv) {
       o.port = std::stoi(value());
     } else if (a == "--naive") {
       o.naive = true;
+    } else if (a == "--version") {
+      std::printf("catalog_service (qos) %s\n", QOS_VERSION_STRING);
+      std::exit(0);
     } else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);

@@ -15,6 +15,11 @@ pkgs=(
 if [[ "${QOS_BENCH_DEPS:-0}" == 1 ]]; then
   pkgs+=(wrk gnuplot-nox procps)
 fi
+# Doxygen for the API reference (cmake --build build --target docs) only: it brings LLVM along,
+# and neither the tests nor CI need it.
+if [[ "${QOS_DOCS_DEPS:-0}" == 1 ]]; then
+  pkgs+=(doxygen)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,6 +10,7 @@ pkgs=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev
+  prometheus-cpp-dev python3-prometheus-client
 )
 # Load tools for the benchmark harness only.
 if [[ "${QOS_BENCH_DEPS:-0}" == 1 ]]; then

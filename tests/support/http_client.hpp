@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "support/wire/http_response_parser.hpp"
+
 namespace qos::test {
 
 using header_list = std::vector<std::pair<std::string, std::string>>;
@@ -69,10 +71,7 @@ class http_connection {
   bool peer_closed_idle();
   bool wait_for(short events, deadline_t deadline);
   bool send_all(std::string_view bytes, deadline_t deadline);
-  int read_some(deadline_t deadline);
-  bool read_until(std::string_view delim, deadline_t deadline, std::size_t& pos);
-  bool read_exact(std::size_t n, deadline_t deadline, std::string& out);
-  bool read_chunked(deadline_t deadline, std::string& out);
+  bool read_more(deadline_t deadline);
   bool read_response(const http_request& req, deadline_t deadline, http_response& resp);
   bool fail(std::string why);
 
@@ -80,7 +79,8 @@ class http_connection {
   std::chrono::milliseconds timeout_;
   int fd_ = -1;
   std::string error_;
-  std::string buffer_;  // received but not yet consumed bytes; survives across keep-alive requests
+  // Received bytes not yet returned as a response; they survive across keep-alive requests.
+  wire::http_response_parser parser_;
 };
 
 // One-shot convenience: new connection, one request, close.

@@ -37,8 +37,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -54,8 +54,11 @@
 #include <thread>
 #include <vector>
 
+#include "support/wire/http_response_parser.hpp"
+
 namespace {
 
+namespace wire = qos::wire;
 using steady = std::chrono::steady_clock;
 
 std::int64_t now_us() {
@@ -93,6 +96,22 @@ struct options {
       "               [--pid PID]... [--cdf FILE] [--raw FILE] [--label TEXT]\n",
       why);
   std::exit(2);
+}
+
+// --url http://HOST:PORT/PATH with HOST 127.0.0.1 or localhost only: sets port and path.
+void parse_url(options& o) {
+  const std::string scheme = "http://";
+  if (o.url.rfind(scheme, 0) != 0) usage("--url must start with http://");
+  std::string rest = o.url.substr(scheme.size());
+  const auto slash = rest.find('/');
+  std::string hostport = rest.substr(0, slash);
+  o.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  const auto colon = hostport.rfind(':');
+  if (colon == std::string::npos) usage("--url needs an explicit port");
+  const std::string host = hostport.substr(0, colon);
+  if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
+  o.port = std::stoi(hostport.substr(colon + 1));
+  if (o.port <= 0 || o.port > 65535) usage("bad port");
 }
 
 options parse(int argc, char** argv) {
@@ -134,19 +153,7 @@ options parse(int argc, char** argv) {
     else
       usage(("unknown argument " + a).c_str());
   }
-  // http://HOST:PORT/PATH with HOST 127.0.0.1 or localhost only.
-  const std::string scheme = "http://";
-  if (o.url.rfind(scheme, 0) != 0) usage("--url must start with http://");
-  std::string rest = o.url.substr(scheme.size());
-  const auto slash = rest.find('/');
-  std::string hostport = rest.substr(0, slash);
-  o.path = slash == std::string::npos ? "/" : rest.substr(slash);
-  const auto colon = hostport.rfind(':');
-  if (colon == std::string::npos) usage("--url needs an explicit port");
-  const std::string host = hostport.substr(0, colon);
-  if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
-  o.port = std::stoi(hostport.substr(colon + 1));
-  if (o.port <= 0 || o.port > 65535) usage("bad port");
+  parse_url(o);
   if (o.conns < 1 || o.conns > 100000) usage("-c out of range");
   if (o.threads < 1) o.threads = 1;
   if (o.threads > o.conns) o.threads = o.conns;
@@ -182,6 +189,36 @@ struct stats {
     std::uint16_t status;
   };
   std::vector<sample> raw;  // only with --raw
+
+  void merge(const stats& s) {
+    sent += s.sent;
+    answered += s.answered;
+    answered_in_window += s.answered_in_window;
+    s2xx += s.s2xx;
+    s503 += s.s503;
+    s5xx_other += s.s5xx_other;
+    s4xx += s.s4xx;
+    s_other += s.s_other;
+    ok_in_window += s.ok_in_window;
+    s503_in_window += s.s503_in_window;
+    ok_steady += s.ok_steady;
+    timeouts += s.timeouts;
+    err_connect += s.err_connect;
+    err_lost += s.err_lost;
+    err_parse += s.err_parse;
+    unanswered += s.unanswered;
+    reconnects += s.reconnects;
+    outcome_timeout += s.outcome_timeout;
+    outcome_queue_full += s.outcome_queue_full;
+    outcome_other += s.outcome_other;
+    retry_after += s.retry_after;
+    lat2xx.insert(lat2xx.end(), s.lat2xx.begin(), s.lat2xx.end());
+    lat503.insert(lat503.end(), s.lat503.begin(), s.lat503.end());
+    latother.insert(latother.end(), s.latother.begin(), s.latother.end());
+    lat2xx_steady.insert(lat2xx_steady.end(), s.lat2xx_steady.begin(), s.lat2xx_steady.end());
+    lat503_steady.insert(lat503_steady.end(), s.lat503_steady.begin(), s.lat503_steady.end());
+    raw.insert(raw.end(), s.raw.begin(), s.raw.end());
+  }
 };
 
 enum class phase : int { run = 0, drain = 1, stop = 2 };
@@ -198,22 +235,6 @@ void note_open(int delta) {
   }
 }
 
-bool iequals_prefix(std::string_view line, std::string_view name) {
-  if (line.size() < name.size() + 1) return false;
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return false;
-  }
-  return line[name.size()] == ':';
-}
-
-std::string_view header_value(std::string_view line, std::size_t name_len) {
-  std::string_view v = line.substr(name_len + 1);
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r'))
-    v.remove_suffix(1);
-  return v;
-}
-
 struct conn {
   int fd = -1;
   bool connecting = false;
@@ -225,87 +246,9 @@ struct conn {
   std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
   int done = 0;               // answers on this logical connection (for --reqs-per-conn)
   int sock_answers = 0;       // answers on this socket (0: the request out is its first)
-  std::string in;
+  // Bodies are skipped: the benchmarks count answers, they do not read them.
+  wire::http_response_parser in{wire::parser_options{.keep_body = false}};
 };
-
-// Result of parsing the bytes received so far.
-struct parsed {
-  enum { incomplete, complete, error } state = incomplete;
-  int status = 0;
-  bool close = false;
-  bool until_eof = false;  // no length: body ends at close
-  std::size_t consumed = 0;
-  std::string outcome;
-  bool retry_after = false;
-};
-
-parsed parse_response(const std::string& buf) {
-  parsed p;
-  const auto hdr_end = buf.find("\r\n\r\n");
-  if (hdr_end == std::string::npos) {
-    if (buf.size() > 65536) p.state = parsed::error;
-    return p;
-  }
-  if (buf.size() < 12 || buf.compare(0, 5, "HTTP/") != 0) {
-    p.state = parsed::error;
-    return p;
-  }
-  p.status = std::atoi(buf.c_str() + 9);
-  const bool http10 = buf.compare(0, 8, "HTTP/1.0") == 0;
-  long long content_length = -1;
-  bool chunked = false, keep_alive_10 = false;
-  std::size_t pos = buf.find("\r\n") + 2;
-  while (pos < hdr_end) {
-    std::size_t eol = buf.find("\r\n", pos);
-    std::string_view line(buf.data() + pos, eol - pos);
-    if (iequals_prefix(line, "content-length")) {
-      content_length = std::atoll(std::string(header_value(line, 14)).c_str());
-    } else if (iequals_prefix(line, "transfer-encoding")) {
-      std::string v(header_value(line, 17));
-      for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      chunked = v.find("chunked") != std::string::npos;
-    } else if (iequals_prefix(line, "connection")) {
-      std::string v(header_value(line, 10));
-      for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      if (v.find("close") != std::string::npos) p.close = true;
-      if (v.find("keep-alive") != std::string::npos) keep_alive_10 = true;
-    } else if (iequals_prefix(line, "x-qos-outcome")) {
-      p.outcome = std::string(header_value(line, 13));
-    } else if (iequals_prefix(line, "retry-after")) {
-      p.retry_after = true;
-    }
-    pos = eol + 2;
-  }
-  if (http10 && !keep_alive_10) p.close = true;
-  std::size_t body = hdr_end + 4;
-  if ((p.status >= 100 && p.status < 200) || p.status == 204 || p.status == 304) {
-    p.consumed = body;
-  } else if (chunked) {
-    std::size_t at = body;
-    for (;;) {
-      const auto eol = buf.find("\r\n", at);
-      if (eol == std::string::npos) return p;
-      const unsigned long size = std::strtoul(buf.c_str() + at, nullptr, 16);
-      if (size == 0) {
-        // no trailers expected: "0\r\n\r\n"
-        if (buf.size() < eol + 4) return p;
-        p.consumed = eol + 4;
-        break;
-      }
-      at = eol + 2 + size + 2;
-      if (buf.size() < at) return p;
-    }
-  } else if (content_length >= 0) {
-    if (buf.size() < body + static_cast<std::size_t>(content_length)) return p;
-    p.consumed = body + static_cast<std::size_t>(content_length);
-  } else {
-    p.until_eof = true;
-    p.close = true;
-    return p;  // completed by the caller at end of stream
-  }
-  p.state = parsed::complete;
-  return p;
-}
 
 class worker {
  public:
@@ -508,17 +451,17 @@ class worker {
     for (int rounds = 0; rounds < 64; ++rounds) {
       const ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
       if (r > 0) {
-        c.in.append(buf, static_cast<std::size_t>(r));
+        c.in.feed(std::string_view(buf, static_cast<std::size_t>(r)));
         if (!consume(c)) return;
         if (static_cast<std::size_t>(r) < sizeof buf) return;
         continue;
       }
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      // End of stream or error.
-      if (c.outstanding && !c.in.empty()) {
-        parsed p = parse_response(c.in);
-        if (p.until_eof && p.status != 0) {
-          record(c, p);
+      // End of stream or error: it completes an answer whose body runs to the end of stream.
+      if (c.outstanding && c.in.mid_response()) {
+        c.in.feed_eof();
+        if (c.in.next() == wire::parse_result::complete) {
+          record(c, c.in.response());
           settle(c);
         }
       }
@@ -533,23 +476,22 @@ class worker {
     }
   }
 
-  // Parses complete answers from c.in. Returns false if the connection was replaced.
+  // Takes the complete answers out of c.in. Returns false if the connection was replaced.
   bool consume(conn& c) {
     for (;;) {
-      if (c.in.empty()) return true;
-      parsed p = parse_response(c.in);
-      if (p.state == parsed::incomplete) return true;
-      if (p.state == parsed::error || !c.outstanding) {
+      const auto r = c.in.next();
+      if (r == wire::parse_result::incomplete || r == wire::parse_result::closed) return true;
+      if (r == wire::parse_result::error || !c.outstanding) {
         ++st_.err_parse;
         lost(c);
         if (c.fd >= 0) start_request(c);
         return false;
       }
-      record(c, p);
+      const bool close = !c.in.response().keep_alive;
+      record(c, c.in.response());
       settle(c);
-      c.in.erase(0, p.consumed);
       ++c.done;
-      if (p.close) {
+      if (close) {
         ++st_.reconnects;
         const int done = c.done;
         reopen(c);
@@ -562,7 +504,7 @@ class worker {
     }
   }
 
-  void record(conn& c, const parsed& p) {
+  void record(conn& c, const wire::parsed_response& p) {
     const auto t = now_us();
     const auto lat = static_cast<std::uint32_t>(std::min<std::int64_t>(t - c.t_sent, UINT32_MAX));
     const bool in_window = t <= g_window_end_us;
@@ -592,15 +534,16 @@ class worker {
         ++st_.s_other;
       st_.latother.push_back(lat);
     }
-    if (!p.outcome.empty()) {
-      if (p.outcome == "timeout")
+    const auto outcome = p.header("x-qos-outcome");
+    if (outcome && !outcome->empty()) {
+      if (*outcome == "timeout")
         ++st_.outcome_timeout;
-      else if (p.outcome == "queue_full")
+      else if (*outcome == "queue_full")
         ++st_.outcome_queue_full;
       else
         ++st_.outcome_other;
     }
-    if (p.retry_after) ++st_.retry_after;
+    if (p.header("retry-after")) ++st_.retry_after;
     if (!o_.raw_file.empty()) {
       st_.raw.push_back({static_cast<std::uint32_t>(c.t_sent - g_start_us), lat,
                          static_cast<std::uint16_t>(p.status)});
@@ -680,128 +623,125 @@ std::string fmt_ms(double v) {
   return b;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  signal(SIGPIPE, SIG_IGN);
-  const options o = parse(argc, argv);
-
-  // Each connection needs one descriptor; raise the soft limit as far as the hard one allows.
+// Each connection needs one descriptor; raises the soft limit as far as the hard one allows.
+// False (after saying why) when that is still too few for `conns`.
+bool raise_fd_limit(int conns) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   getrlimit(RLIMIT_NOFILE, &rl);
-  if (rl.rlim_cur != RLIM_INFINITY && static_cast<rlim_t>(o.conns) + 64 > rl.rlim_cur) {
-    std::fprintf(stderr, "loadgen: -c %d needs more open files than the limit %llu\n", o.conns,
+  if (rl.rlim_cur != RLIM_INFINITY && static_cast<rlim_t>(conns) + 64 > rl.rlim_cur) {
+    std::fprintf(stderr, "loadgen: -c %d needs more open files than the limit %llu\n", conns,
                  static_cast<unsigned long long>(rl.rlim_cur));
-    return 3;
+    return false;
   }
+  return true;
+}
 
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(o.port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
+// The one request every connection sends, again and again.
+std::string make_request(const options& o) {
   std::string request = "GET " + o.path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(o.port) +
                         "\r\nConnection: keep-alive\r\n";
   for (const auto& h : o.headers) request += h + "\r\n";
   request += "\r\n";
+  return request;
+}
 
-  const proc_sample before = read_proc(o.pids);
-  g_start_us = now_us();
-  g_window_end_us = g_start_us + static_cast<std::int64_t>(o.duration_s * 1e6);
-  g_steady_start_us = g_start_us + static_cast<std::int64_t>(o.skip_s * 1e6);
-
+// The connections split over the threads, the first ones taking one more when C % T != 0.
+std::vector<std::unique_ptr<worker>> make_workers(const options& o, const std::string& request) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(o.port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::vector<std::unique_ptr<worker>> workers;
   for (int t = 0; t < o.threads; ++t) {
     const int n = o.conns / o.threads + (t < o.conns % o.threads ? 1 : 0);
     workers.push_back(std::make_unique<worker>(o, n, t, request, addr));
   }
+  return workers;
+}
+
+// What the main thread saw of the run: the servers' /proc, the connections, the drain.
+struct window_report {
+  proc_sample at_end;
+  long rss_max = 0, thr_max = 0;
+  int open_at_end = 0;
+  double drained_s = 0;
+};
+
+// Runs the workers through the window and the drain, sampling the servers' /proc meanwhile;
+// returns once every worker thread has stopped.
+window_report run_window(const options& o, std::vector<std::unique_ptr<worker>>& workers) {
   std::vector<std::thread> threads;
   for (auto& w : workers) threads.emplace_back([&w] { w->run(); });
 
-  // Main thread: sample the servers' /proc while the window runs.
-  long rss_max = 0, thr_max = 0;
-  proc_sample at_end;
+  window_report r;
   while (now_us() < g_window_end_us) {
     const auto s = read_proc(o.pids);
-    rss_max = std::max(rss_max, s.rss_kib);
-    thr_max = std::max(thr_max, s.threads);
-    at_end = s;
+    r.rss_max = std::max(r.rss_max, s.rss_kib);
+    r.thr_max = std::max(r.thr_max, s.threads);
+    r.at_end = s;
     const auto left = g_window_end_us - now_us();
     std::this_thread::sleep_for(
         std::chrono::microseconds(std::clamp<std::int64_t>(left, 0, 200000)));
   }
-  at_end = read_proc(o.pids);
-  rss_max = std::max(rss_max, at_end.rss_kib);
-  thr_max = std::max(thr_max, at_end.threads);
-  const int open_at_end = g_open.load();
+  r.at_end = read_proc(o.pids);
+  r.rss_max = std::max(r.rss_max, r.at_end.rss_kib);
+  r.thr_max = std::max(r.thr_max, r.at_end.threads);
+  r.open_at_end = g_open.load();
   g_phase.store(static_cast<int>(phase::drain), std::memory_order_release);
   // Wait for the requests still out, at most --drain seconds.
   const auto drain_end = now_us() + static_cast<std::int64_t>(o.drain_s * 1e6);
   while (now_us() < drain_end && g_outstanding.load(std::memory_order_acquire) > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const double drained_s = (now_us() - g_window_end_us) / 1e6;
+  r.drained_s = (now_us() - g_window_end_us) / 1e6;
   g_phase.store(static_cast<int>(phase::stop), std::memory_order_release);
   for (auto& t : threads) t.join();
+  return r;
+}
 
-  stats all;
-  for (auto& w : workers) {
-    auto& s = w->result();
-    all.sent += s.sent;
-    all.answered += s.answered;
-    all.answered_in_window += s.answered_in_window;
-    all.s2xx += s.s2xx;
-    all.s503 += s.s503;
-    all.s5xx_other += s.s5xx_other;
-    all.s4xx += s.s4xx;
-    all.s_other += s.s_other;
-    all.ok_in_window += s.ok_in_window;
-    all.s503_in_window += s.s503_in_window;
-    all.ok_steady += s.ok_steady;
-    all.timeouts += s.timeouts;
-    all.err_connect += s.err_connect;
-    all.err_lost += s.err_lost;
-    all.err_parse += s.err_parse;
-    all.unanswered += s.unanswered;
-    all.reconnects += s.reconnects;
-    all.outcome_timeout += s.outcome_timeout;
-    all.outcome_queue_full += s.outcome_queue_full;
-    all.outcome_other += s.outcome_other;
-    all.retry_after += s.retry_after;
-    all.lat2xx.insert(all.lat2xx.end(), s.lat2xx.begin(), s.lat2xx.end());
-    all.lat503.insert(all.lat503.end(), s.lat503.begin(), s.lat503.end());
-    all.latother.insert(all.latother.end(), s.latother.begin(), s.latother.end());
-    all.lat2xx_steady.insert(all.lat2xx_steady.end(), s.lat2xx_steady.begin(),
-                             s.lat2xx_steady.end());
-    all.lat503_steady.insert(all.lat503_steady.end(), s.lat503_steady.begin(),
-                             s.lat503_steady.end());
-    all.raw.insert(all.raw.end(), s.raw.begin(), s.raw.end());
-  }
-  if (!o.raw_file.empty()) {
-    std::sort(all.raw.begin(), all.raw.end(),
-              [](const auto& a, const auto& b) { return a.sent_us < b.sent_us; });
-    std::ofstream f(o.raw_file);
-    f << "# sent_ms latency_ms status\n";
-    for (const auto& r : all.raw)
-      f << r.sent_us / 1000.0 << ' ' << r.lat_us / 1000.0 << ' ' << r.status << '\n';
-  }
-  workers.clear();  // closes every connection
+// --raw: every answer, in the order the requests were sent.
+void write_raw(const std::string& file, std::vector<stats::sample>& raw) {
+  std::sort(raw.begin(), raw.end(),
+            [](const auto& a, const auto& b) { return a.sent_us < b.sent_us; });
+  std::ofstream f(file);
+  f << "# sent_ms latency_ms status\n";
+  for (const auto& r : raw)
+    f << r.sent_us / 1000.0 << ' ' << r.lat_us / 1000.0 << ' ' << r.status << '\n';
+}
+
+// A latency class of the report: its name in the LOADGEN keys and the cdf, its sorted samples.
+struct latency_class {
+  const char* name;
+  std::vector<std::uint32_t>* v;
+};
+
+// Sorts the latencies and names the classes, in report order; `all_classes` receives 2xx, 503
+// and the others together.
+std::array<latency_class, 5> latency_classes(stats& all, std::vector<std::uint32_t>& all_classes) {
   std::sort(all.lat2xx.begin(), all.lat2xx.end());
   std::sort(all.lat503.begin(), all.lat503.end());
   std::sort(all.latother.begin(), all.latother.end());
   std::sort(all.lat2xx_steady.begin(), all.lat2xx_steady.end());
   std::sort(all.lat503_steady.begin(), all.lat503_steady.end());
-  std::vector<std::uint32_t> lat_all;
-  lat_all.reserve(all.lat2xx.size() + all.lat503.size() + all.latother.size());
-  lat_all.insert(lat_all.end(), all.lat2xx.begin(), all.lat2xx.end());
-  lat_all.insert(lat_all.end(), all.lat503.begin(), all.lat503.end());
-  lat_all.insert(lat_all.end(), all.latother.begin(), all.latother.end());
-  std::sort(lat_all.begin(), lat_all.end());
+  all_classes.reserve(all.lat2xx.size() + all.lat503.size() + all.latother.size());
+  all_classes.insert(all_classes.end(), all.lat2xx.begin(), all.lat2xx.end());
+  all_classes.insert(all_classes.end(), all.lat503.begin(), all.lat503.end());
+  all_classes.insert(all_classes.end(), all.latother.begin(), all.latother.end());
+  std::sort(all_classes.begin(), all_classes.end());
+  return {{{"ok", &all.lat2xx},
+           {"s503", &all.lat503},
+           {"all", &all_classes},
+           {"oks", &all.lat2xx_steady},
+           {"s503s", &all.lat503_steady}}};
+}
 
+// The "LOADGEN key=value ..." line bench/run.sh parses (its keys and their order are its API).
+void print_loadgen_line(const options& o, const stats& all, const window_report& w,
+                        const proc_sample& before, const std::array<latency_class, 5>& classes) {
   const double d = o.duration_s;
   std::ostringstream out;
   out << "LOADGEN";
@@ -809,7 +749,7 @@ int main(int argc, char** argv) {
   kv("conns", o.conns);
   kv("threads", o.threads);
   kv("duration_s", d);
-  kv("drained_s", fmt_ms(drained_s));  // two decimals, seconds
+  kv("drained_s", fmt_ms(w.drained_s));  // two decimals, seconds
   kv("sent", all.sent);
   kv("answered", all.answered);
   kv("answered_in_window", all.answered_in_window);
@@ -835,17 +775,9 @@ int main(int argc, char** argv) {
   kv("outcome_other", all.outcome_other);
   kv("retry_after", all.retry_after);
   kv("open_max", g_open_max.load());
-  kv("open_at_end", open_at_end);
-  struct {
-    const char* name;
-    std::vector<std::uint32_t>* v;
-  } classes[] = {{"ok", &all.lat2xx},
-                 {"s503", &all.lat503},
-                 {"all", &lat_all},
-                 {"oks", &all.lat2xx_steady},
-                 {"s503s", &all.lat503_steady}};
+  kv("open_at_end", w.open_at_end);
   kv("s503_steady", all.lat503_steady.size());
-  for (auto& c : classes) {
+  for (const auto& c : classes) {
     const std::string n = c.name;
     kv((n + "_p50_ms").c_str(), fmt_ms(pct(*c.v, 0.50)));
     kv((n + "_p90_ms").c_str(), fmt_ms(pct(*c.v, 0.90)));
@@ -856,15 +788,20 @@ int main(int argc, char** argv) {
   }
   if (!o.pids.empty()) {
     kv("srv_rss_before_kib", before.rss_kib);
-    kv("srv_rss_end_kib", at_end.rss_kib);
-    kv("srv_rss_max_kib", rss_max);
-    kv("srv_hwm_kib", at_end.hwm_kib);
-    kv("srv_threads_max", thr_max);
-    kv("srv_threads_end", at_end.threads);
-    kv("srv_alive", at_end.ok ? 1 : 0);
+    kv("srv_rss_end_kib", w.at_end.rss_kib);
+    kv("srv_rss_max_kib", w.rss_max);
+    kv("srv_hwm_kib", w.at_end.hwm_kib);
+    kv("srv_threads_max", w.thr_max);
+    kv("srv_threads_end", w.at_end.threads);
+    kv("srv_alive", w.at_end.ok ? 1 : 0);
   }
   std::printf("%s\n", out.str().c_str());
   std::fflush(stdout);
+}
+
+// The one-line human summary on stderr.
+void print_summary(const options& o, stats& all) {
+  const double d = o.duration_s;
   std::fprintf(
       stderr,
       "loadgen%s%s: c=%d %.1fs: sent %llu, answered %llu (2xx %llu, 503 %llu, other %llu), "
@@ -878,18 +815,45 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(all.err_connect),
       static_cast<unsigned long long>(all.unanswered), all.ok_in_window / d,
       fmt_ms(pct(all.lat2xx, 0.5)).c_str(), fmt_ms(pct(all.lat2xx, 0.99)).c_str());
+}
 
-  if (!o.cdf_file.empty()) {
-    // "class quantile latency_ms", 1000 steps plus the extreme tail, for gnuplot.
-    std::ofstream f(o.cdf_file);
-    f << "# class quantile latency_ms (n per class in the header below)\n";
-    for (auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";
-    for (auto& c : classes) {
-      if (c.v->empty() || std::string(c.name) == "oks" || std::string(c.name) == "s503s") continue;
-      for (int i = 1; i <= 1000; ++i)
-        f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
-      f << "\n\n";
-    }
+// --cdf: "class quantile latency_ms", 1000 steps plus the extreme tail, for gnuplot.
+void write_cdf(const std::string& file, const std::array<latency_class, 5>& classes) {
+  std::ofstream f(file);
+  f << "# class quantile latency_ms (n per class in the header below)\n";
+  for (const auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";
+  for (const auto& c : classes) {
+    if (c.v->empty() || std::string(c.name) == "oks" || std::string(c.name) == "s503s") continue;
+    for (int i = 1; i <= 1000; ++i)
+      f << c.name << ' ' << i / 1000.0 << ' ' << pct(*c.v, i / 1000.0) << '\n';
+    f << "\n\n";
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  const options o = parse(argc, argv);
+  if (!raise_fd_limit(o.conns)) return 3;
+  const std::string request = make_request(o);
+
+  const proc_sample before = read_proc(o.pids);
+  g_start_us = now_us();
+  g_window_end_us = g_start_us + static_cast<std::int64_t>(o.duration_s * 1e6);
+  g_steady_start_us = g_start_us + static_cast<std::int64_t>(o.skip_s * 1e6);
+  auto workers = make_workers(o, request);
+  const window_report w = run_window(o, workers);
+
+  stats all;
+  for (const auto& wk : workers) all.merge(wk->result());
+  if (!o.raw_file.empty()) write_raw(o.raw_file, all.raw);
+  workers.clear();  // closes every connection
+
+  std::vector<std::uint32_t> all_classes;
+  const auto classes = latency_classes(all, all_classes);
+  print_loadgen_line(o, all, w, before, classes);
+  print_summary(o, all);
+  if (!o.cdf_file.empty()) write_cdf(o.cdf_file, classes);
   return 0;
 }

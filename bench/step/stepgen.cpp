@@ -39,7 +39,8 @@
 // 2xx p99 stays <= --recovery-factor (1.2) x baseline, with at least one 2xx per bucket, for
 // --recovery-hold (1 s) or until the phase ends. recovery_first_s: the first such bucket alone.
 //
-// Build: g++ -std=c++20 -O2 -Wall -Wextra -o stepgen stepgen.cpp   (libc/libstdc++ only)
+// Build: the CMake target stepgen (bench/CMakeLists.txt): libc/libstdc++ and the response parser
+// of tests/support/wire, no qos library.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -53,7 +54,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -67,8 +67,11 @@
 #include <string_view>
 #include <vector>
 
+#include "support/wire/http_response_parser.hpp"
+
 namespace {
 
+namespace wire = qos::wire;
 using i64 = std::int64_t;
 constexpr i64 ms_ns = 1'000'000;
 constexpr i64 s_ns = 1'000'000'000;
@@ -143,6 +146,35 @@ struct options {
   std::string csv_file, summary_file, raw_file;
 };
 
+// --phase DUR@RPS; its start is set once all phases are known.
+phase parse_phase(const std::string& p) {
+  const auto at = p.find('@');
+  if (at == std::string::npos) usage("--phase wants DUR@RPS, got '" + p + "'");
+  phase ph;
+  ph.dur_ns = parse_duration(p.substr(0, at));
+  char* end = nullptr;
+  ph.rps = std::strtod(p.c_str() + at + 1, &end);
+  if (*end != '\0' || !(ph.rps >= 0) || ph.rps > 1e6) usage("bad rate in '" + p + "'");
+  if (ph.dur_ns <= 0 || ph.dur_ns > 3600 * s_ns) usage("phase duration out of range");
+  return ph;
+}
+
+// --url http://HOST:PORT/PATH with HOST 127.0.0.1 or localhost only: sets port and path.
+void parse_url(const std::string& url, options& o) {
+  const std::string scheme = "http://";
+  if (url.rfind(scheme, 0) != 0) usage("--url must start with http://");
+  const std::string rest = url.substr(scheme.size());
+  const auto slash = rest.find('/');
+  const std::string hostport = rest.substr(0, slash);
+  o.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  const auto colon = hostport.rfind(':');
+  if (colon == std::string::npos) usage("--url needs an explicit port");
+  const std::string host = hostport.substr(0, colon);
+  if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
+  o.port = std::stoi(hostport.substr(colon + 1));
+  if (o.port <= 0 || o.port > 65535) usage("bad port");
+}
+
 options parse(int argc, char** argv) {
   options o;
   std::string url;
@@ -154,18 +186,9 @@ options parse(int argc, char** argv) {
     };
     if (a == "--url")
       url = val();
-    else if (a == "--phase") {
-      const std::string p = val();
-      const auto at = p.find('@');
-      if (at == std::string::npos) usage("--phase wants DUR@RPS, got '" + p + "'");
-      phase ph;
-      ph.dur_ns = parse_duration(p.substr(0, at));
-      char* end = nullptr;
-      ph.rps = std::strtod(p.c_str() + at + 1, &end);
-      if (*end != '\0' || !(ph.rps >= 0) || ph.rps > 1e6) usage("bad rate in '" + p + "'");
-      if (ph.dur_ns <= 0 || ph.dur_ns > 3600 * s_ns) usage("phase duration out of range");
-      o.phases.push_back(ph);
-    } else if (a == "--max-conns")
+    else if (a == "--phase")
+      o.phases.push_back(parse_phase(val()));
+    else if (a == "--max-conns")
       o.max_conns = std::stoi(val());
     else if (a == "--preconnect")
       o.preconnect = std::stoi(val());
@@ -204,18 +227,7 @@ options parse(int argc, char** argv) {
     else
       usage("unknown argument " + a);
   }
-  const std::string scheme = "http://";
-  if (url.rfind(scheme, 0) != 0) usage("--url must start with http://");
-  const std::string rest = url.substr(scheme.size());
-  const auto slash = rest.find('/');
-  const std::string hostport = rest.substr(0, slash);
-  o.path = slash == std::string::npos ? "/" : rest.substr(slash);
-  const auto colon = hostport.rfind(':');
-  if (colon == std::string::npos) usage("--url needs an explicit port");
-  const std::string host = hostport.substr(0, colon);
-  if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
-  o.port = std::stoi(hostport.substr(colon + 1));
-  if (o.port <= 0 || o.port > 65535) usage("bad port");
+  parse_url(url, o);
   if (o.phases.empty()) usage("at least one --phase");
   if (o.max_conns < 1 || o.max_conns > 60000) usage("--max-conns out of range");
   if (o.preconnect < 0 || o.preconnect > o.max_conns)
@@ -273,7 +285,8 @@ struct conn {
   bool reused = false;    // has answered a request before (a stale keep-alive may fail)
   bool want_out = false;  // EPOLLOUT registered
   std::size_t out_off = 0;
-  std::string in;
+  // Bodies are skipped: the benchmark counts answers, it does not read them.
+  wire::http_response_parser in{wire::parser_options{.keep_body = false}};
 };
 
 struct counters {
@@ -443,7 +456,7 @@ class client {
     cn.req = req;
     cn.reused = false;
     cn.out_off = 0;
-    cn.in.clear();
+    cn.in.reset();
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
     ev.data.u64 = key(idx, cn.gen);
@@ -465,7 +478,7 @@ class client {
     cn.fd = -1;
     cn.st = cstate::free;
     cn.req = -1;
-    cn.in.clear();
+    cn.in.reset();
     ++cn.gen;
     --c.open_now;
     free_slots_.push_back(static_cast<int>(&cn - conns_.data()));
@@ -502,9 +515,10 @@ class client {
     timeouts_.push_back({now + o_.timeout_ns, idx, conns_[static_cast<std::size_t>(idx)].gen, ri});
   }
 
+  // The parser of cn holds nothing here: a connection becomes idle only after a whole answer with
+  // nothing behind it, and one that receives bytes while idle is closed.
   void start_write(conn& cn, int idx, i64 now) {
     cn.out_off = 0;
-    cn.in.clear();
     reqs[static_cast<std::size_t>(cn.req)].sent = now - t0;
     write_some(cn, idx);
   }
@@ -532,7 +546,7 @@ class client {
   // it was idle fails on first use: the request is sent again once, on another connection.
   void broken(conn& cn, i64 now, bool may_be_stale = false) {
     const int ri = cn.req;
-    const bool stale = may_be_stale && cn.reused && cn.in.empty();
+    const bool stale = may_be_stale && cn.reused && !cn.in.mid_response();
     close_conn(cn);
     if (ri < 0) return;
     auto& r = reqs[static_cast<std::size_t>(ri)];
@@ -615,7 +629,7 @@ class client {
     for (;;) {
       const ssize_t n = ::recv(cn.fd, buf, sizeof buf, 0);
       if (n > 0) {
-        cn.in.append(buf, static_cast<std::size_t>(n));
+        cn.in.feed(std::string_view(buf, static_cast<std::size_t>(n)));
         if (static_cast<std::size_t>(n) < sizeof buf) break;
         continue;
       }
@@ -629,9 +643,9 @@ class client {
       break;
     }
     if (cn.st == cstate::idle) {
-      if (eof || !cn.in.empty()) {
+      if (eof || cn.in.mid_response()) {
         // Closed by the server while idle (or unsolicited bytes): drop it from the pool.
-        if (!cn.in.empty()) ++c.extra_bytes;
+        if (cn.in.mid_response()) ++c.extra_bytes;
         ++c.server_closed_idle;
         close_conn(cn);
       }
@@ -641,139 +655,50 @@ class client {
     parse(cn, idx, now, eof);
   }
 
-  static bool iequal(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      if (std::tolower(static_cast<unsigned char>(a[i])) !=
-          std::tolower(static_cast<unsigned char>(b[i])))
-        return false;
+  // The X-QoS-Outcome of an answer as an index of outcome_names: 0 without the header,
+  // outcome_unknown (and a note of the value) for a value not in the list.
+  int outcome_of(const wire::parsed_response& resp) {
+    const auto value = resp.header("x-qos-outcome");
+    if (!value) return 0;
+    for (std::size_t k = 1; k < outcome_names.size(); ++k) {
+      if (*value == outcome_names[k]) return static_cast<int>(k);
     }
-    return true;
+    if (c.unknown_outcomes.size() < 20) c.unknown_outcomes[std::string(*value)]++;
+    return outcome_unknown;
   }
 
-  static std::string_view trim(std::string_view v) {
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r'))
-      v.remove_suffix(1);
-    return v;
-  }
-
-  // Length of a chunked body starting at `from`, or -1 if incomplete, -2 if malformed.
-  static long long chunked_end(const std::string& s, std::size_t from) {
-    std::size_t p = from;
-    for (;;) {
-      const auto eol = s.find("\r\n", p);
-      if (eol == std::string::npos) return -1;
-      char* end = nullptr;
-      const unsigned long long sz = std::strtoull(s.c_str() + p, &end, 16);
-      if (end == s.c_str() + p) return -2;
-      p = eol + 2;
-      if (sz == 0) {
-        // trailers until an empty line
-        for (;;) {
-          const auto e = s.find("\r\n", p);
-          if (e == std::string::npos) return -1;
-          if (e == p) return static_cast<long long>(e + 2);
-          p = e + 2;
-        }
-      }
-      if (s.size() < p + sz + 2) return -1;
-      p += sz + 2;
-    }
-  }
-
+  // Takes the answer to the request out on cn from the bytes read so far; `eof`: the server
+  // closed (or reset) the connection after them.
   void parse(conn& cn, int idx, i64 now, bool eof) {
-    const auto hdr_end = cn.in.find("\r\n\r\n");
-    if (hdr_end == std::string::npos) {
-      if (eof || cn.in.size() > 65536) {
-        if (!eof) ++c.parse_errors;
-        broken(cn, now, eof);  // closed before any byte of the answer: maybe a stale keep-alive
-      }
-      return;
-    }
-    const std::string_view head(cn.in.data(), hdr_end);
-    // Status line: HTTP/1.x SSS ...
-    int status = 0;
-    if (head.size() >= 12 && head.substr(0, 7) == "HTTP/1.") {
-      status = std::atoi(std::string(head.substr(9, 3)).c_str());
-    }
-    if (status < 100 || status > 599) {
+    auto res = cn.in.next();
+    if (res == wire::parse_result::error) {  // malformed or too large: the framing is lost
       ++c.parse_errors;
-      cn.in.clear();
       broken(cn, now);
       return;
     }
-    long long content_length = -1;
-    bool chunked = false, close_after = false;
-    int outcome = 0;
-    std::size_t pos = head.find("\r\n");
-    while (pos != std::string_view::npos && pos < head.size()) {
-      const std::size_t start = pos + 2;
-      std::size_t e = head.find("\r\n", start);
-      if (e == std::string_view::npos) e = head.size();
-      const std::string_view line = head.substr(start, e - start);
-      const auto colon = line.find(':');
-      if (colon != std::string_view::npos) {
-        const std::string_view name = line.substr(0, colon);
-        const std::string_view value = trim(line.substr(colon + 1));
-        if (iequal(name, "content-length")) {
-          content_length = std::atoll(std::string(value).c_str());
-        } else if (iequal(name, "transfer-encoding")) {
-          chunked = value.find("chunked") != std::string_view::npos;
-        } else if (iequal(name, "connection")) {
-          close_after = iequal(value, "close");
-        } else if (iequal(name, "x-qos-outcome")) {
-          outcome = outcome_unknown;
-          for (std::size_t k = 1; k < outcome_names.size(); ++k) {
-            if (value == outcome_names[k]) outcome = static_cast<int>(k);
-          }
-          if (outcome == outcome_unknown && c.unknown_outcomes.size() < 20)
-            c.unknown_outcomes[std::string(value)]++;
-        }
-      }
-      pos = e;
+    if (res == wire::parse_result::incomplete && eof) {
+      cn.in.feed_eof();  // ends a body delimited by the end of stream, or cuts the answer short
+      res = cn.in.next();
     }
-    const std::size_t body_start = hdr_end + 4;
-    std::size_t total;
-    if (chunked) {
-      const long long e = chunked_end(cn.in, body_start);
-      if (e == -2) {
-        ++c.parse_errors;
-        cn.in.clear();
-        broken(cn, now);
-        return;
-      }
-      if (e < 0) {
-        if (eof) broken(cn, now);
-        return;
-      }
-      total = static_cast<std::size_t>(e);
-    } else if (content_length >= 0) {
-      total = body_start + static_cast<std::size_t>(content_length);
-      if (cn.in.size() < total) {
-        if (eof) broken(cn, now);
-        return;
-      }
-    } else if (status == 204 || status == 304 || status < 200) {
-      total = body_start;
-    } else {
-      if (!eof) return;  // body until close
-      total = cn.in.size();
-      close_after = true;
+    if (res != wire::parse_result::complete) {
+      // Closed before any byte of the answer (maybe a stale keep-alive) or in the middle of it.
+      if (eof) broken(cn, now, true);
+      return;
     }
+    const auto& resp = cn.in.response();
     const int ri = cn.req;
     auto& r = reqs[static_cast<std::size_t>(ri)];
-    r.status = static_cast<std::uint16_t>(status);
-    r.outcome = static_cast<std::uint8_t>(outcome);
+    r.status = static_cast<std::uint16_t>(resp.status);
+    r.outcome = static_cast<std::uint8_t>(outcome_of(resp));
     finish(ri, result::answered, now);
     cn.req = -1;
     --outstanding_;
     cn.reused = true;
-    if (cn.in.size() > total) {
+    bool close_after = !resp.keep_alive;
+    if (cn.in.mid_response()) {
       ++c.extra_bytes;  // bytes we did not ask for (no pipelining here)
       close_after = true;
     }
-    cn.in.clear();
     if (close_after || eof) {
       if (close_after && !eof) ++c.server_close_hdr;
       close_conn(cn);
@@ -866,72 +791,115 @@ struct agg {
   }
 };
 
-}  // namespace
+// ---- report ----------------------------------------------------------------------------------
 
-int main(int argc, char** argv) {
-  const options o = parse(argc, argv);
-  signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    if (rl.rlim_cur < static_cast<rlim_t>(o.max_conns) + 32) {
-      std::fprintf(stderr, "stepgen: open-files limit %llu < max-conns %d + 32\n",
-                   static_cast<unsigned long long>(rl.rlim_cur), o.max_conns);
-      return 2;
-    }
+// The phase whose wall-clock window holds t (ns from the schedule start), -1 after the profile.
+int phase_of_time(const options& o, i64 t) {
+  for (std::size_t p = 0; p < o.phases.size(); ++p) {
+    if (t >= o.phases[p].start_ns && t < o.phases[p].start_ns + o.phases[p].dur_ns)
+      return static_cast<int>(p);
+  }
+  return -1;
+}
+
+// One --bucket of wall time from the schedule start.
+struct bucket {
+  std::uint64_t offered = 0, sent = 0, drops = 0, done = 0, s2xx = 0, s503 = 0, other = 0,
+                timeouts = 0, errors = 0, useful = 0;
+  std::array<std::uint64_t, outcome_slots> fb{};
+  std::vector<i64> lat;
+  long inflight = 0;                       // sent and not finished at the bucket's end
+  double p50 = NAN, p99 = NAN, max = NAN;  // of the 2xx completed in it, ms
+};
+
+// Everything the outputs show, computed once from the finished requests: the buckets, the
+// phase rows and the recovery after the step.
+class report {
+ public:
+  report(const options& o, const std::vector<request>& reqs)
+      : o_(o),
+        reqs_(reqs),
+        np_(o.phases.size()),
+        total_ns_(o.phases.back().start_ns + o.phases.back().dur_ns) {
+    last_ = total_ns_;
+    for (const auto& r : reqs_) last_ = std::max(last_, r.done);
+    nb_ = static_cast<std::size_t>((last_ + o_.bucket_ns - 1) / o_.bucket_ns) + 1;
+    fill_buckets();
+    fill_rows();
+    base_p99_ = baseline_p99();
+    find_recovery();
   }
 
-  client cl(o);
-  cl.build_schedule();
-  if (o.preconnect > 0) cl.preconnect(o.preconnect);
-  const int pre_open = cl.c.open_now;
-  cl.run();
+  void write_buckets(const std::string& file);
+  void write_summary(const std::string& file);
+  void write_raw(const std::string& file);
+  void print(const client& cl, int pre_open);
 
-  const auto& reqs = cl.reqs;
-  const std::size_t np = o.phases.size();
-  const i64 total_ns = o.phases.back().start_ns + o.phases.back().dur_ns;
-  i64 last = total_ns;
-  for (const auto& r : reqs) last = std::max(last, r.done);
-  const auto nb = static_cast<std::size_t>((last + o.bucket_ns - 1) / o.bucket_ns) + 1;
+ private:
+  void fill_buckets();
+  void fill_rows();
+  double baseline_p99();
+  void find_recovery();
 
-  // ---- buckets (wall time from the schedule start) ----
-  struct bucket {
-    std::uint64_t offered = 0, sent = 0, drops = 0, done = 0, s2xx = 0, s503 = 0, other = 0,
-                  timeouts = 0, errors = 0, useful = 0;
-    std::array<std::uint64_t, outcome_slots> fb{};
-    std::vector<i64> lat;
-    long inflight = 0;  // sent and not finished at the bucket's end
-  };
-  std::vector<bucket> B(nb);
-  std::vector<long> delta(nb + 1, 0);
-  auto bidx = [&](i64 t) {
-    return std::min(nb - 1, static_cast<std::size_t>(std::max<i64>(0, t) / o.bucket_ns));
-  };
-  for (const auto& r : reqs) {
-    B[bidx(r.sched)].offered++;
+  std::string phase_name(std::size_t p) const {
+    if (p == np_) return std::string("drain");
+    if (p == np_ + 1) return std::string("all");
+    return std::to_string(p);
+  }
+  double row_start(std::size_t p) const {
+    return p < np_    ? static_cast<double>(o_.phases[p].start_ns) / 1e9
+           : p == np_ ? static_cast<double>(total_ns_) / 1e9
+                      : 0.0;
+  }
+  double row_dur(std::size_t p) const {
+    return p < np_ ? static_cast<double>(o_.phases[p].dur_ns) / 1e9
+                   : static_cast<double>(p == np_ ? last_ - total_ns_ : last_) / 1e9;
+  }
+  static double per_s(double n, double dur) { return dur > 0 ? n / dur : NAN; }
+  std::size_t bucket_of(i64 t) const {
+    return std::min(nb_ - 1, static_cast<std::size_t>(std::max<i64>(0, t) / o_.bucket_ns));
+  }
+  std::string summary_header() const;
+  std::string summary_row(std::size_t p);
+
+  const options& o_;
+  const std::vector<request>& reqs_;
+  std::size_t np_;      // phases
+  i64 total_ns_;        // the profile's end
+  i64 last_ = 0;        // the last request's end, at least total_ns_
+  std::size_t nb_ = 0;  // buckets
+  std::vector<bucket> buckets_;
+  // Rows 0..np-1: the phases' wall-clock windows; np: "drain" (after the profile's end);
+  // np+1: "all". Offered/sent/lag by scheduled send time, everything else by completion time.
+  std::vector<agg> rows_;
+  double base_p99_ = NAN;
+  std::vector<double> recovery_, recovery_first_;
+  std::vector<bool> recovery_applies_;
+};
+
+void report::fill_buckets() {
+  buckets_.assign(nb_, bucket{});
+  std::vector<long> delta(nb_ + 1, 0);
+  for (const auto& r : reqs_) {
+    buckets_[bucket_of(r.sched)].offered++;
     if (r.sent >= 0) {
-      B[bidx(r.sent)].sent++;
-      delta[bidx(r.sent)]++;
-      if (r.done >= 0) delta[bidx(r.done)]--;
+      buckets_[bucket_of(r.sent)].sent++;
+      delta[bucket_of(r.sent)]++;
+      if (r.done >= 0) delta[bucket_of(r.done)]--;
     }
     if (r.res == result::drop) {
-      B[bidx(r.done)].drops++;
+      buckets_[bucket_of(r.done)].drops++;
       continue;
     }
     if (r.done < 0) continue;
-    auto& b = B[bidx(r.done)];
+    auto& b = buckets_[bucket_of(r.done)];
     switch (r.res) {
       case result::answered:
         ++b.done;
         if (r.status >= 200 && r.status < 300) {
           ++b.s2xx;
           b.lat.push_back(r.done - r.sched);
-          if (r.done - r.sched <= o.useful_ns) ++b.useful;
+          if (r.done - r.sched <= o_.useful_ns) ++b.useful;
         } else {
           if (r.status == 503)
             ++b.s503;
@@ -951,132 +919,114 @@ int main(int argc, char** argv) {
         break;
     }
   }
-  {
-    long run = 0;
-    for (std::size_t i = 0; i < nb; ++i) {
-      run += delta[i];
-      B[i].inflight = run;
-    }
+  long run = 0;
+  for (std::size_t i = 0; i < nb_; ++i) {
+    run += delta[i];
+    buckets_[i].inflight = run;
   }
-  std::vector<double> bp99(nb, NAN), bp50(nb, NAN), bmax(nb, NAN);
-  for (std::size_t i = 0; i < nb; ++i) {
-    if (B[i].lat.empty()) continue;
-    bp50[i] = pct(B[i].lat, 50);
-    bp99[i] = pct(B[i].lat, 99);
-    bmax[i] = static_cast<double>(B[i].lat.back()) / 1e6;
+  for (auto& b : buckets_) {
+    if (b.lat.empty()) continue;
+    b.p50 = pct(b.lat, 50);
+    b.p99 = pct(b.lat, 99);
+    b.max = static_cast<double>(b.lat.back()) / 1e6;
   }
-  auto phase_of_time = [&](i64 t) -> int {
-    for (std::size_t p = 0; p < np; ++p) {
-      if (t >= o.phases[p].start_ns && t < o.phases[p].start_ns + o.phases[p].dur_ns)
-        return static_cast<int>(p);
-    }
-    return -1;
-  };
+}
 
-  if (!o.csv_file.empty()) {
-    FILE* f = std::fopen(o.csv_file.c_str(), "w");
-    if (f == nullptr) {
-      std::perror(o.csv_file.c_str());
-    } else {
-      std::fprintf(
-          f,
-          "label,t_s,phase,offered_rps,sent,drops,done,s2xx,s503,other,timeouts,errors,useful,"
-          "ok_rps,useful_rps,p50_ms,p99_ms,max_ms,inflight");
-      for (int k = 1; k < outcome_slots; ++k) {
-        std::fprintf(f, ",fb_%s",
-                     k == outcome_unknown
-                         ? "unknown"
-                         : std::string(outcome_names[static_cast<std::size_t>(k)]).c_str());
-      }
-      std::fprintf(f, ",fb_none\n");
-      const double bs = static_cast<double>(o.bucket_ns) / 1e9;
-      for (std::size_t i = 0; i < nb; ++i) {
-        const auto& b = B[i];
-        const int ph = phase_of_time(static_cast<i64>(i) * o.bucket_ns);
-        std::fprintf(
-            f, "%s,%.3f,%s,%.0f,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%.0f,%.0f,%s,%s,%s,%ld",
-            o.label.c_str(), static_cast<double>(i) * bs,
-            ph < 0 ? "drain" : std::to_string(ph).c_str(), static_cast<double>(b.offered) / bs,
-            b.sent, b.drops, b.done, b.s2xx, b.s503, b.other, b.timeouts, b.errors, b.useful,
-            static_cast<double>(b.s2xx) / bs, static_cast<double>(b.useful) / bs,
-            fmt(bp50[i], 2).c_str(), fmt(bp99[i], 2).c_str(), fmt(bmax[i], 2).c_str(), b.inflight);
-        for (int k = 1; k < outcome_slots; ++k)
-          std::fprintf(f, ",%lu", b.fb[static_cast<std::size_t>(k)]);
-        std::fprintf(f, ",%lu\n", b.fb[0]);
-      }
-      std::fclose(f);
-    }
-  }
-
-  // ---- phases (by scheduled send time) ----
-  // Rows 0..np-1: the phases' wall-clock windows; np: "drain" (after the profile's end);
-  // np+1: "all". Offered/sent/lag by scheduled send time, everything else by completion time.
-  std::vector<agg> A(np + 2);
-  for (const auto& r : reqs) {
-    A[r.phase].add_offered(r);
-    A[np + 1].add_offered(r);
+void report::fill_rows() {
+  rows_.assign(np_ + 2, agg{});
+  for (const auto& r : reqs_) {
+    rows_[r.phase].add_offered(r);
+    rows_[np_ + 1].add_offered(r);
     if (r.done < 0) continue;
-    const int w = phase_of_time(r.done);
-    A[w < 0 ? np : static_cast<std::size_t>(w)].add_done(r, o.useful_ns);
-    A[np + 1].add_done(r, o.useful_ns);
+    const int w = phase_of_time(o_, r.done);
+    rows_[w < 0 ? np_ : static_cast<std::size_t>(w)].add_done(r, o_.useful_ns);
+    rows_[np_ + 1].add_done(r, o_.useful_ns);
   }
-  for (auto& a : A) {  // sorted once: max = back()
+  for (auto& a : rows_) {  // sorted once: max = back()
     std::sort(a.lat2xx.begin(), a.lat2xx.end());
     std::sort(a.latfb.begin(), a.latfb.end());
     std::sort(a.lag.begin(), a.lag.end());
   }
-  // Baseline p99: 2xx completed during phase 0, its first min(1 s, d/4) left out.
-  double base_p99 = NAN;
-  {
-    const auto& p0 = o.phases[0];
-    const i64 skip = std::min<i64>(s_ns, p0.dur_ns / 4);
-    std::vector<i64> v;
-    for (const auto& r : reqs) {
-      if (r.res == result::answered && r.status >= 200 && r.status < 300 &&
-          r.done >= p0.start_ns + skip && r.done < p0.start_ns + p0.dur_ns)
-        v.push_back(r.done - r.sched);
-    }
-    base_p99 = pct(v, 99);
+}
+
+// The p99 of the 2xx completed during phase 0, its first min(1 s, d/4) left out.
+double report::baseline_p99() {
+  const auto& p0 = o_.phases[0];
+  const i64 skip = std::min<i64>(s_ns, p0.dur_ns / 4);
+  std::vector<i64> v;
+  for (const auto& r : reqs_) {
+    if (r.res == result::answered && r.status >= 200 && r.status < 300 &&
+        r.done >= p0.start_ns + skip && r.done < p0.start_ns + p0.dur_ns)
+      v.push_back(r.done - r.sched);
   }
-  std::vector<double> recovery(np, NAN), recovery_first(np, NAN);
-  std::vector<bool> recovery_applies(np, false);
-  const auto hold = static_cast<std::size_t>(std::max<i64>(1, o.recovery_hold_ns / o.bucket_ns));
-  for (std::size_t p = 1; p < np; ++p) {
-    if (!(o.phases[p].rps < o.phases[p - 1].rps) || std::isnan(base_p99)) continue;
-    recovery_applies[p] = true;
-    const double thr = o.recovery_factor * base_p99;
+  return pct(v, 99);
+}
+
+// After a phase slower than the one before: the first bucket from which the 2xx p99 stays within
+// --recovery-factor of the baseline for --recovery-hold (or to the phase's end).
+void report::find_recovery() {
+  recovery_.assign(np_, NAN);
+  recovery_first_.assign(np_, NAN);
+  recovery_applies_.assign(np_, false);
+  const auto hold = static_cast<std::size_t>(std::max<i64>(1, o_.recovery_hold_ns / o_.bucket_ns));
+  for (std::size_t p = 1; p < np_; ++p) {
+    if (!(o_.phases[p].rps < o_.phases[p - 1].rps) || std::isnan(base_p99_)) continue;
+    recovery_applies_[p] = true;
+    const double thr = o_.recovery_factor * base_p99_;
     const std::size_t b0 =
-        static_cast<std::size_t>((o.phases[p].start_ns + o.bucket_ns - 1) / o.bucket_ns);
+        static_cast<std::size_t>((o_.phases[p].start_ns + o_.bucket_ns - 1) / o_.bucket_ns);
     const std::size_t bend = std::min(
-        nb, static_cast<std::size_t>((o.phases[p].start_ns + o.phases[p].dur_ns) / o.bucket_ns));
-    auto good = [&](std::size_t i) { return !B[i].lat.empty() && bp99[i] <= thr; };
+        nb_,
+        static_cast<std::size_t>((o_.phases[p].start_ns + o_.phases[p].dur_ns) / o_.bucket_ns));
+    auto good = [&](std::size_t i) { return !buckets_[i].lat.empty() && buckets_[i].p99 <= thr; };
     for (std::size_t b = b0; b < bend; ++b) {
-      if (std::isnan(recovery_first[p]) && good(b))
-        recovery_first[p] = static_cast<double>(b - b0) * static_cast<double>(o.bucket_ns) / 1e9;
+      if (std::isnan(recovery_first_[p]) && good(b))
+        recovery_first_[p] = static_cast<double>(b - b0) * static_cast<double>(o_.bucket_ns) / 1e9;
       bool ok = true;
       for (std::size_t j = b; j < std::min(bend, b + hold); ++j) ok = ok && good(j);
       if (ok) {
-        recovery[p] = static_cast<double>(b - b0) * static_cast<double>(o.bucket_ns) / 1e9;
+        recovery_[p] = static_cast<double>(b - b0) * static_cast<double>(o_.bucket_ns) / 1e9;
         break;
       }
     }
   }
+}
 
-  auto phase_name = [&](std::size_t p) {
-    if (p == np) return std::string("drain");
-    if (p == np + 1) return std::string("all");
-    return std::to_string(p);
-  };
-  auto row_start = [&](std::size_t p) {
-    return p < np    ? static_cast<double>(o.phases[p].start_ns) / 1e9
-           : p == np ? static_cast<double>(total_ns) / 1e9
-                     : 0.0;
-  };
-  auto row_dur = [&](std::size_t p) {
-    return p < np ? static_cast<double>(o.phases[p].dur_ns) / 1e9
-                  : static_cast<double>(p == np ? last - total_ns : last) / 1e9;
-  };
-  auto per_s = [](double n, double dur) { return dur > 0 ? n / dur : NAN; };
+// --csv: one row per bucket.
+void report::write_buckets(const std::string& file) {
+  FILE* f = std::fopen(file.c_str(), "w");
+  if (f == nullptr) {
+    std::perror(file.c_str());
+    return;
+  }
+  std::fprintf(f,
+               "label,t_s,phase,offered_rps,sent,drops,done,s2xx,s503,other,timeouts,errors,useful,"
+               "ok_rps,useful_rps,p50_ms,p99_ms,max_ms,inflight");
+  for (int k = 1; k < outcome_slots; ++k) {
+    std::fprintf(f, ",fb_%s",
+                 k == outcome_unknown
+                     ? "unknown"
+                     : std::string(outcome_names[static_cast<std::size_t>(k)]).c_str());
+  }
+  std::fprintf(f, ",fb_none\n");
+  const double bs = static_cast<double>(o_.bucket_ns) / 1e9;
+  for (std::size_t i = 0; i < nb_; ++i) {
+    const auto& b = buckets_[i];
+    const int ph = phase_of_time(o_, static_cast<i64>(i) * o_.bucket_ns);
+    std::fprintf(f, "%s,%.3f,%s,%.0f,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%.0f,%.0f,%s,%s,%s,%ld",
+                 o_.label.c_str(), static_cast<double>(i) * bs,
+                 ph < 0 ? "drain" : std::to_string(ph).c_str(), static_cast<double>(b.offered) / bs,
+                 b.sent, b.drops, b.done, b.s2xx, b.s503, b.other, b.timeouts, b.errors, b.useful,
+                 static_cast<double>(b.s2xx) / bs, static_cast<double>(b.useful) / bs,
+                 fmt(b.p50, 2).c_str(), fmt(b.p99, 2).c_str(), fmt(b.max, 2).c_str(), b.inflight);
+    for (int k = 1; k < outcome_slots; ++k)
+      std::fprintf(f, ",%lu", b.fb[static_cast<std::size_t>(k)]);
+    std::fprintf(f, ",%lu\n", b.fb[0]);
+  }
+  std::fclose(f);
+}
+
+std::string report::summary_header() const {
   std::string hdr =
       "label,phase,start_s,dur_s,rate,offered,sent,drops,s2xx,goodput_rps,ok_p50_ms,ok_p99_ms,"
       "ok_max_ms,useful,useful_rps,useful_frac,s503,s4xx,s5xx_other,other_status,timeouts,"
@@ -1088,77 +1038,84 @@ int main(int argc, char** argv) {
   hdr +=
       ",fb_none,fb_p50_ms,fb_p99_ms,lag_p99_ms,lag_max_ms,base_p99_ms,recovery_s,recovery_first_s,"
       "anom_2xx_with_outcome,anom_fallback_without_outcome,anom_unknown_outcome";
-  std::vector<std::string> rows;
-  for (std::size_t p = 0; p < np + 2; ++p) {
-    auto& a = A[p];
-    const double dur = row_dur(p);
-    const double start = row_start(p);
-    const double rate = p < np ? o.phases[p].rps : per_s(static_cast<double>(a.offered), dur);
-    std::string row =
-        o.label + "," + phase_name(p) + "," + fmt(start, 3) + "," + fmt(dur, 3) + "," +
-        fmt(rate, 1) + "," + std::to_string(a.offered) + "," + std::to_string(a.sent) + "," +
-        std::to_string(a.drops) + "," + std::to_string(a.s2xx) + "," +
-        fmt(per_s(static_cast<double>(a.s2xx), dur), 1) + "," + fmt(pct(a.lat2xx, 50), 1) + "," +
-        fmt(pct(a.lat2xx, 99), 1) + "," +
-        fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6, 1) + "," +
-        std::to_string(a.useful) + "," + fmt(per_s(static_cast<double>(a.useful), dur), 1) + "," +
-        fmt(a.offered ? static_cast<double>(a.useful) / static_cast<double>(a.offered) : NAN, 3) +
-        "," + std::to_string(a.s503) + "," + std::to_string(a.s4xx) + "," +
-        std::to_string(a.s5xx_other) + "," + std::to_string(a.other_status) + "," +
-        std::to_string(a.timeouts) + "," + std::to_string(a.conn_errors) + "," +
-        std::to_string(a.lost) + "," + std::to_string(a.pending + a.not_sent);
-    for (int k = 1; k < outcome_slots; ++k)
-      row += "," + std::to_string(a.fb[static_cast<std::size_t>(k)]);
-    row += "," + std::to_string(a.fb[0]);
-    row += "," + fmt(pct(a.latfb, 50), 1) + "," + fmt(pct(a.latfb, 99), 1) + "," +
-           fmt(pct(a.lag, 99), 2) + "," +
-           fmt(a.lag.empty() ? NAN : static_cast<double>(a.lag.back()) / 1e6, 2) + "," +
-           fmt(base_p99, 1) + ",";
-    if (p < np && recovery_applies[p]) {
-      row += (std::isnan(recovery[p])
-                  ? std::string(">") + fmt(static_cast<double>(o.phases[p].dur_ns) / 1e9 -
-                                               static_cast<double>(o.recovery_hold_ns) / 1e9,
-                                           1)
-                  : fmt(recovery[p], 1)) +
-             ",";
-      row += std::isnan(recovery_first[p]) ? std::string("none") : fmt(recovery_first[p], 1);
-    } else {
-      row += ",";
-    }
-    row += "," + std::to_string(a.anom_2xx_with_outcome) + "," +
-           std::to_string(a.anom_fallback_without_outcome) + "," +
-           std::to_string(a.anom_unknown_outcome);
-    rows.push_back(row);
-  }
-  if (!o.summary_file.empty()) {
-    FILE* f = std::fopen(o.summary_file.c_str(), "w");
-    if (f == nullptr) {
-      std::perror(o.summary_file.c_str());
-    } else {
-      std::fprintf(f, "%s\n", hdr.c_str());
-      for (const auto& r : rows) std::fprintf(f, "%s\n", r.c_str());
-      std::fclose(f);
-    }
-  }
-  if (!o.raw_file.empty()) {
-    FILE* f = std::fopen(o.raw_file.c_str(), "w");
-    if (f != nullptr) {
-      std::fprintf(f, "sched_ms,sent_ms,done_ms,result,status,outcome\n");
-      static const char* res_names[] = {"pending",    "answered", "drop",    "timeout",
-                                        "conn_error", "lost",     "not_sent"};
-      for (const auto& r : reqs) {
-        std::fprintf(f, "%.3f,%s,%s,%s,%u,%s\n", static_cast<double>(r.sched) / 1e6,
-                     r.sent < 0 ? "" : fmt(static_cast<double>(r.sent) / 1e6, 3).c_str(),
-                     r.done < 0 ? "" : fmt(static_cast<double>(r.done) / 1e6, 3).c_str(),
-                     res_names[static_cast<int>(r.res)], r.status,
-                     r.outcome == outcome_unknown ? "unknown"
-                                                  : std::string(outcome_names[r.outcome]).c_str());
-      }
-      std::fclose(f);
-    }
-  }
+  return hdr;
+}
 
-  // ---- human summary ----
+std::string report::summary_row(std::size_t p) {
+  auto& a = rows_[p];
+  const double dur = row_dur(p);
+  const double start = row_start(p);
+  const double rate = p < np_ ? o_.phases[p].rps : per_s(static_cast<double>(a.offered), dur);
+  std::string row =
+      o_.label + "," + phase_name(p) + "," + fmt(start, 3) + "," + fmt(dur, 3) + "," +
+      fmt(rate, 1) + "," + std::to_string(a.offered) + "," + std::to_string(a.sent) + "," +
+      std::to_string(a.drops) + "," + std::to_string(a.s2xx) + "," +
+      fmt(per_s(static_cast<double>(a.s2xx), dur), 1) + "," + fmt(pct(a.lat2xx, 50), 1) + "," +
+      fmt(pct(a.lat2xx, 99), 1) + "," +
+      fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6, 1) + "," +
+      std::to_string(a.useful) + "," + fmt(per_s(static_cast<double>(a.useful), dur), 1) + "," +
+      fmt(a.offered ? static_cast<double>(a.useful) / static_cast<double>(a.offered) : NAN, 3) +
+      "," + std::to_string(a.s503) + "," + std::to_string(a.s4xx) + "," +
+      std::to_string(a.s5xx_other) + "," + std::to_string(a.other_status) + "," +
+      std::to_string(a.timeouts) + "," + std::to_string(a.conn_errors) + "," +
+      std::to_string(a.lost) + "," + std::to_string(a.pending + a.not_sent);
+  for (int k = 1; k < outcome_slots; ++k)
+    row += "," + std::to_string(a.fb[static_cast<std::size_t>(k)]);
+  row += "," + std::to_string(a.fb[0]);
+  row += "," + fmt(pct(a.latfb, 50), 1) + "," + fmt(pct(a.latfb, 99), 1) + "," +
+         fmt(pct(a.lag, 99), 2) + "," +
+         fmt(a.lag.empty() ? NAN : static_cast<double>(a.lag.back()) / 1e6, 2) + "," +
+         fmt(base_p99_, 1) + ",";
+  if (p < np_ && recovery_applies_[p]) {
+    row += (std::isnan(recovery_[p])
+                ? std::string(">") + fmt(static_cast<double>(o_.phases[p].dur_ns) / 1e9 -
+                                             static_cast<double>(o_.recovery_hold_ns) / 1e9,
+                                         1)
+                : fmt(recovery_[p], 1)) +
+           ",";
+    row += std::isnan(recovery_first_[p]) ? std::string("none") : fmt(recovery_first_[p], 1);
+  } else {
+    row += ",";
+  }
+  row += "," + std::to_string(a.anom_2xx_with_outcome) + "," +
+         std::to_string(a.anom_fallback_without_outcome) + "," +
+         std::to_string(a.anom_unknown_outcome);
+  return row;
+}
+
+// --summary: one row per phase, then "drain" and "all".
+void report::write_summary(const std::string& file) {
+  FILE* f = std::fopen(file.c_str(), "w");
+  if (f == nullptr) {
+    std::perror(file.c_str());
+    return;
+  }
+  std::fprintf(f, "%s\n", summary_header().c_str());
+  for (std::size_t p = 0; p < np_ + 2; ++p) std::fprintf(f, "%s\n", summary_row(p).c_str());
+  std::fclose(f);
+}
+
+// --raw: one row per request.
+void report::write_raw(const std::string& file) {
+  FILE* f = std::fopen(file.c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "sched_ms,sent_ms,done_ms,result,status,outcome\n");
+  static const char* res_names[] = {"pending",    "answered", "drop",    "timeout",
+                                    "conn_error", "lost",     "not_sent"};
+  for (const auto& r : reqs_) {
+    std::fprintf(
+        f, "%.3f,%s,%s,%s,%u,%s\n", static_cast<double>(r.sched) / 1e6,
+        r.sent < 0 ? "" : fmt(static_cast<double>(r.sent) / 1e6, 3).c_str(),
+        r.done < 0 ? "" : fmt(static_cast<double>(r.done) / 1e6, 3).c_str(),
+        res_names[static_cast<int>(r.res)], r.status,
+        r.outcome == outcome_unknown ? "unknown" : std::string(outcome_names[r.outcome]).c_str());
+  }
+  std::fclose(f);
+}
+
+// stdout: the STEPGEN line bench/step/run.sh reads (t0_unix, cpu_s, wall_s), the connection
+// counters, one line per phase row, and the outcome-header anomalies.
+void report::print(const client& cl, int pre_open) {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   const double cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
@@ -1166,22 +1123,22 @@ int main(int argc, char** argv) {
   std::printf(
       "STEPGEN label=%s t0_unix=%.6f requests=%zu open_max=%d opened=%lu preopened=%d cpu_s=%.2f "
       "wall_s=%.2f\n",
-      o.label.c_str(), cl.t0_unix, reqs.size(), cl.c.open_max, cl.c.opened, pre_open, cpu_s,
-      static_cast<double>(last) / 1e9);
+      o_.label.c_str(), cl.t0_unix, reqs_.size(), cl.c.open_max, cl.c.opened, pre_open, cpu_s,
+      static_cast<double>(last_) / 1e9);
   std::printf(
       "stepgen %s: %zu requests over %.1f s; connections: %d preopened, %lu opened in all, max %d "
       "open; "
       "connect failures %lu, server closed idle %lu, Connection: close %lu, resent %lu, parse "
       "errors %lu, "
       "unexpected bytes %lu\n",
-      o.label.c_str(), reqs.size(), static_cast<double>(total_ns) / 1e9, pre_open, cl.c.opened,
+      o_.label.c_str(), reqs_.size(), static_cast<double>(total_ns_) / 1e9, pre_open, cl.c.opened,
       cl.c.open_max, cl.c.connect_fail, cl.c.server_closed_idle, cl.c.server_close_hdr,
       cl.c.retries, cl.c.parse_errors, cl.c.extra_bytes);
   std::printf("%-5s %6s %7s %6s %6s %9s %8s %8s %8s %8s %6s %6s %6s %6s %s\n", "phase", "rate",
               "offered", "drops", "2xx", "goodput/s", "p50ms", "p99ms", "maxms", "useful/s", "503",
               "tmo", "err", "lagp99", "fallbacks / recovery");
-  for (std::size_t p = 0; p < np + 2; ++p) {
-    auto& a = A[p];
+  for (std::size_t p = 0; p < np_ + 2; ++p) {
+    auto& a = rows_[p];
     const double dur = row_dur(p);
     std::string fbs;
     for (int k = 0; k < outcome_slots; ++k) {
@@ -1192,24 +1149,25 @@ int main(int argc, char** argv) {
                                    : std::string(outcome_names[static_cast<std::size_t>(k)]);
       fbs += name + "=" + std::to_string(a.fb[static_cast<std::size_t>(k)]) + " ";
     }
-    if (p < np && recovery_applies[p]) {
-      fbs +=
-          "| recovery " +
-          (std::isnan(recovery[p]) ? std::string("not within phase") : fmt(recovery[p], 1) + " s") +
-          " (first bucket " +
-          (std::isnan(recovery_first[p]) ? std::string("none") : fmt(recovery_first[p], 1) + " s") +
-          ", baseline p99 " + fmt(base_p99, 1) + " ms)";
+    if (p < np_ && recovery_applies_[p]) {
+      fbs += "| recovery " +
+             (std::isnan(recovery_[p]) ? std::string("not within phase")
+                                       : fmt(recovery_[p], 1) + " s") +
+             " (first bucket " +
+             (std::isnan(recovery_first_[p]) ? std::string("none")
+                                             : fmt(recovery_first_[p], 1) + " s") +
+             ", baseline p99 " + fmt(base_p99_, 1) + " ms)";
     }
     std::printf("%-5s %6.0f %7lu %6lu %6lu %9.1f %8s %8s %8s %8.1f %6lu %6lu %6lu %6s %s\n",
                 phase_name(p).c_str(),
-                p < np ? o.phases[p].rps : per_s(static_cast<double>(a.offered), dur), a.offered,
+                p < np_ ? o_.phases[p].rps : per_s(static_cast<double>(a.offered), dur), a.offered,
                 a.drops, a.s2xx, per_s(static_cast<double>(a.s2xx), dur),
                 fmt(pct(a.lat2xx, 50)).c_str(), fmt(pct(a.lat2xx, 99)).c_str(),
                 fmt(a.lat2xx.empty() ? NAN : static_cast<double>(a.lat2xx.back()) / 1e6).c_str(),
                 per_s(static_cast<double>(a.useful), dur), a.s503, a.timeouts,
                 a.conn_errors + a.lost, fmt(pct(a.lag, 99), 2).c_str(), fbs.c_str());
   }
-  const auto& all = A[np + 1];
+  const auto& all = rows_[np_ + 1];
   if (all.anom_2xx_with_outcome || all.anom_fallback_without_outcome || all.anom_unknown_outcome) {
     std::printf(
         "ANOMALY: 2xx carrying a fallback X-QoS-Outcome: %lu; non-2xx without X-QoS-Outcome: %lu; "
@@ -1218,5 +1176,50 @@ int main(int argc, char** argv) {
     for (const auto& [v, n] : cl.c.unknown_outcomes)
       std::printf("  unknown outcome '%s' x%d\n", v.c_str(), n);
   }
+}
+
+// SIGINT/SIGTERM stop the schedule early (the reports are still written); a peer's reset must
+// not kill us through SIGPIPE.
+void install_signal_handlers() {
+  signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// Raises the open-files limit to the hard one; false (after saying why) when that is too few.
+bool raise_fd_limit(int max_conns) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < static_cast<rlim_t>(max_conns) + 32) {
+      std::fprintf(stderr, "stepgen: open-files limit %llu < max-conns %d + 32\n",
+                   static_cast<unsigned long long>(rl.rlim_cur), max_conns);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const options o = parse(argc, argv);
+  install_signal_handlers();
+  if (!raise_fd_limit(o.max_conns)) return 2;
+
+  client cl(o);
+  cl.build_schedule();
+  if (o.preconnect > 0) cl.preconnect(o.preconnect);
+  const int pre_open = cl.c.open_now;
+  cl.run();
+
+  report rep(o, cl.reqs);
+  if (!o.csv_file.empty()) rep.write_buckets(o.csv_file);
+  if (!o.summary_file.empty()) rep.write_summary(o.summary_file);
+  if (!o.raw_file.empty()) rep.write_raw(o.raw_file);
+  rep.print(cl, pre_open);
   return 0;
 }

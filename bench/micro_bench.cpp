@@ -8,9 +8,9 @@
 #include <boost/fiber/all.hpp>
 
 #include "qos/admission/admission.hpp"
+#include "qos/core/limiter.hpp"
 #include "qos/fiber/executor.hpp"
 #include "qos/fiber/fiber_limiter.hpp"
-#include "qos/core/limiter.hpp"
 #include "qos/ops/metrics_registry.hpp"
 
 namespace {
@@ -41,9 +41,8 @@ BENCHMARK(acquire_release_uncontended);
 void reject_on_full_queue(benchmark::State& state) {
   qos::fiber_limiter l({1, 1});
   auto held = l.try_admit();
-  auto reserved = l.try_admit();
+  auto queued = l.try_admit();  // its ticket holds the only queue place until the end
   for (auto _ : state) benchmark::DoNotOptimize(l.try_admit().kind);
-  l.cancel_reservation();
 }
 BENCHMARK(reject_on_full_queue);
 
@@ -59,7 +58,7 @@ void park_resume(benchmark::State& state) {
     state.ResumeTiming();
     auto worker = [&] {
       for (int i = 0; i < rounds; ++i) {
-        auto got = l.acquire(0, far, false);
+        auto got = l.acquire(0, far);
         boost::this_fiber::yield();  // let the other fiber queue behind us
         got.permit.reset();
       }
@@ -94,17 +93,18 @@ BENCHMARK(reactor_to_fiber)->UseRealTime();
 
 // The gate's own bookkeeping for a reactor handler with a free permit (S5's /inline without
 // HTTP): admission::submit on this thread, the permit, the handler call, the service-time
-// sample, the metrics registry's counters, the release. The job is built by the caller, as the
-// Pistache adapter builds it, so its allocation is counted.
-class inline_job final : public qos::request_job {
+// sample, the metrics registry's counters, the release. The transport is built by the caller,
+// as the Pistache adapter builds it, so its allocation is counted.
+class inline_transport final : public qos::transport {
  public:
-  bool client_connected() noexcept override { return true; }
-  bool runs_inline() const noexcept override { return true; }
-  qos::outcome run(qos::limit_group&, const qos::route_policy&) noexcept override {
+  bool connected() noexcept override { return true; }
+  std::optional<qos::response> handle() override {
     benchmark::ClobberMemory();
-    return qos::outcome::admitted;
+    return std::nullopt;
   }
-  void reject(qos::outcome) noexcept override {}
+  void answer(qos::response) noexcept override {}
+  void fallback(qos::outcome) noexcept override {}
+  void fail(std::exception_ptr) noexcept override {}
 };
 
 void admission_inline(benchmark::State& state) {
@@ -113,7 +113,6 @@ void admission_inline(benchmark::State& state) {
   g.name = "free";
   g.limiter.max_concurrent = 100000;
   g.limiter.max_queue = 1000;
-  g.blocking_threads = 1;
   qos::route_policy r;
   r.name = "inline";
   r.group = "free";
@@ -121,8 +120,8 @@ void admission_inline(benchmark::State& state) {
   qos::admission adm({g}, {r}, exec, metrics);
   const auto& route = *adm.find_route("inline");
   for (auto _ : state) {
-    adm.submit(route, qos::request_info{0, qos::clock::now(), std::nullopt},
-               std::make_unique<inline_job>());
+    adm.submit(route, qos::request_info{.level = 0, .arrival = qos::clock::now()},
+               qos::handler_kind::reactor, std::make_unique<inline_transport>());
   }
   exec.stop();
 }

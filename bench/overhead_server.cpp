@@ -62,11 +62,10 @@ int main(int argc, char** argv) {
 
   qos::config::group_config free_group;
   free_group.name = "free";
-  free_group.max_concurrent = 100000;  // never the bottleneck: permits are always free
-  free_group.max_queue = 1000;
-  // The handler is a fiber handler and never uses the group's blocking pool. Left at 0 the pool
-  // would get max_concurrent = 100000 OS threads; the YAML loader would insist on >= 100000.
-  free_group.blocking_threads = 1;
+  free_group.limiter.max_concurrent = 100000;  // never the bottleneck: permits are always free
+  free_group.limiter.max_queue = 1000;
+  // The handlers are fiber and reactor handlers: the blocking pool (threads on demand) stays
+  // empty.
   cfg.groups.push_back(free_group);
 
   qos::config::route_config guarded;

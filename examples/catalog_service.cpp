@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   try {
     catalog::db_options dbo;
     dbo.path = opt.db_path;
-    dbo.connections = db_group->max_concurrent;
+    dbo.connections = db_group->limiter.max_concurrent;
     dbo.extra_latency = std::chrono::milliseconds(opt.db_latency_ms);
     dbo.latency_is_total = opt.db_latency_total;
     dbo.seed_items = 1000;
@@ -179,19 +179,18 @@ int main(int argc, char** argv) {
   // response, so a route with max_exec can drop a late one.
   std::atomic<std::int64_t> next_id{0};
   auto not_found = [] {
-    return qos::response{
-        http::Code::Not_Found, "{\"error\":\"no such item\"}", "application/json", {}};
+    return qos::response{.status = 404, .body = "{\"error\":\"no such item\"}"};
   };
   qos::result_handler db_get = [&db, &next_id, items, not_found](const rest::Request& req) {
     const auto id = id_param(req, 1 + next_id.fetch_add(1, std::memory_order_relaxed) % items);
     if (auto it = db->get_item(id)) {
-      return qos::response{http::Code::Ok, catalog::item_to_json(*it), "application/json", {}};
+      return qos::response{.status = 200, .body = catalog::item_to_json(*it)};
     }
     return not_found();
   };
   qos::result_handler image_get = [&db, not_found](const rest::Request& req) {
     if (auto it = db->get_item(id_param(req, 1))) {
-      return qos::response{http::Code::Ok, it->image_svg, "image/svg+xml", {}};
+      return qos::response{.status = 200, .body = it->image_svg, .content_type = "image/svg+xml"};
     }
     return not_found();
   };
@@ -201,7 +200,8 @@ int main(int argc, char** argv) {
     auto on_reactor = [](qos::result_handler h) {
       return qos::gate::plain([h](const rest::Request& req, http::ResponseWriter& w) {
         auto r = h(req);
-        w.send(r.code, r.body, http::Mime::MediaType::fromString(r.content_type));
+        w.send(static_cast<http::Code>(r.status), r.body,
+               http::Mime::MediaType::fromString(r.content_type));
       });
     };
     rest::Routes::Get(router, "/db", on_reactor(db_get));

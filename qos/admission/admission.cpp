@@ -1,35 +1,44 @@
+// The life of one guarded request, top to bottom: submit (decide on the calling thread),
+// wait_and_run (wait on a fiber), run (the permit held), execute (the handler, where it runs,
+// max_exec). Exactly one answer per request on every path; permits and queue places are RAII.
 #include "qos/admission/admission.hpp"
 
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
 
+#include <boost/fiber/future.hpp>
+
+#include "qos/admission/request_context.hpp"
+
 namespace qos {
 
 namespace {
 
 std::size_t pool_size(const group_options& o) {
-  if (o.blocking_threads != 0) return o.blocking_threads;
   // The pool must be able to run as many handlers as the group may ever admit at once.
-  return o.limit ? std::max(o.limit->max, o.limiter.max_concurrent) : o.limiter.max_concurrent;
+  return o.blocking_threads != 0 ? o.blocking_threads : o.most_permits();
 }
 
-std::unique_ptr<limit_algorithm> algorithm_for(const group_options& o) {
-  return o.limit ? make_limit_algorithm(*o.limit) : nullptr;
+limiter_options initial_limiter(const group_options& o) {
+  limiter_options l = o.limiter;
+  if (o.limit) l.max_concurrent = o.limit->initial;  // the limiter starts where the limit does
+  return l;
 }
 
 }  // namespace
 
 limit_group::limit_group(const group_options& options)
-    : name_(options.name),
-      shadow_(options.shadow),
-      limiter_(options.limiter, algorithm_for(options)),
+    : options_(options),
+      limiter_(initial_limiter(options),
+               options.limit ? make_limit_algorithm(*options.limit) : nullptr),
       pool_(pool_size(options)) {}
 
 admission::admission(const std::vector<group_options>& groups,
                      const std::vector<route_policy>& routes, executor& exec, metrics_sink& metrics)
     : exec_(exec) {
   for (const auto& g : groups) {
+    validate(g);
     if (!groups_.emplace(g.name, std::make_unique<limit_group>(g)).second) {
       throw std::invalid_argument("duplicate group '" + g.name + "'");
     }
@@ -39,14 +48,15 @@ admission::admission(const std::vector<group_options>& groups,
     if (group == nullptr) {
       throw std::invalid_argument("route '" + r.name + "' names unknown group '" + r.group + "'");
     }
+    validate(r, group->options());
     auto& m = metrics.route(r.name, r.group);
-    if (!routes_.emplace(r.name, route_entry{r, group, &m}).second) {
+    if (!routes_.emplace(r.name, route{r, group, &m}).second) {
       throw std::invalid_argument("duplicate route '" + r.name + "'");
     }
   }
 }
 
-const admission::route_entry* admission::find_route(const std::string& name) const {
+const admission::route* admission::find_route(const std::string& name) const {
   auto it = routes_.find(name);
   return it == routes_.end() ? nullptr : &it->second;
 }
@@ -62,126 +72,164 @@ std::vector<limit_group*> admission::groups() {
   return out;
 }
 
+void admission::shutdown() noexcept {
+  for (auto& [name, g] : groups_) g->limiter().shutdown();
+}
+
 namespace {
 
-// Runs an admitted request and reports it. The permit (empty in shadow mode) is returned after
-// the handler ended, whether it returned, threw or overran max_exec. `start` is now, or the
-// arrival of a request served inline at once (one clock read fewer on the cheapest path).
-void serve(const admission::route_entry& route, request_job& job, permit p, duration waited,
-           const request_context& ctx, time_point start, bool on_caller) {
-  if (!job.client_connected()) {
+// Answers without running the handler, and reports it.
+void answer_now(const admission::route& r, transport& t, outcome why, duration waited) noexcept {
+  r.metrics->on_outcome(why, waited);
+  t.fallback(why);
+}
+
+// How long a request may wait: max_wait, or less when the client's deadline minus the
+// expected service time comes first (zero or less: it cannot finish in time).
+duration wait_budget(const admission::route& r, const request_info& info) {
+  duration budget = r.policy.max_wait;
+  if (info.deadline) {
+    budget = std::min(budget, *info.deadline - info.arrival - r.group->stats().service_time);
+  }
+  return budget;
+}
+
+// Runs the handler where `kind` says, within max_exec, and answers through `t`. Returns
+// admitted, error (the handler failed; `t` answered 500) or exec_timeout (`t` answered the
+// fallback at max_exec, and the handler was waited for: its group slot is not free before).
+outcome execute(const admission::route& r, transport& t, handler_kind kind,
+                const request_context* ctx) noexcept {
+  try {
+    // Another thread or fiber carries the request's context with it.
+    auto call = [&t, ctx] {
+      request_scope scope(ctx);
+      return t.handle();
+    };
+    std::optional<response> result;
+    if (r.policy.max_exec) {
+      boost::fibers::future<std::optional<response>> running =
+          kind == handler_kind::blocking ? r.group->pool().post(call)
+                                         : boost::fibers::async(boost::fibers::launch::post, call);
+      if (running.wait_for(*r.policy.max_exec) == boost::fibers::future_status::timeout) {
+        t.fallback(outcome::exec_timeout);
+        running.wait();  // abandoned work still occupies the group until it really ends
+        try {
+          (void)running.get();  // its result, or failure, comes too late for anyone
+        } catch (...) {
+        }
+        return outcome::exec_timeout;
+      }
+      result = running.get();
+    } else if (kind == handler_kind::blocking) {
+      result = r.group->pool().run(call);
+    } else {
+      result = t.handle();
+    }
+    if (result) t.answer(std::move(*result));
+    return outcome::admitted;
+  } catch (...) {
+    t.fail(std::current_exception());
+    return outcome::error;
+  }
+}
+
+// The request holds `p` (empty in shadow mode): run it and report. The permit is returned
+// after the handler ended, whether it returned, threw or overran max_exec. `start` is now, or
+// the arrival of a request served inline at once (one clock read fewer on the cheapest path).
+void run(const admission::route& r, transport& t, handler_kind kind, permit p, duration waited,
+         const request_context& ctx, time_point start, bool on_caller) noexcept {
+  if (!t.connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
-    route.metrics->on_outcome(outcome::client_gone, waited);
-    job.reject(outcome::client_gone);
+    answer_now(r, t, outcome::client_gone, waited);
     return;
   }
   outcome o;
   if (on_caller) {
     inline_request_scope scope(&ctx);
-    o = job.run(*route.group, route.policy);
+    o = execute(r, t, kind, &ctx);
   } else {
     request_scope scope(&ctx);
-    o = job.run(*route.group, route.policy);
+    o = execute(r, t, kind, &ctx);
   }
   const auto took = clock::now() - start;
   // Only requests that really ran are latency samples; an overrun says the backend is slow.
-  if (p) route.group->limiter().on_served(took, o == outcome::exec_timeout);
+  if (p) r.group->limiter().on_served(took, o == outcome::exec_timeout);
   p.reset();
-  route.metrics->on_served(took);
-  route.metrics->on_outcome(o, waited);
+  r.metrics->on_served(took);
+  r.metrics->on_outcome(o, waited);
 }
 
-// How long a request may wait: max_wait, or less when the client's deadline minus the
-// expected service time comes first (zero or less: it cannot finish in time).
-duration wait_budget(const admission::route_entry& route, const request_info& info) {
-  duration budget = route.policy.max_wait;
-  if (info.deadline) {
-    const auto service = route.group->stats().service_ewma;
-    budget = std::min(budget, *info.deadline - info.arrival - service);
+// On a fiber: waits for a permit with the place `place` holds (none: it already has one, or
+// in shadow mode the place only stands for the queue it would have joined), then runs.
+void wait_and_run(const admission::route& r, const request_info& info, duration budget,
+                  handler_kind kind, transport& t, permit p, ticket place, bool wait) noexcept {
+  const request_context ctx{info.deadline};
+  duration waited = duration::zero();
+  if (wait) {
+    const time_point until = info.arrival + budget;
+    auto got = r.group->limiter().acquire(std::move(place), info.level, until, r.policy.cost);
+    waited = clock::now() - info.arrival;
+    if (got.result != outcome::admitted) {
+      // A wait cut short by the client's deadline is reported as such.
+      const bool by_deadline = got.result == outcome::timeout && budget < r.policy.max_wait;
+      answer_now(r, t, by_deadline ? outcome::deadline : got.result, waited);
+      if (got.result == outcome::timeout) r.metrics->on_late_fallback(clock::now() - until);
+      return;
+    }
+    p = std::move(got.permit);
   }
-  return budget;
+  run(r, t, kind, std::move(p), waited, ctx, clock::now(), false);
 }
 
 }  // namespace
 
-void admission::submit(const route_entry& route, const request_info& info,
-                       std::unique_ptr<request_job> job) noexcept {
-  auto& limiter = route.group->limiter();
-  auto answer_now = [&](outcome why) {
-    route.metrics->on_outcome(why, duration::zero());
-    job->reject(why);
-  };
-  const duration budget = wait_budget(route, info);
-  if (budget <= duration::zero()) return answer_now(outcome::deadline);
+void admission::submit(const route& r, const request_info& info, handler_kind kind,
+                       std::unique_ptr<transport> t) noexcept {
+  // 1. Decide, on the calling thread, without blocking.
+  const duration budget = wait_budget(r, info);
+  if (budget <= duration::zero()) return answer_now(r, *t, outcome::deadline, duration::zero());
 
-  auto admit = limiter.try_admit(route.policy.cost, info.level);
-  if (admit.kind == fiber_limiter::admit_kind::shutting_down) {
-    return answer_now(outcome::shutting_down);
-  }
-  bool reserved = admit.kind == fiber_limiter::admit_kind::reserved;
-  if (route.group->shadow() && admit.kind != fiber_limiter::admit_kind::granted) {
+  auto admit = r.group->limiter().try_admit(r.policy.cost, info.level);
+  using kind_t = fiber_limiter::admit_kind;
+  bool wait = admit.kind == kind_t::queued;
+  if (admit.kind == kind_t::shutdown) return answer_now(r, *t, outcome::shutdown, {});
+  if (r.group->shadow() && admit.kind != kind_t::granted) {
     // Shadow mode: count what a real gate would do, then let the request through unlimited.
-    if (reserved) limiter.cancel_reservation();
-    route.metrics->on_shadow(reserved ? outcome::timed_out : outcome::queue_full);
-    reserved = false;
-  } else if (admit.kind == fiber_limiter::admit_kind::queue_full) {
-    return answer_now(outcome::queue_full);
-  } else if (reserved && route.policy.predictive_reject &&
-             limiter.estimate_wait(info.level) > budget) {
-    limiter.cancel_reservation();
-    return answer_now(outcome::predicted_timeout);
+    // A request that would have queued keeps its queue place while it runs, so a lasting
+    // excess fills the queue it would have had and later ones count as shed.
+    r.metrics->on_shadow(wait ? outcome::timeout : outcome::queue_full);
+    wait = false;
+  } else if (admit.kind == kind_t::queue_full) {
+    return answer_now(r, *t, outcome::queue_full, {});
+  } else if (wait && r.policy.predictive_reject &&
+             r.group->limiter().estimate_wait(info.level) > budget) {
+    return answer_now(r, *t, outcome::predicted_timeout, {});  // the ticket gives its place back
   }
 
-  if (!reserved && job->runs_inline()) {
-    // A free permit and trivial code: no fiber, no hand-off (the permit is back before return).
-    serve(route, *job, std::move(admit.permit), duration::zero(), request_context{info.deadline},
-          info.arrival, true);
+  // 2. A free permit and trivial code: run it here, no fiber, no hand-off.
+  if (admit.permit && kind == handler_kind::reactor && !r.policy.max_exec) {
+    run(r, *t, kind, std::move(admit.permit), duration::zero(), request_context{info.deadline},
+        info.arrival, true);
     return;
   }
-  try {
-    job->detach();
-  } catch (...) {
-    if (reserved) limiter.cancel_reservation();
-    admit.permit.reset();
-    return answer_now(outcome::rejected);
-  }
 
-  request_job* raw = job.get();
+  // 3. Anything else waits and runs on a fiber.
+  try {
+    t->detach();
+  } catch (...) {
+    return answer_now(r, *t, outcome::rejected, {});
+  }
+  transport* raw = t.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
-  unique_task task([&route, info, budget, reserved, j = std::move(job),
-                    p = std::move(admit.permit)]() mutable {
-    const request_context ctx{info.deadline};
-    if (!reserved) {
-      serve(route, *j, std::move(p), duration::zero(), ctx, clock::now(), false);
-      return;
-    }
-    auto got =
-        route.group->limiter().acquire(info.level, info.arrival + budget, true, route.policy.cost);
-    const auto waited = clock::now() - info.arrival;
-    if (got.result != outcome::admitted) {
-      // A wait cut short by the client's deadline is reported as such.
-      const bool by_deadline = got.result == outcome::timed_out && budget < route.policy.max_wait;
-      const outcome why = by_deadline ? outcome::deadline : got.result;
-      route.metrics->on_outcome(why, waited);
-      j->reject(why);
-      if (got.result == outcome::timed_out) {
-        route.metrics->on_late_fallback(clock::now() - (info.arrival + budget));
-      }
-      return;
-    }
-    serve(route, *j, std::move(got.permit), waited, ctx, clock::now(), false);
+  unique_task task([&r, info, budget, kind, wait, t = std::move(t), p = std::move(admit.permit),
+                    place = std::move(admit.ticket)]() mutable {
+    wait_and_run(r, info, budget, kind, *t, std::move(p), std::move(place), wait);
   });
   if (!exec_.try_post(task)) {
-    // The task still owns the job and any permit; cancel the reservation, answer from here,
-    // and let `task` return the permit as it goes.
-    if (reserved) limiter.cancel_reservation();
-    route.metrics->on_outcome(outcome::rejected, duration::zero());
-    raw->reject(outcome::rejected);
+    // Refused: the task still owns the request, its permit and its place; answer from here,
+    // and let the task give them back as it goes.
+    answer_now(r, *raw, outcome::rejected, {});
   }
-}
-
-void admission::shutdown() noexcept {
-  for (auto& [name, g] : groups_) g->limiter().shutdown();
 }
 
 }  // namespace qos

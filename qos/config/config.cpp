@@ -127,6 +127,36 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   return std::chrono::milliseconds(positive && ms == 0 ? 1 : ms);
 }
 
+fallback_config fallback_base(const fallback_config& route, outcome why) {
+  fallback_config out = route;
+  if (traits(why).status != 0) out.status = traits(why).status;
+  return out;
+}
+
+std::array<fallback_config, outcome_count> resolve(const fallback_set& f) {
+  std::array<fallback_config, outcome_count> all;
+  for (const auto& row : outcome_table) {
+    fallback_config& out = all[index(row.value)];
+    if (row.answer == answer_kind::internal) {
+      // The application failed, not the gate: nothing to retry after, nothing configured.
+      out = fallback_config{};
+      out.status = row.status;
+      out.retry_after_s = std::nullopt;
+      out.body = "{\"error\":\"internal\"}";
+    } else if (const auto& own = f.own[index(row.value)]) {
+      out = *own;
+    } else if (const auto& parent = f.own[index(row.inherits)]) {
+      out = *parent;
+    } else {
+      out = fallback_base(f.route, row.inherits);
+    }
+    if (row.inherits != row.value && !f.own[index(row.value)] && row.status != 0) {
+      out.status = row.status;
+    }
+  }
+  return all;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loader
 
@@ -201,7 +231,7 @@ field make_field(const context& ctx, const YAML::Node& node, std::string path,
 // all commented out just means "defaults".
 class map_view {
  public:
-  map_view(const field& self, std::initializer_list<std::string_view> allowed) : self_(self) {
+  map_view(const field& self, const std::vector<std::string_view>& allowed) : self_(self) {
     if (self.node.IsNull()) return;
     if (!self.node.IsMap()) self.fail("expected a map, got " + describe(self.node));
     for (const auto& pair : self.node) add(pair.first, pair.second, allowed);
@@ -229,7 +259,7 @@ class map_view {
   };
 
   void add(const YAML::Node& key, const YAML::Node& value,
-           std::initializer_list<std::string_view> allowed) {
+           const std::vector<std::string_view>& allowed) {
     if (!key.IsScalar()) {
       fail_at(*self_.ctx, key.Mark(), self_.path, "keys must be strings, got " + describe(key));
     }
@@ -242,7 +272,7 @@ class map_view {
     entries_.push_back({name, make_field(*self_.ctx, value, path, key.Mark())});
   }
 
-  static std::string list(std::initializer_list<std::string_view> allowed) {
+  static std::string list(const std::vector<std::string_view>& allowed) {
     std::string out;
     for (auto name : allowed) out += (out.empty() ? "" : ", ") + std::string(name);
     return out;
@@ -345,12 +375,6 @@ std::chrono::milliseconds read_duration(const field& f) {
   } catch (const std::invalid_argument& e) {
     f.fail(e.what());
   }
-}
-
-std::chrono::milliseconds read_positive_duration(const field& f) {
-  const std::chrono::milliseconds value = read_duration(f);
-  if (value.count() <= 0) f.fail("must be > 0");
-  return value;
 }
 
 // A real number; integers are fine, quoted strings, bools, inf and nan are not.
@@ -478,43 +502,35 @@ constexpr named<queue_discipline> queue_disciplines[] = {
     {"codel", queue_discipline::codel},
     {"adaptive_lifo", queue_discipline::adaptive_lifo}};
 
-// The checks of make_limit_algorithm, made here with file positions, so a limit that loads is
-// one the gate can build.
-limit_config parse_limit(const field& f, std::size_t max_concurrent) {
+// Where each key of a group or route was written, by validate()'s key spelling ("limit.max").
+using key_fields = std::map<std::string, field, std::less<>>;
+
+// Runs the one range check (admission's validate) and reports its complaint at the line of
+// the key it names, or at the entry itself when the key was left to its default.
+template <typename... Args>
+void check_ranges(const field& entry, const key_fields& at, const Args&... what) {
+  try {
+    validate(what...);
+  } catch (const invalid_option& e) {
+    if (auto it = at.find(e.key()); it != at.end()) it->second.fail(e.message());
+    fail_at(*entry.ctx, entry.mark, join_path(entry.path, e.key()), e.message());
+  }
+}
+
+// Reads `limit:`; the ranges are validate()'s. Defaults: max = 4 x max_concurrent, initial =
+// max_concurrent within [min, max].
+limit_options parse_limit(const field& f, std::size_t max_concurrent, key_fields& at) {
   const map_view map(f, {"algorithm", "min", "max", "initial", "backoff_ratio", "timeout",
                          "rtt_tolerance", "smoothing", "long_window", "probe_interval"});
-  limit_config out;
-  limit_options& opt = out.options;
+  limit_options opt;
   opt.kind = read_choice(map.require("algorithm"), limit_algorithms, "algorithm");
-  if (auto v = map.get("min")) opt.min = read_count(*v, 1);
-  if (auto v = map.get("max")) {
-    opt.max = read_count(*v, 1);
-    if (opt.max < opt.min) {
-      v->fail("must be >= min (" + std::to_string(opt.min) + "), got " + std::to_string(opt.max));
-    }
-  } else {
-    const std::size_t four_times = max_concurrent > std::numeric_limits<std::size_t>::max() / 4
-                                       ? std::numeric_limits<std::size_t>::max()
-                                       : 4 * max_concurrent;
-    opt.max = std::max(four_times, opt.min);
-  }
-  if (auto v = map.get("initial")) {
-    const long long value = read_int(*v);
-    if (value < 0 || static_cast<unsigned long long>(value) < opt.min ||
-        static_cast<unsigned long long>(value) > opt.max) {
-      v->fail("must be within [min, max] = [" + std::to_string(opt.min) + ", " +
-              std::to_string(opt.max) + "], got " + std::to_string(value));
-    }
-    opt.initial = static_cast<std::size_t>(value);
-  } else {
-    opt.initial = std::clamp(max_concurrent, opt.min, opt.max);
-  }
-
   // A parameter of another algorithm would be silently ignored; say so instead.
   const auto param = [&](std::string_view key,
                          std::initializer_list<limit_kind> kinds) -> std::optional<field> {
     auto v = map.get(key);
-    if (v && std::find(kinds.begin(), kinds.end(), opt.kind) == kinds.end()) {
+    if (!v) return v;
+    at.insert_or_assign("limit." + std::string(key), *v);
+    if (kinds.size() != 0 && std::find(kinds.begin(), kinds.end(), opt.kind) == kinds.end()) {
       std::string names;
       for (const limit_kind kind : kinds) {
         names += (names.empty() ? "" : " and ") + std::string(name_of(limit_algorithms, kind));
@@ -524,33 +540,33 @@ limit_config parse_limit(const field& f, std::size_t max_concurrent) {
     }
     return v;
   };
-  if (auto v = param("backoff_ratio", {limit_kind::aimd})) {
-    opt.backoff_ratio = read_number(*v);
-    if (!(opt.backoff_ratio >= 0.5 && opt.backoff_ratio < 1.0)) {
-      v->fail("must be in [0.5, 1), got " + v->node.Scalar());
-    }
+  if (auto v = param("min", {})) opt.min = read_count(*v, 1);
+  if (auto v = param("max", {})) {
+    opt.max = read_count(*v, 1);
+  } else {
+    const std::size_t four_times = max_concurrent > std::numeric_limits<std::size_t>::max() / 4
+                                       ? std::numeric_limits<std::size_t>::max()
+                                       : 4 * max_concurrent;
+    opt.max = std::max(four_times, opt.min);
   }
-  if (auto v = param("timeout", {limit_kind::aimd})) opt.timeout = read_positive_duration(*v);
-  if (auto v = param("rtt_tolerance", {limit_kind::gradient2})) {
-    opt.rtt_tolerance = read_number(*v);
-    if (!(opt.rtt_tolerance >= 1.0)) v->fail("must be >= 1, got " + v->node.Scalar());
+  if (auto v = param("initial", {})) {
+    opt.initial = read_count(*v, 0);
+  } else {
+    opt.initial = std::clamp(max_concurrent, opt.min, std::max(opt.min, opt.max));
   }
-  if (auto v = param("smoothing", {limit_kind::gradient2})) {
-    opt.smoothing = read_number(*v);
-    if (!(opt.smoothing > 0.0 && opt.smoothing <= 1.0)) {
-      v->fail("must be in (0, 1], got " + v->node.Scalar());
-    }
-  }
-  if (auto v = param("long_window", {limit_kind::gradient2})) opt.long_window = read_count(*v, 1);
+  if (auto v = param("backoff_ratio", {limit_kind::aimd})) opt.backoff_ratio = read_number(*v);
+  if (auto v = param("timeout", {limit_kind::aimd})) opt.timeout = read_duration(*v);
+  if (auto v = param("rtt_tolerance", {limit_kind::gradient2})) opt.rtt_tolerance = read_number(*v);
+  if (auto v = param("smoothing", {limit_kind::gradient2})) opt.smoothing = read_number(*v);
+  if (auto v = param("long_window", {limit_kind::gradient2})) opt.long_window = read_count(*v, 0);
   if (auto v = param("probe_interval", {limit_kind::gradient2, limit_kind::vegas})) {
-    opt.probe_interval = read_positive_duration(*v);
+    opt.probe_interval = read_duration(*v);
   }
-  return out;
+  return opt;
 }
 
-queue_config parse_queue(const field& f) {
+void parse_queue(const field& f, limiter_options& out, key_fields& at) {
   const map_view map(f, {"discipline", "target", "interval"});
-  queue_config out;
   if (auto v = map.get("discipline")) {
     out.discipline = read_choice(*v, queue_disciplines, "discipline");
   }
@@ -559,15 +575,16 @@ queue_config parse_queue(const field& f) {
     if (out.discipline != queue_discipline::codel) {
       v->fail("applies only to discipline codel, not " + discipline);
     }
-    out.target = read_positive_duration(*v);
+    out.target = read_duration(*v);
+    at.insert_or_assign("queue.target", *v);
   }
   if (auto v = map.get("interval")) {
     if (out.discipline == queue_discipline::fifo) {
       v->fail("applies only to disciplines codel and adaptive_lifo, not " + discipline);
     }
-    out.interval = read_positive_duration(*v);
+    out.interval = read_duration(*v);
+    at.insert_or_assign("queue.interval", *v);
   }
-  return out;
 }
 
 group_config parse_group(const field& f) {
@@ -580,35 +597,36 @@ group_config parse_group(const field& f) {
   if (!is_group_name(out.name)) {
     name.fail("invalid group name '" + out.name + "' (use letters, digits, '_', '.', '-')");
   }
-  out.max_concurrent = read_count(map.require("max_concurrent"), 1);
-  if (auto v = map.get("max_queue")) out.max_queue = read_count(*v, 1);
-  if (auto v = map.get("limit")) out.limit = parse_limit(*v, out.max_concurrent);
-  if (auto v = map.get("queue")) out.queue = parse_queue(*v);
-  if (auto v = map.get("aging_step")) out.aging_step = read_duration(*v);
+  key_fields at;
+  limiter_options& l = out.limiter;
+  const field max_concurrent = map.require("max_concurrent");
+  l.max_concurrent = read_count(max_concurrent, 1);
+  at.insert_or_assign("max_concurrent", max_concurrent);
+  if (auto v = map.get("max_queue")) {
+    l.max_queue = read_count(*v, 1);
+    at.insert_or_assign("max_queue", *v);
+  }
+  if (auto v = map.get("limit")) out.limit = parse_limit(*v, l.max_concurrent, at);
+  if (auto v = map.get("queue")) parse_queue(*v, l, at);
+  if (auto v = map.get("aging_step")) {
+    l.aging_step = read_duration(*v);
+    at.insert_or_assign("aging_step", *v);
+  }
   if (auto v = map.get("reserve")) {
     const map_view reserve(*v, {"permits", "priority"});
     const field permits = reserve.require("permits");
     const field level = reserve.require("priority");
-    out.reserve = read_count(permits, 1);
-    // Lower levels must be able to run at all, at the smallest limit the group can have.
-    const std::size_t smallest = out.limit ? out.limit->options.min : out.max_concurrent;
-    if (out.reserve >= smallest) {
-      permits.fail(std::string("must be below ") + (out.limit ? "limit.min" : "max_concurrent") +
-                   " (" + std::to_string(smallest) + "), got " + std::to_string(out.reserve));
-    }
-    out.reserve_level = read_priority(level);
-    if (out.reserve_level == 0) level.fail("must be at least 1: level 0 would reserve nothing");
+    l.reserve = read_count(permits, 1);
+    l.reserve_level = read_priority(level);
+    at.insert_or_assign("reserve.permits", permits);
+    at.insert_or_assign("reserve.priority", level);
   }
   if (auto v = map.get("shadow")) out.shadow = read_bool(*v);
   if (auto v = map.get("blocking_threads")) {
     out.blocking_threads = read_count(*v, 0);
-    // The pool may have to run as many handlers at once as the limit can reach.
-    const std::size_t needed = out.limit ? out.limit->options.max : out.max_concurrent;
-    if (out.blocking_threads != 0 && out.blocking_threads < needed) {
-      v->fail(std::string("must be 0 or >= ") + (out.limit ? "limit.max" : "max_concurrent") +
-              " (" + std::to_string(needed) + "), got " + std::to_string(out.blocking_threads));
-    }
+    at.insert_or_assign("blocking_threads", *v);
   }
+  check_ranges(f, at, static_cast<const group_options&>(out));
   return out;
 }
 
@@ -739,33 +757,36 @@ void apply_fallback(const map_view& map, fallback_config& out) {
   }
 }
 
-std::optional<fallback_config> parse_reason(const map_view& route_map, std::string_view reason,
-                                            const fallback_config& inherited) {
-  const auto f = route_map.get(reason);
-  if (!f) return std::nullopt;
-  fallback_config out = inherited;
-  apply_fallback(map_view(*f, {"status", "retry_after", "headers", "body", "file", "content_type"}),
-                 out);
-  return out;
-}
+// The reasons a route may give a fallback entry of its own: every outcome the table answers
+// with a fallback.
+constexpr auto reason_keys = [] {
+  std::array<std::string_view, outcome_count> keys{};
+  std::size_t n = 0;
+  for (const auto& row : outcome_table) {
+    if (row.answer == answer_kind::fallback) keys[n++] = row.name;
+  }
+  return std::pair{keys, n};
+}();
 
-// `f` may be null (no `fallback` key): exec_timeout is still filled in.
+// `f` may be null (no `fallback` key): the resolved responses are still filled in.
 fallback_set parse_fallback(const field& f) {
-  const map_view map(
-      f, {"status", "retry_after", "headers", "body", "file", "content_type", "timeout",
-          "queue_full", "shutdown", "shed", "deadline", "predicted_timeout", "exec_timeout"});
+  std::vector<std::string_view> allowed = {"status", "retry_after", "headers",
+                                           "body",   "file",        "content_type"};
+  allowed.insert(allowed.end(), reason_keys.first.begin(),
+                 reason_keys.first.begin() + static_cast<std::ptrdiff_t>(reason_keys.second));
+  const map_view map(f, allowed);
   fallback_set out;
-  apply_fallback(map, out.any);
-  out.timeout = parse_reason(map, "timeout", out.any);
-  out.queue_full = parse_reason(map, "queue_full", out.any);
-  out.shutdown = parse_reason(map, "shutdown", out.any);
-  out.shed = parse_reason(map, "shed", out.any);
-  out.deadline = parse_reason(map, "deadline", out.any);
-  out.predicted_timeout = parse_reason(map, "predicted_timeout", out.any);
-  // The handler did run, too long: a gateway timeout unless the entry itself says otherwise.
-  fallback_config exec_timeout = out.any;
-  exec_timeout.status = 504;
-  out.exec_timeout = parse_reason(map, "exec_timeout", exec_timeout).value_or(exec_timeout);
+  apply_fallback(map, out.route);
+  for (const auto& row : outcome_table) {
+    if (row.answer != answer_kind::fallback) continue;
+    if (const auto entry = map.get(row.name)) {
+      fallback_config own = fallback_base(out.route, row.value);
+      apply_fallback(
+          map_view(*entry, {"status", "retry_after", "headers", "body", "file", "content_type"}),
+          own);
+      out.own[index(row.value)] = std::move(own);
+    }
+  }
   return out;
 }
 
@@ -793,21 +814,20 @@ route_config parse_route(const field& f, const std::vector<group_config>& groups
   const auto group = std::find_if(groups.begin(), groups.end(),
                                   [&](const group_config& g) { return g.name == out.group; });
   if (group == groups.end()) group_field.fail("unknown group '" + out.group + "'");
-  if (auto v = map.get("max_wait")) out.max_wait = read_positive_duration(*v);
-  if (auto v = map.get("max_exec")) out.max_exec = read_positive_duration(*v);
+  key_fields at;
+  if (auto v = map.get("max_wait")) {
+    out.max_wait = read_duration(*v);
+    at.insert_or_assign("max_wait", *v);
+  }
+  if (auto v = map.get("max_exec")) {
+    out.max_exec = read_duration(*v);
+    at.insert_or_assign("max_exec", *v);
+  }
   if (auto v = map.get("cost")) {
-    // A request never needs more permits than its group can ever hand out.
-    const std::size_t most =
-        std::max(group->max_concurrent, group->limit ? group->limit->options.max : 0);
-    const long long cap = static_cast<long long>(
-        std::min<std::size_t>(most, std::numeric_limits<std::uint32_t>::max()));
-    const long long value = read_int(*v);
-    if (value < 1 || value > cap) {
-      v->fail("must be between 1 and " + std::to_string(cap) + " (group '" + group->name +
-              "' never grants more, see its max_concurrent" +
-              (group->limit ? " and limit.max" : "") + "), got " + std::to_string(value));
-    }
-    out.cost = static_cast<std::uint32_t>(value);
+    // Clamped into the type, so that validate() names the group's own range.
+    out.cost = static_cast<std::uint32_t>(
+        std::clamp<long long>(read_int(*v), 0, std::numeric_limits<std::uint32_t>::max()));
+    at.insert_or_assign("cost", *v);
   }
   if (auto v = map.get("deadline")) out.deadline = parse_deadline(*v);
   if (auto v = map.get("predictive_reject")) out.predictive_reject = read_bool(*v);
@@ -815,6 +835,8 @@ route_config parse_route(const field& f, const std::vector<group_config>& groups
   const auto fallback = map.get("fallback");
   out.fallback = parse_fallback(
       fallback ? *fallback : field{f.ctx, YAML::Node(), join_path(f.path, "fallback"), f.mark});
+  check_ranges(f, at, static_cast<const route_policy&>(out),
+               static_cast<const group_options&>(*group));
   return out;
 }
 

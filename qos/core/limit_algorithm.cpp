@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -372,27 +373,44 @@ class vegas_limit final : public limit_algorithm {
   throw std::invalid_argument(std::string("limit_options: ") + what);
 }
 
-void validate(const limit_options& o) {
-  // Written as !(in range) so that NaN fails too.
-  if (o.min < 1) reject("min must be >= 1");
-  if (o.max < o.min) reject("max must be >= min");
-  if (o.initial < o.min || o.initial > o.max) reject("initial must be within [min, max]");
-  if (!(o.backoff_ratio >= 0.5 && o.backoff_ratio < 1.0)) {
-    reject("backoff_ratio must be in [0.5, 1)");
-  }
-  if (o.timeout <= duration::zero()) reject("timeout must be > 0");
-  if (!(o.rtt_tolerance >= 1.0) || std::isinf(o.rtt_tolerance)) {
-    reject("rtt_tolerance must be >= 1 and finite");
-  }
-  if (!(o.smoothing > 0.0 && o.smoothing <= 1.0)) reject("smoothing must be in (0, 1]");
-  if (o.long_window < 1) reject("long_window must be >= 1");
-  if (o.probe_interval <= duration::zero()) reject("probe_interval must be > 0");
-}
-
 }  // namespace
 
+std::optional<limit_problem> check(const limit_options& o) noexcept {
+  const auto n = [](auto v) { return std::to_string(v); };
+  const auto got = [](double v) {
+    std::ostringstream out;
+    out << ", got " << v;
+    return out.str();
+  };
+  // Written as !(in range) so that NaN fails too.
+  if (o.min < 1) return limit_problem{"min", "must be >= 1, got " + n(o.min)};
+  if (o.max < o.min) {
+    return limit_problem{"max", "must be >= min (" + n(o.min) + "), got " + n(o.max)};
+  }
+  if (o.initial < o.min || o.initial > o.max) {
+    return limit_problem{"initial", "must be within [min, max] = [" + n(o.min) + ", " + n(o.max) +
+                                        "], got " + n(o.initial)};
+  }
+  if (!(o.backoff_ratio >= 0.5 && o.backoff_ratio < 1.0)) {
+    return limit_problem{"backoff_ratio", "must be in [0.5, 1)" + got(o.backoff_ratio)};
+  }
+  if (o.timeout <= duration::zero()) return limit_problem{"timeout", "must be > 0"};
+  if (!(o.rtt_tolerance >= 1.0) || std::isinf(o.rtt_tolerance)) {
+    return limit_problem{"rtt_tolerance", "must be >= 1 and finite" + got(o.rtt_tolerance)};
+  }
+  if (!(o.smoothing > 0.0 && o.smoothing <= 1.0)) {
+    return limit_problem{"smoothing", "must be in (0, 1]" + got(o.smoothing)};
+  }
+  if (o.long_window < 1) return limit_problem{"long_window", "must be >= 1, got 0"};
+  if (o.probe_interval <= duration::zero()) return limit_problem{"probe_interval", "must be > 0"};
+  return std::nullopt;
+}
+
 std::unique_ptr<limit_algorithm> make_limit_algorithm(const limit_options& o) {
-  validate(o);
+  if (auto problem = check(o)) {
+    throw std::invalid_argument("limit_options: " + std::string(problem->field) + " " +
+                                problem->message);
+  }
   switch (o.kind) {
     case limit_kind::fixed:
       return std::make_unique<fixed_limit>(o.initial);

@@ -1,20 +1,10 @@
 #include "qos/fiber/fiber_limiter.hpp"
 
-#include <chrono>
-#include <cmath>
 #include <mutex>
-#include <vector>
 
-#include <boost/container/small_vector.hpp>
 #include <boost/fiber/condition_variable.hpp>
 
 namespace qos {
-
-namespace {
-// Weight of a new sample in the service-time average: about the last 20 requests.
-constexpr double ewma_alpha = 0.05;
-using woken_list = boost::container::small_vector<waiter*, 8>;
-}  // namespace
 
 // What a parked fiber waits on. Lives on the fiber's stack; the waker signals it under `m`,
 // and a waiter that learns it left the queue by someone else's hand always waits for that
@@ -30,36 +20,46 @@ struct fiber_limiter::parked {
 };
 
 fiber_limiter::fiber_limiter(limiter_options options, std::unique_ptr<limit_algorithm> algorithm)
-    : core_(options), algorithm_(std::move(algorithm)) {
-  if (algorithm_) {
-    core_.set_limit(algorithm_->limit(), clock::now(), [](waiter&) {});
-  }
-}
+    : ctl_(options, std::move(algorithm)) {}
 
 fiber_limiter::admit_result fiber_limiter::try_admit(std::uint32_t cost, priority level) noexcept {
   std::lock_guard lk(mutex_);
-  if (shutting_down_) return {admit_kind::shutting_down, {}};
-  if (core_.try_acquire(cost, level)) return {admit_kind::granted, permit(*this, cost)};
-  if (core_.try_reserve()) return {admit_kind::reserved, {}};
-  return {admit_kind::queue_full, {}};
+  if (stopping_) return {admit_kind::shutdown, {}, {}};
+  auto& core = ctl_.limiter();
+  if (core.try_acquire(cost, level)) return {admit_kind::granted, permit(*this, cost), {}};
+  if (core.try_reserve()) return {admit_kind::queued, {}, ticket(*this)};
+  return {admit_kind::queue_full, {}, {}};
 }
 
-void fiber_limiter::cancel_reservation() noexcept {
+void fiber_limiter::cancel_ticket() noexcept {
   std::lock_guard lk(mutex_);
-  core_.cancel_reservation();
+  ctl_.limiter().cancel_reservation();
+}
+
+fiber_limiter::acquire_result fiber_limiter::acquire(ticket place, priority level,
+                                                     time_point deadline, std::uint32_t cost) {
+  // From here the place is this wait's: wait() turns it into a queue entry or gives it back.
+  place.consume();
+  return wait(true, level, deadline, cost);
 }
 
 fiber_limiter::acquire_result fiber_limiter::acquire(priority level, time_point deadline,
-                                                     bool reserved, std::uint32_t cost) {
+                                                     std::uint32_t cost) {
+  return wait(false, level, deadline, cost);
+}
+
+fiber_limiter::acquire_result fiber_limiter::wait(bool has_place, priority level,
+                                                  time_point deadline, std::uint32_t cost) {
   parked p;
   p.node.context = &p;
   {
     std::lock_guard lk(mutex_);
-    if (shutting_down_) {
-      if (reserved) core_.cancel_reservation();
-      return {outcome::shutting_down, {}};
+    auto& core = ctl_.limiter();
+    if (stopping_) {
+      if (has_place) core.cancel_reservation();
+      return {outcome::shutdown, {}};
     }
-    switch (core_.enqueue(p.node, wait_spec{level, deadline, clock::now(), cost}, reserved)) {
+    switch (core.enqueue(p.node, wait_spec{level, deadline, clock::now(), cost}, has_place)) {
       case limiter::enqueue_result::granted:
         return {outcome::admitted, permit(*this, cost)};
       case limiter::enqueue_result::queue_full:
@@ -73,9 +73,9 @@ fiber_limiter::acquire_result fiber_limiter::acquire(priority level, time_point 
     bool removed;
     {
       std::lock_guard core_lk(mutex_);
-      removed = core_.remove(p.node, waiter_state::expired);
+      removed = ctl_.limiter().remove(p.node, waiter_state::expired);
     }
-    if (removed) return {outcome::timed_out, {}};
+    if (removed) return {outcome::timeout, {}};
     // Granted, shed or cancelled at the deadline: the waker is about to signal us.
     p.cv.wait(lk, [&] { return p.signalled; });
   }
@@ -86,7 +86,7 @@ fiber_limiter::acquire_result fiber_limiter::acquire(priority level, time_point 
     case waiter_state::shed:
       return {outcome::shed, {}};
     default:
-      return {outcome::shutting_down, {}};
+      return {outcome::shutdown, {}};
   }
 }
 
@@ -98,65 +98,46 @@ void fiber_limiter::wake(waiter& w) noexcept {
 }
 
 void fiber_limiter::release_permit(std::uint32_t units) noexcept {
-  woken_list woken;
+  waiter_list woken;
   {
     std::lock_guard lk(mutex_);
+    auto& core = ctl_.limiter();
     // The hand-off reads the time only when someone waits: spare the clock otherwise.
-    const time_point now = core_.waiting() != 0 ? clock::now() : time_point{};
-    core_.release(units, now, [&](waiter& w) { woken.push_back(&w); });
+    const time_point now = core.waiting() != 0 ? clock::now() : time_point{};
+    core.release(units, now, [&](waiter& w) { woken.push(w); });
   }
-  for (waiter* w : woken) wake(*w);
+  wake_all(woken);
 }
 
 void fiber_limiter::on_served(duration rtt, bool dropped) noexcept {
-  woken_list woken;
+  waiter_list woken;
   {
     std::lock_guard lk(mutex_);
-    const double ns = static_cast<double>(std::chrono::nanoseconds(rtt).count());
-    service_ewma_ns_ =
-        service_ewma_ns_ == 0 ? ns : service_ewma_ns_ + ewma_alpha * (ns - service_ewma_ns_);
-    if (algorithm_) {
-      const auto now = clock::now();
-      // The caller still holds its permit, so in_use counts it: the load it was served under.
-      const std::size_t limit = algorithm_->on_sample({rtt, core_.in_use(), dropped, now});
-      if (limit != core_.limit()) {
-        core_.set_limit(limit, now, [&](waiter& w) { woken.push_back(&w); });
-      }
-    }
+    // A fixed limit never reads the time: spare the clock.
+    ctl_.on_served(rtt, dropped, ctl_.adaptive() ? clock::now() : time_point{}, woken);
   }
-  for (waiter* w : woken) wake(*w);
+  wake_all(woken);
 }
 
 duration fiber_limiter::estimate_wait(priority level) const noexcept {
   std::lock_guard lk(mutex_);
-  if (service_ewma_ns_ == 0) return duration::zero();
-  const double ahead = static_cast<double>(core_.waiting_at_or_above(level) + core_.reserved());
-  // Requests ahead leave at limit / service_time per second (Little's law).
-  const double ns = ahead * service_ewma_ns_ / static_cast<double>(core_.limit());
-  return std::chrono::duration_cast<duration>(std::chrono::nanoseconds(std::llround(ns)));
+  return ctl_.estimate_wait(level);
 }
 
 void fiber_limiter::shutdown() noexcept {
-  std::vector<waiter*> cancelled;
+  waiter_list cancelled;
   {
     std::lock_guard lk(mutex_);
-    if (shutting_down_) return;
-    shutting_down_ = true;
-    cancelled.reserve(core_.waiting());
-    core_.cancel_all([&](waiter& w) { cancelled.push_back(&w); });
+    if (stopping_) return;
+    stopping_ = true;
+    ctl_.limiter().cancel_all([&](waiter& w) { cancelled.push(w); });
   }
-  for (waiter* w : cancelled) wake(*w);
+  wake_all(cancelled);
 }
 
-limiter_stats fiber_limiter::stats() const {
+group_stats fiber_limiter::stats() const noexcept {
   std::lock_guard lk(mutex_);
-  return {core_.in_use(),
-          core_.waiting(),
-          core_.reserved(),
-          core_.limit(),
-          core_.max_queue(),
-          std::chrono::duration_cast<duration>(
-              std::chrono::nanoseconds(std::llround(service_ewma_ns_)))};
+  return ctl_.stats();
 }
 
 }  // namespace qos

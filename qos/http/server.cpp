@@ -39,44 +39,10 @@ class signals_blocked {
   sigset_t old_;
 };
 
-std::vector<group_options> to_group_options(const config::app_config& cfg) {
-  std::vector<group_options> out;
-  for (const auto& g : cfg.groups) {
-    group_options o;
-    o.name = g.name;
-    o.limiter.max_concurrent = g.max_concurrent;
-    o.limiter.max_queue = g.max_queue;
-    o.limiter.discipline = g.queue.discipline;
-    o.limiter.target = g.queue.target;
-    o.limiter.interval = g.queue.interval;
-    o.limiter.aging_step = g.aging_step;
-    o.limiter.reserve = g.reserve;
-    o.limiter.reserve_level = g.reserve_level;
-    if (g.limit) {
-      o.limit = g.limit->options;
-      // The limiter starts where the algorithm starts.
-      o.limiter.max_concurrent = g.limit->options.initial;
-    }
-    o.blocking_threads = g.blocking_threads;
-    o.shadow = g.shadow;
-    out.push_back(std::move(o));
-  }
-  return out;
-}
-
-std::vector<route_policy> to_route_policies(const config::app_config& cfg) {
-  std::vector<route_policy> out;
-  for (const auto& r : cfg.routes) {
-    route_policy p;
-    p.name = r.name;
-    p.group = r.group;
-    p.max_wait = r.max_wait;
-    p.cost = r.cost;
-    p.predictive_reject = r.predictive_reject;
-    if (r.max_exec) p.max_exec = std::chrono::duration_cast<duration>(*r.max_exec);
-    out.push_back(std::move(p));
-  }
-  return out;
+// The config embeds admission's structs: slicing off the rest is the whole conversion.
+template <class To, class From>
+std::vector<To> sliced(const std::vector<From>& from) {
+  return std::vector<To>(from.begin(), from.end());
 }
 
 }  // namespace
@@ -85,8 +51,8 @@ server::server(config::app_config cfg) : cfg_(std::move(cfg)) {
   signals_blocked blocked;
   executor_ = std::make_unique<executor>(
       executor_options{cfg_.server.fiber_threads, cfg_.server.max_pending_jobs, 64 * 1024});
-  admission_ = std::make_unique<qos::admission>(to_group_options(cfg_), to_route_policies(cfg_),
-                                                *executor_, metrics_);
+  admission_ = std::make_unique<qos::admission>(
+      sliced<group_options>(cfg_.groups), sliced<route_policy>(cfg_.routes), *executor_, metrics_);
   gate_ = std::make_unique<qos::gate>(*admission_, cfg_);
   gate::prime_router(router_);
   monitor_ = std::thread([this] { monitor_main(); });

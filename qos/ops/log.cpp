@@ -7,6 +7,12 @@
 
 namespace qos {
 
+namespace {
+long long ms(duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+}  // namespace
+
 void setup_logging(const std::string& level) {
   std::string wanted = level;
   if (const char* env = std::getenv("QOS_LOG_LEVEL"); env != nullptr && *env != '\0') {
@@ -31,22 +37,21 @@ void log_startup_summary(const config::app_config& cfg) {
   static constexpr const char* disciplines[] = {"fifo", "codel", "adaptive_lifo"};
   static constexpr const char* algorithms[] = {"fixed", "aimd", "gradient2", "vegas"};
   for (const auto& g : cfg.groups) {
-    const std::size_t most =
-        g.limit ? std::max(g.limit->options.max, g.max_concurrent) : g.max_concurrent;
-    std::string limit = std::to_string(g.max_concurrent);
+    const std::size_t most = g.most_permits();
+    std::string limit = std::to_string(g.limiter.max_concurrent);
     if (g.limit) {
-      const auto& o = g.limit->options;
+      const auto& o = *g.limit;
       limit = std::string(algorithms[static_cast<int>(o.kind)]) + " " + std::to_string(o.min) +
               ".." + std::to_string(o.max) + " from " + std::to_string(o.initial);
     }
     spdlog::info(
         "qos: group '{}': limit {} max_queue={} queue={} aging_step={}ms "
         "blocking_threads={}{}{}",
-        g.name, limit, g.max_queue, disciplines[static_cast<int>(g.queue.discipline)],
-        g.aging_step.count(), g.blocking_threads != 0 ? g.blocking_threads : most,
-        g.reserve == 0 ? std::string()
-                       : " reserve=" + std::to_string(g.reserve) +
-                             " for priority >= " + std::to_string(g.reserve_level),
+        g.name, limit, g.limiter.max_queue, disciplines[static_cast<int>(g.limiter.discipline)],
+        ms(g.limiter.aging_step), g.blocking_threads != 0 ? g.blocking_threads : most,
+        g.limiter.reserve == 0 ? std::string()
+                               : " reserve=" + std::to_string(g.limiter.reserve) +
+                                     " for priority >= " + std::to_string(g.limiter.reserve_level),
         g.shadow ? " SHADOW (counts only, lets everything through)" : "");
   }
   for (const auto& r : cfg.routes) {
@@ -60,12 +65,12 @@ void log_startup_summary(const config::app_config& cfg) {
     }
     std::string extra;
     if (r.cost != 1) extra += " cost=" + std::to_string(r.cost);
-    if (r.max_exec) extra += " max_exec=" + std::to_string(r.max_exec->count()) + "ms";
+    if (r.max_exec) extra += " max_exec=" + std::to_string(ms(*r.max_exec)) + "ms";
     if (!r.deadline.header.empty()) extra += " deadline_header=" + r.deadline.header;
     if (r.deadline.grpc_timeout) extra += " grpc-timeout";
     if (r.predictive_reject) extra += " predictive_reject";
     spdlog::info("qos: route '{}': group '{}' max_wait={}ms priority [{}] fallback {}{}", r.name,
-                 r.group, r.max_wait.count(), prio, r.fallback.any.status, extra);
+                 r.group, ms(r.max_wait), prio, r.fallback.route.status, extra);
   }
 }
 

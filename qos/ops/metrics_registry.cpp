@@ -14,20 +14,6 @@ std::uint64_t ns(duration d) {
       std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
 }
 
-bool is_shed(outcome o) {
-  switch (o) {
-    case outcome::queue_full:
-    case outcome::timed_out:
-    case outcome::rejected:
-    case outcome::shed:
-    case outcome::deadline:
-    case outcome::predicted_timeout:
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
 void metrics_registry::route_counters::on_outcome(outcome o, duration waited) noexcept {
@@ -82,10 +68,10 @@ std::string metrics_registry::render(admission& adm) const {
   out << "# HELP qos_requests_total Guarded requests by route and outcome.\n"
          "# TYPE qos_requests_total counter\n";
   for (const auto& c : routes_) {
-    for (int i = 0; i < outcome_count; ++i) {
+    for (std::size_t i = 0; i < outcome_count; ++i) {
       out << "qos_requests_total{route=\"" << c.route << "\",group=\"" << c.group << "\",outcome=\""
           << to_string(static_cast<outcome>(i)) << "\"} "
-          << c.outcomes[static_cast<std::size_t>(i)].load(std::memory_order_relaxed) << '\n';
+          << c.outcomes[i].load(std::memory_order_relaxed) << '\n';
     }
   }
   out << "# HELP qos_wait_seconds Time from arrival to admission or fallback.\n"
@@ -159,7 +145,7 @@ std::string metrics_registry::render(admission& adm) const {
   out << "# HELP qos_group_limit The concurrency limit now (adaptive limits move it).\n# TYPE "
          "qos_group_limit gauge\n";
   for (auto* g : groups) {
-    out << "qos_group_limit{group=\"" << g->name() << "\"} " << g->stats().max_concurrent << '\n';
+    out << "qos_group_limit{group=\"" << g->name() << "\"} " << g->stats().limit << '\n';
   }
   out << "# HELP qos_group_queue_limit Configured max_queue.\n"
          "# TYPE qos_group_queue_limit gauge\n";
@@ -174,8 +160,8 @@ void metrics_registry::tick(admission& adm) {
   std::map<std::string, std::uint64_t, std::less<>> totals;
   for (const auto& c : routes_) {
     auto& t = totals[c.group];
-    for (int i = 0; i < outcome_count; ++i) {
-      if (is_shed(static_cast<outcome>(i))) t += c.count(static_cast<outcome>(i));
+    for (std::size_t i = 0; i < outcome_count; ++i) {
+      if (outcome_table[i].shed) t += c.count(static_cast<outcome>(i));
     }
   }
   const auto now = clock::now();
@@ -183,14 +169,14 @@ void metrics_registry::tick(admission& adm) {
     auto& s = shed_[group];
     const std::uint64_t delta = total - s.last_total;
     s.last_total = total;
-    limiter_stats st;
+    group_stats st;
     if (auto* g = adm.find_group(group)) st = g->stats();
-    if (s.last_limit != 0 && st.max_concurrent != s.last_limit) {
+    if (s.last_limit != 0 && st.limit != s.last_limit) {
       spdlog::info("qos: group '{}' limit {} -> {} (in use {}, waiting {}, service {:.1f} ms)",
-                   group, s.last_limit, st.max_concurrent, st.in_use, st.waiting + st.reserved,
-                   std::chrono::duration<double, std::milli>(st.service_ewma).count());
+                   group, s.last_limit, st.limit, st.in_use, st.waiting + st.reserved,
+                   std::chrono::duration<double, std::milli>(st.service_time).count());
     }
-    s.last_limit = st.max_concurrent;
+    s.last_limit = st.limit;
     if (delta > 0 && !s.shedding) {
       s.shedding = true;
       s.since = now;
@@ -198,7 +184,7 @@ void metrics_registry::tick(admission& adm) {
       spdlog::warn(
           "qos: group '{}' started shedding: {} requests answered by fallback in the "
           "last tick (in use {}/{}, waiting {}/{})",
-          group, delta, st.in_use, st.max_concurrent, st.waiting + st.reserved, st.max_queue);
+          group, delta, st.in_use, st.limit, st.waiting + st.reserved, st.max_queue);
     } else if (delta == 0 && s.shedding) {
       s.shedding = false;
       spdlog::info("qos: group '{}' stopped shedding after {:.1f} s; {} requests shed", group,

@@ -57,8 +57,8 @@ config::app_config base_config() {
 config::group_config group(std::string name, std::size_t n, std::size_t queue) {
   config::group_config g;
   g.name = std::move(name);
-  g.max_concurrent = n;
-  g.max_queue = queue;
+  g.limiter.max_concurrent = n;
+  g.limiter.max_queue = queue;
   return g;
 }
 
@@ -101,7 +101,7 @@ class gate_test : public ::testing::Test {
       EXPECT_TRUE(srv_->shutdown());
     }
   }
-  limiter_stats stats(const std::string& g) { return srv_->admission().find_group(g)->stats(); }
+  group_stats stats(const std::string& g) { return srv_->admission().find_group(g)->stats(); }
   rest::Router& router() { return srv_->router(); }
   qos::gate& gate() { return srv_->gate(); }
 
@@ -181,10 +181,11 @@ TEST_F(gate_test, cache_route_answers_while_group_is_saturated_and_queue_is_full
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 2));
   auto r = route("slow", "db", 10000ms);
-  r.fallback.queue_full = r.fallback.any;
-  r.fallback.queue_full->status = 429;
-  r.fallback.queue_full->retry_after_s = 2;
-  r.fallback.queue_full->body = "busy";
+  auto& busy = r.fallback.own[index(outcome::queue_full)];
+  busy = r.fallback.route;
+  busy->status = 429;
+  busy->retry_after_s = 2;
+  busy->body = "busy";
   cfg.routes.push_back(r);
   start(cfg);
   valve v;
@@ -229,11 +230,11 @@ TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) 
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 10));
   auto r = route("slow", "db", 100ms);
-  r.fallback.any.status = 503;
-  r.fallback.any.retry_after_s = 1;
-  r.fallback.any.headers["X-Team"] = "catalog";
-  r.fallback.any.body = R"({"error":"overloaded"})";
-  r.fallback.any.content_type = "application/json";
+  r.fallback.route.status = 503;
+  r.fallback.route.retry_after_s = 1;
+  r.fallback.route.headers["X-Team"] = "catalog";
+  r.fallback.route.body = R"({"error":"overloaded"})";
+  r.fallback.route.content_type = "application/json";
   cfg.routes.push_back(r);
   start(cfg);
   valve v;
@@ -265,7 +266,7 @@ TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) 
   EXPECT_TRUE(eventually([&] { return stats("db").in_use == 0; }));
   const auto* m = srv_->metrics().find("slow");
   ASSERT_NE(m, nullptr);
-  EXPECT_EQ(m->count(outcome::timed_out), 1u);
+  EXPECT_EQ(m->count(outcome::timeout), 1u);
   EXPECT_EQ(m->count(outcome::admitted), 1u);
   // The one timeout is in the lateness histogram, and the exposition shows it.
   std::uint64_t late_count = 0;
@@ -551,7 +552,7 @@ TEST_F(gate_test, max_exec_answers_504_at_the_limit_and_keeps_the_permit_until_t
   rest::Routes::Get(router(), "/slow", gate().guard_result("slow", [&](const rest::Request&) {
     v.wait_on_fiber();  // on the blocking pool: a plain thread waits too
     finished = true;
-    return response{http::Code::Ok, "too late", "text/plain", {}};
+    return response{.status = 200, .body = "too late", .content_type = "text/plain"};
   }));
   serve();
   auto late = http_get(port_, "/slow");
@@ -573,14 +574,16 @@ TEST_F(gate_test, result_handler_within_max_exec_is_sent_with_its_headers) {
   r.max_exec = 5000ms;
   cfg.routes.push_back(r);
   start(cfg);
-  rest::Routes::Get(
-      router(), "/fast",
-      gate().guard_result(
-          "fast",
-          [](const rest::Request&) {
-            return response{http::Code::Created, "made", "text/plain", {{"X-Id", "7"}}};
-          },
-          handler_kind::fiber));
+  rest::Routes::Get(router(), "/fast",
+                    gate().guard_result(
+                        "fast",
+                        [](const rest::Request&) {
+                          return response{.status = 201,
+                                          .body = "made",
+                                          .content_type = "text/plain",
+                                          .headers = {{"X-Id", "7"}}};
+                        },
+                        handler_kind::fiber));
   EXPECT_THROW(gate().guard("fast", [](const rest::Request&, http::ResponseWriter&) {}),
                std::invalid_argument);
   serve();
@@ -632,7 +635,7 @@ TEST_F(gate_test, retry_after_auto_is_computed_and_bounded) {
   auto cfg = base_config();
   cfg.groups.push_back(group("db", 1, 1));
   auto r = route("auto", "db", 10000ms);
-  r.fallback.any.retry_after_auto = true;
+  r.fallback.route.retry_after_auto = true;
   cfg.routes.push_back(r);
   start(cfg);
   valve v;
@@ -741,8 +744,8 @@ TEST_F(gate_test, reactor_handler_runs_inline_with_a_free_permit_and_on_a_fiber_
 TEST_F(gate_test, reserved_headroom_serves_high_priority_at_once_past_a_queue_of_low) {
   auto cfg = base_config();
   auto g = group("db", 2, 100);
-  g.reserve = 1;
-  g.reserve_level = 10;
+  g.limiter.reserve = 1;
+  g.limiter.reserve_level = 10;
   cfg.groups.push_back(g);
   auto r = route("ranked", "db", 10000ms);
   r.priority.header = "X-Api-Key";
@@ -795,6 +798,55 @@ TEST(gate_config_test, unknown_route_name_is_an_error_at_setup) {
   EXPECT_THROW(srv.gate().guard("nope", [](const rest::Request&, http::ResponseWriter&) {}),
                std::invalid_argument);
   EXPECT_TRUE(srv.shutdown());
+}
+
+}  // namespace
+}  // namespace qos
+
+namespace qos {
+namespace {
+
+// A rule in code that throws after the reactor wrapper took the writer: the request is still
+// answered, with 500 and outcome error, and the route keeps working.
+TEST_F(gate_test, a_failure_in_the_reactor_wrapper_after_the_writer_moved_is_answered_500) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("r", "db", 1000ms));
+  start(cfg);
+  gate().on_priority("r", [](const rest::Request& req) -> std::optional<priority> {
+    if (req.headers().tryGetRaw("X-Break")) throw std::runtime_error("tier lookup failed");
+    return 3;
+  });
+  rest::Routes::Get(router(), "/r",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter& w) {
+                      w.send(http::Code::Ok, std::string("ok"));
+                    }));
+  serve();
+  auto broken = http_get(port_, "/r", {{"X-Break", "1"}});
+  EXPECT_EQ(broken.status, 500);
+  EXPECT_EQ(broken.header("X-QoS-Outcome"), "error");
+  EXPECT_EQ(http_get(port_, "/r").status, 200);
+  EXPECT_EQ(stats("db").in_use, 0u);
+}
+
+// A gRPC timeout too large for nanoseconds is a far deadline, not an expired one.
+TEST_F(gate_test, an_overflowing_grpc_timeout_is_a_far_deadline_not_an_expired_one) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  auto r = route("r", "db", 1000ms);
+  r.deadline.grpc_timeout = true;
+  cfg.routes.push_back(r);
+  start(cfg);
+  rest::Routes::Get(router(), "/r",
+                    gate().guard("r", [](const rest::Request&, http::ResponseWriter& w) {
+                      w.send(http::Code::Ok, std::string("ok"));
+                    }));
+  serve();
+  for (const char* t : {"99999999H", "99999999M", "99999999S", "99999999n"}) {
+    SCOPED_TRACE(t);
+    EXPECT_EQ(http_get(port_, "/r", {{"grpc-timeout", t}}).status, 200);
+  }
+  EXPECT_EQ(http_get(port_, "/r", {{"grpc-timeout", "1n"}}).status, 503);  // truly too short
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // file, line, column and key. Thread-safety: plain values; load_config is reentrant.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -12,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "qos/core/limit_algorithm.hpp"
-#include "qos/core/limiter.hpp"
+#include "qos/admission/options.hpp"
+#include "qos/core/outcome.hpp"
 #include "qos/core/priority.hpp"
 
 namespace qos::config {
@@ -51,34 +52,11 @@ struct logging_config {
   std::string level = "info";  // trace|debug|info|warn|error|critical|off; QOS_LOG_LEVEL wins
 };
 
-// YAML `limit:` of a group. Absent: the limit is max_concurrent, fixed.
-struct limit_config {
-  limit_options options;  // kind, min, max, initial and the algorithm's parameters
-};
-
-// YAML `queue:` of a group: the discipline within each priority level.
-struct queue_config {
-  queue_discipline discipline = queue_discipline::fifo;
-  std::chrono::milliseconds target{5};      // codel
-  std::chrono::milliseconds interval{100};  // codel, adaptive_lifo
-};
-
-struct group_config {
-  std::string name;
-  std::size_t max_concurrent = 0;    // required, > 0; the initial limit when `limit` is set
-  std::size_t max_queue = 1000;      // > 0; parked requests beyond this are shed at once
-  std::size_t blocking_threads = 0;  // 0: max_concurrent (or limit.max); else >= that
-  std::optional<limit_config> limit;
-  queue_config queue;
-  // Starvation guard: a waiter rises one priority level per aging_step waited; 0: off.
-  std::chrono::milliseconds aging_step{0};
-  // Headroom: `reserve.permits` units only for requests at `reserve.priority` or above
-  // (requests below are granted only while that many stay free). 0: off.
-  std::size_t reserve = 0;
-  priority reserve_level = max_priority;
-  // Decide and count what would be queued or shed, but let every request through.
-  bool shadow = false;
-  int line = 0;  // where it was declared, for messages
+// A limit group: the admission options (limits, queue, adaptive limit, reserve, shadow; YAML
+// keys map onto them, e.g. `queue.discipline` to limiter.discipline, `limit` to limit) and
+// where it was declared.
+struct group_config : group_options {
+  int line = 0;
 };
 
 // A response qos makes on behalf of a route when it does not run the handler.
@@ -94,18 +72,21 @@ struct fallback_config {
   std::string file;  // when set, body was read from this file at load time
 };
 
-// Fallbacks by reason; a reason without its own entry uses `any` (exec_timeout: `any` with
-// status 504 unless its own entry sets a status).
+// The fallbacks of a route. The rule is outcome_table's (core/outcome.hpp): a reason with an
+// entry of its own uses it (keys it does not set come from the route-level response); a reason
+// without one uses the response of the reason it inherits from (shed and rejected: queue_full;
+// deadline and predicted_timeout: timeout; the others: the route-level response);
+// exec_timeout's status is 504 unless its own entry sets one; error is a fixed 500.
 struct fallback_set {
-  fallback_config any;
-  std::optional<fallback_config> timeout;            // waited max_wait
-  std::optional<fallback_config> queue_full;         // queue full, or the executor refused
-  std::optional<fallback_config> shutdown;           // server stopping
-  std::optional<fallback_config> shed;               // dropped by the queue discipline (codel)
-  std::optional<fallback_config> deadline;           // the client's deadline cannot be met
-  std::optional<fallback_config> predicted_timeout;  // predicted wait > wait budget
-  std::optional<fallback_config> exec_timeout;       // handler ran past max_exec
+  fallback_config route;  // the keys directly under `fallback`
+  std::array<std::optional<fallback_config>, outcome_count> own{};  // entries by reason
 };
+
+// The response a reason without an entry of its own starts from: the route-level response,
+// with the table's status for that reason.
+fallback_config fallback_base(const fallback_config& route, outcome why);
+// The response for every outcome, by the rule above (the gate calls it once per route).
+std::array<fallback_config, outcome_count> resolve(const fallback_set& f);
 
 // Client deadlines: the header is read as a duration ("800ms", "2s", a bare number is ms);
 // grpc_timeout also reads `grpc-timeout` ("100m", "2S", units H M S m u n).
@@ -125,18 +106,10 @@ struct priority_config {
   bool raw_header_trusted = false;
 };
 
-struct route_config {
-  std::string name;
-  std::string group;
-  std::chrono::milliseconds max_wait{1000};  // > 0
-  // Execution timeout: the client gets the exec_timeout fallback (504) at max_exec, the permit
-  // stays held until the handler really ends, its late result is discarded. Needs a handler
-  // that returns its response (gate::guard_result). Absent: none.
-  std::optional<std::chrono::milliseconds> max_exec;
-  std::uint32_t cost = 1;  // permit units taken from the group, 1..max_concurrent
+// A guarded route: its admission policy (group, max_wait, max_exec, cost, predictive_reject),
+// what the HTTP edge reads from requests for it, its fallbacks, and where it was declared.
+struct route_config : route_policy {
   deadline_config deadline;
-  // Answer at once (predicted_timeout) when the estimated wait exceeds the wait budget.
-  bool predictive_reject = false;
   priority_config priority;
   fallback_set fallback;
   int line = 0;

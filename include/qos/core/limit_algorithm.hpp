@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "qos/core/clock.hpp"
@@ -79,7 +81,14 @@ class limit_algorithm {
 //  long_rtt (gradient2), and the limit returns to its value before the probe. So limit() may
 //  fall to `min` for about one service time per interval, and never lower.
 // Every result is clamped to [min, max].
-// Throws std::invalid_argument, naming the field, when an option is out of range.
+// The first option out of range, if any: which field and what it must be.
+struct limit_problem {
+  std::string_view field;
+  std::string message;  // what it must be, and what it is
+};
+std::optional<limit_problem> check(const limit_options& o) noexcept;
+
+// Throws std::invalid_argument, naming the field, when an option is out of range (check()).
 std::unique_ptr<limit_algorithm> make_limit_algorithm(const limit_options& o);
 
 }  // namespace qos

@@ -45,6 +45,7 @@ class waiter {
 
  private:
   friend class limiter;
+  friend class waiter_list;
   waiter_state state_ = waiter_state::idle;
   priority level_ = 0;
   std::uint32_t cost_ = 1;
@@ -52,6 +53,35 @@ class waiter {
   time_point enqueued_{};
   waiter* prev_ = nullptr;
   waiter* next_ = nullptr;
+  waiter* listed_next_ = nullptr;  // link in a waiter_list, once out of the queue
+};
+
+// The waiters one call took out of the queue (granted, shed, cancelled), linked through the
+// waiters themselves: collecting them never allocates, so it can happen under a lock in
+// noexcept code. A waiter may be in one list at a time.
+class waiter_list {
+ public:
+  void push(waiter& w) noexcept {
+    w.listed_next_ = nullptr;
+    (tail_ != nullptr ? tail_->listed_next_ : head_) = &w;
+    tail_ = &w;
+  }
+  bool empty() const noexcept { return head_ == nullptr; }
+  // Calls f(waiter&) in push order. Reads each link before calling f, so f may end the
+  // waiter's life (wake its owner, who may return).
+  template <class F>
+  void for_each(F&& f) noexcept {
+    for (waiter* w = head_; w != nullptr;) {
+      waiter* next = w->listed_next_;
+      f(*w);
+      w = next;
+    }
+    head_ = tail_ = nullptr;
+  }
+
+ private:
+  waiter* head_ = nullptr;
+  waiter* tail_ = nullptr;
 };
 
 enum class queue_discipline : std::uint8_t {

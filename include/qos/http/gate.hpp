@@ -1,11 +1,14 @@
-// The Pistache adapter: wraps route handlers so that a guarded route runs under its limit group
-// on a fiber, and answers a fallback when it cannot. Wrapped handlers run on the reactor thread,
-// never block and never throw. Thread-safe after construction; guard() is for setup time.
+// The Pistache adapter: wraps route handlers so that a guarded route goes through admission
+// (which decides, waits, runs and answers), and implements admission's transport over a
+// Pistache request and writer. Wrapped handlers run on the reactor thread, never block and
+// never throw. Thread-safe after construction; guard(), on_fallback(), on_priority() are for
+// setup time.
 #pragma once
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +16,8 @@
 #include <pistache/router.h>
 
 #include "qos/admission/admission.hpp"
+#include "qos/admission/request_context.hpp"  // remaining_budget(), for handlers
+#include "qos/admission/transport.hpp"
 #include "qos/config/config.hpp"
 #include "qos/core/outcome.hpp"
 
@@ -24,35 +29,28 @@ using handler =
     std::function<void(const Pistache::Rest::Request&, Pistache::Http::ResponseWriter&)>;
 
 // Answers in place of the handler (stale cache value, placeholder image). Runs on the reactor
-// thread for queue_full/shutdown/rejected and on a fiber for timeout: it must not block. The
-// writer already carries the X-QoS-Outcome header. Throwing falls back to the static fallback.
+// thread for answers given at once (queue_full, shutdown, ...) and on a fiber for a wait that
+// ran out: it must not block. The writer already carries the X-QoS-Outcome header. Throwing,
+// or returning without answering, falls back to the route's static fallback.
 using fallback_handler = std::function<void(outcome why, const Pistache::Rest::Request&,
                                             Pistache::Http::ResponseWriter&)>;
 
-// What a result handler returns; qos sends it, unless the handler overran the route's
-// max_exec (the client then already has the exec_timeout fallback and this is discarded).
-struct response {
-  Pistache::Http::Code code = Pistache::Http::Code::Ok;
-  std::string body;
-  std::string content_type = "application/json";
-  std::vector<std::pair<std::string, std::string>> headers;
-};
+// A handler that returns its response (qos::response, see admission/transport.hpp); qos sends
+// it, unless the handler overran the route's max_exec (the client then already has the
+// exec_timeout fallback and the result is discarded).
 using result_handler = std::function<response(const Pistache::Rest::Request&)>;
 
-enum class handler_kind {
-  fiber,     // runs on the fiber: non-blocking code, fiber-aware waits
-  blocking,  // calls a synchronous driver: runs on the group's blocking pool
-  // Trivial code that never blocks or waits (a computed answer, an in-memory read). With a
-  // free permit on arrival it runs at once on the reactor thread, with no hand-off (as a
-  // servlet filter would run the chain); a request that must wait runs it on its fiber.
-  reactor,
-};
+// A priority rule in code (a tier from a verified token, a tenant table): consulted before the
+// route's configured header rules; nullopt falls through to them. Runs on the reactor thread
+// for every request of the route: cheap, never blocking. If it throws, the request is
+// answered 500 (outcome error).
+using priority_rule = std::function<std::optional<priority>(const Pistache::Rest::Request&)>;
 
 // Adds a response header by name. Pistache 0.0.5 does not write raw headers added with
 // headers().addRaw() to responses; this one is written.
 void add_header(Pistache::Http::ResponseWriter& w, std::string name, std::string value);
 
-// Header on every response qos makes itself, naming why (timeout, queue_full, ...).
+// Header on every response qos makes itself, naming why (the outcome's wire word).
 inline constexpr const char* outcome_header = "X-QoS-Outcome";
 
 class gate {
@@ -70,8 +68,8 @@ class gate {
   Pistache::Rest::Route::Handler guard_blocking(const std::string& route, handler h) {
     return guard(route, std::move(h), handler_kind::blocking);
   }
-  // Guards a handler that returns its response. It runs on its own fiber (or the group's
-  // blocking pool) while the request's fiber waits at most the route's max_exec for it.
+  // Guards a handler that returns its response. With max_exec it runs on its own fiber (or
+  // the group's blocking pool) while the request's fiber waits at most max_exec for it.
   // Throws std::invalid_argument for handler_kind::reactor (it could not be cut at max_exec).
   Pistache::Rest::Route::Handler guard_result(const std::string& route, result_handler h,
                                               handler_kind kind = handler_kind::blocking);
@@ -81,6 +79,8 @@ class gate {
 
   // Replaces the static fallback of `route` with code. Setup time only.
   void on_fallback(const std::string& route, fallback_handler f);
+  // Adds a priority rule in code to `route`. Setup time only.
+  void on_priority(const std::string& route, priority_rule rule);
 
   // Registers a route for every HTTP method once, so that Router never inserts into its method
   // map while reactors read it (a data race in Pistache 0.0.5).
@@ -90,13 +90,13 @@ class gate {
   // header, which makes clients reconnect every time. Restores keep-alive on the writer.
   static void keep_alive(const Pistache::Http::Request& req, Pistache::Http::ResponseWriter& w);
 
-  struct route_state;
+  struct http_route;
 
  private:
-  const route_state& find(const std::string& route) const;
+  http_route& find(const std::string& route) const;
 
   admission& adm_;
-  std::map<std::string, std::unique_ptr<route_state>, std::less<>> routes_;
+  std::map<std::string, std::unique_ptr<http_route>, std::less<>> routes_;
 };
 
 }  // namespace qos

@@ -1,5 +1,5 @@
-// The path of one request without HTTP: every job gets exactly one of run/reject, and every
-// permit and queue place comes back, on every path.
+// The path of one request without HTTP: every request gets exactly one answer (its handler's,
+// a fallback or a failure), and every permit and queue place comes back, on every path.
 #include "qos/admission/admission.hpp"
 #include "support/eventually.hpp"
 
@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <new>
+#include <stdexcept>
 #include <thread>
 
 #include <boost/fiber/operations.hpp>
@@ -20,68 +21,102 @@ using test::eventually;
 using namespace std::chrono_literals;
 
 struct tally {
-  std::atomic<int> runs{0}, rejects{0}, answers{0};
+  std::atomic<int> runs{0}, rejects{0}, answers{0}, failures{0}, responses{0};
   std::atomic<int> by_outcome[outcome_count]{};
+  int of(outcome o) const { return by_outcome[index(o)].load(); }
 };
 
-class fake_job final : public request_job {
+struct fake_options {
+  const std::atomic<bool>* hold = nullptr;  // the handler runs while *hold
+  bool connected = true;
+  bool throw_on_detach = false;
+  std::optional<response> result{};  // what the handler returns; none: it answered itself
+  bool handler_throws = false;
+};
+
+// A client of the gate as admission sees it; checks that it is answered exactly once.
+class fake_transport final : public transport {
  public:
-  fake_job(tally& t, const std::atomic<bool>* hold = nullptr, bool connected = true)
-      : t_(t), hold_(hold), connected_(connected) {}
-  ~fake_job() override { EXPECT_EQ(calls_, 1) << "a job must be answered exactly once"; }
-  bool client_connected() noexcept override { return connected_; }
-  outcome run(limit_group&, const route_policy&) noexcept override {
-    ++calls_;
+  using options = fake_options;
+  explicit fake_transport(tally& t, options o = {}) : t_(t), o_(o) {}
+  ~fake_transport() override { EXPECT_EQ(answers_, 1) << "a request is answered exactly once"; }
+
+  bool connected() noexcept override { return o_.connected; }
+  void detach() override {
+    ++detaches;
+    if (o_.throw_on_detach) throw std::bad_alloc();
+  }
+  std::optional<response> handle() override {
     ++t_.runs;
-    ++t_.answers;
     const auto until = clock::now() + 10s;
-    while (hold_ != nullptr && hold_->load() && clock::now() < until) {
+    while (o_.hold != nullptr && o_.hold->load() && clock::now() < until) {
       boost::this_fiber::sleep_for(1ms);
     }
-    return outcome::admitted;
+    if (o_.handler_throws) throw std::runtime_error("backend failed");
+    if (!o_.result) answered();  // the handler answered through the edge itself
+    return o_.result;
   }
-  void reject(outcome why) noexcept override {
-    ++calls_;
+  void answer(response) noexcept override {
+    ++t_.responses;
+    answered();
+  }
+  void fallback(outcome why) noexcept override {
     ++t_.rejects;
-    ++t_.answers;
-    ++t_.by_outcome[static_cast<int>(why)];
+    ++t_.by_outcome[index(why)];
+    answered();
+  }
+  void fail(std::exception_ptr) noexcept override {
+    ++t_.failures;
+    answered();
   }
 
+  int detaches = 0;
+
  private:
+  void answered() {
+    ++answers_;
+    ++t_.answers;
+  }
   tally& t_;
-  const std::atomic<bool>* hold_;
-  bool connected_;
-  int calls_ = 0;
+  options o_;
+  int answers_ = 0;
 };
 
 group_options group_of(std::size_t n, std::size_t queue) {
-  group_options g;
-  g.name = "g";
-  g.limiter.max_concurrent = n;
-  g.limiter.max_queue = queue;
-  return g;
+  return {.name = "g", .limiter = {.max_concurrent = n, .max_queue = queue}};
 }
 
 route_policy route_of(duration wait) {
-  route_policy r;
-  r.name = "r";
-  r.group = "g";
-  r.max_wait = wait;
-  return r;
+  return {.name = "r", .group = "g", .max_wait = wait};
 }
 
 struct fixture {
   explicit fixture(std::size_t n, std::size_t queue, duration wait)
       : fixture(group_of(n, queue), route_of(wait)) {}
-  fixture(const group_options& g, const route_policy& r)
+  fixture(const group_options& g, const route_policy& r, metrics_sink& m = null_metrics())
       : exec({2, 1024, 64 * 1024}),
-        adm({g}, {r}, exec),
+        adm({g}, {r}, exec, m),
         route(*adm.find_route("r")),
         group(*adm.find_group("g")) {}
   ~fixture() { exec.stop(); }
+
+  // A request at `level`, arriving now, without a client deadline.
+  void submit(tally& t, fake_options o = {}, priority level = 0,
+              handler_kind kind = handler_kind::fiber) {
+    submit(request_info{.level = level, .arrival = clock::now()}, t, o, kind);
+  }
+  void submit(const request_info& info, tally& t, fake_options o = {},
+              handler_kind kind = handler_kind::fiber) {
+    adm.submit(route, info, kind, std::make_unique<fake_transport>(t, o));
+  }
+  bool idle() const {
+    auto s = group.stats();
+    return s.in_use == 0 && s.waiting == 0 && s.reserved == 0;
+  }
+
   executor exec;
   admission adm;
-  const admission::route_entry& route;
+  const admission::route& route;
   limit_group& group;
 };
 
@@ -89,36 +124,33 @@ TEST(admission_test, sheds_timeouts_and_queue_full_and_returns_everything) {
   fixture f(1, 2, 50ms);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  f.submit(t);
+  f.submit(t);
   // Both places are taken (waiting or reserved): the next one is shed inline, on this thread.
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::queue_full)].load(), 1);
-  ASSERT_TRUE(eventually([&] { return t.by_outcome[static_cast<int>(outcome::timed_out)] == 2; }));
+  f.submit(t);
+  EXPECT_EQ(t.of(outcome::queue_full), 1);
+  ASSERT_TRUE(eventually([&] { return t.of(outcome::timeout) == 2; }));
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 4; }));
   EXPECT_EQ(t.runs.load(), 1);
-  ASSERT_TRUE(eventually([&] {
-    auto s = f.group.stats();
-    return s.in_use == 0 && s.waiting == 0 && s.reserved == 0;
-  }));
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
 }
 
 TEST(admission_test, gone_client_never_runs_and_hands_its_permit_on) {
   fixture f(1, 10, 5s);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, nullptr, false));
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  f.submit(t, {.connected = false});
+  f.submit(t);
   ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 2; }));
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 3; }));
   EXPECT_EQ(t.runs.load(), 2);
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::client_gone)].load(), 1);
+  EXPECT_EQ(t.of(outcome::client_gone), 1);
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
 }
 
@@ -126,99 +158,100 @@ TEST(admission_test, refused_post_answers_inline_and_returns_permit_and_reservat
   fixture f(1, 10, 5s);
   f.exec.stop();  // every post is refused from now on
   tally t;
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));  // would take the free permit
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::rejected)].load(), 1);
+  f.submit(t);  // would take the free permit
+  EXPECT_EQ(t.of(outcome::rejected), 1);
   auto s = f.group.stats();
   EXPECT_EQ(s.in_use, 0u);
   EXPECT_EQ(s.reserved, 0u);
 }
 
-// A job whose handler may run on the submitting thread; records where it ran and whether it
-// was detached first.
-class inline_job final : public request_job {
- public:
-  struct seen {
-    std::atomic<int> runs{0}, rejects{0}, detaches{0}, on_caller{0};
-    std::atomic<bool> held_a_permit{false};
-  };
-  inline_job(seen& s, std::thread::id caller, bool throw_on_detach = false)
-      : s_(s), caller_(caller), throw_on_detach_(throw_on_detach) {}
-  bool client_connected() noexcept override { return true; }
-  bool runs_inline() const noexcept override { return true; }
-  void detach() override {
-    ++s_.detaches;
-    if (throw_on_detach_) throw std::bad_alloc();
-  }
-  outcome run(limit_group& g, const route_policy&) noexcept override {
-    ++s_.runs;
-    if (std::this_thread::get_id() == caller_) ++s_.on_caller;
-    s_.held_a_permit = g.stats().in_use == 1;
-    return outcome::admitted;
-  }
-  void reject(outcome) noexcept override { ++s_.rejects; }
-
- private:
-  seen& s_;
-  std::thread::id caller_;
-  bool throw_on_detach_;
-};
-
-TEST(admission_test, inline_job_with_a_free_permit_runs_on_the_caller_without_detaching) {
+TEST(admission_test, reactor_handler_with_a_free_permit_runs_on_the_caller_without_detaching) {
   fixture f(1, 10, 5s);
-  inline_job::seen s;
-  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id()));
-  // Done before submit returned: ran here, under the permit, which is back already.
-  EXPECT_EQ(s.runs.load(), 1);
-  EXPECT_EQ(s.on_caller.load(), 1);
-  EXPECT_EQ(s.detaches.load(), 0);
-  EXPECT_TRUE(s.held_a_permit.load());
+  tally t;
+  f.submit(t, {}, 0, handler_kind::reactor);
+  // Done before submit returned: it ran here, and the permit is back already.
+  EXPECT_EQ(t.runs.load(), 1);
+  EXPECT_EQ(t.answers.load(), 1);
   EXPECT_EQ(f.group.stats().in_use, 0u);
 }
 
-TEST(admission_test, inline_job_that_must_wait_is_detached_and_runs_on_a_fiber) {
+TEST(admission_test, reactor_handler_that_must_wait_is_detached_and_runs_on_a_fiber) {
   fixture f(1, 10, 5s);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
-  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
-  inline_job::seen s;
-  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id()));
-  EXPECT_EQ(s.detaches.load(), 1);
-  EXPECT_EQ(s.runs.load(), 0);
+  f.submit(t, {.hold = &hold});
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  f.submit(t, {}, 0, handler_kind::reactor);
+  EXPECT_EQ(f.group.stats().reserved + f.group.stats().waiting, 1u);  // waits on a fiber
+  EXPECT_EQ(t.runs.load(), 1);
   hold = false;
-  ASSERT_TRUE(eventually([&] { return s.runs == 1; }));
-  EXPECT_EQ(s.on_caller.load(), 0);
-  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
+  ASSERT_TRUE(eventually([&] { return t.runs == 2 && t.answers == 2; }));
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
 }
 
 TEST(admission_test, failed_detach_answers_rejected_and_returns_the_queue_place) {
   fixture f(1, 10, 5s);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
-  inline_job::seen s;
-  f.adm.submit(f.route, 0, std::make_unique<inline_job>(s, std::this_thread::get_id(), true));
-  EXPECT_EQ(s.rejects.load(), 1);
-  EXPECT_EQ(s.runs.load(), 0);
+  f.submit(t, {.throw_on_detach = true});
+  EXPECT_EQ(t.of(outcome::rejected), 1);
   EXPECT_EQ(f.group.stats().reserved, 0u);
   EXPECT_EQ(f.group.stats().waiting, 0u);
   hold = false;
-  ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
+  ASSERT_TRUE(eventually([&] { return f.idle() && t.answers == 2; }));
+  EXPECT_EQ(t.runs.load(), 1);
+}
+
+TEST(admission_test, a_returned_response_is_answered_through_the_transport) {
+  fixture f(1, 10, 5s);
+  tally t;
+  f.submit(t, {.result = response{.status = 201, .body = "made"}});
+  ASSERT_TRUE(eventually([&] { return t.responses == 1; }));
+  EXPECT_EQ(t.rejects.load(), 0);
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
+}
+
+TEST(admission_test, a_failing_handler_is_answered_once_by_fail_and_frees_its_permit) {
+  fixture f(1, 10, 5s);
+  tally t;
+  f.submit(t, {.handler_throws = true});
+  f.submit(t, {.handler_throws = true}, 0, handler_kind::reactor);
+  ASSERT_TRUE(eventually([&] { return t.failures == 2; }));
+  EXPECT_EQ(t.answers.load(), 2);
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
+}
+
+TEST(admission_test, max_exec_answers_the_fallback_and_keeps_the_permit_until_the_handler_ends) {
+  auto r = route_of(5s);
+  r.max_exec = 30ms;
+  fixture f(group_of(1, 10), r);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.submit(t, {.hold = &hold, .result = response{.body = "late"}});
+  ASSERT_TRUE(eventually([&] { return t.of(outcome::exec_timeout) == 1; }));
+  // Answered, but the handler still runs: its permit is not free before it ends.
+  EXPECT_EQ(f.group.stats().in_use, 1u);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
+  EXPECT_EQ(t.responses.load(), 0);  // the late result is discarded
+  // Within max_exec the result is sent, from the blocking pool too.
+  f.submit(t, {.result = response{.body = "on time"}}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.responses == 1; }));
 }
 
 TEST(admission_test, shutdown_answers_waiters_and_newcomers) {
   fixture f(1, 10, 60s);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
-  for (int i = 0; i < 3; ++i) f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
+  for (int i = 0; i < 3; ++i) f.submit(t);
   ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 3; }));
   f.adm.shutdown();
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
-  ASSERT_TRUE(
-      eventually([&] { return t.by_outcome[static_cast<int>(outcome::shutting_down)] == 4; }));
+  f.submit(t);
+  ASSERT_TRUE(eventually([&] { return t.of(outcome::shutdown) == 4; }));
   hold = false;  // the running one finishes normally
   ASSERT_TRUE(eventually([&] { return t.answers == 5; }));
   EXPECT_EQ(t.runs.load(), 1);
@@ -232,8 +265,8 @@ TEST(admission_test, many_jobs_each_answered_exactly_once) {
   for (int r = 0; r < 2; ++r) {
     reactors.emplace_back([&] {
       for (int i = 0; i < 200; ++i) {
-        f.adm.submit(f.route, static_cast<priority>(i % 4),
-                     std::make_unique<fake_job>(t, i % 7 == 0 ? &hold : nullptr, i % 11 != 0));
+        f.submit(t, {.hold = i % 7 == 0 ? &hold : nullptr, .connected = i % 11 != 0},
+                 static_cast<priority>(i % 4));
       }
     });
   }
@@ -241,28 +274,24 @@ TEST(admission_test, many_jobs_each_answered_exactly_once) {
   std::this_thread::sleep_for(30ms);
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 400; }));
-  ASSERT_TRUE(eventually([&] {
-    auto s = f.group.stats();
-    return s.in_use == 0 && s.waiting == 0 && s.reserved == 0;
-  }));
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
 }
 
 TEST(admission_test, client_deadline_answers_at_once_or_cuts_the_wait) {
   fixture f(1, 10, 5s);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
   const auto now = clock::now();
   // Already past its deadline: answered inline, no fiber, no queue place.
-  f.adm.submit(f.route, request_info{0, now, now - 1ms}, std::make_unique<fake_job>(t));
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::deadline)].load(), 1);
+  f.submit({.arrival = now, .deadline = now - 1ms}, t);
+  EXPECT_EQ(t.of(outcome::deadline), 1);
   EXPECT_EQ(f.group.stats().reserved + f.group.stats().waiting, 0u);
   // A deadline 30 ms out shortens the 5 s max_wait: it ends as `deadline`, not `timeout`.
-  f.adm.submit(f.route, request_info{0, clock::now(), clock::now() + 30ms},
-               std::make_unique<fake_job>(t));
-  ASSERT_TRUE(eventually([&] { return t.by_outcome[static_cast<int>(outcome::deadline)] == 2; }));
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::timed_out)].load(), 0);
+  f.submit({.arrival = clock::now(), .deadline = clock::now() + 30ms}, t);
+  ASSERT_TRUE(eventually([&] { return t.of(outcome::deadline) == 2; }));
+  EXPECT_EQ(t.of(outcome::timeout), 0);
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 3; }));
 }
@@ -275,17 +304,18 @@ TEST(admission_test, predictive_reject_answers_when_the_queue_cannot_drain_in_ti
   for (int i = 0; i < 40; ++i) f.group.limiter().on_served(50ms, false);
   tally t;
   std::atomic<bool> hold{true};
-  f.adm.submit(f.route, 0, std::make_unique<fake_job>(t, &hold));
+  f.submit(t, {.hold = &hold});
   ASSERT_TRUE(eventually([&] { return f.group.stats().in_use == 1; }));
   // Each waiter adds ~50 ms of expected wait: four fit in the 200 ms budget, later ones not.
-  for (int i = 0; i < 6; ++i) f.adm.submit(f.route, 0, std::make_unique<fake_job>(t));
-  EXPECT_EQ(t.by_outcome[static_cast<int>(outcome::predicted_timeout)].load(), 2);
+  for (int i = 0; i < 6; ++i) f.submit(t);
+  EXPECT_EQ(t.of(outcome::predicted_timeout), 2);
   ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 4; }));
+  EXPECT_EQ(f.group.stats().reserved, 0u);  // the refused ones gave their places back
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 7; }));
 }
 
-TEST(admission_test, shadow_group_counts_decisions_and_lets_everything_through) {
+TEST(admission_test, shadow_group_counts_what_it_would_queue_and_shed_and_lets_all_through) {
   struct counting_metrics final : metrics_sink, route_metrics {
     std::atomic<int> queued{0}, shed{0};
     route_metrics& route(std::string_view, std::string_view) override { return *this; }
@@ -295,36 +325,31 @@ TEST(admission_test, shadow_group_counts_decisions_and_lets_everything_through) 
   } m;
   auto g = group_of(1, 2);
   g.shadow = true;
-  executor exec({2, 1024, 64 * 1024});
-  admission adm({g}, {route_of(1s)}, exec, m);
-  const auto& route = *adm.find_route("r");
+  fixture f(g, route_of(1s), m);
   tally t;
   std::atomic<bool> hold{true};
-  for (int i = 0; i < 6; ++i) adm.submit(route, 0, std::make_unique<fake_job>(t, &hold));
-  // All six run at once although the limit is 1 and the queue holds 2.
+  for (int i = 0; i < 6; ++i) f.submit(t, {.hold = &hold});
+  // All six run at once although the limit is 1 and the queue holds 2: one holds the permit,
+  // two hold the queue places they would have waited in, and three would have been shed.
   ASSERT_TRUE(eventually([&] { return t.runs == 6; }));
-  EXPECT_EQ(m.queued.load() + m.shed.load(), 5);
-  EXPECT_EQ(adm.find_group("g")->stats().in_use, 1u);
+  EXPECT_EQ(m.queued.load(), 2);
+  EXPECT_EQ(m.shed.load(), 3);
+  EXPECT_EQ(f.group.stats().in_use, 1u);
+  EXPECT_EQ(f.group.stats().reserved, 2u);
   hold = false;
   ASSERT_TRUE(eventually([&] { return t.answers == 6; }));
-  ASSERT_TRUE(eventually([&] { return adm.find_group("g")->stats().in_use == 0; }));
-  exec.stop();
+  ASSERT_TRUE(eventually([&] { return f.idle(); }));
 }
 
 TEST(admission_test, adaptive_limit_moves_the_group_limit_from_served_samples) {
   auto g = group_of(10, 100);
-  limit_options lo;
-  lo.kind = limit_kind::aimd;
-  lo.min = 2;
-  lo.max = 40;
-  lo.initial = 10;
-  lo.timeout = 100ms;
-  g.limit = lo;
+  g.limit =
+      limit_options{.kind = limit_kind::aimd, .min = 2, .max = 40, .initial = 10, .timeout = 100ms};
   fixture f(g, route_of(1s));
-  EXPECT_EQ(f.group.stats().max_concurrent, 10u);
+  EXPECT_EQ(f.group.stats().limit, 10u);
   // Served requests slower than the AIMD timeout cut the limit; it never goes below min.
   for (int i = 0; i < 100; ++i) f.group.limiter().on_served(300ms, false);
-  EXPECT_EQ(f.group.stats().max_concurrent, 2u);
+  EXPECT_EQ(f.group.stats().limit, 2u);
 }
 
 }  // namespace

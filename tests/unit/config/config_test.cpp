@@ -1,5 +1,6 @@
-// Tests of the YAML config loader: defaults, every key, fallback inheritance and files, and
-// that every bad input fails with a message naming the file, line, column and key path.
+// Tests of the YAML config loader: defaults, every key, fallback inheritance and files, the
+// fallback rule for every outcome, that every bad input fails with a message naming the file,
+// line, column and key path, and that it fails as code-side validate() does.
 #include "qos/config/config.hpp"
 
 #include <gtest/gtest.h>
@@ -7,8 +8,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "qos/admission/options.hpp"
+#include "qos/core/outcome.hpp"
 
 #ifndef QOS_SOURCE_DIR
 #error "QOS_SOURCE_DIR must name the repository root"
@@ -18,8 +24,11 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using qos::outcome;
 using qos::config::app_config;
 using qos::config::config_error;
+using qos::config::fallback_config;
+using qos::config::fallback_set;
 using qos::config::load_config;
 using qos::config::load_config_string;
 using qos::config::parse_duration;
@@ -77,6 +86,16 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+// The entry a route's `fallback` gives `why` itself, if any.
+const std::optional<fallback_config>& own(const fallback_set& f, outcome why) {
+  return f.own[qos::index(why)];
+}
+
+// The response `why` gets, by the fallback rule (config::resolve).
+fallback_config response(const fallback_set& f, outcome why) {
+  return qos::config::resolve(f)[qos::index(why)];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Valid configs
 
@@ -95,8 +114,8 @@ TEST(config_load, applies_defaults) {
 
   ASSERT_EQ(config.groups.size(), 1u);
   EXPECT_EQ(config.groups[0].name, "db");
-  EXPECT_EQ(config.groups[0].max_concurrent, 8u);
-  EXPECT_EQ(config.groups[0].max_queue, 1000u);
+  EXPECT_EQ(config.groups[0].limiter.max_concurrent, 8u);
+  EXPECT_EQ(config.groups[0].limiter.max_queue, 1000u);
   EXPECT_EQ(config.groups[0].blocking_threads, 0u);
 
   ASSERT_EQ(config.routes.size(), 1u);
@@ -109,15 +128,15 @@ TEST(config_load, applies_defaults) {
   EXPECT_TRUE(route.priority.values.empty());
   EXPECT_EQ(route.priority.raw_header, "");
   EXPECT_FALSE(route.priority.raw_header_trusted);
-  EXPECT_EQ(route.fallback.any.status, 503);
-  EXPECT_EQ(route.fallback.any.retry_after_s, 1);
-  EXPECT_TRUE(route.fallback.any.headers.empty());
-  EXPECT_EQ(route.fallback.any.body, R"({"error":"overloaded"})");
-  EXPECT_EQ(route.fallback.any.content_type, "application/json");
-  EXPECT_EQ(route.fallback.any.file, "");
-  EXPECT_FALSE(route.fallback.timeout);
-  EXPECT_FALSE(route.fallback.queue_full);
-  EXPECT_FALSE(route.fallback.shutdown);
+  EXPECT_EQ(route.fallback.route.status, 503);
+  EXPECT_EQ(route.fallback.route.retry_after_s, 1);
+  EXPECT_TRUE(route.fallback.route.headers.empty());
+  EXPECT_EQ(route.fallback.route.body, R"({"error":"overloaded"})");
+  EXPECT_EQ(route.fallback.route.content_type, "application/json");
+  EXPECT_EQ(route.fallback.route.file, "");
+  EXPECT_FALSE(own(route.fallback, outcome::timeout));
+  EXPECT_FALSE(own(route.fallback, outcome::queue_full));
+  EXPECT_FALSE(own(route.fallback, outcome::shutdown));
 }
 
 TEST(config_load, parses_every_key) {
@@ -171,8 +190,8 @@ routes:
 
   const auto* group = config.find_group("db.main-1_x");
   ASSERT_NE(group, nullptr);
-  EXPECT_EQ(group->max_concurrent, 4u);
-  EXPECT_EQ(group->max_queue, 50u);
+  EXPECT_EQ(group->limiter.max_concurrent, 4u);
+  EXPECT_EQ(group->limiter.max_queue, 50u);
   EXPECT_EQ(group->blocking_threads, 6u);
 
   const auto* route = config.find_route("items");
@@ -187,19 +206,19 @@ routes:
   EXPECT_EQ(route->priority.raw_header, "X-Priority");
   EXPECT_TRUE(route->priority.raw_header_trusted);
 
-  const auto& any = route->fallback.any;
+  const auto& any = route->fallback.route;
   EXPECT_EQ(any.status, 429);
   EXPECT_EQ(any.retry_after_s, 7);
   const std::map<std::string, std::string> headers{{"X-Foo", "bar"}, {"Cache-Control", "no-store"}};
   EXPECT_EQ(any.headers, headers);
   EXPECT_EQ(any.body, "busy");
   EXPECT_EQ(any.content_type, "text/plain");
-  ASSERT_TRUE(route->fallback.timeout);
-  ASSERT_TRUE(route->fallback.queue_full);
-  ASSERT_TRUE(route->fallback.shutdown);
-  EXPECT_EQ(route->fallback.timeout->status, 504);
-  EXPECT_EQ(route->fallback.queue_full->status, 507);
-  EXPECT_EQ(route->fallback.shutdown->status, 502);
+  ASSERT_TRUE(own(route->fallback, outcome::timeout));
+  ASSERT_TRUE(own(route->fallback, outcome::queue_full));
+  ASSERT_TRUE(own(route->fallback, outcome::shutdown));
+  EXPECT_EQ(own(route->fallback, outcome::timeout)->status, 504);
+  EXPECT_EQ(own(route->fallback, outcome::queue_full)->status, 507);
+  EXPECT_EQ(own(route->fallback, outcome::shutdown)->status, 502);
 }
 
 TEST(config_load, finds_groups_and_routes_by_name) {
@@ -252,39 +271,39 @@ TEST(config_load, per_reason_fallbacks_inherit_route_fields) {
   const auto& fallback = config.routes[0].fallback;
   const std::map<std::string, std::string> route_headers{{"X-Foo", "bar"}};
 
-  ASSERT_TRUE(fallback.timeout);
-  EXPECT_EQ(fallback.timeout->status, 504);
-  EXPECT_EQ(fallback.timeout->retry_after_s, 3);
-  EXPECT_EQ(fallback.timeout->headers, route_headers);
-  EXPECT_EQ(fallback.timeout->body, R"({"error":"busy"})");
-  EXPECT_EQ(fallback.timeout->content_type, "application/json");
+  ASSERT_TRUE(own(fallback, outcome::timeout));
+  EXPECT_EQ(own(fallback, outcome::timeout)->status, 504);
+  EXPECT_EQ(own(fallback, outcome::timeout)->retry_after_s, 3);
+  EXPECT_EQ(own(fallback, outcome::timeout)->headers, route_headers);
+  EXPECT_EQ(own(fallback, outcome::timeout)->body, R"({"error":"busy"})");
+  EXPECT_EQ(own(fallback, outcome::timeout)->content_type, "application/json");
 
   // A headers table replaces the inherited one instead of merging with it.
-  ASSERT_TRUE(fallback.queue_full);
-  EXPECT_EQ(fallback.queue_full->status, 429);
+  ASSERT_TRUE(own(fallback, outcome::queue_full));
+  EXPECT_EQ(own(fallback, outcome::queue_full)->status, 429);
   const std::map<std::string, std::string> queue_headers{{"X-Queue", "full"}};
-  EXPECT_EQ(fallback.queue_full->headers, queue_headers);
-  EXPECT_EQ(fallback.queue_full->body, "full");
-  EXPECT_EQ(fallback.queue_full->content_type, "text/plain");
+  EXPECT_EQ(own(fallback, outcome::queue_full)->headers, queue_headers);
+  EXPECT_EQ(own(fallback, outcome::queue_full)->body, "full");
+  EXPECT_EQ(own(fallback, outcome::queue_full)->content_type, "text/plain");
 
-  ASSERT_TRUE(fallback.shutdown);
-  EXPECT_EQ(fallback.shutdown->status, 429);
-  EXPECT_EQ(fallback.shutdown->retry_after_s, std::nullopt);
-  EXPECT_EQ(fallback.shutdown->body, R"({"error":"busy"})");
+  ASSERT_TRUE(own(fallback, outcome::shutdown));
+  EXPECT_EQ(own(fallback, outcome::shutdown)->status, 429);
+  EXPECT_EQ(own(fallback, outcome::shutdown)->retry_after_s, std::nullopt);
+  EXPECT_EQ(own(fallback, outcome::shutdown)->body, R"({"error":"busy"})");
 
-  EXPECT_EQ(fallback.any.status, 429);
-  EXPECT_EQ(fallback.any.retry_after_s, 3);
+  EXPECT_EQ(fallback.route.status, 429);
+  EXPECT_EQ(fallback.route.retry_after_s, 3);
 }
 
 TEST(config_load, retry_after_can_be_omitted) {
   for (const char* value : {"none", "null", "~", "", "'none'"}) {
     const app_config config = load_config_string(
         std::string(minimal) + "    fallback:\n      retry_after: " + value + "\n");
-    EXPECT_EQ(config.routes[0].fallback.any.retry_after_s, std::nullopt) << value;
+    EXPECT_EQ(config.routes[0].fallback.route.retry_after_s, std::nullopt) << value;
   }
   const app_config zero =
       load_config_string(std::string(minimal) + "    fallback: {retry_after: 0}\n");
-  EXPECT_EQ(zero.routes[0].fallback.any.retry_after_s, 0);
+  EXPECT_EQ(zero.routes[0].fallback.route.retry_after_s, 0);
 }
 
 TEST(config_load, empty_sections_mean_defaults) {
@@ -292,7 +311,7 @@ TEST(config_load, empty_sections_mean_defaults) {
                                                "    priority:\n    fallback:\n");
   EXPECT_EQ(config.server.port, 9080);
   EXPECT_EQ(config.logging.level, "info");
-  EXPECT_EQ(config.routes[0].fallback.any.status, 503);
+  EXPECT_EQ(config.routes[0].fallback.route.status, 503);
 }
 
 TEST(config_load, integers_are_decimal) {
@@ -302,7 +321,7 @@ TEST(config_load, integers_are_decimal) {
 routes:
   - {name: r, group: db}
 )");
-  EXPECT_EQ(config.groups[0].max_concurrent, 10u);
+  EXPECT_EQ(config.groups[0].limiter.max_concurrent, 10u);
 }
 
 TEST(config_load, every_log_level_is_accepted) {
@@ -336,10 +355,10 @@ TEST(config_overload, new_keys_default_to_the_old_behaviour) {
   const app_config config = load_config_string(minimal);
   const auto& group = config.groups[0];
   EXPECT_FALSE(group.limit);
-  EXPECT_EQ(group.queue.discipline, qos::queue_discipline::fifo);
-  EXPECT_EQ(group.queue.target, 5ms);
-  EXPECT_EQ(group.queue.interval, 100ms);
-  EXPECT_EQ(group.aging_step, 0ms);
+  EXPECT_EQ(group.limiter.discipline, qos::queue_discipline::fifo);
+  EXPECT_EQ(group.limiter.target, 5ms);
+  EXPECT_EQ(group.limiter.interval, 100ms);
+  EXPECT_EQ(group.limiter.aging_step, 0ms);
   EXPECT_FALSE(group.shadow);
 
   const auto& route = config.routes[0];
@@ -348,23 +367,24 @@ TEST(config_overload, new_keys_default_to_the_old_behaviour) {
   EXPECT_EQ(route.deadline.header, "");
   EXPECT_FALSE(route.deadline.grpc_timeout);
   EXPECT_FALSE(route.predictive_reject);
-  EXPECT_FALSE(route.fallback.any.retry_after_auto);
-  EXPECT_FALSE(route.fallback.shed);
-  EXPECT_FALSE(route.fallback.deadline);
-  EXPECT_FALSE(route.fallback.predicted_timeout);
-  // exec_timeout is always set, so callers never special-case it: `any` with status 504.
-  ASSERT_TRUE(route.fallback.exec_timeout);
-  EXPECT_EQ(route.fallback.exec_timeout->status, 504);
-  EXPECT_EQ(route.fallback.exec_timeout->retry_after_s, 1);
-  EXPECT_FALSE(route.fallback.exec_timeout->retry_after_auto);
-  EXPECT_EQ(route.fallback.exec_timeout->body, route.fallback.any.body);
-  EXPECT_EQ(route.fallback.exec_timeout->content_type, "application/json");
+  EXPECT_FALSE(route.fallback.route.retry_after_auto);
+  EXPECT_FALSE(own(route.fallback, outcome::shed));
+  EXPECT_FALSE(own(route.fallback, outcome::deadline));
+  EXPECT_FALSE(own(route.fallback, outcome::predicted_timeout));
+  // exec_timeout needs no entry for callers to answer it: the route-level response, 504.
+  EXPECT_FALSE(own(route.fallback, outcome::exec_timeout));
+  const fallback_config exec_timeout = response(route.fallback, outcome::exec_timeout);
+  EXPECT_EQ(exec_timeout.status, 504);
+  EXPECT_EQ(exec_timeout.retry_after_s, 1);
+  EXPECT_FALSE(exec_timeout.retry_after_auto);
+  EXPECT_EQ(exec_timeout.body, route.fallback.route.body);
+  EXPECT_EQ(exec_timeout.content_type, "application/json");
 }
 
 TEST(config_overload, limit_defaults_follow_max_concurrent) {
   const app_config config = load_config_string(overload_config("    limit: {algorithm: aimd}\n"));
   ASSERT_TRUE(config.groups[0].limit);
-  const qos::limit_options& o = config.groups[0].limit->options;
+  const qos::limit_options& o = *config.groups[0].limit;
   const qos::limit_options defaults;
   EXPECT_EQ(o.kind, qos::limit_kind::aimd);
   EXPECT_EQ(o.min, 1u);
@@ -376,21 +396,29 @@ TEST(config_overload, limit_defaults_follow_max_concurrent) {
   EXPECT_EQ(o.smoothing, defaults.smoothing);
   EXPECT_EQ(o.long_window, defaults.long_window);
   EXPECT_EQ(o.probe_interval, defaults.probe_interval);
-  EXPECT_EQ(config.groups[0].max_concurrent, 8u);
+  EXPECT_EQ(config.groups[0].limiter.max_concurrent, 8u);
 }
 
 TEST(config_overload, limit_initial_is_max_concurrent_clamped_into_min_max) {
   const app_config above =
       load_config_string(overload_config("    limit: {algorithm: fixed, min: 2, max: 4}\n"));
-  EXPECT_EQ(above.groups[0].limit->options.initial, 4u);
-  EXPECT_EQ(above.groups[0].limit->options.kind, qos::limit_kind::fixed);
+  EXPECT_EQ(above.groups[0].limit->initial, 4u);
+  EXPECT_EQ(above.groups[0].limit->kind, qos::limit_kind::fixed);
 
   // With no max, max defaults to 4 * max_concurrent but never below min.
   const app_config below =
       load_config_string(overload_config("    limit: {algorithm: fixed, min: 40}\n"));
-  EXPECT_EQ(below.groups[0].limit->options.min, 40u);
-  EXPECT_EQ(below.groups[0].limit->options.max, 40u);
-  EXPECT_EQ(below.groups[0].limit->options.initial, 40u);
+  EXPECT_EQ(below.groups[0].limit->min, 40u);
+  EXPECT_EQ(below.groups[0].limit->max, 40u);
+  EXPECT_EQ(below.groups[0].limit->initial, 40u);
+}
+
+TEST(config_overload, limit_initial_may_reach_the_default_max) {
+  // The default max is 4 * max_concurrent = 32: 32 is fine, 33 is not (see the bad cases).
+  const app_config config =
+      load_config_string(overload_config("    limit: {algorithm: aimd, initial: 32}\n"));
+  EXPECT_EQ(config.groups[0].limit->max, 32u);
+  EXPECT_EQ(config.groups[0].limit->initial, 32u);
 }
 
 TEST(config_overload, parses_every_limit_key) {
@@ -402,7 +430,7 @@ TEST(config_overload, parses_every_limit_key) {
       backoff_ratio: 0.75
       timeout: 1.5s
 )"));
-  const qos::limit_options& a = aimd.groups[0].limit->options;
+  const qos::limit_options& a = *aimd.groups[0].limit;
   EXPECT_EQ(a.kind, qos::limit_kind::aimd);
   EXPECT_EQ(a.min, 2u);
   EXPECT_EQ(a.max, 64u);
@@ -418,7 +446,7 @@ TEST(config_overload, parses_every_limit_key) {
       long_window: 100
       probe_interval: 5s
 )"));
-  const qos::limit_options& g = gradient.groups[0].limit->options;
+  const qos::limit_options& g = *gradient.groups[0].limit;
   EXPECT_EQ(g.kind, qos::limit_kind::gradient2);
   EXPECT_DOUBLE_EQ(g.rtt_tolerance, 2.0);
   EXPECT_DOUBLE_EQ(g.smoothing, 1.0);
@@ -427,7 +455,7 @@ TEST(config_overload, parses_every_limit_key) {
 
   const app_config vegas = load_config_string(
       overload_config("    limit: {algorithm: vegas, probe_interval: 30s, min: 3}\n"));
-  const qos::limit_options& v = vegas.groups[0].limit->options;
+  const qos::limit_options& v = *vegas.groups[0].limit;
   EXPECT_EQ(v.kind, qos::limit_kind::vegas);
   EXPECT_EQ(v.probe_interval, 30s);
   EXPECT_EQ(v.min, 3u);
@@ -440,17 +468,18 @@ TEST(config_overload, limit_options_are_accepted_by_the_algorithm_factory) {
         "{algorithm: vegas, min: 8, max: 8, probe_interval: 100us}"}) {
     const app_config config =
         load_config_string(overload_config(std::string("    limit: ") + limit + "\n"));
-    EXPECT_NO_THROW(qos::make_limit_algorithm(config.groups[0].limit->options)) << limit;
+    EXPECT_NO_THROW(qos::make_limit_algorithm(*config.groups[0].limit)) << limit;
+    EXPECT_NO_THROW(qos::validate(config.groups[0])) << limit;
   }
 }
 
 TEST(config_overload, parses_reserve) {
   const app_config none = load_config_string(minimal);
-  EXPECT_EQ(none.groups[0].reserve, 0u);
+  EXPECT_EQ(none.groups[0].limiter.reserve, 0u);
   const app_config c =
       load_config_string(overload_config("    reserve: {permits: 2, priority: 10}\n"));
-  EXPECT_EQ(c.groups[0].reserve, 2u);
-  EXPECT_EQ(c.groups[0].reserve_level, 10);
+  EXPECT_EQ(c.groups[0].limiter.reserve, 2u);
+  EXPECT_EQ(c.groups[0].limiter.reserve_level, 10);
 }
 
 TEST(config_overload, parses_queue_aging_and_shadow) {
@@ -462,21 +491,21 @@ TEST(config_overload, parses_queue_aging_and_shadow) {
     shadow: true
 )"));
   const auto& g = codel.groups[0];
-  EXPECT_EQ(g.queue.discipline, qos::queue_discipline::codel);
-  EXPECT_EQ(g.queue.target, 10ms);
-  EXPECT_EQ(g.queue.interval, 200ms);
-  EXPECT_EQ(g.aging_step, 250ms);
+  EXPECT_EQ(g.limiter.discipline, qos::queue_discipline::codel);
+  EXPECT_EQ(g.limiter.target, 10ms);
+  EXPECT_EQ(g.limiter.interval, 200ms);
+  EXPECT_EQ(g.limiter.aging_step, 250ms);
   EXPECT_TRUE(g.shadow);
 
   const app_config lifo = load_config_string(
       overload_config("    queue: {discipline: adaptive_lifo, interval: 1s}\n    aging_step: 0\n"));
-  EXPECT_EQ(lifo.groups[0].queue.discipline, qos::queue_discipline::adaptive_lifo);
-  EXPECT_EQ(lifo.groups[0].queue.target, 5ms);
-  EXPECT_EQ(lifo.groups[0].queue.interval, 1s);
-  EXPECT_EQ(lifo.groups[0].aging_step, 0ms);
+  EXPECT_EQ(lifo.groups[0].limiter.discipline, qos::queue_discipline::adaptive_lifo);
+  EXPECT_EQ(lifo.groups[0].limiter.target, 5ms);
+  EXPECT_EQ(lifo.groups[0].limiter.interval, 1s);
+  EXPECT_EQ(lifo.groups[0].limiter.aging_step, 0ms);
 
   const app_config empty = load_config_string(overload_config("    queue:\n    shadow: no\n"));
-  EXPECT_EQ(empty.groups[0].queue.discipline, qos::queue_discipline::fifo);
+  EXPECT_EQ(empty.groups[0].limiter.discipline, qos::queue_discipline::fifo);
   EXPECT_FALSE(empty.groups[0].shadow);
 }
 
@@ -533,45 +562,49 @@ TEST(config_overload, new_fallback_reasons_inherit_route_fields) {
 )");
   const auto& fallback = config.routes[0].fallback;
   const std::map<std::string, std::string> route_headers{{"X-Foo", "bar"}};
-  ASSERT_TRUE(fallback.shed);
-  EXPECT_EQ(fallback.shed->status, 503);
-  EXPECT_EQ(fallback.shed->retry_after_s, 3);
-  EXPECT_EQ(fallback.shed->headers, route_headers);
-  EXPECT_EQ(fallback.shed->body, "busy");
+  ASSERT_TRUE(own(fallback, outcome::shed));
+  EXPECT_EQ(own(fallback, outcome::shed)->status, 503);
+  EXPECT_EQ(own(fallback, outcome::shed)->retry_after_s, 3);
+  EXPECT_EQ(own(fallback, outcome::shed)->headers, route_headers);
+  EXPECT_EQ(own(fallback, outcome::shed)->body, "busy");
 
-  ASSERT_TRUE(fallback.deadline);
-  EXPECT_EQ(fallback.deadline->status, 429);
-  EXPECT_EQ(fallback.deadline->body, "too late");
+  ASSERT_TRUE(own(fallback, outcome::deadline));
+  EXPECT_EQ(own(fallback, outcome::deadline)->status, 429);
+  EXPECT_EQ(own(fallback, outcome::deadline)->body, "too late");
 
-  ASSERT_TRUE(fallback.predicted_timeout);
-  EXPECT_EQ(fallback.predicted_timeout->status, 429);
-  EXPECT_EQ(fallback.predicted_timeout->retry_after_s, std::nullopt);
+  ASSERT_TRUE(own(fallback, outcome::predicted_timeout));
+  EXPECT_EQ(own(fallback, outcome::predicted_timeout)->status, 429);
+  EXPECT_EQ(own(fallback, outcome::predicted_timeout)->retry_after_s, std::nullopt);
 
   // exec_timeout inherits everything but the status, which stays 504.
-  ASSERT_TRUE(fallback.exec_timeout);
-  EXPECT_EQ(fallback.exec_timeout->status, 504);
-  EXPECT_EQ(fallback.exec_timeout->retry_after_s, 3);
-  EXPECT_EQ(fallback.exec_timeout->body, "busy");
+  ASSERT_TRUE(own(fallback, outcome::exec_timeout));
+  EXPECT_EQ(own(fallback, outcome::exec_timeout)->status, 504);
+  EXPECT_EQ(own(fallback, outcome::exec_timeout)->retry_after_s, 3);
+  EXPECT_EQ(own(fallback, outcome::exec_timeout)->body, "busy");
   const std::map<std::string, std::string> exec_headers{{"X-Exec", "slow"}};
-  EXPECT_EQ(fallback.exec_timeout->headers, exec_headers);
-  EXPECT_FALSE(fallback.timeout);
+  EXPECT_EQ(own(fallback, outcome::exec_timeout)->headers, exec_headers);
+  EXPECT_FALSE(own(fallback, outcome::timeout));
 }
 
 TEST(config_overload, exec_timeout_status_defaults_to_504) {
   const app_config absent =
       load_config_string(std::string(minimal) + "    fallback: {status: 429, body: busy}\n");
-  ASSERT_TRUE(absent.routes[0].fallback.exec_timeout);
-  EXPECT_EQ(absent.routes[0].fallback.exec_timeout->status, 504);
-  EXPECT_EQ(absent.routes[0].fallback.exec_timeout->body, "busy");
-  EXPECT_EQ(absent.routes[0].fallback.any.status, 429);
+  EXPECT_FALSE(own(absent.routes[0].fallback, outcome::exec_timeout));
+  EXPECT_EQ(response(absent.routes[0].fallback, outcome::exec_timeout).status, 504);
+  EXPECT_EQ(response(absent.routes[0].fallback, outcome::exec_timeout).body, "busy");
+  EXPECT_EQ(absent.routes[0].fallback.route.status, 429);
 
   const app_config own_status = load_config_string(
       std::string(minimal) + "    fallback: {status: 429, exec_timeout: {status: 500}}\n");
-  EXPECT_EQ(own_status.routes[0].fallback.exec_timeout->status, 500);
+  ASSERT_TRUE(own(own_status.routes[0].fallback, outcome::exec_timeout));
+  EXPECT_EQ(own(own_status.routes[0].fallback, outcome::exec_timeout)->status, 500);
+  EXPECT_EQ(response(own_status.routes[0].fallback, outcome::exec_timeout).status, 500);
 
   const app_config empty_entry =
       load_config_string(std::string(minimal) + "    fallback:\n      exec_timeout:\n");
-  EXPECT_EQ(empty_entry.routes[0].fallback.exec_timeout->status, 504);
+  ASSERT_TRUE(own(empty_entry.routes[0].fallback, outcome::exec_timeout));
+  EXPECT_EQ(own(empty_entry.routes[0].fallback, outcome::exec_timeout)->status, 504);
+  EXPECT_EQ(response(empty_entry.routes[0].fallback, outcome::exec_timeout).status, 504);
 }
 
 TEST(config_overload, retry_after_auto) {
@@ -582,14 +615,17 @@ TEST(config_overload, retry_after_auto) {
       deadline: {retry_after: none}
 )");
   const auto& fallback = route_level.routes[0].fallback;
-  EXPECT_TRUE(fallback.any.retry_after_auto);
-  EXPECT_TRUE(fallback.timeout->retry_after_auto);       // inherited
-  EXPECT_TRUE(fallback.exec_timeout->retry_after_auto);  // inherited
+  EXPECT_TRUE(fallback.route.retry_after_auto);
+  ASSERT_TRUE(own(fallback, outcome::timeout));
+  EXPECT_TRUE(own(fallback, outcome::timeout)->retry_after_auto);           // inherited
+  EXPECT_TRUE(response(fallback, outcome::exec_timeout).retry_after_auto);  // inherited
+  ASSERT_TRUE(own(fallback, outcome::shed));
+  ASSERT_TRUE(own(fallback, outcome::deadline));
   // A per-reason retry_after replaces auto whole.
-  EXPECT_FALSE(fallback.shed->retry_after_auto);
-  EXPECT_EQ(fallback.shed->retry_after_s, 5);
-  EXPECT_FALSE(fallback.deadline->retry_after_auto);
-  EXPECT_EQ(fallback.deadline->retry_after_s, std::nullopt);
+  EXPECT_FALSE(own(fallback, outcome::shed)->retry_after_auto);
+  EXPECT_EQ(own(fallback, outcome::shed)->retry_after_s, 5);
+  EXPECT_FALSE(own(fallback, outcome::deadline)->retry_after_auto);
+  EXPECT_EQ(own(fallback, outcome::deadline)->retry_after_s, std::nullopt);
 
   const app_config per_reason = load_config_string(std::string(minimal) + R"(    fallback:
       retry_after: 3
@@ -598,12 +634,206 @@ TEST(config_overload, retry_after_auto) {
       predicted_timeout: {retry_after: 'auto'}
 )");
   const auto& reasons = per_reason.routes[0].fallback;
-  EXPECT_FALSE(reasons.any.retry_after_auto);
-  EXPECT_EQ(reasons.any.retry_after_s, 3);
-  EXPECT_TRUE(reasons.queue_full->retry_after_auto);
-  EXPECT_TRUE(reasons.predicted_timeout->retry_after_auto);
-  EXPECT_FALSE(reasons.exec_timeout->retry_after_auto);
+  EXPECT_FALSE(reasons.route.retry_after_auto);
+  EXPECT_EQ(reasons.route.retry_after_s, 3);
+  ASSERT_TRUE(own(reasons, outcome::queue_full));
+  ASSERT_TRUE(own(reasons, outcome::predicted_timeout));
+  EXPECT_TRUE(own(reasons, outcome::queue_full)->retry_after_auto);
+  EXPECT_TRUE(own(reasons, outcome::predicted_timeout)->retry_after_auto);
+  EXPECT_FALSE(response(reasons, outcome::exec_timeout).retry_after_auto);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fallback rule: the response resolve() gives every outcome of outcome_table.
+
+// The rule for one outcome, written out here rather than read from outcome_table, so that a
+// change to the table shows up as a failing test.
+struct fallback_rule {
+  outcome why;
+  // A route's `fallback` may give it an entry of its own.
+  bool own_entry = false;
+  // Whose entry it uses when it has none; none: the route-level response.
+  std::optional<outcome> parent = std::nullopt;
+  // Its status when no entry of its own sets one; 0: the inherited status.
+  int status = 0;
+  // A fixed 500 whatever the route says.
+  bool internal = false;
+};
+
+void PrintTo(const fallback_rule& rule, std::ostream* out) {
+  *out << qos::to_string(rule.why);
+}
+
+const fallback_rule fallback_rules[] = {
+    {.why = outcome::admitted},  // the handler answers
+    {.why = outcome::queue_full, .own_entry = true},
+    {.why = outcome::timeout, .own_entry = true},
+    {.why = outcome::client_gone, .own_entry = true},
+    {.why = outcome::shutdown, .own_entry = true},
+    {.why = outcome::rejected, .own_entry = true, .parent = outcome::queue_full},
+    {.why = outcome::error, .status = 500, .internal = true},
+    {.why = outcome::shed, .own_entry = true, .parent = outcome::queue_full},
+    {.why = outcome::deadline, .own_entry = true, .parent = outcome::timeout},
+    {.why = outcome::predicted_timeout, .own_entry = true, .parent = outcome::timeout},
+    {.why = outcome::exec_timeout, .own_entry = true, .status = 504},
+};
+
+TEST(config_fallback_rule, covers_every_outcome_in_table_order) {
+  static_assert(std::size(fallback_rules) == qos::outcome_count);
+  for (std::size_t i = 0; i < qos::outcome_count; ++i) {
+    const auto& row = qos::outcome_table[i];
+    SCOPED_TRACE(row.name);
+    EXPECT_EQ(fallback_rules[i].why, row.value);
+    EXPECT_EQ(fallback_rules[i].own_entry, row.answer == qos::answer_kind::fallback);
+    EXPECT_EQ(fallback_rules[i].internal, row.answer == qos::answer_kind::internal);
+  }
+}
+
+// A route-level response that differs from the defaults in status, Retry-After, headers, body
+// and content type.
+fallback_config route_level() {
+  return {.status = 429,
+          .retry_after_s = 7,
+          .headers = {{"X-Route", "route"}},
+          .body = "route",
+          .content_type = "text/plain",
+          .file = {}};
+}
+
+// The same, in YAML, under `fallback:` of the `minimal` route (from line 8).
+const std::string route_level_yaml = R"(    fallback:
+      status: 429
+      retry_after: 7
+      headers: {X-Route: route}
+      body: route
+      content_type: text/plain
+)";
+
+// An entry of `why`'s own that differs from route_level() and from every other reason's.
+fallback_config entry_for(outcome why) {
+  return {.status = 400 + static_cast<int>(qos::index(why)),
+          .retry_after_s = std::nullopt,
+          .retry_after_auto = true,
+          .headers = {{"X-Entry", std::string(qos::to_string(why))}},
+          .body = std::string(qos::to_string(why)),
+          .content_type = "text/html",
+          .file = {}};
+}
+
+// The fixed answer to a handler that failed.
+fallback_config internal_error() {
+  return {.status = 500,
+          .retry_after_s = std::nullopt,
+          .headers = {},
+          .body = R"({"error":"internal"})",
+          .content_type = "application/json",
+          .file = {}};
+}
+
+void expect_response(const fallback_config& got, const fallback_config& want) {
+  EXPECT_EQ(got.status, want.status);
+  EXPECT_EQ(got.retry_after_s, want.retry_after_s);
+  EXPECT_EQ(got.retry_after_auto, want.retry_after_auto);
+  EXPECT_EQ(got.headers, want.headers);
+  EXPECT_EQ(got.body, want.body);
+  EXPECT_EQ(got.content_type, want.content_type);
+  EXPECT_EQ(got.file, want.file);
+}
+
+// What `rule.why` gets when the route gives no reason an entry of its own.
+fallback_config without_entries(const fallback_rule& rule) {
+  if (rule.internal) return internal_error();
+  fallback_config out = route_level();
+  if (rule.status != 0) out.status = rule.status;
+  return out;
+}
+
+class config_fallback_rule : public testing::TestWithParam<fallback_rule> {};
+
+TEST_P(config_fallback_rule, with_no_entries) {
+  const fallback_rule& rule = GetParam();
+  expect_response(response(fallback_set{.route = route_level()}, rule.why), without_entries(rule));
+
+  // The same through the loader.
+  const app_config config = load_config_string(std::string(minimal) + route_level_yaml);
+  expect_response(response(config.routes[0].fallback, rule.why), without_entries(rule));
+}
+
+TEST_P(config_fallback_rule, with_an_entry_of_its_own) {
+  const fallback_rule& rule = GetParam();
+  const std::string name(qos::to_string(rule.why));
+  if (!rule.own_entry) {
+    // Nothing to configure: YAML refuses the key, and resolve() ignores an entry set in code.
+    const config_error e =
+        load_error(std::string(minimal) + "    fallback:\n      " + name + ": {status: 418}\n");
+    EXPECT_EQ(e.line(), 8) << e.what();
+    EXPECT_EQ(e.column(), 7) << e.what();
+    EXPECT_EQ(e.key(), "routes[0].fallback." + name) << e.what();
+    EXPECT_TRUE(contains(e.what(), "unknown key")) << e.what();
+    if (rule.internal) {
+      fallback_set f{.route = route_level()};
+      f.own[qos::index(rule.why)] = entry_for(rule.why);
+      expect_response(response(f, rule.why), internal_error());
+    }
+    return;
+  }
+
+  fallback_set f{.route = route_level()};
+  f.own[qos::index(rule.why)] = entry_for(rule.why);
+  if (rule.parent) f.own[qos::index(*rule.parent)] = entry_for(*rule.parent);
+  expect_response(response(f, rule.why), entry_for(rule.why));
+
+  // Through the loader: the keys the entry sets, the rest from the route level (not from the
+  // parent's entry), and the status of the table when the entry sets none.
+  std::string yaml = std::string(minimal) + route_level_yaml;
+  if (rule.parent) {
+    yaml += "      " + std::string(qos::to_string(*rule.parent)) +
+            ": {status: 502, body: parent, retry_after: none}\n";
+  }
+  const app_config with_status =
+      load_config_string(yaml + "      " + name + ": {status: 418, body: own}\n");
+  fallback_config want = route_level();
+  want.status = 418;
+  want.body = "own";
+  ASSERT_TRUE(own(with_status.routes[0].fallback, rule.why));
+  expect_response(response(with_status.routes[0].fallback, rule.why), want);
+
+  const app_config without_status = load_config_string(yaml + "      " + name + ": {body: own}\n");
+  want.status = rule.status != 0 ? rule.status : route_level().status;
+  expect_response(response(without_status.routes[0].fallback, rule.why), want);
+}
+
+TEST_P(config_fallback_rule, with_entries_on_every_other_reason) {
+  const fallback_rule& rule = GetParam();
+  // It gets its parent's entry, if it has a parent, and no other reason's.
+  fallback_set f{.route = route_level()};
+  for (const auto& row : qos::outcome_table) {
+    if (row.value != rule.why) f.own[qos::index(row.value)] = entry_for(row.value);
+  }
+  fallback_config want = rule.parent ? entry_for(*rule.parent) : without_entries(rule);
+  if (rule.parent && rule.status != 0) want.status = rule.status;
+  expect_response(response(f, rule.why), want);
+
+  if (!rule.parent) return;
+  // Through the loader: shed and rejected answer as queue_full, deadline and
+  // predicted_timeout as timeout, when only the parent has an entry.
+  const app_config config =
+      load_config_string(std::string(minimal) + route_level_yaml + "      " +
+                         std::string(qos::to_string(*rule.parent)) +
+                         ": {status: 502, body: parent, retry_after: none}\n");
+  EXPECT_FALSE(own(config.routes[0].fallback, rule.why));
+  want = route_level();
+  want.status = 502;
+  want.body = "parent";
+  want.retry_after_s = std::nullopt;
+  expect_response(response(config.routes[0].fallback, rule.why), want);
+  expect_response(response(config.routes[0].fallback, *rule.parent), want);
+}
+
+INSTANTIATE_TEST_SUITE_P(outcomes, config_fallback_rule, testing::ValuesIn(fallback_rules),
+                         [](const testing::TestParamInfo<fallback_rule>& param) {
+                           return std::string(qos::to_string(param.param.why));
+                         });
 
 // ---------------------------------------------------------------------------------------------
 // Fallback files
@@ -614,14 +844,15 @@ TEST(config_files, fallback_file_is_read_relative_to_base_dir) {
   const app_config config = load_config_string(
       std::string(minimal) + "    fallback:\n      timeout: {status: 200, file: img/grey.svg}\n",
       "test.yaml", dir.path().string());
-  const auto& timeout = *config.routes[0].fallback.timeout;
+  ASSERT_TRUE(own(config.routes[0].fallback, outcome::timeout));
+  const fallback_config& timeout = *own(config.routes[0].fallback, outcome::timeout);
   EXPECT_EQ(timeout.status, 200);
   EXPECT_EQ(timeout.body, "<svg/>");
   EXPECT_EQ(timeout.content_type, "image/svg+xml");
   EXPECT_EQ(fs::path(timeout.file), dir.path() / "img" / "grey.svg");
   // The route-level response is untouched by the override.
-  EXPECT_EQ(config.routes[0].fallback.any.file, "");
-  EXPECT_EQ(config.routes[0].fallback.any.content_type, "application/json");
+  EXPECT_EQ(config.routes[0].fallback.route.file, "");
+  EXPECT_EQ(config.routes[0].fallback.route.content_type, "application/json");
 }
 
 TEST(config_files, content_type_follows_the_extension) {
@@ -638,7 +869,7 @@ TEST(config_files, content_type_follows_the_extension) {
     dir.write(name, "x");
     const app_config config = load_config_string(
         std::string(minimal) + "    fallback: {file: " + name + "}\n", "t", dir.path().string());
-    EXPECT_EQ(config.routes[0].fallback.any.content_type, type) << name;
+    EXPECT_EQ(config.routes[0].fallback.route.content_type, type) << name;
   }
 }
 
@@ -648,8 +879,8 @@ TEST(config_files, explicit_content_type_wins_over_extension) {
   const app_config config = load_config_string(
       std::string(minimal) + "    fallback: {file: page.txt, content_type: text/markdown}\n", "t",
       dir.path().string());
-  EXPECT_EQ(config.routes[0].fallback.any.content_type, "text/markdown");
-  EXPECT_EQ(config.routes[0].fallback.any.body, "hello");
+  EXPECT_EQ(config.routes[0].fallback.route.content_type, "text/markdown");
+  EXPECT_EQ(config.routes[0].fallback.route.body, "hello");
 }
 
 TEST(config_files, binary_and_empty_files_are_kept_byte_for_byte) {
@@ -661,8 +892,9 @@ TEST(config_files, binary_and_empty_files_are_kept_byte_for_byte) {
       std::string(minimal) +
           "    fallback:\n      file: p.png\n      shutdown: {file: empty.txt}\n",
       "t", dir.path().string());
-  EXPECT_EQ(config.routes[0].fallback.any.body, png);
-  EXPECT_EQ(config.routes[0].fallback.shutdown->body, "");
+  EXPECT_EQ(config.routes[0].fallback.route.body, png);
+  ASSERT_TRUE(own(config.routes[0].fallback, outcome::shutdown));
+  EXPECT_EQ(own(config.routes[0].fallback, outcome::shutdown)->body, "");
 }
 
 TEST(config_files, per_reason_body_replaces_inherited_file) {
@@ -671,7 +903,8 @@ TEST(config_files, per_reason_body_replaces_inherited_file) {
   const app_config config = load_config_string(
       std::string(minimal) + "    fallback:\n      file: x.svg\n      timeout: {body: late}\n", "t",
       dir.path().string());
-  const auto& timeout = *config.routes[0].fallback.timeout;
+  ASSERT_TRUE(own(config.routes[0].fallback, outcome::timeout));
+  const fallback_config& timeout = *own(config.routes[0].fallback, outcome::timeout);
   EXPECT_EQ(timeout.body, "late");
   EXPECT_EQ(timeout.file, "");
   EXPECT_EQ(timeout.content_type, "image/svg+xml");  // inherited, not set by the override
@@ -684,7 +917,7 @@ TEST(config_files, load_config_resolves_against_the_config_folder) {
                                   std::string(minimal) + "    fallback: {file: fallback/p.svg}\n");
   const app_config config = load_config(file.string());
   EXPECT_EQ(config.source, file.string());
-  EXPECT_EQ(config.routes[0].fallback.any.body, "<svg/>");
+  EXPECT_EQ(config.routes[0].fallback.route.body, "<svg/>");
 }
 
 TEST(config_files, errors_name_the_config_file) {
@@ -745,27 +978,27 @@ TEST(config_shipped, catalog_serves_a_placeholder_image_on_timeout) {
   const app_config config = load_config(QOS_SOURCE_DIR "/config/qos.yaml");
   const auto* image = config.find_route("image");
   ASSERT_NE(image, nullptr);
-  ASSERT_TRUE(image->fallback.timeout);
-  EXPECT_EQ(image->fallback.timeout->status, 200);
-  EXPECT_EQ(image->fallback.timeout->content_type, "image/svg+xml");
-  EXPECT_EQ(image->fallback.timeout->retry_after_s, std::nullopt);
-  EXPECT_EQ(image->fallback.timeout->headers.at("X-Placeholder"), "true");
-  EXPECT_TRUE(contains(image->fallback.timeout->body, "<svg"));
-  EXPECT_EQ(image->fallback.any.status, 503);
+  ASSERT_TRUE(own(image->fallback, outcome::timeout));
+  EXPECT_EQ(own(image->fallback, outcome::timeout)->status, 200);
+  EXPECT_EQ(own(image->fallback, outcome::timeout)->content_type, "image/svg+xml");
+  EXPECT_EQ(own(image->fallback, outcome::timeout)->retry_after_s, std::nullopt);
+  EXPECT_EQ(own(image->fallback, outcome::timeout)->headers.at("X-Placeholder"), "true");
+  EXPECT_TRUE(contains(own(image->fallback, outcome::timeout)->body, "<svg"));
+  EXPECT_EQ(image->fallback.route.status, 503);
 
   const auto* db = config.find_route("db");
   ASSERT_NE(db, nullptr);
   EXPECT_EQ(db->priority.values.at("gold-key"), 10);
   EXPECT_EQ(db->priority.values.at("silver-key"), 5);
   EXPECT_FALSE(db->priority.raw_header_trusted);
-  EXPECT_EQ(config.find_group("db")->max_concurrent, 8u);
+  EXPECT_EQ(config.find_group("db")->limiter.max_concurrent, 8u);
 }
 
 TEST(config_shipped, peer_benchmark_configs_trust_x_priority) {
   for (const auto& [file, slots] : {std::pair{"peers-n8.yaml", 8u}, {"peers-n30.yaml", 30u}}) {
     const app_config config = load_config(std::string(QOS_SOURCE_DIR "/config/") + file);
     EXPECT_EQ(config.server.port, 9080);
-    EXPECT_EQ(config.find_group("db")->max_concurrent, slots);
+    EXPECT_EQ(config.find_group("db")->limiter.max_concurrent, slots);
     const auto* route = config.find_route("db");
     ASSERT_NE(route, nullptr);
     EXPECT_EQ(route->max_wait, 1s);
@@ -779,8 +1012,8 @@ TEST(config_shipped, catalog_example_leaves_overload_controls_off) {
   const app_config config = load_config(QOS_SOURCE_DIR "/config/qos.yaml");
   for (const auto& group : config.groups) {
     EXPECT_FALSE(group.limit) << group.name;
-    EXPECT_EQ(group.queue.discipline, qos::queue_discipline::fifo) << group.name;
-    EXPECT_EQ(group.aging_step, 0ms) << group.name;
+    EXPECT_EQ(group.limiter.discipline, qos::queue_discipline::fifo) << group.name;
+    EXPECT_EQ(group.limiter.aging_step, 0ms) << group.name;
     EXPECT_FALSE(group.shadow) << group.name;
   }
   for (const auto& route : config.routes) {
@@ -788,9 +1021,9 @@ TEST(config_shipped, catalog_example_leaves_overload_controls_off) {
     EXPECT_EQ(route.cost, 1u) << route.name;
     EXPECT_EQ(route.deadline.header, "") << route.name;
     EXPECT_FALSE(route.predictive_reject) << route.name;
-    EXPECT_FALSE(route.fallback.any.retry_after_auto) << route.name;
-    EXPECT_FALSE(route.fallback.shed) << route.name;
-    EXPECT_EQ(route.fallback.exec_timeout->status, 504) << route.name;
+    EXPECT_FALSE(route.fallback.route.retry_after_auto) << route.name;
+    EXPECT_FALSE(own(route.fallback, outcome::shed)) << route.name;
+    EXPECT_EQ(response(route.fallback, outcome::exec_timeout).status, 504) << route.name;
   }
 }
 
@@ -800,30 +1033,30 @@ TEST(config_shipped, advanced_example_uses_every_overload_control) {
   const auto* db = config.find_group("db");
   ASSERT_NE(db, nullptr);
   ASSERT_TRUE(db->limit);
-  EXPECT_EQ(db->limit->options.kind, qos::limit_kind::aimd);
-  EXPECT_EQ(db->limit->options.min, 2u);
-  EXPECT_EQ(db->limit->options.max, 32u);
-  EXPECT_EQ(db->limit->options.timeout, 500ms);
-  EXPECT_EQ(db->queue.discipline, qos::queue_discipline::codel);
-  EXPECT_EQ(db->aging_step, 250ms);
+  EXPECT_EQ(db->limit->kind, qos::limit_kind::aimd);
+  EXPECT_EQ(db->limit->min, 2u);
+  EXPECT_EQ(db->limit->max, 32u);
+  EXPECT_EQ(db->limit->timeout, 500ms);
+  EXPECT_EQ(db->limiter.discipline, qos::queue_discipline::codel);
+  EXPECT_EQ(db->limiter.aging_step, 250ms);
   EXPECT_FALSE(db->shadow);
 
   const auto* search = config.find_group("search");
   ASSERT_NE(search, nullptr);
   ASSERT_TRUE(search->limit);
-  EXPECT_EQ(search->limit->options.kind, qos::limit_kind::gradient2);
-  EXPECT_EQ(search->limit->options.probe_interval, 30s);
-  EXPECT_EQ(search->queue.discipline, qos::queue_discipline::adaptive_lifo);
+  EXPECT_EQ(search->limit->kind, qos::limit_kind::gradient2);
+  EXPECT_EQ(search->limit->probe_interval, 30s);
+  EXPECT_EQ(search->limiter.discipline, qos::queue_discipline::adaptive_lifo);
   EXPECT_TRUE(search->shadow);
 
   const auto* recommend = config.find_group("recommend");
   ASSERT_NE(recommend, nullptr);
   ASSERT_TRUE(recommend->limit);
-  EXPECT_EQ(recommend->limit->options.kind, qos::limit_kind::vegas);
-  EXPECT_EQ(recommend->limit->options.probe_interval, 10s);
+  EXPECT_EQ(recommend->limit->kind, qos::limit_kind::vegas);
+  EXPECT_EQ(recommend->limit->probe_interval, 10s);
 
   for (const auto* group : {db, search, recommend}) {
-    EXPECT_NO_THROW(qos::make_limit_algorithm(group->limit->options)) << group->name;
+    EXPECT_NO_THROW(qos::make_limit_algorithm(*group->limit)) << group->name;
   }
 
   const auto* item = config.find_route("item");
@@ -832,23 +1065,26 @@ TEST(config_shipped, advanced_example_uses_every_overload_control) {
   EXPECT_EQ(item->deadline.header, "X-Request-Timeout");
   EXPECT_TRUE(item->deadline.grpc_timeout);
   EXPECT_TRUE(item->predictive_reject);
-  EXPECT_TRUE(item->fallback.any.retry_after_auto);
-  ASSERT_TRUE(item->fallback.shed);
-  ASSERT_TRUE(item->fallback.deadline);
-  ASSERT_TRUE(item->fallback.predicted_timeout);
-  EXPECT_TRUE(item->fallback.predicted_timeout->retry_after_auto);
-  EXPECT_EQ(item->fallback.deadline->status, 504);
-  EXPECT_FALSE(item->fallback.deadline->retry_after_auto);
-  EXPECT_EQ(item->fallback.exec_timeout->status, 504);
-  EXPECT_FALSE(item->fallback.exec_timeout->retry_after_auto);
-  EXPECT_EQ(item->fallback.exec_timeout->retry_after_s, 2);
+  EXPECT_TRUE(item->fallback.route.retry_after_auto);
+  ASSERT_TRUE(own(item->fallback, outcome::shed));
+  ASSERT_TRUE(own(item->fallback, outcome::deadline));
+  ASSERT_TRUE(own(item->fallback, outcome::predicted_timeout));
+  EXPECT_TRUE(own(item->fallback, outcome::predicted_timeout)->retry_after_auto);
+  EXPECT_EQ(own(item->fallback, outcome::deadline)->status, 504);
+  EXPECT_FALSE(own(item->fallback, outcome::deadline)->retry_after_auto);
+  ASSERT_TRUE(own(item->fallback, outcome::exec_timeout));
+  EXPECT_EQ(own(item->fallback, outcome::exec_timeout)->status, 504);
+  EXPECT_FALSE(own(item->fallback, outcome::exec_timeout)->retry_after_auto);
+  EXPECT_EQ(own(item->fallback, outcome::exec_timeout)->retry_after_s, 2);
 
   const auto* report = config.find_route("report");
   ASSERT_NE(report, nullptr);
   EXPECT_EQ(report->cost, 4u);
   EXPECT_EQ(report->max_exec, 10s);
-  EXPECT_TRUE(report->fallback.queue_full->retry_after_auto);
-  EXPECT_EQ(report->fallback.exec_timeout->status, 503);
+  ASSERT_TRUE(own(report->fallback, outcome::queue_full));
+  ASSERT_TRUE(own(report->fallback, outcome::exec_timeout));
+  EXPECT_TRUE(own(report->fallback, outcome::queue_full)->retry_after_auto);
+  EXPECT_EQ(own(report->fallback, outcome::exec_timeout)->status, 503);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1123,24 +1359,24 @@ INSTANTIATE_TEST_SUITE_P(
                  "groups[0].limit.min", "must be > 0, got 0"},
         bad_case{"limit_min_above_max",
                  group_with("    limit:\n      algorithm: aimd\n      min: 10\n      max: 5\n"), 7,
-                 12, "groups[0].limit.max", "must be >= min (10), got 5"},
+                 12, "groups[0].limit.max", "must be >= min"},
         bad_case{"limit_max_float", group_with("    limit: {algorithm: aimd, max: 2.5}\n"), 4, 35,
                  "groups[0].limit.max", "expected an integer"},
         bad_case{"limit_initial_below_min",
                  group_with("    limit: {algorithm: aimd, min: 2, max: 4, initial: 1}\n"), 4, 55,
-                 "groups[0].limit.initial", "must be within [min, max] = [2, 4], got 1"},
+                 "groups[0].limit.initial", "must be within [min, max]"},
         bad_case{"limit_initial_above_max",
                  group_with("    limit: {algorithm: aimd, max: 4, initial: 5}\n"), 4, 47,
-                 "groups[0].limit.initial", "must be within [min, max] = [1, 4], got 5"},
+                 "groups[0].limit.initial", "must be within [min, max]"},
         bad_case{"limit_initial_above_default_max",
                  group_with("    limit: {algorithm: aimd, initial: 33}\n"), 4, 39,
-                 "groups[0].limit.initial", "[1, 32], got 33"},
+                 "groups[0].limit.initial", "must be within [min, max]"},
         bad_case{"backoff_ratio_too_low",
                  group_with("    limit: {algorithm: aimd, backoff_ratio: 0.4}\n"), 4, 45,
-                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1), got 0.4"},
+                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1)"},
         bad_case{"backoff_ratio_one",
                  group_with("    limit: {algorithm: aimd, backoff_ratio: 1}\n"), 4, 45,
-                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1), got 1"},
+                 "groups[0].limit.backoff_ratio", "must be in [0.5, 1)"},
         bad_case{"backoff_ratio_bool",
                  group_with("    limit: {algorithm: aimd, backoff_ratio: true}\n"), 4, 45,
                  "groups[0].limit.backoff_ratio", "expected a number, got 'true'"},
@@ -1167,18 +1403,18 @@ INSTANTIATE_TEST_SUITE_P(
                  "groups[0].limit.backoff_ratio", "applies only to algorithm aimd, not vegas"},
         bad_case{"rtt_tolerance_below_one",
                  group_with("    limit: {algorithm: gradient2, rtt_tolerance: 0.9}\n"), 4, 50,
-                 "groups[0].limit.rtt_tolerance", "must be >= 1, got 0.9"},
+                 "groups[0].limit.rtt_tolerance", "must be >= 1 and finite"},
         bad_case{"rtt_tolerance_infinite",
                  group_with("    limit: {algorithm: gradient2, rtt_tolerance: .inf}\n"), 4, 50,
                  "groups[0].limit.rtt_tolerance", "expected a number"},
         bad_case{"smoothing_zero", group_with("    limit: {algorithm: gradient2, smoothing: 0}\n"),
-                 4, 46, "groups[0].limit.smoothing", "must be in (0, 1], got 0"},
+                 4, 46, "groups[0].limit.smoothing", "must be in (0, 1]"},
         bad_case{"smoothing_above_one",
                  group_with("    limit: {algorithm: gradient2, smoothing: 1.5}\n"), 4, 46,
-                 "groups[0].limit.smoothing", "must be in (0, 1], got 1.5"},
+                 "groups[0].limit.smoothing", "must be in (0, 1]"},
         bad_case{"long_window_zero",
                  group_with("    limit: {algorithm: gradient2, long_window: 0}\n"), 4, 48,
-                 "groups[0].limit.long_window", "must be > 0, got 0"},
+                 "groups[0].limit.long_window", "must be >= 1"},
         bad_case{"probe_interval_zero",
                  group_with("    limit: {algorithm: vegas, probe_interval: 0ms}\n"), 4, 47,
                  "groups[0].limit.probe_interval", "must be > 0"},
@@ -1286,5 +1522,77 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"two_documents", std::string(minimal) + "---\n" + minimal, 8, 1, "",
                  "single YAML document"}),
     [](const testing::TestParamInfo<bad_case>& param) { return param.param.name; });
+
+// ---------------------------------------------------------------------------------------------
+// One range check: a setting built in code and the same setting in YAML are refused the same
+// way (validate()'s key and message), the YAML one at the line of the key.
+
+// The complaint validate() makes about settings built in code.
+template <typename... Options>
+qos::invalid_option refusal(const Options&... options) {
+  try {
+    qos::validate(options...);
+  } catch (const qos::invalid_option& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected invalid_option";
+  return qos::invalid_option("", "");
+}
+
+void expect_same_refusal(const qos::invalid_option& code, const config_error& yaml,
+                         const std::string& key_prefix, int line, int column) {
+  EXPECT_EQ(yaml.key(), key_prefix + code.key()) << yaml.what();
+  EXPECT_EQ(yaml.line(), line) << yaml.what();
+  EXPECT_EQ(yaml.column(), column) << yaml.what();
+  EXPECT_EQ(yaml.message(), code.message()) << yaml.what();
+}
+
+TEST(config_validate, blocking_threads_below_max_concurrent_is_refused_both_ways) {
+  const qos::group_options db{
+      .name = "db", .limiter = {.max_concurrent = 8}, .blocking_threads = 4};
+  const qos::invalid_option code = refusal(db);
+  EXPECT_EQ(code.key(), "blocking_threads");
+  EXPECT_EQ(code.message(), "must be 0 or >= max_concurrent (8), got 4");
+  expect_same_refusal(code, load_error(group_with("    blocking_threads: 4\n")), "groups[0].", 4,
+                      23);
+
+  // And both take max_concurrent itself.
+  EXPECT_NO_THROW(qos::validate(
+      qos::group_options{.name = "db", .limiter = {.max_concurrent = 8}, .blocking_threads = 8}));
+  EXPECT_NO_THROW(load_config_string(group_with("    blocking_threads: 8\n")));
+}
+
+TEST(config_validate, cost_above_what_the_group_grants_is_refused_both_ways) {
+  const qos::group_options db{.name = "db", .limiter = {.max_concurrent = 8}};
+  const qos::route_policy items{.name = "items", .group = "db", .cost = 9};
+  const qos::invalid_option code = refusal(items, db);
+  EXPECT_EQ(code.key(), "cost");
+  EXPECT_TRUE(contains(code.message(), "must be between 1 and 8")) << code.what();
+  expect_same_refusal(code, load_error(with("    cost: 9\n")), "routes[0].", 7, 11);
+
+  EXPECT_NO_THROW(qos::validate(qos::route_policy{.name = "items", .group = "db", .cost = 8}, db));
+  EXPECT_NO_THROW(load_config_string(with("    cost: 8\n")));
+}
+
+TEST(config_validate, limit_initial_outside_min_max_is_refused_both_ways) {
+  const qos::group_options db{
+      .name = "db",
+      .limiter = {.max_concurrent = 8},
+      .limit = qos::limit_options{.kind = qos::limit_kind::aimd, .min = 2, .max = 4, .initial = 5}};
+  const qos::invalid_option code = refusal(db);
+  EXPECT_EQ(code.key(), "limit.initial");
+  EXPECT_EQ(code.message(), "must be within [min, max] = [2, 4], got 5");
+  expect_same_refusal(
+      code, load_error(group_with("    limit: {algorithm: aimd, min: 2, max: 4, initial: 5}\n")),
+      "groups[0].", 4, 55);
+
+  EXPECT_NO_THROW(qos::validate(qos::group_options{
+      .name = "db",
+      .limiter = {.max_concurrent = 8},
+      .limit =
+          qos::limit_options{.kind = qos::limit_kind::aimd, .min = 2, .max = 4, .initial = 4}}));
+  EXPECT_NO_THROW(
+      load_config_string(group_with("    limit: {algorithm: aimd, min: 2, max: 4, initial: 4}\n")));
+}
 
 }  // namespace

@@ -1,0 +1,51 @@
+#include "qos/core/group_controller.hpp"
+
+#include <chrono>
+#include <cmath>
+
+namespace qos {
+
+namespace {
+// Weight of a new sample in the service-time average: about the last 20 requests.
+constexpr double ewma_alpha = 0.05;
+
+duration from_ns(double ns) {
+  return std::chrono::duration_cast<duration>(std::chrono::nanoseconds(std::llround(ns)));
+}
+}  // namespace
+
+group_controller::group_controller(limiter_options options,
+                                   std::unique_ptr<limit_algorithm> algorithm)
+    : limiter_(options), algorithm_(std::move(algorithm)) {
+  // Nobody waits yet: setting the limit grants no one, and its time is never read.
+  if (algorithm_) limiter_.set_limit(algorithm_->limit(), time_point{}, [](waiter&) {});
+}
+
+void group_controller::on_served(duration rtt, bool dropped, time_point now,
+                                 waiter_list& woken) noexcept {
+  const double ns = static_cast<double>(std::chrono::nanoseconds(rtt).count());
+  service_ns_ = service_ns_ == 0 ? ns : service_ns_ + ewma_alpha * (ns - service_ns_);
+  if (!algorithm_) return;
+  const std::size_t limit = algorithm_->on_sample({rtt, limiter_.in_use(), dropped, now});
+  if (limit != limiter_.limit()) {
+    limiter_.set_limit(limit, now, [&](waiter& w) { woken.push(w); });
+  }
+}
+
+duration group_controller::estimate_wait(priority level) const noexcept {
+  if (service_ns_ == 0) return duration::zero();
+  const double ahead =
+      static_cast<double>(limiter_.waiting_at_or_above(level) + limiter_.reserved());
+  return from_ns(ahead * service_ns_ / static_cast<double>(limiter_.limit()));
+}
+
+duration group_controller::service_time() const noexcept {
+  return from_ns(service_ns_);
+}
+
+group_stats group_controller::stats() const noexcept {
+  return {limiter_.in_use(), limiter_.waiting(),   limiter_.reserved(),
+          limiter_.limit(),  limiter_.max_queue(), service_time()};
+}
+
+}  // namespace qos

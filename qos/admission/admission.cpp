@@ -105,7 +105,6 @@ outcome execute(const admission::route& r, transport& t, handler_kind kind,
       request_scope scope(ctx);
       return t.handle();
     };
-    std::optional<response> result;
     if (r.policy.max_exec) {
       boost::fibers::future<std::optional<response>> running =
           kind == handler_kind::blocking ? r.group->pool().post(call)
@@ -119,12 +118,11 @@ outcome execute(const admission::route& r, transport& t, handler_kind kind,
         }
         return outcome::exec_timeout;
       }
-      result = running.get();
-    } else if (kind == handler_kind::blocking) {
-      result = r.group->pool().run(call);
-    } else {
-      result = t.handle();
+      if (auto result = running.get()) t.answer(std::move(*result));
+      return outcome::admitted;
     }
+    std::optional<response> result =
+        kind == handler_kind::blocking ? r.group->pool().run(call) : t.handle();
     if (result) t.answer(std::move(*result));
     return outcome::admitted;
   } catch (...) {

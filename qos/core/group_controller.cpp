@@ -6,9 +6,6 @@
 namespace qos {
 
 namespace {
-// Weight of a new sample in the service-time average: about the last 20 requests.
-constexpr double ewma_alpha = 0.05;
-
 duration from_ns(double ns) {
   return std::chrono::duration_cast<duration>(std::chrono::nanoseconds(std::llround(ns)));
 }
@@ -21,11 +18,8 @@ group_controller::group_controller(limiter_options options,
   if (algorithm_) limiter_.set_limit(algorithm_->limit(), time_point{}, [](waiter&) {});
 }
 
-void group_controller::on_served(duration rtt, bool dropped, time_point now,
-                                 waiter_list& woken) noexcept {
-  const double ns = static_cast<double>(std::chrono::nanoseconds(rtt).count());
-  service_ns_ = service_ns_ == 0 ? ns : service_ns_ + ewma_alpha * (ns - service_ns_);
-  if (!algorithm_) return;
+void group_controller::adapt(duration rtt, bool dropped, time_point now,
+                             waiter_list& woken) noexcept {
   const std::size_t limit = algorithm_->on_sample({rtt, limiter_.in_use(), dropped, now});
   if (limit != limiter_.limit()) {
     limiter_.set_limit(limit, now, [&](waiter& w) { woken.push(w); });

@@ -4,6 +4,7 @@
 // callers serialise access and pass `now`; nothing here reads a clock.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 
@@ -40,7 +41,11 @@ class group_controller {
   // the service-time average and the adaptive limit; waiters a raised limit grants are pushed
   // to `woken`. Never call it for shed or timed-out requests: they say nothing about the
   // backend (see limit_algorithm.hpp).
-  void on_served(duration rtt, bool dropped, time_point now, waiter_list& woken) noexcept;
+  void on_served(duration rtt, bool dropped, time_point now, waiter_list& woken) noexcept {
+    const double ns = static_cast<double>(std::chrono::nanoseconds(rtt).count());
+    service_ns_ = service_ns_ == 0 ? ns : service_ns_ + ewma_alpha * (ns - service_ns_);
+    if (algorithm_) adapt(rtt, dropped, now, woken);
+  }
 
   // Expected wait of a request at `level` that holds a ticket now: the waiters at its level or
   // above and every ticket (its own included) leave at limit / service time per second
@@ -53,6 +58,10 @@ class group_controller {
   bool adaptive() const noexcept { return algorithm_ != nullptr; }
 
  private:
+  // Weight of a new sample in the service-time average: about the last 20 requests.
+  static constexpr double ewma_alpha = 0.05;
+  void adapt(duration rtt, bool dropped, time_point now, waiter_list& woken) noexcept;
+
   qos::limiter limiter_;
   std::unique_ptr<limit_algorithm> algorithm_;
   double service_ns_ = 0;  // EWMA of served rtt; 0: no sample yet

@@ -78,10 +78,20 @@ void admission::shutdown() noexcept {
 
 namespace {
 
-// Answers without running the handler, and reports it.
-void answer_now(const admission::route& r, transport& t, outcome why, duration waited) noexcept {
-  r.metrics->on_outcome(why, waited);
+// The last step of every request: the metrics and the edge learn how it ended.
+void report(const admission::route& r, transport& t, const request_report& what) noexcept {
+  r.metrics->on_done(what);
+  t.done(what);
+}
+
+// Answers without running the handler, and reports it. The counters move before the answer
+// leaves, so a client that saw its fallback finds it counted.
+void answer_now(const admission::route& r, transport& t, outcome why, priority level,
+                duration waited) noexcept {
+  const request_report what{.result = why, .level = level, .waited = waited};
+  r.metrics->on_done(what);
   t.fallback(why);
+  t.done(what);
 }
 
 // How long a request may wait: max_wait, or less when the client's deadline minus the
@@ -134,11 +144,11 @@ outcome execute(const admission::route& r, transport& t, handler_kind kind,
 // The request holds `p` (empty in shadow mode): run it and report. The permit is returned
 // after the handler ended, whether it returned, threw or overran max_exec. `start` is now, or
 // the arrival of a request served inline at once (one clock read fewer on the cheapest path).
-void run(const admission::route& r, transport& t, handler_kind kind, permit p, duration waited,
-         const request_context& ctx, time_point start, bool on_caller) noexcept {
+void run(const admission::route& r, transport& t, handler_kind kind, permit p, priority level,
+         duration waited, const request_context& ctx, time_point start, bool on_caller) noexcept {
   if (!t.connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
-    answer_now(r, t, outcome::client_gone, waited);
+    answer_now(r, t, outcome::client_gone, level, waited);
     return;
   }
   outcome o;
@@ -153,8 +163,7 @@ void run(const admission::route& r, transport& t, handler_kind kind, permit p, d
   // Only requests that really ran are latency samples; an overrun says the backend is slow.
   if (p) r.group->limiter().on_served(took, o == outcome::exec_timeout);
   p.reset();
-  r.metrics->on_served(took);
-  r.metrics->on_outcome(o, waited);
+  report(r, t, {.result = o, .level = level, .waited = waited, .handled = took, .ran = true});
 }
 
 // On a fiber: waits for a permit with the place `place` holds (none: it already has one, or
@@ -170,13 +179,13 @@ void wait_and_run(const admission::route& r, const request_info& info, duration 
     if (got.result != outcome::admitted) {
       // A wait cut short by the client's deadline is reported as such.
       const bool by_deadline = got.result == outcome::timeout && budget < r.policy.max_wait;
-      answer_now(r, t, by_deadline ? outcome::deadline : got.result, waited);
+      answer_now(r, t, by_deadline ? outcome::deadline : got.result, info.level, waited);
       if (got.result == outcome::timeout) r.metrics->on_late_fallback(clock::now() - until);
       return;
     }
     p = std::move(got.permit);
   }
-  run(r, t, kind, std::move(p), waited, ctx, clock::now(), false);
+  run(r, t, kind, std::move(p), info.level, waited, ctx, clock::now(), false);
 }
 
 }  // namespace
@@ -184,13 +193,14 @@ void wait_and_run(const admission::route& r, const request_info& info, duration 
 void admission::submit(const route& r, const request_info& info, handler_kind kind,
                        std::unique_ptr<transport> t) noexcept {
   // 1. Decide, on the calling thread, without blocking.
+  r.metrics->on_arrival(info.level);
   const duration budget = wait_budget(r, info);
-  if (budget <= duration::zero()) return answer_now(r, *t, outcome::deadline, duration::zero());
+  if (budget <= duration::zero()) return answer_now(r, *t, outcome::deadline, info.level, {});
 
   auto admit = r.group->limiter().try_admit(r.policy.cost, info.level);
   using kind_t = fiber_limiter::admit_kind;
   bool wait = admit.kind == kind_t::queued;
-  if (admit.kind == kind_t::shutdown) return answer_now(r, *t, outcome::shutdown, {});
+  if (admit.kind == kind_t::shutdown) return answer_now(r, *t, outcome::shutdown, info.level, {});
   if (r.group->shadow() && admit.kind != kind_t::granted) {
     // Shadow mode: count what a real gate would do, then let the request through unlimited.
     // A request that would have queued keeps its queue place while it runs, so a lasting
@@ -198,16 +208,17 @@ void admission::submit(const route& r, const request_info& info, handler_kind ki
     r.metrics->on_shadow(wait ? outcome::timeout : outcome::queue_full);
     wait = false;
   } else if (admit.kind == kind_t::queue_full) {
-    return answer_now(r, *t, outcome::queue_full, {});
+    return answer_now(r, *t, outcome::queue_full, info.level, {});
   } else if (wait && r.policy.predictive_reject &&
              r.group->limiter().estimate_wait(info.level) > budget) {
-    return answer_now(r, *t, outcome::predicted_timeout, {});  // the ticket gives its place back
+    // The ticket gives its place back as it goes.
+    return answer_now(r, *t, outcome::predicted_timeout, info.level, {});
   }
 
   // 2. A free permit and trivial code: run it here, no fiber, no hand-off.
   if (admit.permit && kind == handler_kind::reactor && !r.policy.max_exec) {
-    run(r, *t, kind, std::move(admit.permit), duration::zero(), request_context{info.deadline},
-        info.arrival, true);
+    run(r, *t, kind, std::move(admit.permit), info.level, duration::zero(),
+        request_context{info.deadline}, info.arrival, true);
     return;
   }
 
@@ -215,7 +226,7 @@ void admission::submit(const route& r, const request_info& info, handler_kind ki
   try {
     t->detach();
   } catch (...) {
-    return answer_now(r, *t, outcome::rejected, {});
+    return answer_now(r, *t, outcome::rejected, info.level, {});
   }
   transport* raw = t.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
@@ -226,7 +237,7 @@ void admission::submit(const route& r, const request_info& info, handler_kind ki
   if (!exec_.try_post(task)) {
     // Refused: the task still owns the request, its permit and its place; answer from here,
     // and let the task give them back as it goes.
-    answer_now(r, *raw, outcome::rejected, {});
+    answer_now(r, *raw, outcome::rejected, info.level, {});
   }
 }
 

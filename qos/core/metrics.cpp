@@ -5,8 +5,8 @@ namespace {
 
 class null_route final : public route_metrics {
  public:
-  void on_outcome(outcome, duration) noexcept override {}
-  void on_served(duration) noexcept override {}
+  void on_arrival(priority) noexcept override {}
+  void on_done(const request_report&) noexcept override {}
   void on_shadow(outcome) noexcept override {}
 };
 

@@ -286,8 +286,11 @@ rest::Route::Handler wrap(const gate::http_route& state, admission& adm,
     try {
       info = state.info(req);
     } catch (...) {
-      state.route->metrics->on_outcome(outcome::error, duration::zero());
+      const request_report failed{.result = outcome::error};
+      state.route->metrics->on_arrival(0);
       t->fail(std::current_exception());
+      state.route->metrics->on_done(failed);
+      t->done(failed);
       return rest::Route::Result::Ok;
     }
     adm.submit(*state.route, info, kind, std::move(t));

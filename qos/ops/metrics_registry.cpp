@@ -16,6 +16,15 @@ std::uint64_t ns(duration d) {
 
 }  // namespace
 
+void metrics_registry::route_counters::on_arrival(priority) noexcept {
+  arrivals.fetch_add(1, std::memory_order_relaxed);
+}
+
+void metrics_registry::route_counters::on_done(const request_report& r) noexcept {
+  on_outcome(r.result, r.waited);
+  if (r.ran) on_served(r.handled);
+}
+
 void metrics_registry::route_counters::on_outcome(outcome o, duration waited) noexcept {
   outcomes[static_cast<std::size_t>(o)].fetch_add(1, std::memory_order_relaxed);
   const double s = std::chrono::duration<double>(waited).count();

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "qos/core/metrics.hpp"
 #include "qos/core/outcome.hpp"
 
 namespace qos {
@@ -56,6 +57,9 @@ class transport {
   // The handler failed (`error` holds what it threw): answer `error` unless it already
   // answered, and say why where operators look.
   virtual void fail(std::exception_ptr error) noexcept = 0;
+  // Last call, once the request has been answered: what admission decided and measured (for
+  // an access log). The default ignores it.
+  virtual void done(const request_report& report) noexcept { (void)report; }
 };
 
 }  // namespace qos

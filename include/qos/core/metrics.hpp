@@ -7,21 +7,30 @@
 
 #include "qos/core/clock.hpp"
 #include "qos/core/outcome.hpp"
+#include "qos/core/priority.hpp"
 
 namespace qos {
+
+// What admission knows of one finished request; reported once per request.
+struct request_report {
+  outcome result = outcome::admitted;
+  priority level = 0;
+  duration waited{};   // arrival to admission or fallback; zero when decided at once
+  duration handled{};  // how long the handler held its permit; zero when it did not run
+  bool ran = false;    // the handler ran (admitted, error, exec_timeout)
+};
 
 class route_metrics {
  public:
   virtual ~route_metrics() = default;
-  // Once per request: how it ended and how long it waited for a decision (0 when admitted at
-  // once or shed at once).
-  virtual void on_outcome(outcome o, duration waited) noexcept = 0;
-  // Once per handler run: how long the handler held its permit.
-  virtual void on_served(duration took) noexcept = 0;
-  // Shadow mode: the request ran, but a real gate would have given it `would_be` (queued as
-  // `timed_out` stands for "would have waited", queue_full for "would have been shed").
+  // Once per request, when it reaches admission.
+  virtual void on_arrival(priority level) noexcept = 0;
+  // Once per request, when it has been answered (or found gone).
+  virtual void on_done(const request_report& r) noexcept = 0;
+  // Shadow mode: the request ran, but a real gate would have given it `would_be` (timeout
+  // stands for "would have waited", queue_full for "would have been shed").
   virtual void on_shadow(outcome would_be) noexcept = 0;
-  // Once per fallback for a wait that ran out (timed_out, deadline): how long after the wait's
+  // Once per fallback for a wait that ran out (timeout, deadline): how long after the wait's
   // deadline the fallback was handed to the transport. The precision of max_wait.
   virtual void on_late_fallback(duration late) noexcept { (void)late; }
 };

@@ -38,8 +38,11 @@ class metrics_registry final : public metrics_sink {
     std::array<std::atomic<std::uint64_t>, late_buckets.size() + 1> late_hist{};
     std::atomic<std::uint64_t> late_ns_sum{0};
 
-    void on_outcome(outcome o, duration waited) noexcept override;
-    void on_served(duration took) noexcept override;
+    std::atomic<std::uint64_t> arrivals{0};
+    void on_arrival(priority level) noexcept override;
+    void on_done(const request_report& r) noexcept override;
+    void on_outcome(outcome o, duration waited) noexcept;
+    void on_served(duration took) noexcept;
     void on_shadow(outcome would_be) noexcept override;
     void on_late_fallback(duration late) noexcept override;
     std::uint64_t count(outcome o) const noexcept {

@@ -319,8 +319,8 @@ TEST(admission_test, shadow_group_counts_what_it_would_queue_and_shed_and_lets_a
   struct counting_metrics final : metrics_sink, route_metrics {
     std::atomic<int> queued{0}, shed{0};
     route_metrics& route(std::string_view, std::string_view) override { return *this; }
-    void on_outcome(outcome, duration) noexcept override {}
-    void on_served(duration) noexcept override {}
+    void on_arrival(priority) noexcept override {}
+    void on_done(const request_report&) noexcept override {}
     void on_shadow(outcome o) noexcept override { ++(o == outcome::queue_full ? shed : queued); }
   } m;
   auto g = group_of(1, 2);

@@ -17,7 +17,7 @@ namespace {
 
 // The single-threaded core: what the state machine itself costs.
 void core_acquire_release(benchmark::State& state) {
-  qos::limiter l({8, 1000});
+  qos::limiter l({.max_concurrent = 8, .max_queue = 1000});
   const auto now = qos::clock::now();
   for (auto _ : state) {
     benchmark::DoNotOptimize(l.try_acquire());
@@ -28,7 +28,7 @@ BENCHMARK(core_acquire_release);
 
 // What a request pays with free permits: the locked try_admit plus the RAII release.
 void acquire_release_uncontended(benchmark::State& state) {
-  qos::fiber_limiter l({8, 1000});
+  qos::fiber_limiter l({.max_concurrent = 8, .max_queue = 1000});
   for (auto _ : state) {
     auto a = l.try_admit();
     benchmark::DoNotOptimize(a.kind);
@@ -39,7 +39,7 @@ BENCHMARK(acquire_release_uncontended);
 
 // A full queue sheds on the reactor thread without creating a fiber: the cost of that answer.
 void reject_on_full_queue(benchmark::State& state) {
-  qos::fiber_limiter l({1, 1});
+  qos::fiber_limiter l({.max_concurrent = 1, .max_queue = 1});
   auto held = l.try_admit();
   auto queued = l.try_admit();  // its ticket holds the only queue place until the end
   for (auto _ : state) benchmark::DoNotOptimize(l.try_admit().kind);
@@ -49,7 +49,7 @@ BENCHMARK(reject_on_full_queue);
 // Park and resume: two fibers on one thread take turns on a limit of 1, so every acquire parks
 // and every release hands the permit over and resumes the other. Reported per hand-off.
 void park_resume(benchmark::State& state) {
-  qos::fiber_limiter l({1, 16});
+  qos::fiber_limiter l({.max_concurrent = 1, .max_queue = 16});
   const auto far = qos::clock::now() + std::chrono::hours(1);
   std::int64_t handoffs = 0;
   for (auto _ : state) {
@@ -75,7 +75,7 @@ BENCHMARK(park_resume)->Unit(benchmark::kMillisecond);
 // Reactor → fiber: post a job from a plain thread and wait until a fiber of the executor has
 // started it (the round trip, so about twice the one-way hand-off).
 void reactor_to_fiber(benchmark::State& state) {
-  qos::executor ex({2, 1024, 64 * 1024});
+  qos::executor ex({.threads = 2, .inbox = 1024});
   std::atomic<bool> ran{false};
   for (auto _ : state) {
     ran.store(false, std::memory_order_relaxed);
@@ -108,7 +108,7 @@ class inline_transport final : public qos::transport {
 };
 
 void admission_inline(benchmark::State& state) {
-  qos::executor exec({1, 1024, 64 * 1024});
+  qos::executor exec({.threads = 1, .inbox = 1024});
   qos::group_options g;
   g.name = "free";
   g.limiter.max_concurrent = 100000;

@@ -94,7 +94,7 @@ struct fixture {
   explicit fixture(std::size_t n, std::size_t queue, duration wait)
       : fixture(group_of(n, queue), route_of(wait)) {}
   fixture(const group_options& g, const route_policy& r, metrics_sink& m = null_metrics())
-      : exec({2, 1024, 64 * 1024}),
+      : exec({.threads = 2, .inbox = 1024}),
         adm({g}, {r}, exec, m),
         route(*adm.find_route("r")),
         group(*adm.find_group("g")) {}

@@ -53,7 +53,8 @@ class closed_loop {
       const duration rtt = b.latency(concurrent);
       clock_.advance(rtt);
       for (std::size_t i = 0; i < concurrent; ++i) {
-        const std::size_t limit = algorithm_.on_sample({rtt, concurrent, false, clock_.now()});
+        const std::size_t limit =
+            algorithm_.on_sample({.rtt = rtt, .inflight = concurrent, .now = clock_.now()});
         EXPECT_EQ(limit, algorithm_.limit());
         out.lowest = std::min(out.lowest, limit);
         out.highest = std::max(out.highest, limit);
@@ -187,9 +188,10 @@ TEST(limit_algorithm_test, aimd_cuts_multiplicatively_once_per_window) {
   auto a = make_limit_algorithm(options(limit_kind::aimd));
   manual_clock clock;
   // One drop among a window of 20 cuts once, when the window completes.
-  for (int i = 0; i < 19; ++i) a->on_sample({10ms, 20, false, clock.now()});
+  for (int i = 0; i < 19; ++i) a->on_sample({.rtt = 10ms, .inflight = 20, .now = clock.now()});
   EXPECT_EQ(a->limit(), 20u);
-  EXPECT_EQ(a->on_sample({10ms, 20, true, clock.now()}), 18u);  // floor(20 * 0.9)
+  EXPECT_EQ(a->on_sample({.rtt = 10ms, .inflight = 20, .dropped = true, .now = clock.now()}),
+            18u);  // floor(20 * 0.9)
   // A window of timeouts cuts once too, not once per sample: they all ran under one limit.
   EXPECT_EQ(window(*a, clock, 80ms, 18), 16u);  // floor(18 * 0.9)
   EXPECT_EQ(window(*a, clock, 10ms, 16), 17u);  // healthy and in use: +1
@@ -224,7 +226,7 @@ TEST(limit_algorithm_test, app_limited_traffic_does_not_raise_the_limit) {
     manual_clock clock;
     for (int i = 0; i < 20000; ++i) {  // 200 s: probes included
       clock.advance(10ms);
-      EXPECT_LE(a->on_sample({5ms, 2, false, clock.now()}), 20u);
+      EXPECT_LE(a->on_sample({.rtt = 5ms, .inflight = 2, .now = clock.now()}), 20u);
     }
     EXPECT_EQ(a->limit(), 20u);
   }
@@ -268,12 +270,13 @@ TEST(limit_algorithm_test, a_probe_pins_the_limit_to_min_for_one_window_then_res
     ASSERT_GT(before, o.min);
     // Requests admitted before the probe still report, slowly: they must not end it.
     for (std::size_t i = 0; i < before; ++i) {
-      EXPECT_EQ(a->on_sample({900ms, before, false, clock.now()}), o.min);
+      EXPECT_EQ(a->on_sample({.rtt = 900ms, .inflight = before, .now = clock.now()}), o.min);
     }
     // min requests admitted during the probe end it, and the limit comes back (give or take
     // the one update from the window that ended at the probe time).
     clock.advance(50ms);
-    for (std::size_t i = 0; i < o.min; ++i) a->on_sample({50ms, o.min, false, clock.now()});
+    for (std::size_t i = 0; i < o.min; ++i)
+      a->on_sample({.rtt = 50ms, .inflight = o.min, .now = clock.now()});
     EXPECT_NEAR(static_cast<double>(a->limit()), static_cast<double>(before), 1.0);
   }
 }
@@ -291,7 +294,7 @@ TEST(limit_algorithm_test, a_probe_ends_even_if_the_clock_stands_still) {
   ASSERT_EQ(a->limit(), 5u);
   int samples = 0;
   while (a->limit() == 5u && samples < 1000) {
-    a->on_sample({50ms, 20, false, clock.now()});
+    a->on_sample({.rtt = 50ms, .inflight = 20, .now = clock.now()});
     ++samples;
   }
   EXPECT_EQ(samples, 20 + 5);  // 20 in flight left out, then one window of min

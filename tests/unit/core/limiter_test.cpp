@@ -28,7 +28,7 @@ class limiter_test : public ::testing::Test {
 };
 
 TEST_F(limiter_test, grants_at_most_max_concurrent) {
-  limiter l({3, 10});
+  limiter l({.max_concurrent = 3, .max_queue = 10});
   EXPECT_TRUE(l.try_acquire());
   EXPECT_TRUE(l.try_acquire());
   EXPECT_TRUE(l.try_acquire());
@@ -42,9 +42,9 @@ TEST_F(limiter_test, grants_at_most_max_concurrent) {
 }
 
 TEST_F(limiter_test, enqueue_grants_when_free) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   waiter w;
-  EXPECT_EQ(l.enqueue(w, {0, clock_.now() + 1s, clock_.now()}, false),
+  EXPECT_EQ(l.enqueue(w, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::granted);
   EXPECT_EQ(w.state(), waiter_state::granted);
   EXPECT_EQ(l.in_use(), 1u);
@@ -52,13 +52,15 @@ TEST_F(limiter_test, enqueue_grants_when_free) {
 }
 
 TEST_F(limiter_test, release_serves_highest_priority_first_fifo_within_level) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 5> w;
   const priority levels[] = {1, 5, 1, 5, 3};
   for (std::size_t i = 0; i < w.size(); ++i) {
-    ASSERT_EQ(l.enqueue(w[i], {levels[i], clock_.now() + 10s, clock_.now()}, false),
-              limiter::enqueue_result::queued);
+    ASSERT_EQ(
+        l.enqueue(w[i], {.level = levels[i], .deadline = clock_.now() + 10s, .now = clock_.now()},
+                  false),
+        limiter::enqueue_result::queued);
   }
   std::vector<waiter*> order;
   while (waiter* next = release(l)) {
@@ -71,50 +73,52 @@ TEST_F(limiter_test, release_serves_highest_priority_first_fifo_within_level) {
 }
 
 TEST_F(limiter_test, release_hands_permit_directly_so_newcomers_cannot_barge) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   waiter w;
-  ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 1s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   EXPECT_EQ(release(l), &w);
   // The permit moved to w: still in use, a newcomer of any priority gets nothing.
   EXPECT_EQ(l.in_use(), 1u);
   EXPECT_FALSE(l.try_acquire());
   waiter high;
-  EXPECT_EQ(l.enqueue(high, {max_priority, clock_.now() + 1s, clock_.now()}, false),
-            limiter::enqueue_result::queued);
+  EXPECT_EQ(
+      l.enqueue(high, {.level = max_priority, .deadline = clock_.now() + 1s, .now = clock_.now()},
+                false),
+      limiter::enqueue_result::queued);
   EXPECT_EQ(release(l), &high);
   EXPECT_EQ(release(l), nullptr);
 }
 
 TEST_F(limiter_test, newcomer_does_not_take_a_permit_while_reservations_are_pending) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   ASSERT_TRUE(l.try_reserve());
   EXPECT_EQ(release(l), nullptr);  // nobody queued yet: the permit is free
   EXPECT_FALSE(l.try_acquire());   // but the reserved request came first
   waiter w;
-  EXPECT_EQ(l.enqueue(w, {0, clock_.now() + 1s, clock_.now()}, true),
+  EXPECT_EQ(l.enqueue(w, {.deadline = clock_.now() + 1s, .now = clock_.now()}, true),
             limiter::enqueue_result::granted);
   EXPECT_EQ(l.reserved(), 0u);
   release(l);
 }
 
 TEST_F(limiter_test, queue_cap_counts_waiters_and_reservations) {
-  limiter l({1, 2});
+  limiter l({.max_concurrent = 1, .max_queue = 2});
   ASSERT_TRUE(l.try_acquire());
   waiter a;
-  ASSERT_EQ(l.enqueue(a, {0, clock_.now() + 1s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(a, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   ASSERT_TRUE(l.try_reserve());
   EXPECT_FALSE(l.try_reserve());
   waiter b;
-  EXPECT_EQ(l.enqueue(b, {9, clock_.now() + 1s, clock_.now()}, false),
+  EXPECT_EQ(l.enqueue(b, {.level = 9, .deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queue_full);
   EXPECT_EQ(b.state(), waiter_state::idle);
   // A reserved request always finds its place.
   waiter c;
-  EXPECT_EQ(l.enqueue(c, {0, clock_.now() + 1s, clock_.now()}, true),
+  EXPECT_EQ(l.enqueue(c, {.deadline = clock_.now() + 1s, .now = clock_.now()}, true),
             limiter::enqueue_result::queued);
   EXPECT_EQ(l.waiting(), 2u);
   l.cancel_all([](waiter&) {});
@@ -122,12 +126,12 @@ TEST_F(limiter_test, queue_cap_counts_waiters_and_reservations) {
 }
 
 TEST_F(limiter_test, expire_removes_only_waiters_past_their_deadline) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   waiter early, late;
-  ASSERT_EQ(l.enqueue(early, {0, clock_.now() + 100ms, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(early, {.deadline = clock_.now() + 100ms, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
-  ASSERT_EQ(l.enqueue(late, {0, clock_.now() + 300ms, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(late, {.deadline = clock_.now() + 300ms, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   EXPECT_EQ(l.next_deadline(), clock_.now() + 100ms);
   clock_.advance(99ms);
@@ -144,15 +148,15 @@ TEST_F(limiter_test, expire_removes_only_waiters_past_their_deadline) {
 }
 
 TEST_F(limiter_test, remove_of_a_waiting_waiter_frees_its_place) {
-  limiter l({1, 1});
+  limiter l({.max_concurrent = 1, .max_queue = 1});
   ASSERT_TRUE(l.try_acquire());
   waiter a;
-  ASSERT_EQ(l.enqueue(a, {0, clock_.now() + 1s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(a, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   EXPECT_TRUE(l.remove(a, waiter_state::expired));
   EXPECT_EQ(a.state(), waiter_state::expired);
   waiter b;
-  EXPECT_EQ(l.enqueue(b, {0, clock_.now() + 1s, clock_.now()}, false),
+  EXPECT_EQ(l.enqueue(b, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   EXPECT_EQ(release(l), &b);
   release(l);
@@ -161,10 +165,10 @@ TEST_F(limiter_test, remove_of_a_waiting_waiter_frees_its_place) {
 TEST_F(limiter_test, grant_versus_timeout_race_leaves_exactly_one_owner) {
   // The release wins the race: the waiter's timeout arrives after the grant, so remove() fails
   // and the waiter owns the permit; it must return it, and the count returns to zero.
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   waiter w;
-  ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 1s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(1s);
   EXPECT_EQ(release(l), &w);  // granted at the deadline instant
@@ -178,7 +182,7 @@ TEST_F(limiter_test, grant_versus_timeout_race_leaves_exactly_one_owner) {
   // The timeout wins: after remove() the release finds nobody and the permit goes back.
   ASSERT_TRUE(l.try_acquire());
   waiter v;
-  ASSERT_EQ(l.enqueue(v, {0, clock_.now() + 1s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(v, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(1s);
   EXPECT_TRUE(l.remove(v, waiter_state::expired));
@@ -187,11 +191,11 @@ TEST_F(limiter_test, grant_versus_timeout_race_leaves_exactly_one_owner) {
 }
 
 TEST_F(limiter_test, cancel_all_empties_the_queue) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 3> w;
   for (auto& x : w)
-    ASSERT_EQ(l.enqueue(x, {2, clock_.now() + 1s, clock_.now()}, false),
+    ASSERT_EQ(l.enqueue(x, {.level = 2, .deadline = clock_.now() + 1s, .now = clock_.now()}, false),
               limiter::enqueue_result::queued);
   EXPECT_EQ(l.cancel_all([](waiter& x) { EXPECT_EQ(x.state(), waiter_state::cancelled); }), 3u);
   EXPECT_EQ(l.waiting(), 0u);
@@ -199,14 +203,16 @@ TEST_F(limiter_test, cancel_all_empties_the_queue) {
 }
 
 TEST_F(limiter_test, costs_take_several_units_and_keep_strict_order) {
-  limiter l({4, 10});
+  limiter l({.max_concurrent = 4, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire(3));
   EXPECT_FALSE(l.try_acquire(2));
   waiter heavy, light;
-  ASSERT_EQ(l.enqueue(heavy, {0, clock_.now() + 1s, clock_.now(), 3}, false),
-            limiter::enqueue_result::queued);
-  ASSERT_EQ(l.enqueue(light, {0, clock_.now() + 1s, clock_.now(), 1}, false),
-            limiter::enqueue_result::queued);
+  ASSERT_EQ(
+      l.enqueue(heavy, {.deadline = clock_.now() + 1s, .now = clock_.now(), .cost = 3}, false),
+      limiter::enqueue_result::queued);
+  ASSERT_EQ(
+      l.enqueue(light, {.deadline = clock_.now() + 1s, .now = clock_.now(), .cost = 1}, false),
+      limiter::enqueue_result::queued);
   // One unit is free, but the heavy request is first: the light one does not overtake it.
   EXPECT_EQ(l.in_use(), 3u);
   std::vector<waiter*> granted;
@@ -219,11 +225,11 @@ TEST_F(limiter_test, costs_take_several_units_and_keep_strict_order) {
 }
 
 TEST_F(limiter_test, raising_the_limit_grants_waiters_and_lowering_drains) {
-  limiter l({1, 10});
+  limiter l({.max_concurrent = 1, .max_queue = 10});
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 3> w;
   for (auto& x : w) {
-    ASSERT_EQ(l.enqueue(x, {0, clock_.now() + 1s, clock_.now()}, false),
+    ASSERT_EQ(l.enqueue(x, {.deadline = clock_.now() + 1s, .now = clock_.now()}, false),
               limiter::enqueue_result::queued);
   }
   std::vector<waiter*> granted;
@@ -246,18 +252,18 @@ TEST_F(limiter_test, codel_sheds_waiters_past_target_once_the_queue_stands) {
   limiter l(o);
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 4> w;
-  ASSERT_EQ(l.enqueue(w[0], {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w[0], {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(20ms);
   // The queue has stood for 20 ms only: no shedding yet, the oldest is served.
   EXPECT_EQ(release(l), &w[0]);
-  ASSERT_EQ(l.enqueue(w[1], {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w[1], {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(98ms);
-  ASSERT_EQ(l.enqueue(w[2], {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w[2], {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(2ms);
-  ASSERT_EQ(l.enqueue(w[3], {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(w[3], {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(1ms);
   // Standing for 101 ms now: w1 (101 ms old) is shed; w2 (3 ms) is within target and served.
@@ -279,7 +285,7 @@ TEST_F(limiter_test, codel_stays_in_dropping_state_when_shedding_empties_the_que
   limiter l(o);
   ASSERT_TRUE(l.try_acquire());
   waiter old_one;
-  ASSERT_EQ(l.enqueue(old_one, {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(old_one, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(150ms);
   std::vector<waiter_state> states;
@@ -290,7 +296,7 @@ TEST_F(limiter_test, codel_stays_in_dropping_state_when_shedding_empties_the_que
   // shed, rather than enjoying a fresh interval of FIFO.
   clock_.advance(10ms);
   waiter next;
-  ASSERT_EQ(l.enqueue(next, {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(next, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(20ms);
   states.clear();
@@ -300,7 +306,7 @@ TEST_F(limiter_test, codel_stays_in_dropping_state_when_shedding_empties_the_que
   ASSERT_TRUE(l.try_acquire());
   clock_.advance(200ms);
   waiter fresh;
-  ASSERT_EQ(l.enqueue(fresh, {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(fresh, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(20ms);
   EXPECT_EQ(release(l), &fresh);
@@ -313,10 +319,11 @@ TEST_F(limiter_test, codel_keeps_levels_apart) {
   limiter l(o);
   ASSERT_TRUE(l.try_acquire());
   waiter old_low, fresh_high;
-  ASSERT_EQ(l.enqueue(old_low, {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(old_low, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   clock_.advance(200ms);
-  ASSERT_EQ(l.enqueue(fresh_high, {5, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(fresh_high, {.level = 5, .deadline = clock_.now() + 10s, .now = clock_.now()},
+                      false),
             limiter::enqueue_result::queued);
   // Each level keeps its own standing-queue clock: the fresh high waiter is served, and the low
   // one, 200 ms into a standing queue of its own, is shed on the same hand-off.
@@ -338,7 +345,7 @@ TEST_F(limiter_test, adaptive_lifo_serves_newest_first_once_a_queue_stands) {
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 4> w;
   for (auto& x : w) {
-    ASSERT_EQ(l.enqueue(x, {0, clock_.now() + 10s, clock_.now()}, false),
+    ASSERT_EQ(l.enqueue(x, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
               limiter::enqueue_result::queued);
     clock_.advance(10ms);
   }
@@ -356,14 +363,16 @@ TEST_F(limiter_test, aging_lets_a_long_waiting_low_level_take_its_turn) {
   limiter l(o);
   ASSERT_TRUE(l.try_acquire());
   waiter low;
-  ASSERT_EQ(l.enqueue(low, {1, clock_.now() + 60s, clock_.now()}, false),
-            limiter::enqueue_result::queued);
+  ASSERT_EQ(
+      l.enqueue(low, {.level = 1, .deadline = clock_.now() + 60s, .now = clock_.now()}, false),
+      limiter::enqueue_result::queued);
   // Sustained high-priority load: a fresh level-5 waiter keeps arriving.
   std::array<waiter, 5> high;
   std::vector<waiter*> served;
   for (auto& h : high) {
-    ASSERT_EQ(l.enqueue(h, {5, clock_.now() + 60s, clock_.now()}, false),
-              limiter::enqueue_result::queued);
+    ASSERT_EQ(
+        l.enqueue(h, {.level = 5, .deadline = clock_.now() + 60s, .now = clock_.now()}, false),
+        limiter::enqueue_result::queued);
     clock_.advance(100ms);
     served.push_back(release(l));
   }
@@ -375,13 +384,15 @@ TEST_F(limiter_test, aging_lets_a_long_waiting_low_level_take_its_turn) {
 }
 
 TEST_F(limiter_test, waiting_at_or_above_counts_the_queue_ahead) {
-  limiter l({1, 100});
+  limiter l({.max_concurrent = 1, .max_queue = 100});
   ASSERT_TRUE(l.try_acquire());
   std::array<waiter, 4> w;
   const priority levels[] = {0, 3, 3, 7};
   for (std::size_t i = 0; i < w.size(); ++i) {
-    ASSERT_EQ(l.enqueue(w[i], {levels[i], clock_.now() + 1s, clock_.now()}, false),
-              limiter::enqueue_result::queued);
+    ASSERT_EQ(
+        l.enqueue(w[i], {.level = levels[i], .deadline = clock_.now() + 1s, .now = clock_.now()},
+                  false),
+        limiter::enqueue_result::queued);
   }
   EXPECT_EQ(l.waiting_at_or_above(0), 4u);
   EXPECT_EQ(l.waiting_at_or_above(3), 3u);
@@ -406,14 +417,15 @@ TEST_F(limiter_test, reserve_keeps_headroom_that_lower_levels_cannot_take) {
   EXPECT_FALSE(l.try_acquire(1, 9));
   std::array<waiter, 2> low;
   for (auto& w : low) {
-    ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 10s, clock_.now()}, false),
+    ASSERT_EQ(l.enqueue(w, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
               limiter::enqueue_result::queued);
   }
   EXPECT_EQ(l.in_use(), 2u);
   // An entitled newcomer is granted the headroom at once: the queued ones could not use it.
   waiter high;
-  EXPECT_EQ(l.enqueue(high, {10, clock_.now() + 10s, clock_.now()}, false),
-            limiter::enqueue_result::granted);
+  EXPECT_EQ(
+      l.enqueue(high, {.level = 10, .deadline = clock_.now() + 10s, .now = clock_.now()}, false),
+      limiter::enqueue_result::granted);
   EXPECT_EQ(l.in_use(), 3u);
   // Its unit back: the headroom is free again, and the low waiters still wait.
   EXPECT_EQ(release(l), nullptr);
@@ -433,7 +445,7 @@ TEST_F(limiter_test, reserve_is_taken_at_once_past_a_full_queue_of_lower_levels)
   ASSERT_TRUE(l.try_acquire(1, 0));
   std::array<waiter, 2> low;
   for (auto& w : low) {
-    ASSERT_EQ(l.enqueue(w, {0, clock_.now() + 10s, clock_.now()}, false),
+    ASSERT_EQ(l.enqueue(w, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
               limiter::enqueue_result::queued);
   }
   // The queue is full: a lower level is shed, an entitled one takes the headroom on the spot.
@@ -452,13 +464,15 @@ TEST_F(limiter_test, reserve_hands_a_released_unit_to_an_entitled_waiter_first) 
   limiter l(with_reserve(2, 1, 10));
   ASSERT_TRUE(l.try_acquire(1, 0));
   waiter high_holder;
-  ASSERT_EQ(l.enqueue(high_holder, {12, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(high_holder,
+                      {.level = 12, .deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::granted);
   waiter low, high;
-  ASSERT_EQ(l.enqueue(low, {0, clock_.now() + 10s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(low, {.deadline = clock_.now() + 10s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
-  ASSERT_EQ(l.enqueue(high, {10, clock_.now() + 10s, clock_.now()}, false),
-            limiter::enqueue_result::queued);
+  ASSERT_EQ(
+      l.enqueue(high, {.level = 10, .deadline = clock_.now() + 10s, .now = clock_.now()}, false),
+      limiter::enqueue_result::queued);
   // Priority order as always. A low waiter is granted only while the headroom stays free:
   // not while `high` holds one of the two units, then at once.
   EXPECT_EQ(release(l), &high);
@@ -474,14 +488,16 @@ TEST_F(limiter_test, reserve_with_aging_still_lets_an_entitled_waiter_use_the_he
   limiter l(o);
   ASSERT_TRUE(l.try_acquire(1, 0));  // the lower levels' share is taken
   waiter low;
-  ASSERT_EQ(l.enqueue(low, {0, clock_.now() + 60s, clock_.now()}, false),
+  ASSERT_EQ(l.enqueue(low, {.deadline = clock_.now() + 60s, .now = clock_.now()}, false),
             limiter::enqueue_result::queued);
   waiter holder;
-  ASSERT_EQ(l.enqueue(holder, {10, clock_.now() + 60s, clock_.now()}, false),
-            limiter::enqueue_result::granted);
+  ASSERT_EQ(
+      l.enqueue(holder, {.level = 10, .deadline = clock_.now() + 60s, .now = clock_.now()}, false),
+      limiter::enqueue_result::granted);
   waiter high;
-  ASSERT_EQ(l.enqueue(high, {10, clock_.now() + 60s, clock_.now()}, false),
-            limiter::enqueue_result::queued);
+  ASSERT_EQ(
+      l.enqueue(high, {.level = 10, .deadline = clock_.now() + 60s, .now = clock_.now()}, false),
+      limiter::enqueue_result::queued);
   // The low waiter has aged past level 10, so it is picked first, but the freed unit is the
   // headroom, which it may not use: the entitled waiter gets it.
   clock_.advance(1s);

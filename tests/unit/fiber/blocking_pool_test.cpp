@@ -22,7 +22,7 @@ using test::eventually;
 using namespace std::chrono_literals;
 
 TEST(blocking_pool_test, blocking_work_runs_off_the_executor_threads) {
-  executor ex({1, 64, 64 * 1024});
+  executor ex({.threads = 1, .inbox = 64});
   blocking_pool pool(2);
   std::atomic<int> done{0};
   std::atomic<bool> other_fiber_ran{false};
@@ -56,7 +56,7 @@ TEST(blocking_pool_test, blocking_work_runs_off_the_executor_threads) {
 TEST(blocking_pool_test, starts_threads_on_demand_up_to_its_max_and_runs_everything) {
   blocking_pool pool(3);
   EXPECT_EQ(pool.threads(), 0u);  // nothing started before the first work
-  executor ex({2, 64, 64 * 1024});
+  executor ex({.threads = 2, .inbox = 64});
   std::atomic<int> running{0}, peak{0}, done{0};
   std::atomic<bool> release{false};
   auto work = [&] {

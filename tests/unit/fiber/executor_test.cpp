@@ -18,8 +18,8 @@ namespace {
 using namespace std::chrono_literals;
 
 TEST(executor_test, full_inbox_refuses_without_consuming_the_job) {
-  executor ex({1, 2, 64 * 1024});
-  fiber_limiter gate_lim({1, 10});
+  executor ex({.threads = 1, .inbox = 2});
+  fiber_limiter gate_lim({.max_concurrent = 1, .max_queue = 10});
   auto held = gate_lim.try_admit();
   std::atomic<int> started{0};
   // Occupy the worker's fibers so the inbox fills: each job parks on the limiter.

@@ -22,8 +22,8 @@ using test::eventually;
 using namespace std::chrono_literals;
 
 TEST(fiber_limiter_test, never_more_than_n_run_and_all_are_served) {
-  executor ex({2, 1024, 64 * 1024});
-  fiber_limiter lim({2, 100});
+  executor ex({.threads = 2, .inbox = 1024});
+  fiber_limiter lim({.max_concurrent = 2, .max_queue = 100});
   std::atomic<int> running{0}, peak{0}, done{0};
   for (int i = 0; i < 12; ++i) {
     unique_task t([&] {
@@ -46,8 +46,8 @@ TEST(fiber_limiter_test, never_more_than_n_run_and_all_are_served) {
 }
 
 TEST(fiber_limiter_test, waiter_times_out_and_leaves_the_queue) {
-  executor ex({2, 64, 64 * 1024});
-  fiber_limiter lim({1, 10});
+  executor ex({.threads = 2, .inbox = 64});
+  fiber_limiter lim({.max_concurrent = 1, .max_queue = 10});
   auto held = lim.try_admit();
   ASSERT_EQ(held.kind, fiber_limiter::admit_kind::granted);
   std::atomic<int> result{-1};
@@ -65,8 +65,8 @@ TEST(fiber_limiter_test, waiter_times_out_and_leaves_the_queue) {
 }
 
 TEST(fiber_limiter_test, shutdown_wakes_every_waiter_and_refuses_newcomers) {
-  executor ex({2, 64, 64 * 1024});
-  fiber_limiter lim({1, 10});
+  executor ex({.threads = 2, .inbox = 64});
+  fiber_limiter lim({.max_concurrent = 1, .max_queue = 10});
   auto held = lim.try_admit();
   std::atomic<int> cancelled{0};
   for (int i = 0; i < 5; ++i) {
@@ -86,7 +86,7 @@ TEST(fiber_limiter_test, shutdown_wakes_every_waiter_and_refuses_newcomers) {
 }
 
 TEST(fiber_limiter_test, codel_wakes_shed_waiters_with_their_outcome) {
-  executor ex({2, 64, 64 * 1024});
+  executor ex({.threads = 2, .inbox = 64});
   limiter_options o{1, 10};
   o.discipline = queue_discipline::codel;
   o.target = 1ms;

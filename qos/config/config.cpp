@@ -459,7 +459,8 @@ bool iequals(std::string_view a, std::string_view b) {
 
 server_config parse_server(const field& f) {
   const map_view map(f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
-                         "shutdown_grace", "backlog"});
+                         "shutdown_grace", "backlog", "max_request_size", "header_timeout",
+                         "body_timeout", "keepalive_timeout"});
   server_config out;
   if (auto v = map.get("address")) out.address = read_non_empty(*v);
   if (auto v = map.get("port")) out.port = static_cast<std::uint16_t>(read_int_in(*v, 0, 65535));
@@ -468,6 +469,22 @@ server_config parse_server(const field& f) {
   if (auto v = map.get("max_pending_jobs")) out.max_pending_jobs = read_count(*v, 1);
   if (auto v = map.get("shutdown_grace")) out.shutdown_grace = read_duration(*v);
   if (auto v = map.get("backlog")) out.backlog = read_count(*v, 1);
+  if (auto v = map.get("max_request_size")) {
+    // Below a few hundred bytes no request head fits; above 1 GiB one request could take the
+    // process's memory.
+    out.max_request_size = static_cast<std::size_t>(read_int_in(*v, 512, 1LL << 30));
+  }
+  // At least a second (clients on slow links), at most a day.
+  const auto read_timeout = [](const field& v) {
+    const auto t = read_duration(v);
+    if (t < std::chrono::seconds(1) || t > std::chrono::hours(24)) {
+      v.fail("must be between 1s and 24h, got " + std::to_string(t.count()) + "ms");
+    }
+    return t;
+  };
+  if (auto v = map.get("header_timeout")) out.header_timeout = read_timeout(*v);
+  if (auto v = map.get("body_timeout")) out.body_timeout = read_timeout(*v);
+  if (auto v = map.get("keepalive_timeout")) out.keepalive_timeout = read_timeout(*v);
   return out;
 }
 

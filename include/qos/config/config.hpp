@@ -46,6 +46,12 @@ struct server_config {
   std::size_t max_pending_jobs = 16384;            // executor inbox; rounded up to a power of two
   std::chrono::milliseconds shutdown_grace{5000};  // running handlers get this long on stop
   std::size_t backlog = 1024;                      // listen backlog
+  // Pistache endpoint options (qos::server only; a service with its own endpoint sets its
+  // own). Defaults as nginx's client_header_timeout, client_body_timeout, keepalive_timeout.
+  std::size_t max_request_size = 64 * 1024;            // bytes, head and body
+  std::chrono::milliseconds header_timeout{60000};     // a complete request head within this
+  std::chrono::milliseconds body_timeout{60000};       // the body within this, once the head is in
+  std::chrono::milliseconds keepalive_timeout{75000};  // an idle keep-alive connection's life
 };
 
 struct logging_config {

@@ -1,23 +1,18 @@
-// Builds a whole guarded Pistache server from a config: endpoint, reactor threads, fiber
-// executor, limit groups, gate, metrics and the shedding monitor. The one place where wiring
-// from config happens. Setup (router(), gate()) before start(); then thread-safe.
+// The batteries-included server: a qos::runtime (executor, admission, gate, metrics) plus a
+// Pistache endpoint and router configured from the same config, and SIGINT/SIGTERM handling in
+// run(). For a service with its own endpoint and router, use qos::runtime instead. Setup
+// (router(), gate()) before start(); then thread-safe.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
-#include <thread>
 
 #include <pistache/endpoint.h>
 #include <pistache/router.h>
 
-#include "qos/admission/admission.hpp"
 #include "qos/config/config.hpp"
-#include "qos/fiber/executor.hpp"
-#include "qos/ops/metrics_registry.hpp"
-#include "qos/http/gate.hpp"
+#include "qos/http/runtime.hpp"
 
 namespace qos {
 
@@ -31,15 +26,17 @@ class server {
   ~server();  // shutdown()
 
   Pistache::Rest::Router& router() noexcept { return router_; }
-  qos::gate& gate() noexcept { return *gate_; }
-  qos::admission& admission() noexcept { return *admission_; }
-  metrics_registry& metrics() noexcept { return metrics_; }
-  const config::app_config& config() const noexcept { return cfg_; }
+  qos::runtime& runtime() noexcept { return *runtime_; }
+  qos::gate& gate() noexcept { return runtime_->gate(); }
+  qos::admission& admission() noexcept { return runtime_->admission(); }
+  metrics_registry& metrics() noexcept { return runtime_->metrics(); }
+  const config::app_config& config() const noexcept { return runtime_->config(); }
 
   // GET handler answering the Prometheus text exposition of this server's metrics.
-  Pistache::Rest::Route::Handler metrics_handler();
+  Pistache::Rest::Route::Handler metrics_handler() { return runtime_->metrics_handler(); }
 
-  // Binds and serves on background threads. Throws on bind failure.
+  // Binds and serves on background threads, with the endpoint options of `server:` in the
+  // config. Throws on bind failure.
   void start();
   // The bound port (the real one when the config asked for port 0).
   std::uint16_t port() const;
@@ -55,23 +52,12 @@ class server {
   bool shutdown();
 
  private:
-  void monitor_main();
-
-  config::app_config cfg_;
-  metrics_registry metrics_;
-  std::unique_ptr<executor> executor_;
-  std::unique_ptr<qos::admission> admission_;
-  std::unique_ptr<qos::gate> gate_;
+  std::unique_ptr<qos::runtime> runtime_;
   Pistache::Rest::Router router_;
   std::unique_ptr<Pistache::Http::Endpoint> endpoint_;
   bool started_ = false;
   std::atomic<bool> stopped_{false};
   bool drained_ = true;
-
-  std::mutex monitor_mutex_;
-  std::condition_variable monitor_cv_;
-  bool monitor_stop_ = false;  // guarded by monitor_mutex_
-  std::thread monitor_;
 };
 
 }  // namespace qos

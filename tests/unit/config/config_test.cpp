@@ -1596,3 +1596,36 @@ TEST(config_validate, limit_initial_outside_min_max_is_refused_both_ways) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(config_server, endpoint_options_load_with_defaults_and_bounds) {
+  const auto base = std::string(
+      "groups: [{name: db, max_concurrent: 1}]\n"
+      "routes: [{name: r, group: db}]\n");
+  const auto defaults = qos::config::load_config_string(base);
+  EXPECT_EQ(defaults.server.max_request_size, 64u * 1024u);
+  EXPECT_EQ(defaults.server.header_timeout, std::chrono::seconds(60));
+  EXPECT_EQ(defaults.server.keepalive_timeout, std::chrono::seconds(75));
+  const auto set = qos::config::load_config_string(
+      "server: {max_request_size: 4096, header_timeout: 5s, body_timeout: 10s, "
+      "keepalive_timeout: 30s}\n" +
+      base);
+  EXPECT_EQ(set.server.max_request_size, 4096u);
+  EXPECT_EQ(set.server.header_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(set.server.body_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(set.server.keepalive_timeout, std::chrono::seconds(30));
+  for (const char* bad : {"server: {max_request_size: 100}\n", "server: {header_timeout: 10ms}\n",
+                          "server: {keepalive_timeout: 48h}\n"}) {
+    SCOPED_TRACE(bad);
+    try {
+      (void)qos::config::load_config_string(bad + base, "t.yaml");
+      ADD_FAILURE() << "accepted";
+    } catch (const qos::config::config_error& e) {
+      EXPECT_EQ(e.line(), 1);
+      EXPECT_EQ(e.key().rfind("server.", 0), 0u) << e.key();
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,72 @@
+#include "qos/http/runtime.hpp"
+
+#include <vector>
+
+namespace qos {
+
+namespace http = Pistache::Http;
+namespace rest = Pistache::Rest;
+
+namespace {
+
+// The config embeds admission's structs: slicing off the rest is the whole conversion.
+template <class To, class From>
+std::vector<To> sliced(const std::vector<From>& from) {
+  return std::vector<To>(from.begin(), from.end());
+}
+
+}  // namespace
+
+runtime::runtime(config::app_config cfg) : cfg_(std::move(cfg)) {
+  executor_ = std::make_unique<executor>(
+      executor_options{cfg_.server.fiber_threads, cfg_.server.max_pending_jobs, 64 * 1024});
+  admission_ = std::make_unique<qos::admission>(
+      sliced<group_options>(cfg_.groups), sliced<route_policy>(cfg_.routes), *executor_, metrics_);
+  gate_ = std::make_unique<qos::gate>(*admission_, cfg_);
+  monitor_ = std::thread([this] { monitor_main(); });
+}
+
+runtime::~runtime() {
+  if (!drained_) drain(cfg_.server.shutdown_grace);
+  {
+    std::lock_guard lk(monitor_mutex_);
+    monitor_stop_ = true;
+  }
+  monitor_cv_.notify_all();
+  if (monitor_.joinable()) monitor_.join();
+  // Handlers still running after the grace point into this runtime: wait for them (with no
+  // limit now) rather than destroy what they use.
+  executor_->stop();
+}
+
+rest::Route::Handler runtime::metrics_handler() {
+  return [this](const rest::Request req, http::ResponseWriter writer) {
+    gate::keep_alive(req, writer);
+    writer.send(http::Code::Ok, metrics_.render(*admission_),
+                http::Mime::MediaType::fromString("text/plain; version=0.0.4"));
+    return rest::Route::Result::Ok;
+  };
+}
+
+bool runtime::drain(std::chrono::milliseconds grace) {
+  admission_->shutdown();
+  // Every parked request is answered now; running handlers hold writers that point into
+  // Pistache's transport, so they must end before the endpoint goes away.
+  const auto until = clock::now() + grace;
+  while (executor_->live() != 0 && clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  drained_ = executor_->live() == 0;
+  return drained_;
+}
+
+void runtime::monitor_main() {
+  std::unique_lock lk(monitor_mutex_);
+  while (!monitor_cv_.wait_for(lk, std::chrono::seconds(1), [this] { return monitor_stop_; })) {
+    lk.unlock();
+    metrics_.tick(*admission_);
+    lk.lock();
+  }
+}
+
+}  // namespace qos

@@ -74,7 +74,7 @@ and qos.pc.")
   # with which qosConfig.cmake finds Pistache.
   set(CPACK_DEBIAN_PACKAGE_DEPENDS
       "libpistache-dev, libboost-fiber-dev (>= 1.74), libboost-context-dev (>= 1.74), \
-libyaml-cpp-dev, libspdlog-dev, libfmt-dev, pkg-config")
+libyaml-cpp-dev, libspdlog-dev, libfmt-dev, prometheus-cpp-dev, pkg-config")
   include(CPack)
 endif()
 

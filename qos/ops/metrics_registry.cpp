@@ -1,176 +1,271 @@
 #include "qos/ops/metrics_registry.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
-#include <sstream>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
+#include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
+#include "qos/version.hpp"
+
 namespace qos {
+
+// Pinned: admission keeps pointers to the route_series a registry hands out.
+static_assert(!std::is_copy_constructible_v<metrics_registry> &&
+              !std::is_move_constructible_v<metrics_registry>);
+static_assert(!std::is_copy_constructible_v<metrics_registry::route_series> &&
+              !std::is_move_constructible_v<metrics_registry::route_series>);
+// What "a report takes no lock" rests on: prometheus::Counter is an std::atomic<double>.
+static_assert(std::atomic<double>::is_always_lock_free &&
+              std::atomic<std::uint64_t>::is_always_lock_free);
+
 namespace {
 
-std::uint64_t ns(duration d) {
+using prometheus::Labels;
+
+double seconds(duration d) noexcept {
+  return std::max(0.0, std::chrono::duration<double>(d).count());
+}
+
+std::uint64_t nanoseconds(duration d) noexcept {
   return static_cast<std::uint64_t>(
       std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
 }
 
+template <std::size_t N>
+prometheus::Histogram::BucketBoundaries boundaries(const std::array<double, N>& upper) {
+  return {upper.begin(), upper.end()};
+}
+
+// The values of the priority label, "0".."15".
+const std::array<std::string, priority_levels>& level_names() {
+  static const auto names = [] {
+    std::array<std::string, priority_levels> n;
+    for (int i = 0; i < priority_levels; ++i) n[static_cast<std::size_t>(i)] = std::to_string(i);
+    return n;
+  }();
+  return names;
+}
+
+template <typename Builder>
+auto* add_family(Builder builder, prometheus::Registry& registry, metric m) {
+  return &builder.Name(std::string(traits(m).name))
+              .Help(std::string(traits(m).help))
+              .Register(registry);
+}
+
+metrics_registry::families register_families(prometheus::Registry& r) {
+  using prometheus::BuildCounter;
+  using prometheus::BuildGauge;
+  using prometheus::BuildHistogram;
+  return {
+      .arrived = add_family(BuildCounter(), r, metric::requests_arrived),
+      .requests = add_family(BuildCounter(), r, metric::requests),
+      .wait = add_family(BuildHistogram(), r, metric::wait_seconds),
+      .handler = add_family(BuildHistogram(), r, metric::handler_seconds),
+      .late = add_family(BuildHistogram(), r, metric::fallback_late_seconds),
+      .shadow = add_family(BuildCounter(), r, metric::shadow),
+      .group_limit = add_family(BuildGauge(), r, metric::group_limit),
+      .group_in_use = add_family(BuildGauge(), r, metric::group_in_use),
+      .group_waiting = add_family(BuildGauge(), r, metric::group_waiting),
+      .group_queue_limit = add_family(BuildGauge(), r, metric::group_queue_limit),
+      .group_service = add_family(BuildGauge(), r, metric::group_service_seconds),
+      .build_info = add_family(BuildGauge(), r, metric::build_info),
+  };
+}
+
 }  // namespace
 
-void metrics_registry::route_counters::on_arrival(priority) noexcept {
-  arrivals.fetch_add(1, std::memory_order_relaxed);
-}
-
-void metrics_registry::route_counters::on_done(const request_report& r) noexcept {
-  on_outcome(r.result, r.waited);
-  if (r.ran) on_served(r.handled);
-}
-
-void metrics_registry::route_counters::on_outcome(outcome o, duration waited) noexcept {
-  outcomes[static_cast<std::size_t>(o)].fetch_add(1, std::memory_order_relaxed);
-  const double s = std::chrono::duration<double>(waited).count();
+template <std::size_t N>
+void metrics_registry::atomic_histogram<N>::observe(duration d) noexcept {
+  const std::uint64_t ns = nanoseconds(d);
+  const double s = static_cast<double>(ns) / 1e9;
+  // The bucket prometheus-cpp would pick: the first upper bound >= s (le is inclusive).
   std::size_t b = 0;
-  while (b < wait_buckets.size() && s > wait_buckets[b]) ++b;
-  wait_hist[b].fetch_add(1, std::memory_order_relaxed);
-  wait_ns_sum.fetch_add(ns(waited), std::memory_order_relaxed);
+  while (b < N && s > upper_[b]) ++b;
+  counts_[b].fetch_add(1, std::memory_order_relaxed);
+  sum_ns_.fetch_add(ns, std::memory_order_relaxed);
+}
+
+template <std::size_t N>
+std::uint64_t metrics_registry::atomic_histogram<N>::count() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& c : counts_) n += c.load(std::memory_order_relaxed);
+  return n;
+}
+
+template <std::size_t N>
+void metrics_registry::atomic_histogram<N>::fold() {
+  std::vector<double> increments(N + 1);
+  bool any = false;
+  for (std::size_t b = 0; b <= N; ++b) {
+    const std::uint64_t now = counts_[b].load(std::memory_order_relaxed);
+    increments[b] = static_cast<double>(now - folded_[b]);
+    any = any || now != folded_[b];
+    folded_[b] = now;
+  }
+  const std::uint64_t sum = sum_ns_.load(std::memory_order_relaxed);
+  const double sum_s = static_cast<double>(sum - folded_sum_ns_) / 1e9;
+  folded_sum_ns_ = sum;
+  if (any || sum_s != 0) target_.ObserveMultiple(increments, sum_s);
+}
+
+metrics_registry::route_series::route_series(const families& f, std::string route,
+                                             std::string group)
+    : families_(f),
+      route_(std::move(route)),
+      group_(std::move(group)),
+      wait_(wait_buckets,
+            f.wait->Add({{"route", route_}, {"group", group_}}, boundaries(wait_buckets))),
+      handler_(handler_buckets,
+               f.handler->Add({{"route", route_}, {"group", group_}}, boundaries(handler_buckets))),
+      late_(late_buckets,
+            f.late->Add({{"route", route_}, {"group", group_}}, boundaries(late_buckets))),
+      shadow_queued_(f.shadow->Add({{"route", route_}, {"group", group_}, {"decision", "queue"}})),
+      shadow_shed_(f.shadow->Add({{"route", route_}, {"group", group_}, {"decision", "shed"}})) {}
+
+// The slow path runs at most once per level and route. It allocates (the labels, the series);
+// running out of memory here ends the process, as a report cannot fail.
+const metrics_registry::route_series::level_series& metrics_registry::route_series::at(
+    priority level) noexcept {
+  const auto l = std::min(level, max_priority);
+  if (const auto* s = levels_[l].load(std::memory_order_acquire)) return *s;
+  std::lock_guard lk(create_mutex_);
+  if (const auto* s = levels_[l].load(std::memory_order_relaxed)) return *s;
+  auto& s = storage_[l];
+  const std::string& name = level_names()[l];
+  s.arrived = &families_.arrived->Add({{"route", route_}, {"group", group_}, {"priority", name}});
+  for (const auto& row : outcome_table) {
+    s.outcomes[index(row.value)] = &families_.requests->Add({{"route", route_},
+                                                             {"group", group_},
+                                                             {"outcome", std::string(row.name)},
+                                                             {"priority", name}});
+  }
+  levels_[l].store(&s, std::memory_order_release);
+  return s;
+}
+
+void metrics_registry::route_series::on_arrival(priority level) noexcept {
+  at(level).arrived->Increment();
+}
+
+void metrics_registry::route_series::on_done(const request_report& r) noexcept {
+  assert(index(r.result) < outcome_count);
+  at(r.level).outcomes[index(r.result)]->Increment();
+  wait_.observe(r.waited);
+  if (r.ran) handler_.observe(r.handled);
   if (spdlog::should_log(spdlog::level::debug)) {
-    spdlog::debug("qos: route={} group={} outcome={} waited_ms={:.3f}", route, group, to_string(o),
-                  s * 1000.0);
+    spdlog::debug("qos: route={} group={} outcome={} waited_ms={:.3f}", route_, group_,
+                  to_string(r.result), seconds(r.waited) * 1000.0);
   }
 }
 
-void metrics_registry::route_counters::on_served(duration took) noexcept {
-  served.fetch_add(1, std::memory_order_relaxed);
-  served_ns_sum.fetch_add(ns(took), std::memory_order_relaxed);
+void metrics_registry::route_series::on_shadow(outcome would_be) noexcept {
+  (would_be == outcome::queue_full ? shadow_shed_ : shadow_queued_).Increment();
 }
 
-void metrics_registry::route_counters::on_shadow(outcome would_be) noexcept {
-  (would_be == outcome::queue_full ? shadow_shed : shadow_queued)
-      .fetch_add(1, std::memory_order_relaxed);
+void metrics_registry::route_series::on_late_fallback(duration late) noexcept {
+  late_.observe(late);
 }
 
-void metrics_registry::route_counters::on_late_fallback(duration late) noexcept {
-  const double s = std::chrono::duration<double>(late).count();
-  std::size_t b = 0;
-  while (b < late_buckets.size() && s > late_buckets[b]) ++b;
-  late_hist[b].fetch_add(1, std::memory_order_relaxed);
-  late_ns_sum.fetch_add(ns(late), std::memory_order_relaxed);
+std::uint64_t metrics_registry::route_series::arrivals() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& level : levels_) {
+    if (const auto* s = level.load(std::memory_order_acquire)) {
+      n += static_cast<std::uint64_t>(s->arrived->Value());
+    }
+  }
+  return n;
 }
+
+std::uint64_t metrics_registry::route_series::count(outcome o) const noexcept {
+  std::uint64_t n = 0;
+  for (int l = 0; l < priority_levels; ++l) n += count(o, static_cast<priority>(l));
+  return n;
+}
+
+std::uint64_t metrics_registry::route_series::count(outcome o, priority level) const noexcept {
+  const auto* s = levels_[std::min(level, max_priority)].load(std::memory_order_acquire);
+  return s == nullptr ? 0 : static_cast<std::uint64_t>(s->outcomes[index(o)]->Value());
+}
+
+std::uint64_t metrics_registry::route_series::late_count() const noexcept {
+  return late_.count();
+}
+
+metrics_registry::metrics_registry(std::shared_ptr<prometheus::Registry> registry)
+    : registry_(std::move(registry)), families_(register_families(*registry_)) {
+  families_.build_info->Add({{"version", std::string(version())}}).Set(1);
+}
+
+metrics_registry::metrics_registry() : metrics_registry(std::make_shared<prometheus::Registry>()) {}
 
 route_metrics& metrics_registry::route(std::string_view route, std::string_view group) {
   std::lock_guard lk(mutex_);
-  auto& c = routes_.emplace_back();
-  c.route = std::string(route);
-  c.group = std::string(group);
-  by_name_[c.route] = &c;
-  return c;
+  auto& r = routes_.emplace_back(families_, std::string(route), std::string(group));
+  by_name_.insert_or_assign(r.route(), &r);
+  return r;
 }
 
-const metrics_registry::route_counters* metrics_registry::find(const std::string& route) const {
+const metrics_registry::route_series* metrics_registry::find(std::string_view route) const {
   std::lock_guard lk(mutex_);
   auto it = by_name_.find(route);
   return it == by_name_.end() ? nullptr : it->second;
 }
 
-std::string metrics_registry::render(admission& adm) const {
-  std::ostringstream out;
+void metrics_registry::refresh(admission& adm) {
   std::lock_guard lk(mutex_);
-  out << "# HELP qos_requests_total Guarded requests by route and outcome.\n"
-         "# TYPE qos_requests_total counter\n";
-  for (const auto& c : routes_) {
-    for (std::size_t i = 0; i < outcome_count; ++i) {
-      out << "qos_requests_total{route=\"" << c.route << "\",group=\"" << c.group << "\",outcome=\""
-          << to_string(static_cast<outcome>(i)) << "\"} "
-          << c.outcomes[i].load(std::memory_order_relaxed) << '\n';
+  refresh_locked(adm);
+}
+
+void metrics_registry::refresh_locked(admission& adm) {
+  for (auto& r : routes_) {
+    r.wait_.fold();
+    r.handler_.fold();
+    r.late_.fold();
+  }
+  for (auto* g : adm.groups()) {
+    auto it = groups_.find(g->name());
+    if (it == groups_.end()) {
+      const Labels labels{{"group", g->name()}};
+      it = groups_
+               .emplace(g->name(),
+                        group_gauges{
+                            .limit = &families_.group_limit->Add(labels),
+                            .in_use = &families_.group_in_use->Add(labels),
+                            .waiting = &families_.group_waiting->Add(labels),
+                            .queue_limit = &families_.group_queue_limit->Add(labels),
+                            .service = &families_.group_service->Add(labels),
+                        })
+               .first;
     }
-  }
-  out << "# HELP qos_wait_seconds Time from arrival to admission or fallback.\n"
-         "# TYPE qos_wait_seconds histogram\n";
-  for (const auto& c : routes_) {
-    std::uint64_t cumulative = 0;
-    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
-    for (std::size_t b = 0; b <= wait_buckets.size(); ++b) {
-      cumulative += c.wait_hist[b].load(std::memory_order_relaxed);
-      out << "qos_wait_seconds_bucket{" << labels << ",le=\"";
-      if (b < wait_buckets.size()) {
-        out << wait_buckets[b];
-      } else {
-        out << "+Inf";
-      }
-      out << "\"} " << cumulative << '\n';
-    }
-    out << "qos_wait_seconds_sum{" << labels << "} "
-        << static_cast<double>(c.wait_ns_sum.load(std::memory_order_relaxed)) / 1e9 << '\n';
-    out << "qos_wait_seconds_count{" << labels << "} " << cumulative << '\n';
-  }
-  out << "# HELP qos_fallback_late_seconds How long after the end of its wait (max_wait or the "
-         "client's deadline) a fallback was handed to the transport.\n"
-         "# TYPE qos_fallback_late_seconds histogram\n";
-  for (const auto& c : routes_) {
-    std::uint64_t cumulative = 0;
-    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
-    for (std::size_t b = 0; b <= late_buckets.size(); ++b) {
-      cumulative += c.late_hist[b].load(std::memory_order_relaxed);
-      out << "qos_fallback_late_seconds_bucket{" << labels << ",le=\"";
-      if (b < late_buckets.size()) {
-        out << late_buckets[b];
-      } else {
-        out << "+Inf";
-      }
-      out << "\"} " << cumulative << '\n';
-    }
-    out << "qos_fallback_late_seconds_sum{" << labels << "} "
-        << static_cast<double>(c.late_ns_sum.load(std::memory_order_relaxed)) / 1e9 << '\n';
-    out << "qos_fallback_late_seconds_count{" << labels << "} " << cumulative << '\n';
-  }
-  out << "# HELP qos_handler_seconds Time handlers held their permit.\n"
-         "# TYPE qos_handler_seconds summary\n";
-  for (const auto& c : routes_) {
-    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
-    out << "qos_handler_seconds_sum{" << labels << "} "
-        << static_cast<double>(c.served_ns_sum.load(std::memory_order_relaxed)) / 1e9 << '\n';
-    out << "qos_handler_seconds_count{" << labels << "} "
-        << c.served.load(std::memory_order_relaxed) << '\n';
-  }
-  out << "# HELP qos_shadow_total Shadow mode: requests let through that a real gate would "
-         "have queued or shed.\n# TYPE qos_shadow_total counter\n";
-  for (const auto& c : routes_) {
-    const std::string labels = "route=\"" + c.route + "\",group=\"" + c.group + "\"";
-    out << "qos_shadow_total{" << labels << ",decision=\"queue\"} "
-        << c.shadow_queued.load(std::memory_order_relaxed) << '\n';
-    out << "qos_shadow_total{" << labels << ",decision=\"shed\"} "
-        << c.shadow_shed.load(std::memory_order_relaxed) << '\n';
-  }
-  out << "# HELP qos_group_in_use Permits held now.\n# TYPE qos_group_in_use gauge\n";
-  auto groups = adm.groups();
-  for (auto* g : groups) {
-    out << "qos_group_in_use{group=\"" << g->name() << "\"} " << g->stats().in_use << '\n';
-  }
-  out << "# HELP qos_group_waiting Requests parked now (including reserved places).\n"
-         "# TYPE qos_group_waiting gauge\n";
-  for (auto* g : groups) {
     const auto s = g->stats();
-    out << "qos_group_waiting{group=\"" << g->name() << "\"} " << s.waiting + s.reserved << '\n';
+    const auto& gauges = it->second;
+    gauges.limit->Set(static_cast<double>(s.limit));
+    gauges.in_use->Set(static_cast<double>(s.in_use));
+    gauges.waiting->Set(static_cast<double>(s.waiting + s.reserved));
+    gauges.queue_limit->Set(static_cast<double>(s.max_queue));
+    gauges.service->Set(seconds(s.service_time));
   }
-  out << "# HELP qos_group_limit The concurrency limit now (adaptive limits move it).\n# TYPE "
-         "qos_group_limit gauge\n";
-  for (auto* g : groups) {
-    out << "qos_group_limit{group=\"" << g->name() << "\"} " << g->stats().limit << '\n';
-  }
-  out << "# HELP qos_group_queue_limit Configured max_queue.\n"
-         "# TYPE qos_group_queue_limit gauge\n";
-  for (auto* g : groups) {
-    out << "qos_group_queue_limit{group=\"" << g->name() << "\"} " << g->stats().max_queue << '\n';
-  }
-  return out.str();
+}
+
+std::string metrics_registry::render(admission& adm) {
+  refresh(adm);
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
 void metrics_registry::tick(admission& adm) {
   std::lock_guard lk(mutex_);
+  refresh_locked(adm);
   std::map<std::string, std::uint64_t, std::less<>> totals;
   for (const auto& c : routes_) {
-    auto& t = totals[c.group];
-    for (std::size_t i = 0; i < outcome_count; ++i) {
-      if (outcome_table[i].shed) t += c.count(static_cast<outcome>(i));
+    auto& t = totals[c.group()];
+    for (const auto& row : outcome_table) {
+      if (row.shed) t += c.count(row.value);
     }
   }
   const auto now = clock::now();

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -269,12 +270,78 @@ TEST_F(gate_test, wait_timeout_answers_the_fallback_and_never_runs_the_handler) 
   EXPECT_EQ(m->count(outcome::timeout), 1u);
   EXPECT_EQ(m->count(outcome::admitted), 1u);
   // The one timeout is in the lateness histogram, and the exposition shows it.
-  std::uint64_t late_count = 0;
-  for (const auto& b : m->late_hist) late_count += b.load();
-  EXPECT_EQ(late_count, 1u);
+  EXPECT_EQ(m->late_count(), 1u);
   const auto text = http_get(port_, "/metrics").body;
-  EXPECT_NE(text.find("qos_fallback_late_seconds_count{route=\"slow\",group=\"db\"} 1"),
+  EXPECT_NE(text.find("qos_fallback_late_seconds_count{group=\"db\",route=\"slow\"} 1"),
             std::string::npos)
+      << text;
+}
+
+// The sum of the values of the samples of `name` (a counter) for `route` in a text exposition.
+double metric_sum(const std::string& text, const std::string& name, const std::string& route) {
+  double total = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(name + "{", 0) != 0) continue;
+    if (line.find("route=\"" + route + "\"") == std::string::npos) continue;
+    total += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return total;
+}
+
+TEST_F(gate_test, metrics_count_every_arrival_once_by_outcome_after_a_mixed_run) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 1));
+  cfg.routes.push_back(route("mixed", "db", 100ms));
+  start(cfg);
+  valve v;
+  rest::Routes::Get(router(), "/mixed",
+                    gate().guard("mixed", [&](const rest::Request&, http::ResponseWriter& w) {
+                      v.wait_on_fiber();
+                      w.send(http::Code::Ok, std::string("done"));
+                    }));
+  rest::Routes::Get(router(), "/metrics", srv_->metrics_handler());
+  serve();
+
+  // One runs (held), one waits its 100 ms out, one finds the queue full; then three more run.
+  std::thread holder([&] { EXPECT_EQ(http_get(port_, "/mixed").status, 200); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  std::thread waiter(
+      [&] { EXPECT_EQ(http_get(port_, "/mixed").header(outcome_header), "timeout"); });
+  ASSERT_TRUE(eventually([&] {
+    const auto s = stats("db");
+    return s.waiting + s.reserved == 1;
+  }));
+  EXPECT_EQ(http_get(port_, "/mixed").header(outcome_header), "queue_full");
+  waiter.join();
+  v.open();
+  holder.join();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(http_get(port_, "/mixed").status, 200);
+
+  // A request is reported just after its answer leaves.
+  const auto* m = srv_->metrics().find("mixed");
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(eventually([&] {
+    return m->count(outcome::admitted) + m->count(outcome::timeout) +
+               m->count(outcome::queue_full) ==
+           6;
+  }));
+  const auto text = http_get(port_, "/metrics").body;
+  EXPECT_EQ(metric_sum(text, "qos_requests_arrived_total", "mixed"), 6) << text;
+  EXPECT_EQ(metric_sum(text, "qos_requests_total", "mixed"), 6) << text;
+  EXPECT_NE(text.find("qos_requests_total{group=\"db\",outcome=\"admitted\",priority=\"0\","
+                      "route=\"mixed\"} 4"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("qos_requests_total{group=\"db\",outcome=\"timeout\",priority=\"0\","
+                      "route=\"mixed\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("qos_requests_total{group=\"db\",outcome=\"queue_full\",priority=\"0\","
+                      "route=\"mixed\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("qos_wait_seconds_count{group=\"db\",route=\"mixed\"} 6"), std::string::npos)
       << text;
 }
 

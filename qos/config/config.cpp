@@ -488,8 +488,26 @@ server_config parse_server(const field& f) {
   return out;
 }
 
+constexpr named<log_format> log_formats[] = {{"text", log_format::text},
+                                             {"json", log_format::json}};
+
+constexpr named<log_sink> log_sinks[] = {{"stderr", log_sink::standard_error},
+                                         {"stdout", log_sink::standard_output}};
+
+access_log_config parse_access_log(const field& f) {
+  const map_view map(f, {"enabled", "sample", "max_per_second"});
+  access_log_config out;
+  if (auto v = map.get("enabled")) out.enabled = read_bool(*v);
+  if (auto v = map.get("sample")) {
+    out.sample = read_number(*v);
+    if (!(out.sample > 0 && out.sample <= 1)) v->fail("must be in (0, 1], got " + v->node.Scalar());
+  }
+  if (auto v = map.get("max_per_second")) out.max_per_second = read_count(*v, 0);
+  return out;
+}
+
 logging_config parse_logging(const field& f) {
-  const map_view map(f, {"level"});
+  const map_view map(f, {"level", "format", "sink", "access_log"});
   logging_config out;
   if (auto v = map.get("level")) {
     static constexpr std::string_view levels[] = {"trace", "debug",    "info", "warn",
@@ -500,6 +518,9 @@ logging_config parse_logging(const field& f) {
               "' (expected trace, debug, info, warn, error, critical or off)");
     }
   }
+  if (auto v = map.get("format")) out.format = read_choice(*v, log_formats, "log format");
+  if (auto v = map.get("sink")) out.sink = read_choice(*v, log_sinks, "log sink");
+  if (auto v = map.get("access_log")) out.access_log = parse_access_log(*v);
   return out;
 }
 

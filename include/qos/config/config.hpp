@@ -54,8 +54,23 @@ struct server_config {
   std::chrono::milliseconds keepalive_timeout{75000};  // an idle keep-alive connection's life
 };
 
+// How log lines are written: a readable line, or one JSON object per line.
+enum class log_format : std::uint8_t { text, json };
+// Where log lines go (YAML `stderr`, `stdout`; those words are macros in C++).
+enum class log_sink : std::uint8_t { standard_error, standard_output };
+
+// One line per guarded request (ops/access_log.hpp), sampled and rate-limited.
+struct access_log_config {
+  bool enabled = false;
+  double sample = 1.0;             // fraction of requests logged, in (0, 1]
+  std::size_t max_per_second = 0;  // most lines per second (a token bucket); 0: unlimited
+};
+
 struct logging_config {
   std::string level = "info";  // trace|debug|info|warn|error|critical|off; QOS_LOG_LEVEL wins
+  log_format format = log_format::text;
+  log_sink sink = log_sink::standard_error;
+  access_log_config access_log;
 };
 
 // A limit group: the admission options (limits, queue, adaptive limit, reserve, shadow; YAML

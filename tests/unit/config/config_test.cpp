@@ -332,6 +332,35 @@ TEST(config_load, every_log_level_is_accepted) {
   }
 }
 
+TEST(config_load, logging_keys_default_and_load) {
+  const app_config defaults = load_config_string(minimal);
+  EXPECT_EQ(defaults.logging.format, qos::config::log_format::text);
+  EXPECT_EQ(defaults.logging.sink, qos::config::log_sink::standard_error);
+  EXPECT_FALSE(defaults.logging.access_log.enabled);
+  EXPECT_EQ(defaults.logging.access_log.sample, 1.0);
+  EXPECT_EQ(defaults.logging.access_log.max_per_second, 0u);
+
+  const app_config set = load_config_string(R"(logging:
+  level: warn
+  format: json
+  sink: stdout
+  access_log: {enabled: true, sample: 0.25, max_per_second: 500}
+)" + std::string(minimal));
+  EXPECT_EQ(set.logging.level, "warn");
+  EXPECT_EQ(set.logging.format, qos::config::log_format::json);
+  EXPECT_EQ(set.logging.sink, qos::config::log_sink::standard_output);
+  EXPECT_TRUE(set.logging.access_log.enabled);
+  EXPECT_EQ(set.logging.access_log.sample, 0.25);
+  EXPECT_EQ(set.logging.access_log.max_per_second, 500u);
+
+  // The bounds themselves are fine: a sample of 1 (every request), 0 lines a second (no limit).
+  const app_config edges = load_config_string(
+      "logging: {access_log: {sample: 1, max_per_second: 0}, sink: stderr, format: text}\n" +
+      std::string(minimal));
+  EXPECT_EQ(edges.logging.access_log.sample, 1.0);
+  EXPECT_EQ(edges.logging.access_log.max_per_second, 0u);
+}
+
 TEST(config_load, blocking_threads_equal_to_max_concurrent_is_fine) {
   const app_config config = load_config_string(R"(groups:
   - {name: db, max_concurrent: 4, blocking_threads: 4}
@@ -1307,6 +1336,34 @@ INSTANTIATE_TEST_SUITE_P(
                  "routes[0].fallback.retry_after", "expected an integer"},
         bad_case{"log_level", "logging:\n  level: verbose\n" + std::string(minimal), 2, 10,
                  "logging.level", "invalid log level 'verbose'"},
+        // Log format, sink and access log.
+        bad_case{"log_format", "logging:\n  format: xml\n" + std::string(minimal), 2, 11,
+                 "logging.format", "invalid log format 'xml' (expected text or json)"},
+        bad_case{"log_sink", "logging: {sink: syslog}\n" + std::string(minimal), 1, 17,
+                 "logging.sink", "invalid log sink 'syslog' (expected stderr or stdout)"},
+        bad_case{"access_log_not_a_map", "logging:\n  access_log: yes\n" + std::string(minimal), 2,
+                 15, "logging.access_log", "expected a map, got 'yes'"},
+        bad_case{"access_log_unknown_key",
+                 "logging:\n  access_log: {enable: true}\n" + std::string(minimal), 2, 16,
+                 "logging.access_log.enable", "unknown key"},
+        bad_case{"access_log_enabled_not_bool",
+                 "logging:\n  access_log:\n    enabled: 1\n" + std::string(minimal), 3, 14,
+                 "logging.access_log.enabled", "expected true or false, got '1'"},
+        bad_case{"access_log_sample_zero",
+                 "logging:\n  access_log: {sample: 0}\n" + std::string(minimal), 2, 24,
+                 "logging.access_log.sample", "must be in (0, 1], got 0"},
+        bad_case{"access_log_sample_above_one",
+                 "logging:\n  access_log:\n    sample: 1.5\n" + std::string(minimal), 3, 13,
+                 "logging.access_log.sample", "must be in (0, 1], got 1.5"},
+        bad_case{"access_log_sample_string",
+                 "logging:\n  access_log:\n    sample: '0.5'\n" + std::string(minimal), 3, 13,
+                 "logging.access_log.sample", "expected a number, got a string"},
+        bad_case{"access_log_max_per_second_negative",
+                 "logging:\n  access_log:\n    max_per_second: -1\n" + std::string(minimal), 3, 21,
+                 "logging.access_log.max_per_second", "must be >= 0, got -1"},
+        bad_case{"access_log_max_per_second_float",
+                 "logging:\n  access_log:\n    max_per_second: 2.5\n" + std::string(minimal), 3, 21,
+                 "logging.access_log.max_per_second", "expected an integer"},
         // Missing required keys point at the enclosing map.
         bad_case{"missing_groups", "routes: [{name: r, group: db}]\n", 1, 1, "groups",
                  "missing required key"},

@@ -10,9 +10,9 @@
 
 #include <pistache/http_header.h>
 #include <pistache/mime.h>
-#include <spdlog/spdlog.h>
 
 #include "qos/http/detail/client_headers.hpp"
+#include "qos/ops/log.hpp"
 
 namespace qos {
 
@@ -152,7 +152,7 @@ void send_static(const gate::http_route& route, outcome why, http::ResponseWrite
     for (const auto& [name, value] : f.headers) add_header(w, name, value);
     w.send(f.code, f.body, f.mime);
   } catch (const std::exception& e) {
-    spdlog::debug("qos: fallback ({}) not sent: {}", to_string(why), e.what());
+    logger()->debug("qos: fallback ({}) not sent: {}", to_string(why), e.what());
   } catch (...) {
   }
 }
@@ -169,9 +169,9 @@ void send_fallback(const gate::http_route& route, outcome why, const rest::Reque
       route.custom(why, req, w);
       if (w.getResponseSize() > 0) return;
     } catch (const std::exception& e) {
-      spdlog::warn("qos: fallback handler of route '{}' threw: {}", route.name(), e.what());
+      logger()->warn("qos: fallback handler of route '{}' threw: {}", route.name(), e.what());
     } catch (...) {
-      spdlog::warn("qos: fallback handler of route '{}' threw", route.name());
+      logger()->warn("qos: fallback handler of route '{}' threw", route.name());
     }
   }
   send_static(route, why, w);
@@ -219,9 +219,9 @@ class http_transport final : public transport {
     try {
       std::rethrow_exception(error);
     } catch (const std::exception& e) {
-      spdlog::error("qos: handler of route '{}' failed: {}", route_.name(), e.what());
+      logger()->error("qos: handler of route '{}' failed: {}", route_.name(), e.what());
     } catch (...) {
-      spdlog::error("qos: handler of route '{}' failed", route_.name());
+      logger()->error("qos: handler of route '{}' failed", route_.name());
     }
     if (writer_.getResponseSize() == 0) send_fallback(route_, outcome::error, *req_, writer_);
   }

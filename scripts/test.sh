@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds qos and runs the whole test suite twice: a normal build, then
-# an AddressSanitizer + UndefinedBehaviorSanitizer build. Fails on any test failure or report, and
+# an AddressSanitizer + UndefinedBehaviorSanitizer build. Between the two, checks what adopters
+# get from the normal build: the install (scripts/check-install.sh) and examples/consumer/ built
+# and run four ways (scripts/check-consumer.sh). Fails on any test failure or report, and
 # when ctest finds no test at all. Every option is passed explicitly: build/ is shared with
 # scripts/start.sh, which configures it with the tests off, and a CMake cache keeps its values.
 set -euo pipefail
@@ -15,6 +17,10 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQOS_SANITIZE=OFF \
 cmake --build build -j "$jobs"
 echo "== tests =="
 (cd build && ctest --output-on-failure --no-tests=error -j "$jobs" --timeout 300)
+echo "== install =="
+bash scripts/check-install.sh build
+echo "== consumer, four ways =="
+bash scripts/check-consumer.sh build
 
 echo "== build (ASan + UBSan) =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQOS_SANITIZE=ON \

@@ -259,11 +259,15 @@ stats_get() { curl -s --max-time 3 "$SYS_URL/stats" > "$1" 2>/dev/null || true; 
 # Our /metrics: "outcome value" lines of qos_requests_total for route db, plus handler sums.
 metrics_get() {
     curl -s --max-time 3 "$SYS_URL/metrics" 2>/dev/null |
-        awk '/^qos_requests_total\{route="db"/ { match($0, /outcome="[a-z_]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); print o, $NF }
-             /^qos_handler_seconds_sum\{route="db"/ { print "handler_sum", $NF }
-             /^qos_handler_seconds_count\{route="db"/ { print "handler_count", $NF }
-             /^qos_fallback_late_seconds_bucket\{route="db"/ { match($0, /le="[^"]+"/); print "late_le_" substr($0, RSTART + 4, RLENGTH - 5), $NF }
-             /^qos_group_waiting\{group="db"/ { print "waiting", $NF }' > "$1" || true
+        awk 'function label(k,   r) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
+             # Labels come in any order, and one series per priority level: sum them.
+             /^qos_requests_total\{/ && label("route") == "db" { n[label("outcome")] += $NF }
+             /^qos_handler_seconds_sum\{/ && label("route") == "db" { hs += $NF }
+             /^qos_handler_seconds_count\{/ && label("route") == "db" { hc += $NF }
+             /^qos_fallback_late_seconds_bucket\{/ && label("route") == "db" { late[label("le")] += $NF; if (!(label("le") in seen)) { seen[label("le")] = 1; order[++k] = label("le") } }
+             /^qos_group_waiting\{/ && label("group") == "db" { print "waiting", $NF }
+             END { for (o in n) print o, n[o]; print "handler_sum", hs + 0; print "handler_count", hc + 0
+                   for (i = 1; i <= k; i++) print "late_le_" order[i], late[order[i]] }' > "$1" || true
 }
 
 # late_summary BEFORE AFTER: from the server's qos_fallback_late_seconds histogram (timeouts

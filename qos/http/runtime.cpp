@@ -17,7 +17,9 @@ std::vector<To> sliced(const std::vector<From>& from) {
 
 }  // namespace
 
-runtime::runtime(config::app_config cfg) : cfg_(std::move(cfg)) {
+runtime::runtime(config::app_config cfg, std::shared_ptr<prometheus::Registry> registry)
+    : cfg_(std::move(cfg)),
+      metrics_(registry ? std::move(registry) : std::make_shared<prometheus::Registry>()) {
   executor_ = std::make_unique<executor>(
       executor_options{cfg_.server.fiber_threads, cfg_.server.max_pending_jobs, 64 * 1024});
   admission_ = std::make_unique<qos::admission>(

@@ -15,6 +15,8 @@
 #include <string>
 #include <thread>
 
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
 #include "support/eventually.hpp"
@@ -161,6 +163,20 @@ TEST(runtime_test, a_config_built_in_code_is_validated_like_yaml) {
   } catch (const invalid_option& e) {
     EXPECT_EQ(e.key(), "blocking_threads");
   }
+}
+
+TEST(runtime_test, registers_its_metrics_in_the_applications_registry) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto& mine =
+      prometheus::BuildCounter().Name("app_orders_total").Help("Orders.").Register(*registry);
+  mine.Add({}).Increment(3);
+  runtime rt(config::load_config_string("groups: [{name: db, max_concurrent: 1}]\n"
+                                        "routes: [{name: db, group: db}]\n"),
+             registry);
+  const std::string page = rt.metrics().render(rt.admission());
+  EXPECT_NE(page.find("app_orders_total 3"), std::string::npos);
+  EXPECT_NE(page.find("qos_build_info"), std::string::npos);
+  EXPECT_TRUE(rt.drain(std::chrono::seconds(1)));
 }
 
 // The README shows the same snippet as this file, byte for byte.

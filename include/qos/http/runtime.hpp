@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <pistache/router.h>
+#include <prometheus/registry.h>
 
 #include "qos/admission/admission.hpp"
 #include "qos/config/config.hpp"
@@ -24,9 +25,11 @@ namespace qos {
 
 class runtime {
  public:
-  // Throws config::config_error-like std::invalid_argument (qos::invalid_option names the
-  // key) for a setting out of range, and std::system_error when threads cannot start.
-  explicit runtime(config::app_config cfg);
+  // Throws qos::invalid_option (a std::invalid_argument naming the key) for a setting out of
+  // range, and std::system_error when threads cannot start. With `registry`, qos registers its
+  // metrics there, beside the application's own (metrics().render() serializes all of it).
+  explicit runtime(config::app_config cfg,
+                   std::shared_ptr<prometheus::Registry> registry = nullptr);
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
   // drain(shutdown_grace) if not drained yet, then waits for handlers still running. Destroy

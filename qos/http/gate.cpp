@@ -2,16 +2,22 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <exception>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <utility>
 
 #include <pistache/http_header.h>
 #include <pistache/mime.h>
+#include <pistache/net.h>
+#include <pistache/peer.h>
+#include <sys/socket.h>
 
 #include "qos/http/detail/client_headers.hpp"
+#include "qos/ops/access_log.hpp"
 #include "qos/ops/log.hpp"
 
 namespace qos {
@@ -92,6 +98,9 @@ struct gate::http_route {
   std::array<rendered_fallback, outcome_count> fallbacks;  // by outcome, resolved by config
   fallback_handler custom;                                 // empty: static fallbacks only
   priority_rule priority_code;                             // empty: configured rules only
+  // The gate's access log; null: none. Atomic so that set_access_log() may come while
+  // requests run (release/acquire: a request that sees the log sees it built).
+  std::atomic<access_log*> access{nullptr};
 
   const std::string& name() const noexcept { return route->policy.name; }
 
@@ -185,7 +194,17 @@ class http_transport final : public transport {
  public:
   http_transport(const gate::http_route& route, const handler* h, const result_handler* rh,
                  const rest::Request& req, http::ResponseWriter writer)
-      : route_(route), handler_(h), result_handler_(rh), req_(&req), writer_(std::move(writer)) {}
+      : route_(route), handler_(h), result_handler_(rh), req_(&req), writer_(std::move(writer)) {
+    // Whether the request gets an access line is decided on arrival, and a request sampled out
+    // or over the rate costs nothing more. The peer is read now, while the connection surely
+    // stands: by done() the client may have read its answer and gone. The shared_ptr lives for
+    // this statement only (trap 2, see the class comment).
+    if (access_log* log = route_.access.load(std::memory_order_acquire);
+        log != nullptr && log->admit()) {
+      if (const auto peer = writer_.getPeer()) peer_ = peer->address();
+      log_ = log;
+    }
+  }
 
   bool connected() noexcept override { return writer_.getPeer() != nullptr; }
 
@@ -226,13 +245,44 @@ class http_transport final : public transport {
     if (writer_.getResponseSize() == 0) send_fallback(route_, outcome::error, *req_, writer_);
   }
 
+  // The access line, if the request got one on arrival: the status and size as the writer sent
+  // them (none when the client was gone).
+  void done(const request_report& report) noexcept override {
+    if (log_ == nullptr) return;
+    try {
+      const auto sent = writer_.getResponseSize();
+      log_->write({.method = http::methodString(req_->method()),
+                   .path = req_->resource(),
+                   .status = sent > 0 ? static_cast<int>(writer_.getResponseCode()) : 0,
+                   .result = report.result,
+                   .route = route_.name(),
+                   .level = report.level,
+                   .waited = report.waited,
+                   .handled = report.handled,
+                   .bytes = sent > 0 ? static_cast<std::size_t>(sent) : 0,
+                   .peer = peer()});
+    } catch (...) {
+      // An address that cannot be formatted (no memory): no line.
+    }
+  }
+
  private:
+  // "ip:port" ("[ip]:port" for IPv6) of the client; empty when it was gone on arrival.
+  std::string peer() const {
+    if (!peer_) return {};
+    const std::string host = peer_->host();
+    const std::string port = std::to_string(static_cast<std::uint16_t>(peer_->port()));
+    return peer_->family() == AF_INET6 ? "[" + host + "]:" + port : host + ":" + port;
+  }
+
   const gate::http_route& route_;
   const handler* handler_;
   const result_handler* result_handler_;
   const rest::Request* req_;
   std::optional<rest::Request> owned_;  // the copy made by detach()
   http::ResponseWriter writer_;
+  access_log* log_ = nullptr;              // set: this request gets an access line
+  std::optional<Pistache::Address> peer_;  // the client, read on arrival for that line
 };
 
 }  // namespace
@@ -260,6 +310,11 @@ void gate::on_fallback(const std::string& route, fallback_handler f) {
 
 void gate::on_priority(const std::string& route, priority_rule rule) {
   find(route).priority_code = std::move(rule);
+}
+
+void gate::set_access_log(access_log* log) noexcept {
+  access_log* const used = log != nullptr && log->enabled() ? log : nullptr;
+  for (auto& [name, state] : routes_) state->access.store(used, std::memory_order_release);
 }
 
 gate::http_route& gate::find(const std::string& route) const {

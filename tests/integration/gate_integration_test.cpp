@@ -919,3 +919,99 @@ TEST_F(gate_test, an_overflowing_grpc_timeout_is_a_far_deadline_not_an_expired_o
 
 }  // namespace
 }  // namespace qos
+
+#include <sstream>
+
+#include "qos/ops/access_log.hpp"
+#include "support/log_capture.hpp"
+
+namespace qos {
+namespace {
+
+// The access log over real HTTP: the gate writes through it once each guarded request is
+// answered. The server goes before the log, so no request outlives it.
+class gate_access_log_test : public gate_test {
+ protected:
+  void TearDown() override {
+    gate_test::TearDown();
+    srv_.reset();
+  }
+
+  struct access_line {
+    std::string method, path, outcome, route, priority, waited, handled, bytes, peer;
+    int status = -1;
+  };
+  // The lines so far, by path (text format: time, method, path, status, outcome, key=value...).
+  std::map<std::string, access_line> lines_by_path() const {
+    std::map<std::string, access_line> out;
+    for (const auto& text : sink_->lines()) {
+      std::istringstream in(text);
+      std::string time;
+      access_line l;
+      in >> time >> l.method >> l.path >> l.status >> l.outcome >> l.route >> l.priority >>
+          l.waited >> l.handled >> l.bytes >> l.peer;
+      out[l.path] = l;
+    }
+    return out;
+  }
+
+  std::shared_ptr<test::line_sink> sink_ = std::make_shared<test::line_sink>();
+  access_log log_{{.enabled = true}, config::log_format::text, sink_};
+};
+
+TEST_F(gate_access_log_test, one_line_per_guarded_request_says_what_the_client_got) {
+  auto cfg = base_config();
+  cfg.groups.push_back(group("db", 1, 10));
+  cfg.routes.push_back(route("work", "db", 50ms));
+  start(cfg);
+  gate().set_access_log(&log_);
+  valve v;
+  auto work = gate().guard("work", [&](const rest::Request&, http::ResponseWriter& w) {
+    v.wait_on_fiber();
+    w.send(http::Code::Ok, std::string("done"));
+  });
+  rest::Routes::Get(router(), "/work/:id", work);
+  rest::Routes::Post(router(), "/work/:id", work);
+  serve();
+
+  // The first request holds the only permit until the valve opens; the second waits 50 ms for
+  // it and gets the timeout fallback.
+  std::thread first([&] { EXPECT_EQ(http_get(port_, "/work/1?x=1").status, 200); });
+  ASSERT_TRUE(eventually([&] { return stats("db").in_use == 1; }));
+  http_connection conn(port_);
+  const auto second = conn.request({"POST", "/work/2", {}, "payload"});
+  EXPECT_EQ(second.status, 503);
+  EXPECT_EQ(second.header("X-QoS-Outcome"), "timeout");
+  v.open();
+  first.join();
+  EXPECT_EQ(http_get(port_, "/cache").status, 200);  // unguarded: no line
+  EXPECT_EQ(http_get(port_, "/work/3").status, 200);
+  ASSERT_TRUE(eventually([&] { return sink_->lines().size() >= 3; }));
+
+  const auto lines = lines_by_path();
+  EXPECT_EQ(sink_->lines().size(), 3u);
+  ASSERT_EQ(lines.size(), 3u);
+  const auto& admitted = lines.at("/work/1");
+  EXPECT_EQ(admitted.method, "GET");
+  EXPECT_EQ(admitted.status, 200);
+  EXPECT_EQ(admitted.outcome, "admitted");
+  EXPECT_EQ(admitted.route, "route=work");
+  EXPECT_EQ(admitted.priority, "priority=0");
+  EXPECT_NE(admitted.handled, "handled_ms=0.000");
+  EXPECT_NE(admitted.bytes, "bytes=0");
+  EXPECT_EQ(admitted.peer.rfind("peer=127.0.0.1:", 0), 0u) << admitted.peer;
+
+  const auto& fallback = lines.at("/work/2");
+  EXPECT_EQ(fallback.method, "POST");
+  EXPECT_EQ(fallback.status, 503);
+  EXPECT_EQ(fallback.outcome, "timeout");
+  EXPECT_GE(std::stod(fallback.waited.substr(fallback.waited.find('=') + 1)), 49.9);
+  EXPECT_EQ(fallback.handled, "handled_ms=0.000");
+  EXPECT_NE(fallback.bytes, "bytes=0");
+  EXPECT_EQ(fallback.peer.rfind("peer=127.0.0.1:", 0), 0u) << fallback.peer;
+
+  EXPECT_EQ(lines.at("/work/3").outcome, "admitted");
+}
+
+}  // namespace
+}  // namespace qos

@@ -53,6 +53,8 @@ void add_header(Pistache::Http::ResponseWriter& w, std::string name, std::string
 // Header on every response qos makes itself, naming why (the outcome's wire word).
 inline constexpr const char* outcome_header = "X-QoS-Outcome";
 
+class access_log;  // ops/access_log.hpp
+
 class gate {
  public:
   gate(admission& adm, const config::app_config& cfg);
@@ -81,6 +83,10 @@ class gate {
   void on_fallback(const std::string& route, fallback_handler f);
   // Adds a priority rule in code to `route`. Setup time only.
   void on_priority(const std::string& route, priority_rule rule);
+  // Gives every guarded request of this gate a line in `log` once answered; nullptr (the
+  // default) or a disabled log: no lines, and one branch per request. `log` must outlive every
+  // request the gate serves. Thread-safe.
+  void set_access_log(access_log* log) noexcept;
 
   // Registers a route for every HTTP method once, so that Router never inserts into its method
   // map while reactors read it (a data race in Pistache 0.0.5).

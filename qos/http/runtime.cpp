@@ -25,6 +25,10 @@ runtime::runtime(config::app_config cfg, std::shared_ptr<prometheus::Registry> r
   admission_ = std::make_unique<qos::admission>(
       sliced<group_options>(cfg_.groups), sliced<route_policy>(cfg_.routes), *executor_, metrics_);
   gate_ = std::make_unique<qos::gate>(*admission_, cfg_);
+  if (cfg_.logging.access_log.enabled) {
+    access_log_ = std::make_unique<qos::access_log>(cfg_.logging);
+    gate_->set_access_log(access_log_.get());
+  }
   monitor_ = std::thread([this] { monitor_main(); });
 }
 

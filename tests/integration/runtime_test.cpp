@@ -179,6 +179,17 @@ TEST(runtime_test, registers_its_metrics_in_the_applications_registry) {
   EXPECT_TRUE(rt.drain(std::chrono::seconds(1)));
 }
 
+TEST(runtime_test, has_an_access_log_only_when_the_config_enables_it) {
+  const std::string routes =
+      "groups: [{name: db, max_concurrent: 1}]\n"
+      "routes: [{name: db, group: db}]\n";
+  runtime off(config::load_config_string(routes));
+  EXPECT_EQ(off.access_log(), nullptr);
+  runtime on(config::load_config_string("logging: {access_log: {enabled: true}}\n" + routes));
+  ASSERT_NE(on.access_log(), nullptr);
+  EXPECT_TRUE(on.access_log()->enabled());
+}
+
 // The README shows the same snippet as this file, byte for byte.
 TEST(runtime_test, the_readme_shows_this_snippet) {
   auto read = [](const std::string& path) {

@@ -2,7 +2,8 @@
 // Pistache Endpoint and Router: the fiber executor, admission (the limit groups), the gate,
 // the metrics and the shedding monitor, built from a config (loaded from YAML or built in code;
 // both go through the same validation). It owns no endpoint, installs no signal handler and
-// leaves the process's loggers alone. Setup (gate().guard..., prime) before the endpoint
+// leaves the process's loggers alone (the access log, when the config enables it, writes
+// through a logger of its own). Setup (gate().guard..., prime) before the endpoint
 // serves; then thread-safe.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include "qos/config/config.hpp"
 #include "qos/fiber/executor.hpp"
 #include "qos/http/gate.hpp"
+#include "qos/ops/access_log.hpp"
 #include "qos/ops/metrics_registry.hpp"
 
 namespace qos {
@@ -37,6 +39,9 @@ class runtime {
   ~runtime();
 
   qos::gate& gate() noexcept { return *gate_; }
+  // The access log of logging.access_log (its own logger "qos.access"), or nullptr when the
+  // config leaves it off.
+  qos::access_log* access_log() noexcept { return access_log_.get(); }
   qos::admission& admission() noexcept { return *admission_; }
   metrics_registry& metrics() noexcept { return metrics_; }
   const config::app_config& config() const noexcept { return cfg_; }
@@ -63,6 +68,7 @@ class runtime {
   std::unique_ptr<executor> executor_;
   std::unique_ptr<qos::admission> admission_;
   std::unique_ptr<qos::gate> gate_;
+  std::unique_ptr<qos::access_log> access_log_;
   bool drained_ = false;
 
   std::mutex monitor_mutex_;

@@ -11,6 +11,7 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev
   prometheus-cpp-dev python3-prometheus-client
+  clang-14 libfuzzer-14-dev  # scripts/fuzz.sh: libFuzzer with ASan + UBSan
 )
 # Load tools for the benchmark harness only.
 if [[ "${QOS_BENCH_DEPS:-0}" == 1 ]]; then

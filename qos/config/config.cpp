@@ -2,6 +2,8 @@
 // rest of qos can trust app_config; each failure names the file, line, column and key path.
 #include "qos/config/config.hpp"
 
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <initializer_list>
 #include <iterator>
 #include <limits>
+#include <sstream>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -108,18 +111,21 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   const std::int64_t ns_per_unit = unit_ns(text, std::string_view(text).substr(pos));
 
   // Integer arithmetic in nanoseconds keeps "1.001s" exact, which doubles would not.
-  std::int64_t units = 0;
-  const auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), units);
-  if (ec != std::errc() || end != whole.data() + whole.size() ||
-      units > std::numeric_limits<std::int64_t>::max() / ns_per_unit) {
-    bad_duration(text, "too large");
-  }
-  std::int64_t ns = units * ns_per_unit;
+  std::int64_t fraction_ns = 0;  // below one unit
   std::int64_t scale = ns_per_unit;
   for (char digit : fraction) {
     scale /= 10;  // digits finer than a nanosecond are dropped
-    ns += (digit - '0') * scale;
+    fraction_ns += (digit - '0') * scale;
   }
+  // The fraction counts too: "9223372036.9s" is past the largest int64 of nanoseconds although
+  // its whole seconds are not (a signed overflow UBSan reported through tests/fuzz/).
+  std::int64_t units = 0;
+  const auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), units);
+  if (ec != std::errc() || end != whole.data() + whole.size() ||
+      units > (std::numeric_limits<std::int64_t>::max() - fraction_ns) / ns_per_unit) {
+    bad_duration(text, "too large");
+  }
+  const std::int64_t ns = units * ns_per_unit + fraction_ns;
   const std::int64_t ms = ns / 1'000'000;
   // A positive duration must stay positive: "100us" means "a little", not "no time at all".
   const bool positive =
@@ -360,6 +366,15 @@ std::size_t read_count(const field& f, long long min) {
   return static_cast<std::size_t>(value);
 }
 
+// A count within [min, max], worded as validate() words its bounds.
+std::size_t read_count(const field& f, long long min, long long max) {
+  const std::size_t value = read_count(f, min);
+  if (value > static_cast<std::size_t>(max)) {
+    f.fail("must be <= " + std::to_string(max) + ", got " + std::to_string(value));
+  }
+  return value;
+}
+
 bool read_bool(const field& f) {
   bool value = false;
   if (!f.node.IsScalar() || is_quoted(f.node) || !YAML::convert<bool>::decode(f.node, value)) {
@@ -462,13 +477,36 @@ server_config parse_server(const field& f) {
                          "shutdown_grace", "backlog", "max_request_size", "header_timeout",
                          "body_timeout", "keepalive_timeout"});
   server_config out;
+  // Upper bounds, the same on every machine (a file accepted in CI is accepted in production).
+  // Threads: beyond the cores, reactors only contend and fiber threads only help handlers
+  // that block, which belong on a blocking pool; 256 is far past both and far below what the
+  // kernel refuses (100,000 threads ended in an uncaught std::system_error). Pistache refuses
+  // more than 255 reactors, but only when the server starts.
+  constexpr long long max_fiber_threads = 256;
+  constexpr long long max_reactor_threads = 255;
+  // The executor allocates and touches one 8-byte slot per pending job at start:
+  // 2^20 slots are 8 MiB (10^12 ended in std::bad_alloc), 64 x the default.
+  constexpr long long max_pending_jobs = 1LL << 20;
+  // The kernel caps the accept queue at net.core.somaxconn, historically a 16-bit value.
+  constexpr long long max_backlog = 65535;
+  // Supervisors give up long before (systemd's TimeoutStopSec 90 s, Kubernetes' grace 30 s).
+  constexpr auto max_shutdown_grace = std::chrono::minutes(10);
   if (auto v = map.get("address")) out.address = read_non_empty(*v);
   if (auto v = map.get("port")) out.port = static_cast<std::uint16_t>(read_int_in(*v, 0, 65535));
-  if (auto v = map.get("reactor_threads")) out.reactor_threads = read_count(*v, 1);
-  if (auto v = map.get("fiber_threads")) out.fiber_threads = read_count(*v, 1);
-  if (auto v = map.get("max_pending_jobs")) out.max_pending_jobs = read_count(*v, 1);
-  if (auto v = map.get("shutdown_grace")) out.shutdown_grace = read_duration(*v);
-  if (auto v = map.get("backlog")) out.backlog = read_count(*v, 1);
+  if (auto v = map.get("reactor_threads")) {
+    out.reactor_threads = read_count(*v, 1, max_reactor_threads);
+  }
+  if (auto v = map.get("fiber_threads")) out.fiber_threads = read_count(*v, 1, max_fiber_threads);
+  if (auto v = map.get("max_pending_jobs")) {
+    out.max_pending_jobs = read_count(*v, 1, max_pending_jobs);
+  }
+  if (auto v = map.get("shutdown_grace")) {
+    out.shutdown_grace = read_duration(*v);
+    if (out.shutdown_grace > max_shutdown_grace) {
+      v->fail("must be <= 10m, got " + std::to_string(out.shutdown_grace.count()) + "ms");
+    }
+  }
+  if (auto v = map.get("backlog")) out.backlog = read_count(*v, 1, max_backlog);
   if (auto v = map.get("max_request_size")) {
     // Below a few hundred bytes no request head fits; above 1 GiB one request could take the
     // process's memory.
@@ -555,8 +593,8 @@ void check_ranges(const field& entry, const key_fields& at, const Args&... what)
   }
 }
 
-// Reads `limit:`; the ranges are validate()'s. Defaults: max = 4 x max_concurrent, initial =
-// max_concurrent within [min, max].
+// Reads `limit:`; the ranges are validate()'s. Defaults: max = 4 x max_concurrent (at most
+// bounds::permits, at least min), initial = max_concurrent within [min, max].
 limit_options parse_limit(const field& f, std::size_t max_concurrent, key_fields& at) {
   const map_view map(f, {"algorithm", "min", "max", "initial", "backoff_ratio", "timeout",
                          "rtt_tolerance", "smoothing", "long_window", "probe_interval"});
@@ -582,8 +620,10 @@ limit_options parse_limit(const field& f, std::size_t max_concurrent, key_fields
   if (auto v = param("max", {})) {
     opt.max = read_count(*v, 1);
   } else {
-    const std::size_t four_times = max_concurrent > std::numeric_limits<std::size_t>::max() / 4
-                                       ? std::numeric_limits<std::size_t>::max()
+    // Within bounds::permits, so that a large max_concurrent does not make a default that
+    // validate() refuses.
+    const std::size_t four_times = max_concurrent > bounds::permits / 4
+                                       ? std::max(bounds::permits, max_concurrent)
                                        : 4 * max_concurrent;
     opt.max = std::max(four_times, opt.min);
   }
@@ -748,7 +788,8 @@ void read_retry_after(const field& f, fallback_config& out) {
     f.fail("expected an integer, none or auto, got " +
            (scalar && is_quoted(f.node) ? "a string" : describe(f.node)));
   }
-  out.retry_after_s = static_cast<int>(read_int_in(f, 0, std::numeric_limits<int>::max()));
+  // A day: later than that, a client has long stopped waiting to retry.
+  out.retry_after_s = static_cast<int>(read_int_in(f, 0, 86400));
   out.retry_after_auto = false;
 }
 
@@ -900,13 +941,175 @@ app_config parse_root(const context& ctx, const YAML::Node& root) {
   return out;
 }
 
+// Deepest nesting accepted. qos's own schema needs 6 levels (routes, an entry, fallback, a
+// reason, headers, a value); yaml-cpp recurses once per level and gives up only at about 500
+// with a bare "bad file", pointing past the end of the brackets.
+constexpr std::size_t max_nesting = 64;
+
+// Refuses text nested deeper than max_nesting before yaml-cpp sees it, at the bracket or line
+// that goes too deep. Counts flow collections ('[' and '{' where a value starts, outside quotes
+// and comments) on top of block levels (indentation steps and compact "- - x" entries); skips
+// the lines of quoted and block (| >) scalars. A multi-line plain scalar may count one level
+// too many; anything it misses still meets yaml-cpp's own limit (DeepRecursion, below).
+void check_nesting(const context& ctx, std::string_view text) {
+  std::vector<std::size_t> block;     // columns of the open block levels, increasing
+  std::size_t flow = 0;               // open '[' and '{'
+  char quote = 0;                     // ' or " inside a quoted scalar
+  std::optional<std::size_t> scalar;  // inside a block scalar: its parent line's indentation
+  int line = 0;                       // 1-based, of `l`
+  const auto too_deep = [&](std::size_t column) {
+    throw config_error(ctx.source, line, static_cast<int>(column) + 1, "",
+                       "nested deeper than " + std::to_string(max_nesting) + " levels");
+  };
+  for (std::size_t start = 0; start < text.size();) {
+    const std::size_t end = std::min(text.find('\n', start), text.size());
+    std::string_view l = text.substr(start, end - start);
+    start = end + 1;
+    ++line;
+    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+    const std::size_t indent = l.find_first_not_of(' ');
+    if (scalar) {
+      if (indent == l.npos || indent > *scalar) continue;
+      scalar.reset();
+    }
+    std::size_t i = 0;
+    if (quote == 0 && flow == 0) {
+      if (indent == l.npos || l[indent] == '#') continue;
+      // A line in block context closes the levels indented deeper than it, and opens one when
+      // it is indented deeper than the innermost; each "- " before its content opens another.
+      // A flow collection opening the content is counted below, as flow.
+      while (!block.empty() && block.back() > indent) block.pop_back();
+      i = indent;
+      while (true) {
+        if ((block.empty() || block.back() < i) && l[i] != '[' && l[i] != '{') block.push_back(i);
+        if (block.size() > max_nesting) too_deep(i);
+        if (l[i] != '-' || (i + 1 < l.size() && l[i + 1] != ' ' && l[i + 1] != '\t')) break;
+        i = l.find_first_not_of(" \t", i + 1);
+        if (i == l.npos || l[i] == '#') break;
+      }
+      if (i == l.npos) continue;
+    }
+    std::size_t code_end = l.size();  // where a comment starts
+    for (; i < l.size(); ++i) {
+      const char c = l[i];
+      if (quote == '\'') {
+        if (c != '\'') continue;
+        if (i + 1 < l.size() && l[i + 1] == '\'') {
+          ++i;  // '' is a quote inside the scalar
+        } else {
+          quote = 0;
+        }
+        continue;
+      }
+      if (quote == '"') {
+        if (c == '\\') {
+          ++i;
+        } else if (c == '"') {
+          quote = 0;
+        }
+        continue;
+      }
+      const char prev = i == 0 ? ' ' : l[i - 1];
+      if (c == '#' && (prev == ' ' || prev == '\t')) {
+        code_end = i;
+        break;
+      }
+      if (flow > 0 && (c == ']' || c == '}')) {
+        --flow;
+        continue;
+      }
+      // Quotes and brackets open something only where a value starts, not inside a plain
+      // scalar ("it's", "a[1]").
+      if (prev != ' ' && prev != '\t' && prev != '[' && prev != '{' && prev != ',' && prev != ':') {
+        continue;
+      }
+      if (c == '\'' || c == '"') {
+        quote = c;
+      } else if (c == '[' || c == '{') {
+        ++flow;
+        if (block.size() + flow > max_nesting) too_deep(i);
+      }
+    }
+    // "key: |" or "- >-" ending a line in block context: a block scalar follows, its lines
+    // indented deeper than this one.
+    if (quote == 0 && flow == 0 && indent != l.npos) {
+      std::string_view code = l.substr(0, code_end);
+      while (!code.empty() && (code.back() == ' ' || code.back() == '\t')) code.remove_suffix(1);
+      while (!code.empty() && (code.back() == '+' || code.back() == '-' ||
+                               (code.back() >= '1' && code.back() <= '9'))) {
+        code.remove_suffix(1);
+      }
+      if (!code.empty() && (code.back() == '|' || code.back() == '>') &&
+          (code.size() == 1 || code[code.size() - 2] == ' ')) {
+        scalar = indent;
+      }
+    }
+  }
+}
+
+// Where the root node of each document starts. yaml-cpp 0.7's LoadAll loops forever (and
+// allocates until the process dies) when a document starts with a token no rule consumes, e.g.
+// a ',' at document level (yaml-cpp issue 1040, fixed after 0.8): every further document is
+// the same null at the same place. So the loader walks at most three documents itself.
+class document_roots final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> roots;
+
+  void OnDocumentStart(const YAML::Mark&) override { in_document_ = true; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { root(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { root(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    root(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    root(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    root(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void root(const YAML::Mark& mark) {
+    if (in_document_) roots.push_back(mark);
+    in_document_ = false;
+  }
+  bool in_document_ = false;
+};
+
 YAML::Node parse_document(const context& ctx, const std::string& yaml) {
+  check_nesting(ctx, yaml);
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(yaml);
-    if (docs.size() > 1) fail_at(ctx, docs[1].Mark(), "", "expected a single YAML document");
-    return docs.empty() ? YAML::Node() : docs.front();
+    std::istringstream in(yaml);
+    YAML::Parser parser(in);
+    document_roots docs;
+    for (int i = 0; i < 3 && parser.HandleNextDocument(docs); ++i) {
+    }
+    for (std::size_t i = 1; i < docs.roots.size(); ++i) {
+      const YAML::Mark& at = docs.roots[i];
+      if (at.pos != docs.roots[i - 1].pos) continue;
+      // The parser is stuck on a token, as it is on a ',' at document level.
+      const std::size_t pos = static_cast<std::size_t>(std::max(at.pos, 0));
+      fail_at(ctx, at, "",
+              pos < yaml.size() ? "invalid YAML: unexpected '" + yaml.substr(pos, 1) + "'"
+                                : std::string("invalid YAML"));
+    }
+    if (docs.roots.size() > 1) fail_at(ctx, docs.roots[1], "", "expected a single YAML document");
+    const YAML::Node root = docs.roots.empty() ? YAML::Node() : YAML::Load(yaml);
+    if (root.IsNull()) {
+      // Nothing but blanks, comments or null: say so rather than "groups: missing".
+      throw config_error(ctx.source, 1, 1, "", "empty config (expected groups and routes)");
+    }
+    return root;
+  } catch (const YAML::DeepRecursion& e) {
+    fail_at(ctx, e.mark, "", "nested too deeply for the YAML parser");
   } catch (const YAML::Exception& e) {
-    fail_at(ctx, e.mark, "", e.msg);
+    fail_at(ctx, e.mark, "", "invalid YAML: " + e.msg);
   }
 }
 

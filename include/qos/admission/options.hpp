@@ -15,6 +15,30 @@
 
 namespace qos {
 
+// Upper bounds of group and route settings: validate() refuses anything larger, so a typo
+// (an extra zero) or a hostile file fails at load instead of exhausting memory or threads
+// later. The same everywhere (not derived from the machine), so a file accepted in CI is
+// accepted in production. config/qos.yaml documents each with its reason.
+namespace bounds {
+// Permit units of a group: max_concurrent, limit.min/max/initial, blocking_threads (and so a
+// route's cost). Each permit may hold a blocking-pool thread; 100,000 is far beyond any one
+// resource a group protects, and within what the kernel's threads-max allows.
+inline constexpr std::size_t permits = 100'000;
+// max_queue: a parked waiter costs about 9 KiB (a fiber stack's touched pages), so a full
+// queue of 10^6 is about 9 GiB, the most one machine could hold.
+inline constexpr std::size_t queue = 1'000'000;
+// limit.long_window, in windows of about `limit` samples each: 100,000 windows already
+// average over hours of traffic at any rate.
+inline constexpr std::size_t long_window = 100'000;
+// limit.rtt_tolerance: at 10 x the long-term rtt the backend has collapsed; beyond it
+// gradient2 would never lower the limit.
+inline constexpr double rtt_tolerance = 10.0;
+// Every duration of a group or route (max_wait, max_exec, queue.target, queue.interval,
+// aging_step, limit.timeout, limit.probe_interval): a request never waits longer than
+// max_wait, so larger values of the others could never act.
+inline constexpr std::chrono::hours longest{1};
+}  // namespace bounds
+
 struct group_options {
   std::string name;
   // The limiter: the limit (initial, when `limit` is set), queue cap, discipline, aging,
@@ -35,12 +59,12 @@ struct group_options {
 struct route_policy {
   std::string name;
   std::string group;
-  duration max_wait = std::chrono::seconds(1);  // > 0
+  duration max_wait = std::chrono::seconds(1);  // > 0, <= bounds::longest
   std::uint32_t cost = 1;                       // permit units per request, 1..most_permits
   bool predictive_reject = false;  // answer at once when the estimated wait exceeds the budget
   // Execution timeout: the client gets the exec_timeout fallback at max_exec, the permit stays
   // held until the handler really ends, and its late result is discarded. Needs a handler
-  // that returns its response rather than writing it.
+  // that returns its response rather than writing it. > 0, <= bounds::longest.
   std::optional<duration> max_exec{};
 };
 
@@ -58,9 +82,10 @@ class invalid_option : public std::invalid_argument {
   std::string message_;
 };
 
-// Throws invalid_option for the first setting out of range. With a `limit`, checks it as
-// make_limit_algorithm would and sets nothing: limiter.max_concurrent is the limit the
-// algorithm starts from only after admission builds the group.
+// Throws invalid_option for the first setting out of range (below its minimum or above its
+// bound in `bounds`). With a `limit`, checks it as make_limit_algorithm would and sets nothing:
+// limiter.max_concurrent is the limit the algorithm starts from only after admission builds the
+// group.
 void validate(const group_options& g);
 // Throws invalid_option when the route cannot work with `group` (already validated).
 void validate(const route_policy& r, const group_options& group);

@@ -38,6 +38,10 @@ class config_error : public std::runtime_error {
   std::string message_;
 };
 
+// The loader bounds every number (config/qos.yaml gives the reasons): reactor_threads 1..255
+// (Pistache's own limit), fiber_threads 1..256, max_pending_jobs 1..2^20, shutdown_grace
+// <= 10m, backlog 1..65535, max_request_size 512..2^30, the timeouts 1s..24h. Groups and
+// routes are bounded by validate() (admission/options.hpp, qos::bounds).
 struct server_config {
   std::string address = "127.0.0.1";
   std::uint16_t port = 9080;                       // 0: any free port
@@ -148,6 +152,9 @@ struct app_config {
 };
 
 // Loads and validates. Relative fallback file paths resolve against the config file's folder.
+// Any text either loads or throws config_error (std::bad_alloc aside; tests/fuzz/ checks it):
+// an empty file, a YAML syntax error or nesting deeper than 64 levels (refused before the
+// parser recurses) name the line too.
 app_config load_config(const std::string& path);
 // Same, from text; `source_name` stands for the file in messages; relative paths resolve
 // against `base_dir`.

@@ -1369,7 +1369,7 @@ INSTANTIATE_TEST_SUITE_P(
                  "missing required key"},
         bad_case{"missing_routes", "server: {}\ngroups: [{name: db, max_concurrent: 1}]\n", 1, 1,
                  "routes", "missing required key"},
-        bad_case{"empty_document", "# nothing here\n", 0, 0, "groups", "missing required key"},
+        bad_case{"empty_document", "# nothing here\n", 1, 1, "", "empty config"},
         bad_case{"missing_group_name",
                  "groups:\n  - max_queue: 5\n    max_concurrent: 1\nroutes: [{name: r, group: "
                  "db}]\n",
@@ -1683,6 +1683,232 @@ TEST(config_server, endpoint_options_load_with_defaults_and_bounds) {
       EXPECT_EQ(e.key().rfind("server.", 0), 0u) << e.key();
     }
   }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: every number has an upper bound, checked at its key (groups and routes by
+// validate(), so code and YAML agree); empty files, YAML syntax errors and deep nesting name
+// the line; no text makes the loader hang, crash or throw anything but config_error.
+
+namespace {
+
+// 1-based column of `value` on line `line` (1-based) of `yaml`.
+int column_of(const std::string& yaml, int line, const std::string& value) {
+  std::size_t start = 0;
+  for (int i = 1; i < line; ++i) start = yaml.find('\n', start) + 1;
+  return static_cast<int>(yaml.find(value, start) - start) + 1;
+}
+
+struct bound_case {
+  std::string yaml;
+  int line;
+  std::string value;  // the text the error points at
+  std::string key;
+  std::string message;
+};
+
+std::string server_with(const std::string& keys) {
+  return "server: {" + keys + "}\n" + std::string(minimal);
+}
+
+TEST(config_bounds, every_number_above_its_bound_is_refused_at_its_key) {
+  const std::vector<bound_case> cases = {
+      {server_with("reactor_threads: 256"), 1, "256", "server.reactor_threads",
+       "must be <= 255, got 256"},
+      {server_with("fiber_threads: 100000"), 1, "100000", "server.fiber_threads",
+       "must be <= 256, got 100000"},
+      {server_with("max_pending_jobs: 1000000000000"), 1, "1000000000000",
+       "server.max_pending_jobs", "must be <= 1048576, got 1000000000000"},
+      {server_with("backlog: 65536"), 1, "65536", "server.backlog", "must be <= 65535, got 65536"},
+      {server_with("shutdown_grace: 11m"), 1, "11m", "server.shutdown_grace",
+       "must be <= 10m, got 660000ms"},
+      {"groups:\n  - name: db\n    max_concurrent: 1000000\nroutes: [{name: r, group: db}]\n", 3,
+       "1000000", "groups[0].max_concurrent", "must be <= 100000, got 1000000"},
+      {group_with("    max_queue: 1000001\n"), 4, "1000001", "groups[0].max_queue",
+       "must be <= 1000000, got 1000001"},
+      {group_with("    blocking_threads: 100001\n"), 4, "100001", "groups[0].blocking_threads",
+       "must be <= 100000, got 100001"},
+      {group_with("    aging_step: 2h\n"), 4, "2h", "groups[0].aging_step",
+       "must be <= 1h, got 7200000ms"},
+      {group_with("    queue: {discipline: codel, target: 61m}\n"), 4, "61m",
+       "groups[0].queue.target", "must be <= 1h, got 3660000ms"},
+      {group_with("    queue: {discipline: adaptive_lifo, interval: 2h}\n"), 4, "2h",
+       "groups[0].queue.interval", "must be <= 1h, got 7200000ms"},
+      {group_with("    limit: {algorithm: aimd, max: 100001}\n"), 4, "100001",
+       "groups[0].limit.max", "must be <= 100000, got 100001"},
+      {group_with("    limit: {algorithm: aimd, min: 200000}\n"), 4, "200000",
+       "groups[0].limit.min", "must be <= 100000, got 200000"},
+      {group_with("    limit: {algorithm: aimd, timeout: 2h}\n"), 4, "2h",
+       "groups[0].limit.timeout", "must be <= 1h, got 7200000ms"},
+      {group_with("    limit: {algorithm: gradient2, rtt_tolerance: 11}\n"), 4, "11",
+       "groups[0].limit.rtt_tolerance", "must be <= 10, got 11"},
+      {group_with("    limit: {algorithm: gradient2, long_window: 100001}\n"), 4, "100001",
+       "groups[0].limit.long_window", "must be <= 100000, got 100001"},
+      {group_with("    limit: {algorithm: vegas, probe_interval: 2h}\n"), 4, "2h",
+       "groups[0].limit.probe_interval", "must be <= 1h, got 7200000ms"},
+      {with("    max_wait: 61m\n"), 7, "61m", "routes[0].max_wait", "must be <= 1h, got 3660000ms"},
+      {with("    max_exec: 2h\n"), 7, "2h", "routes[0].max_exec", "must be <= 1h, got 7200000ms"},
+      {with("    fallback: {retry_after: 86401}\n"), 7, "86401", "routes[0].fallback.retry_after",
+       "must be between 0 and 86400, got 86401"},
+  };
+  for (const bound_case& c : cases) {
+    SCOPED_TRACE(c.yaml);
+    const config_error e = load_error(c.yaml);
+    EXPECT_EQ(e.key(), c.key) << e.what();
+    EXPECT_EQ(e.line(), c.line) << e.what();
+    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
+    EXPECT_EQ(e.message(), c.message) << e.what();
+  }
+}
+
+TEST(config_bounds, every_bound_itself_is_accepted) {
+  const app_config cfg = load_config_string(
+      "server: {reactor_threads: 255, fiber_threads: 256, max_pending_jobs: 1048576,\n"
+      "         backlog: 65535, shutdown_grace: 10m}\n"
+      "groups:\n"
+      "  - name: db\n"
+      "    max_concurrent: 100000\n"
+      "    max_queue: 1000000\n"
+      "    blocking_threads: 100000\n"
+      "    limit: {algorithm: gradient2, max: 100000, rtt_tolerance: 10, long_window: 100000,\n"
+      "            probe_interval: 1h}\n"
+      "    queue: {discipline: codel, target: 1h, interval: 1h}\n"
+      "    aging_step: 1h\n"
+      "routes:\n"
+      "  - {name: r, group: db, max_wait: 1h, max_exec: 1h, cost: 100000,\n"
+      "     fallback: {retry_after: 86400}}\n");
+  EXPECT_EQ(cfg.server.fiber_threads, 256u);
+  EXPECT_EQ(cfg.server.max_pending_jobs, 1048576u);
+  EXPECT_EQ(cfg.groups[0].limiter.max_queue, 1000000u);
+  EXPECT_EQ(cfg.groups[0].limit->max, 100000u);
+  EXPECT_EQ(cfg.routes[0].max_wait, 1h);
+  EXPECT_EQ(cfg.routes[0].fallback.route.retry_after_s, 86400);
+}
+
+TEST(config_bounds, default_limit_max_stays_within_the_permit_bound) {
+  // 4 x max_concurrent, but never a default that validate() would refuse.
+  for (const std::size_t n : {std::size_t{25000}, std::size_t{30000}, std::size_t{100000}}) {
+    SCOPED_TRACE(n);
+    const app_config cfg =
+        load_config_string("groups:\n  - name: db\n    max_concurrent: " + std::to_string(n) +
+                           "\n    limit: {algorithm: aimd}\n"
+                           "routes: [{name: r, group: db}]\n");
+    EXPECT_EQ(cfg.groups[0].limit->max, std::min<std::size_t>(4 * n, qos::bounds::permits));
+  }
+}
+
+TEST(config_bounds, group_and_route_bounds_are_validate_s_both_ways) {
+  const auto group = [](qos::limiter_options l) {
+    return qos::group_options{.name = "db", .limiter = l};
+  };
+  expect_same_refusal(
+      refusal(group({.max_concurrent = 100001})),
+      load_error(
+          "groups:\n  - name: db\n    max_concurrent: 100001\nroutes: [{name: r, group: db}]\n"),
+      "groups[0].", 3, 21);
+  expect_same_refusal(refusal(group({.max_concurrent = 8, .max_queue = 1000001})),
+                      load_error(group_with("    max_queue: 1000001\n")), "groups[0].", 4, 16);
+  expect_same_refusal(refusal(group({.max_concurrent = 8, .aging_step = 2h})),
+                      load_error(group_with("    aging_step: 2h\n")), "groups[0].", 4, 17);
+  qos::group_options adaptive = group({.max_concurrent = 8});
+  adaptive.limit = qos::limit_options{
+      .kind = qos::limit_kind::gradient2, .min = 1, .max = 32, .initial = 8, .rtt_tolerance = 11};
+  expect_same_refusal(
+      refusal(adaptive),
+      load_error(group_with("    limit: {algorithm: gradient2, rtt_tolerance: 11}\n")),
+      "groups[0].", 4, 50);
+  const qos::route_policy slow{.name = "items", .group = "db", .max_wait = 2h};
+  expect_same_refusal(refusal(slow, group({.max_concurrent = 8})),
+                      load_error(with("    max_wait: 2h\n")), "routes[0].", 7, 15);
+}
+
+TEST(config_bounds, a_fraction_past_the_largest_duration_is_too_large_not_an_overflow) {
+  // Found by tests/fuzz/headers_fuzz under UBSan: the whole units fit in int64 nanoseconds,
+  // the fraction added to them did not.
+  EXPECT_THROW(parse_duration("9223372036.9s"), std::invalid_argument);
+  EXPECT_THROW(parse_duration("9223372036854.9"), std::invalid_argument);
+  EXPECT_THROW(parse_duration("9223372036854775.9us"), std::invalid_argument);
+  EXPECT_EQ(parse_duration("9223372036.8s"), 9223372036800ms);
+  EXPECT_EQ(parse_duration("9223372036854.7"), 9223372036854ms);
+}
+
+// ----- empty files, syntax, nesting
+
+void expect_error_at(const std::string& yaml, int line, int column, const std::string& message) {
+  SCOPED_TRACE(yaml.substr(0, 80));
+  const config_error e = load_error(yaml);
+  EXPECT_EQ(e.line(), line) << e.what();
+  EXPECT_EQ(e.column(), column) << e.what();
+  EXPECT_TRUE(contains(e.what(), message)) << e.what();
+}
+
+TEST(config_document, an_empty_file_says_so_at_line_1) {
+  for (const char* empty : {"", "\n\n", "# only a comment\n", "---\n", "~\n", "null\n"}) {
+    expect_error_at(empty, 1, 1, "empty config (expected groups and routes)");
+  }
+  temp_dir dir;
+  const fs::path file = dir.write("empty.yaml", "");
+  try {
+    load_config(file.string());
+    ADD_FAILURE() << "accepted an empty file";
+  } catch (const config_error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              file.string() + ":1:1: empty config (expected groups and routes)");
+  }
+}
+
+TEST(config_document, syntax_errors_name_line_and_column) {
+  expect_error_at("groups: [1, 2\nroutes: []\n", 2, 7,
+                  "invalid YAML: end of sequence flow not found");
+  expect_error_at(std::string(minimal) + "  - name: x\n   group: db\n", 8, 4,
+                  "invalid YAML: end of sequence not found");
+}
+
+TEST(config_document, a_token_yaml_cpp_cannot_consume_is_an_error_not_a_hang) {
+  // yaml-cpp 0.7's LoadAll loops forever on these, allocating until the process dies (found
+  // by tests/fuzz/config_fuzz as a timeout).
+  expect_error_at(",", 1, 1, "invalid YAML: unexpected ','");
+  expect_error_at("# comment\n,\n", 2, 1, "invalid YAML: unexpected ','");
+  expect_error_at("\"x\",", 1, 4, "invalid YAML: unexpected ','");
+  expect_error_at("&a ,", 1, 4, "invalid YAML: unexpected ','");
+  expect_error_at("--- ,", 1, 5, "invalid YAML: unexpected ','");
+  expect_error_at(std::string(minimal) + "---\n,\n", 8, 1, "invalid YAML: unexpected ','");
+}
+
+TEST(config_document, deep_flow_nesting_is_refused_at_the_bracket_that_goes_too_deep) {
+  // `groups:` is one level, so the 64th '[' is the 65th level.
+  expect_error_at("groups: " + std::string(10000, '['), 1, 9 + 63, "nested deeper than 64 levels");
+  // Here `groups`, its list and the entry's map are three.
+  expect_error_at("groups:\n  - name: " + std::string(100, '{'), 2, 11 + 61,
+                  "nested deeper than 64 levels");
+  // 64 levels pass the nesting check and meet the schema's.
+  const config_error e = load_error("groups: " + std::string(63, '[') + std::string(63, ']'));
+  EXPECT_FALSE(contains(e.what(), "nested")) << e.what();
+}
+
+TEST(config_document, deep_block_nesting_is_refused_at_its_line) {
+  std::string indented = "groups:\n";
+  for (int i = 1; i <= 100; ++i) indented += std::string(2 * i, ' ') + "k:\n";
+  expect_error_at(indented, 65, 129, "nested deeper than 64 levels");
+  std::string dashes = "groups:\n  ";
+  for (int i = 0; i < 100; ++i) dashes += "- ";
+  expect_error_at(dashes + "x\n", 2, 3 + 2 * 63, "nested deeper than 64 levels");
+}
+
+TEST(config_document, brackets_and_indentation_inside_scalars_are_not_nesting) {
+  const std::string deep_text(200, '[');
+  std::string yaml = with("    fallback:\n");
+  yaml += "      body: '" + deep_text + " # it''s'\n";
+  yaml += "      headers: {X-A: \"" + deep_text + "\\\"\"}\n";
+  yaml += "      timeout:\n        body: |\n";
+  for (int i = 0; i < 100; ++i) yaml += std::string(10 + i, ' ') + "{[\n";
+  yaml += "      queue_full:\n        body: a [ plain { scalar\n";
+  const app_config cfg = load_config_string(yaml);
+  EXPECT_EQ(cfg.routes[0].fallback.route.body, deep_text + " # it's");
+  EXPECT_EQ(cfg.routes[0].fallback.route.headers.at("X-A"), deep_text + "\"");
+  EXPECT_EQ(own(cfg.routes[0].fallback, outcome::queue_full)->body, "a [ plain { scalar");
 }
 
 }  // namespace

@@ -55,3 +55,17 @@ TEST(client_headers_test, priority_level_is_a_plain_decimal_in_range) {
 
 }  // namespace
 }  // namespace qos::detail
+
+namespace qos::detail {
+namespace {
+
+// Found by tests/fuzz/headers_fuzz under UBSan: the whole milliseconds fit in int64
+// nanoseconds, the fraction added to them overflowed.
+TEST(client_headers_test, a_fraction_past_the_range_is_refused_not_overflowed) {
+  EXPECT_EQ(parse_timeout_header("9223372036854.9"), std::nullopt);
+  EXPECT_EQ(parse_timeout_header("9223372036.9s"), std::nullopt);
+  EXPECT_EQ(parse_timeout_header("9223372036.8s"), std::optional<duration>(max_client_budget));
+}
+
+}  // namespace
+}  // namespace qos::detail

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -101,7 +102,13 @@ class item_cache {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+// The example opens one SQLite connection per permit of the `db` group (max_concurrent). One
+// file serialises its writers and each connection holds descriptors and a page cache, so past
+// a few hundred more connections only add contention: the example refuses more than this.
+constexpr std::size_t max_db_connections = 256;
+
+// Startup and serving; main turns any exception into exit status 2 and a message.
+int run(int argc, char** argv) {
   options opt;
   qos::config::app_config cfg;
   try {
@@ -122,6 +129,17 @@ int main(int argc, char** argv) {
                  opt.config.c_str());
     return 2;
   }
+  // Checked before anything is opened: a pool of a million connections would fail later, as
+  // "unable to open database file".
+  if (db_group->limiter.max_concurrent > max_db_connections) {
+    std::fprintf(stderr,
+                 "catalog: bad config: %s:%d: groups[%zu].max_concurrent: the example opens one "
+                 "SQLite connection per permit, at most %zu, got %zu\n",
+                 cfg.source.c_str(), db_group->line,
+                 static_cast<std::size_t>(db_group - cfg.groups.data()), max_db_connections,
+                 db_group->limiter.max_concurrent);
+    return 2;
+  }
   qos::setup_logging(cfg.logging.level);
   qos::log_startup_summary(cfg);
 
@@ -136,7 +154,7 @@ int main(int argc, char** argv) {
     db = std::make_unique<catalog::database>(dbo);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "catalog: %s\n", e.what());
-    return 1;
+    return 2;
   }
   const item_cache cache(*db);
   const std::int64_t items = static_cast<std::int64_t>(cache.size());
@@ -233,7 +251,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "catalog: cannot listen on %s:%u: %s\n", cfg.server.address.c_str(),
                  cfg.server.port, e.what());
-    return 1;
+    return 2;
   }
   const auto base = "http://" + cfg.server.address + ":" + std::to_string(srv.port());
   spdlog::info("catalog: {} mode, {} items, {} DB connections, {} ms {} DB latency",
@@ -251,4 +269,19 @@ int main(int argc, char** argv) {
       base.c_str());
   std::fflush(stdout);
   return srv.run();
+}
+
+int main(int argc, char** argv) {
+  // Whatever reaches here from startup (std::system_error, std::bad_alloc, anything else) ends
+  // with a message and status 2 instead of std::terminate's abort.
+  try {
+    return run(argc, argv);
+  } catch (const std::bad_alloc& e) {
+    std::fprintf(stderr, "catalog: out of memory: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "catalog: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "catalog: unknown exception\n");
+  }
+  return 2;
 }

@@ -7,7 +7,8 @@
 //                 on the reactor thread, so the difference is the gate's own bookkeeping
 // Listens on 127.0.0.1 only. Stops cleanly on SIGINT/SIGTERM.
 //
-// usage: overhead_server [--port P] [--reactors R] [--fibers F] | --version
+// usage: overhead_server [--port P] [--reactors R] [--fibers F] [--access-log] | --version
+// --access-log: one access line per guarded request, on stderr (the cost of the access log).
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -25,14 +26,21 @@ int main(int argc, char** argv) {
   int port = 19090;
   int reactors = 2;
   int fibers = 2;
+  bool access_log = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--version") {
       std::printf("overhead_server (qos) %s\n", QOS_VERSION_STRING);
       return 0;
     }
+    if (a == "--access-log") {
+      access_log = true;
+      continue;
+    }
     if (i + 1 >= argc) {
-      std::fprintf(stderr, "usage: overhead_server [--port P] [--reactors R] [--fibers F]\n");
+      std::fprintf(stderr,
+                   "usage: overhead_server [--port P] [--reactors R] [--fibers F] "
+                   "[--access-log]\n");
       return 2;
     }
     const int v = std::atoi(argv[++i]);
@@ -58,6 +66,7 @@ int main(int argc, char** argv) {
   cfg.server.port = static_cast<std::uint16_t>(port);
   cfg.server.reactor_threads = static_cast<std::size_t>(reactors);
   cfg.server.fiber_threads = static_cast<std::size_t>(fibers);
+  cfg.logging.access_log.enabled = access_log;
   cfg.logging.level = "warn";
 
   qos::config::group_config free_group;
@@ -77,7 +86,7 @@ int main(int argc, char** argv) {
   inline_route.name = "inline";
   cfg.routes.push_back(inline_route);
 
-  qos::setup_logging(cfg.logging.level);
+  qos::setup_logging(cfg.logging);
   qos::server srv(cfg);
   auto ok = [](const rest::Request&, http::ResponseWriter& w) {
     w.send(http::Code::Ok, std::string("ok"));

@@ -7,6 +7,7 @@
 #include "qos/http/gate.hpp"
 #include "qos/http/runtime.hpp"
 #include "qos/http/server.hpp"
+#include "qos/ops/access_log.hpp"
 #include "qos/ops/log.hpp"
 #include "qos/ops/metrics_registry.hpp"
 #include "qos/version.hpp"

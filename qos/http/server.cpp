@@ -8,7 +8,8 @@
 #include <stdexcept>
 
 #include <pistache/net.h>
-#include <spdlog/spdlog.h>
+
+#include "qos/ops/log.hpp"
 
 namespace qos {
 
@@ -69,7 +70,7 @@ void server::start() {
   endpoint_->setHandler(router_.handler());
   endpoint_->serveThreaded();
   started_ = true;
-  spdlog::info("qos: listening on http://{}:{}", s.address, port());
+  logger()->info("qos: listening on http://{}:{}", s.address, port());
 }
 
 std::uint16_t server::port() const {
@@ -83,7 +84,7 @@ int server::run() {
   start();
   int sig = 0;
   sigwait(&set, &sig);
-  spdlog::info("qos: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  logger()->info("qos: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (!shutdown()) {
     // Handlers still hold writers into Pistache: neither destroying the server nor waiting
     // longer is safe, and the grace is over.
@@ -97,11 +98,11 @@ bool server::shutdown() {
   const auto grace = config().server.shutdown_grace;
   drained_ = runtime_->drain(grace);
   if (!drained_) {
-    spdlog::error("qos: request(s) still running after the {} ms shutdown grace", grace.count());
+    logger()->error("qos: request(s) still running after the {} ms shutdown grace", grace.count());
     return false;
   }
   if (endpoint_) endpoint_->shutdown();
-  spdlog::info("qos: stopped");
+  logger()->info("qos: stopped");
   return true;
 }
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <prometheus/text_serializer.h>
-#include <spdlog/spdlog.h>
+#include "qos/ops/log.hpp"
 
 #include "qos/version.hpp"
 
@@ -158,10 +158,6 @@ void metrics_registry::route_series::on_done(const request_report& r) noexcept {
   at(r.level).outcomes[index(r.result)]->Increment();
   wait_.observe(r.waited);
   if (r.ran) handler_.observe(r.handled);
-  if (spdlog::should_log(spdlog::level::debug)) {
-    spdlog::debug("qos: route={} group={} outcome={} waited_ms={:.3f}", route_, group_,
-                  to_string(r.result), seconds(r.waited) * 1000.0);
-  }
 }
 
 void metrics_registry::route_series::on_shadow(outcome would_be) noexcept {
@@ -276,23 +272,23 @@ void metrics_registry::tick(admission& adm) {
     group_stats st;
     if (auto* g = adm.find_group(group)) st = g->stats();
     if (s.last_limit != 0 && st.limit != s.last_limit) {
-      spdlog::info("qos: group '{}' limit {} -> {} (in use {}, waiting {}, service {:.1f} ms)",
-                   group, s.last_limit, st.limit, st.in_use, st.waiting + st.reserved,
-                   std::chrono::duration<double, std::milli>(st.service_time).count());
+      logger()->info("qos: group '{}' limit {} -> {} (in use {}, waiting {}, service {:.1f} ms)",
+                     group, s.last_limit, st.limit, st.in_use, st.waiting + st.reserved,
+                     std::chrono::duration<double, std::milli>(st.service_time).count());
     }
     s.last_limit = st.limit;
     if (delta > 0 && !s.shedding) {
       s.shedding = true;
       s.since = now;
       s.at_start = total - delta;
-      spdlog::warn(
+      logger()->warn(
           "qos: group '{}' started shedding: {} requests answered by fallback in the "
           "last tick (in use {}/{}, waiting {}/{})",
           group, delta, st.in_use, st.limit, st.waiting + st.reserved, st.max_queue);
     } else if (delta == 0 && s.shedding) {
       s.shedding = false;
-      spdlog::info("qos: group '{}' stopped shedding after {:.1f} s; {} requests shed", group,
-                   std::chrono::duration<double>(now - s.since).count(), total - s.at_start);
+      logger()->info("qos: group '{}' stopped shedding after {:.1f} s; {} requests shed", group,
+                     std::chrono::duration<double>(now - s.since).count(), total - s.at_start);
     }
   }
 }

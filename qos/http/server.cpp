@@ -9,6 +9,7 @@
 
 #include <pistache/net.h>
 
+#include "qos/http/connection.hpp"
 #include "qos/ops/log.hpp"
 
 namespace qos {
@@ -62,12 +63,11 @@ void server::start() {
                   .threads(static_cast<int>(s.reactor_threads))
                   .flags(Pistache::Tcp::Options::ReuseAddr)
                   .backlog(static_cast<int>(s.backlog))
-                  .maxRequestSize(s.max_request_size)
-                  .headerTimeout(s.header_timeout)
-                  .bodyTimeout(s.body_timeout)
-                  .keepaliveTimeout(s.keepalive_timeout);
+                  .maxRequestSize(s.max_request_size);
   endpoint_->init(opts);
-  endpoint_->setHandler(router_.handler());
+  // The router behind qos's connection layer, which keeps the timeouts: Pistache's own
+  // spare slow headers and cut long handlers (Pistache 0.0.5, defect 12).
+  endpoint_->setHandler(connection_handler_for(router_, connection_options_of(s)));
   endpoint_->serveThreaded();
   started_ = true;
   logger()->info("qos: listening on http://{}:{}", s.address, port());

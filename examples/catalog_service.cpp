@@ -140,7 +140,7 @@ int run(int argc, char** argv) {
                  db_group->limiter.max_concurrent);
     return 2;
   }
-  qos::setup_logging(cfg.logging.level);
+  qos::setup_logging(cfg.logging);
   qos::log_startup_summary(cfg);
 
   std::unique_ptr<catalog::database> db;

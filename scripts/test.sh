@@ -2,7 +2,8 @@
 # Installs the dependencies, builds qos and runs the whole test suite twice: a normal build, then
 # an AddressSanitizer + UndefinedBehaviorSanitizer build. Between the two, checks what adopters
 # get from the normal build: the install (scripts/check-install.sh) and examples/consumer/ built
-# and run four ways (scripts/check-consumer.sh). Fails on any test failure or report, and
+# and run four ways (scripts/check-consumer.sh); after both, the libFuzzer harnesses run for a
+# bounded time (scripts/fuzz.sh). Fails on any test failure, report or crash, and
 # when ctest finds no test at all. Every option is passed explicitly: build/ is shared with
 # scripts/start.sh, which configures it with the tests off, and a CMake cache keeps its values.
 set -euo pipefail
@@ -30,4 +31,6 @@ echo "== tests under ASan + UBSan =="
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure --no-tests=error -j "$jobs" --timeout 600)
+echo "== fuzzing (libFuzzer, 60 s per harness) =="
+bash scripts/fuzz.sh 60
 echo "== all tests passed =="

@@ -85,7 +85,9 @@ class date_header : public http::Header::Header {
   const char* name() const override { return "Date"; }
   void write(std::ostream& os) const override { os << http_date(); }
 #ifdef SAFE_HEADER_CAST
-  uint64_t hash() const override { return 0; }
+  uint64_t hash() const override {
+    return 0;
+  }
 #endif
 };
 
@@ -162,7 +164,7 @@ struct connection_handler::connection {
   phase state = phase::reading;
   timer kind = timer::header;
   steady::time_point deadline;
-  bool fresh = true;        // no request yet: the header timeout runs from the accept
+  bool fresh = true;  // no request yet: the header timeout runs from the accept
   bool continue_sent = false;
   bool close_after = false;  // the request in flight is the connection's last
   bool overflow = false;     // more bytes came behind it than we hold: close after it
@@ -198,7 +200,9 @@ struct connection_sentinel final : http::Header::Header {
     os << http_date();
   }
 #ifdef SAFE_HEADER_CAST
-  uint64_t hash() const override { return 0; }
+  uint64_t hash() const override {
+    return 0;
+  }
 #endif
 
   const std::shared_ptr<connection_handler::connection> conn;
@@ -343,10 +347,10 @@ void connection_handler::serve(const std::shared_ptr<connection>& c) {
                                                     : connection::timer::header;
       if (want != c->kind) {
         c->kind = want;
-        c->deadline = steady::now() + (want == connection::timer::body ? options_.body_timeout
-                                       : want == connection::timer::keepalive
-                                           ? options_.keepalive_timeout
-                                           : options_.header_timeout);
+        c->deadline =
+            steady::now() + (want == connection::timer::body        ? options_.body_timeout
+                             : want == connection::timer::keepalive ? options_.keepalive_timeout
+                                                                    : options_.header_timeout);
       }
       return;
     }
@@ -382,6 +386,12 @@ bool connection_handler::dispatch(const std::shared_ptr<connection>& c) {
   } else {
     fed = fed && parser.feed(body.data(), body.size());
   }
+  // Pistache 0.0.5 reads from its buffer with C string functions (strtol for chunk sizes,
+  // strcmp in Expect::parseRaw), and the buffer holds no NUL: they may scan past the bytes fed
+  // (AddressSanitizer reports the reads). A NUL after the request ends every such scan inside
+  // the buffer; Pistache drops the bytes after a complete request (defect 10), so the NUL
+  // reaches nothing else.
+  fed = fed && parser.feed("", 1);
   c->in_off += framed.consumed;
   c->framer.reset();
   c->kind = connection::timer::none;
@@ -430,9 +440,8 @@ bool connection_handler::dispatch(const std::shared_ptr<connection>& c) {
     }
   }
   http::ResponseWriter writer(request.version(), transport(), this, peer);
-  writer.headers().add<http::Header::Connection>(c->close_after
-                                                     ? http::ConnectionControl::Close
-                                                     : http::ConnectionControl::KeepAlive);
+  writer.headers().add<http::Header::Connection>(
+      c->close_after ? http::ConnectionControl::Close : http::ConnectionControl::KeepAlive);
   const std::uint64_t id = ++c->flight_id;
   writer.headers().add(std::make_shared<connection_sentinel>(c, id));
   c->wrote.store(false, std::memory_order_relaxed);
@@ -583,8 +592,7 @@ void connection_handler::wake(const std::shared_ptr<connection>& c, std::uint64_
 
 // A 1 ms transport timer whose continuation is attached before the timer is handed over, so
 // it always runs on the reactor thread. Slower than the marker; used when that one was late.
-void connection_handler::wake_by_timer(const std::shared_ptr<connection>& c,
-                                       std::uint64_t flight) {
+void connection_handler::wake_by_timer(const std::shared_ptr<connection>& c, std::uint64_t flight) {
   if (c->peer.expired()) return;
   const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (fd < 0) return;  // the sweep finds the flight over

@@ -115,8 +115,7 @@ inline reply http_get(std::uint16_t port, const std::string& path,
       const auto colon = line.find(':');
       if (colon != std::string::npos) {
         std::string name = line.substr(0, colon);
-        std::ranges::transform(name, name.begin(),
-                               [](unsigned char c) { return std::tolower(c); });
+        std::ranges::transform(name, name.begin(), [](unsigned char c) { return std::tolower(c); });
         r.headers[name] = detail::trim(line.substr(colon + 1));
       }
       at = next + 2;

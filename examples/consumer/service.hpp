@@ -106,8 +106,8 @@ class service {
                        .maxRequestSize(16 * 1024)
                        .headerTimeout(std::chrono::seconds(10)));
     qos::runtime::prime(router_);
-    auto db_read = qos_.gate().guard_blocking(
-        "db", [this](const Rest::Request& req, Http::ResponseWriter& w) {
+    auto db_read =
+        qos_.gate().guard_blocking("db", [this](const Rest::Request& req, Http::ResponseWriter& w) {
           w.send(Http::Code::Ok, db_.query(req.param(":id").as<std::string>()),
                  MIME(Application, Json));
         });

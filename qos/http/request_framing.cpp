@@ -39,8 +39,21 @@ bool is_tchar(unsigned char c) noexcept {
   if (c >= '0' && c <= '9') return true;
   if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
       return true;
     default:
       return false;
@@ -53,7 +66,9 @@ bool is_field_byte(unsigned char c) noexcept {
 }
 
 // A byte of the request target: visible or obs-text, no SP, no CTL.
-bool is_target_byte(unsigned char c) noexcept { return c > 0x20 && c != 0x7f; }
+bool is_target_byte(unsigned char c) noexcept {
+  return c > 0x20 && c != 0x7f;
+}
 
 int hex_value(unsigned char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';
@@ -192,7 +207,7 @@ framing_status request_framer::scan_head(std::string_view data) {
       case state::version: {
         static constexpr std::string_view prefix = "HTTP/";
         const std::size_t i = pos_ - token_begin_;
-        const bool ok = i < prefix.size() ? c == static_cast<unsigned char>(prefix[i])
+        const bool ok = i < prefix.size()  ? c == static_cast<unsigned char>(prefix[i])
                         : i == 5 || i == 7 ? (c >= '0' && c <= '9')
                         : i == 6           ? c == '.'
                         : i == 8           ? c == '\r'

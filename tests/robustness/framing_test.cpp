@@ -62,10 +62,11 @@ TEST_F(framing_test, nul_bytes_get_400_and_a_close) {
 }
 
 TEST_F(framing_test, bad_content_lengths_get_400) {
-  for (const char* value : {"-1", "1180591620717411303424", "abc", "1e3", "+5", "5 5", "0x10", ""}) {
-    expect_rejected("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::string(value) +
-                        "\r\n\r\nhello",
-                    400);
+  for (const char* value :
+       {"-1", "1180591620717411303424", "abc", "1e3", "+5", "5 5", "0x10", ""}) {
+    expect_rejected(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::string(value) + "\r\n\r\nhello",
+        400);
   }
   expect_rejected("POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
                   400);
@@ -89,11 +90,11 @@ TEST_F(framing_test, conflicting_or_unknown_transfer_encodings_are_refused) {
 }
 
 TEST_F(framing_test, malformed_heads_get_400) {
-  expect_rejected("GET /plain/1 HTTP/1.1\r\nHost : x\r\n\r\n", 400);       // space before ':'
+  expect_rejected("GET /plain/1 HTTP/1.1\r\nHost : x\r\n\r\n", 400);           // space before ':'
   expect_rejected("GET /plain/1 HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400);  // obs-fold
-  expect_rejected("GET /plain/1 HTTP/1.1\nHost: x\n\n", 400);              // bare LF
-  expect_rejected("GET  /plain/1 HTTP/1.1\r\n\r\n", 400);                  // two spaces
-  expect_rejected("GET /plain/1 HTTP/1.1\r\nX-A: a\x01b\r\n\r\n", 400);    // control byte
+  expect_rejected("GET /plain/1 HTTP/1.1\nHost: x\n\n", 400);                  // bare LF
+  expect_rejected("GET  /plain/1 HTTP/1.1\r\n\r\n", 400);                      // two spaces
+  expect_rejected("GET /plain/1 HTTP/1.1\r\nX-A: a\x01b\r\n\r\n", 400);        // control byte
   expect_rejected("FOO /plain/1 HTTP/1.1\r\n\r\n", 400);  // Pistache knows no such method
 }
 
@@ -109,10 +110,10 @@ TEST_F(framing_test, a_head_larger_than_the_limit_gets_431) {
 
 TEST_F(framing_test, a_chunked_body_is_decoded_and_the_connection_stays) {
   raw_client c(port_);
-  ASSERT_TRUE(c.send(
-      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" +
-      get("/plain/2")));
+  ASSERT_TRUE(
+      c.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" +
+             get("/plain/2")));
   const auto r = c.read(2);
   ASSERT_EQ(r.statuses(), (std::vector<int>{200, 200})) << r.error;
   EXPECT_EQ(r.responses[0].body, "hello world");

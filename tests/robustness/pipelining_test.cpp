@@ -53,8 +53,7 @@ class pipelining_test : public ::testing::Test {
   std::uint16_t port_ = 0;
 };
 
-class pipelining_batch_test : public pipelining_test,
-                              public ::testing::WithParamInterface<int> {};
+class pipelining_batch_test : public pipelining_test, public ::testing::WithParamInterface<int> {};
 
 std::vector<std::string> targets(const std::string& prefix, int n) {
   std::vector<std::string> t;

@@ -12,8 +12,8 @@
 #include <memory>
 #include <string>
 
-#include <boost/fiber/operations.hpp>
 #include <pistache/router.h>
+#include <boost/fiber/operations.hpp>
 
 #include "qos/qos.hpp"
 
@@ -69,18 +69,17 @@ inline std::unique_ptr<server> start_robust_server(const robust_options& o = {})
                        w.send(http::Code::Ok, std::string("head"));
                      }));
   const auto work = o.guarded_work;
-  rest::Routes::Get(router, "/guarded/:id",
-                    srv->gate().guard("guarded", [work](const rest::Request& req,
-                                                        http::ResponseWriter& w) {
-                      boost::this_fiber::sleep_for(work);
-                      w.send(http::Code::Ok, req.param(":id").as<std::string>());
-                    }));
-  rest::Routes::Get(router, "/big/:id",
-                    gate::plain([](const rest::Request& req, http::ResponseWriter& w) {
-                      ++big_calls();
-                      w.send(http::Code::Ok,
-                             req.param(":id").as<std::string>() + std::string(64 * 1024, '.'));
-                    }));
+  rest::Routes::Get(
+      router, "/guarded/:id",
+      srv->gate().guard("guarded", [work](const rest::Request& req, http::ResponseWriter& w) {
+        boost::this_fiber::sleep_for(work);
+        w.send(http::Code::Ok, req.param(":id").as<std::string>());
+      }));
+  rest::Routes::Get(
+      router, "/big/:id", gate::plain([](const rest::Request& req, http::ResponseWriter& w) {
+        ++big_calls();
+        w.send(http::Code::Ok, req.param(":id").as<std::string>() + std::string(64 * 1024, '.'));
+      }));
   rest::Routes::Post(router, "/echo",
                      gate::plain([](const rest::Request& req, http::ResponseWriter& w) {
                        w.send(http::Code::Ok, req.body());

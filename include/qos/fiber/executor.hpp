@@ -12,8 +12,8 @@
 #include <boost/fiber/condition_variable.hpp>
 #include <boost/fiber/mutex.hpp>
 
-#include "qos/fiber/detail/stack_pool.hpp"
 #include "qos/core/task.hpp"
+#include "qos/fiber/detail/stack_pool.hpp"
 
 namespace qos {
 

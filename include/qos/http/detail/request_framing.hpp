@@ -69,7 +69,7 @@ class request_framer {
 
   std::size_t max_;
   state state_;
-  std::size_t pos_ = 0;         // next byte to examine
+  std::size_t pos_ = 0;          // next byte to examine
   std::size_t token_begin_ = 0;  // start of the current method, version, field or chunk size
   std::size_t colon_ = 0;        // ':' of the current field
   std::size_t chunk_left_ = 0;   // data bytes left in the current chunk

@@ -96,6 +96,7 @@ class date_header : public http::Header::Header {
 // What the clones of one handler share.
 struct connection_handler::shared {
   std::atomic<std::size_t> open{0};
+  std::atomic<std::uint64_t> closed{0};  // ever: a listener's count is its accepted - closed
 };
 
 // One client connection, owned by its Peer's data (it dies with the Peer) and by the sentinel
@@ -132,7 +133,10 @@ struct connection_handler::connection {
   ~connection() { uncount(); }
 
   void uncount() noexcept {
-    if (counted) counts->open.fetch_sub(1, std::memory_order_relaxed);
+    if (counted) {
+      counts->open.fetch_sub(1, std::memory_order_relaxed);
+      counts->closed.fetch_add(1, std::memory_order_acq_rel);
+    }
     counted = false;
   }
 
@@ -250,6 +254,10 @@ std::size_t connection_handler::connections() const noexcept {
   return shared_->open.load(std::memory_order_relaxed);
 }
 
+std::uint64_t connection_handler::closed_connections() const noexcept {
+  return shared_->closed.load(std::memory_order_acquire);
+}
+
 void connection_handler::onConnection(const std::shared_ptr<tcp::Peer>& peer) {
   // The inner handler sets the peer up as it would alone (Http::Handler puts its parser in
   // the Peer's data); Pistache's idle check reads that parser, so there must be one.
@@ -258,7 +266,6 @@ void connection_handler::onConnection(const std::shared_ptr<tcp::Peer>& peer) {
     peer->putData(http::Handler::ParserData,
                   std::make_shared<http::RequestParser>(getMaxRequestSize() + parser_slack));
   }
-  // A connection cap (server.max_connections) belongs here: count, then refuse or close.
   auto c = std::make_shared<connection>(this, transport(), peer, shared_, getMaxRequestSize());
   c->parser = http::Handler::getParser(peer);
   c->deadline = steady::now() + options_.header_timeout;

@@ -7,8 +7,6 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#include <pistache/net.h>
-
 #include "qos/http/connection.hpp"
 #include "qos/ops/log.hpp"
 
@@ -57,25 +55,33 @@ void server::start() {
   if (started_) return;
   signals_blocked blocked;
   const auto& s = config().server;
-  const Pistache::Address addr(s.address, Pistache::Port(s.port));
-  endpoint_ = std::make_unique<http::Endpoint>(addr);
-  auto opts = http::Endpoint::options()
-                  .threads(static_cast<int>(s.reactor_threads))
-                  .flags(Pistache::Tcp::Options::ReuseAddr)
-                  .backlog(static_cast<int>(s.backlog))
-                  .maxRequestSize(s.max_request_size);
-  endpoint_->init(opts);
   // The router behind qos's connection layer, which keeps the timeouts: Pistache's own
   // spare slow headers and cut long handlers (Pistache 0.0.5, defect 12).
-  endpoint_->setHandler(connection_handler_for(router_, connection_options_of(s)));
-  endpoint_->serveThreaded();
+  auto handler = connection_handler_for(router_, connection_options_of(s));
+  handler->setMaxRequestSize(s.max_request_size);
+  // qos's listener in place of Http::Endpoint's: Pistache's accepts one connection per wake
+  // and spins at the descriptor limit (Pistache 0.0.5, defect 13), listens with a backlog of
+  // 128 whatever Endpoint::Options::backlog says (Endpoint::init does not pass it on, defect
+  // 15), and has no connection cap.
+  listener_options lo;
+  lo.address = s.address;
+  lo.port = s.port;
+  lo.reactor_threads = s.reactor_threads;
+  lo.backlog = static_cast<int>(s.backlog);
+  listener_ = std::make_unique<qos::listener>(std::move(handler), lo);
+  listener_->start();
   started_ = true;
-  logger()->info("qos: listening on http://{}:{}", s.address, port());
+  logger()->info("qos: listening on http://{}:{} (at most {} connections)", s.address, port(),
+                 listener_->max_connections());
 }
 
 std::uint16_t server::port() const {
-  if (!endpoint_) throw std::logic_error("server not started");
-  return static_cast<std::uint16_t>(endpoint_->getPort());
+  return listener().port();
+}
+
+const qos::listener& server::listener() const {
+  if (!listener_) throw std::logic_error("server not started");
+  return *listener_;
 }
 
 int server::run() {
@@ -101,7 +107,7 @@ bool server::shutdown() {
     logger()->error("qos: request(s) still running after the {} ms shutdown grace", grace.count());
     return false;
   }
-  if (endpoint_) endpoint_->shutdown();
+  if (listener_) listener_->shutdown();
   logger()->info("qos: stopped");
   return true;
 }

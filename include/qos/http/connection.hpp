@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -55,7 +56,7 @@ connection_options connection_options_of(const config::server_config& s);
 class connection_handler final : public Pistache::Http::Handler {
  public:
   struct connection;  // one client connection: its bytes, its request in flight, its deadline
-  struct shared;      // what the clones share (counters; a connection cap would live here)
+  struct shared;      // what the clones share (counters)
 
   connection_handler(std::shared_ptr<Pistache::Http::Handler> inner, connection_options options);
   // Pistache copies the handler once per reactor thread through clone().
@@ -71,6 +72,9 @@ class connection_handler final : public Pistache::Http::Handler {
 
   // Open connections over all reactor threads. Thread-safe.
   std::size_t connections() const noexcept;
+  // Connections closed since the handler was made (qos::listener counts against its cap
+  // with it). Thread-safe.
+  std::uint64_t closed_connections() const noexcept;
 
   const connection_options& options() const noexcept { return options_; }
 

@@ -1,17 +1,18 @@
 // The batteries-included server: a qos::runtime (executor, admission, gate, metrics) plus a
-// Pistache endpoint and router configured from the same config, and SIGINT/SIGTERM handling in
-// run(). For a service with its own endpoint and router, use qos::runtime instead. Setup
-// (router(), gate()) before start(); then thread-safe.
+// Pistache router behind qos's connection layer and listener (connection.hpp, listener.hpp),
+// configured from the same config, and SIGINT/SIGTERM handling in run(). For a service with its own
+// endpoint and router, use qos::runtime instead. Setup (router(), gate()) before start(); then
+// thread-safe.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
 
-#include <pistache/endpoint.h>
 #include <pistache/router.h>
 
 #include "qos/config/config.hpp"
+#include "qos/http/listener.hpp"
 #include "qos/http/runtime.hpp"
 
 namespace qos {
@@ -35,11 +36,13 @@ class server {
   // GET handler answering the Prometheus text exposition of this server's metrics.
   Pistache::Rest::Route::Handler metrics_handler() { return runtime_->metrics_handler(); }
 
-  // Binds and serves on background threads, with the endpoint options of `server:` in the
-  // config. Throws on bind failure.
+  // Binds and serves on background threads, with the listener and connection options of
+  // `server:` in the config. Throws on bind failure.
   void start();
   // The bound port (the real one when the config asked for port 0).
   std::uint16_t port() const;
+  // The listener (connection count, cap, refusals); started by start().
+  const qos::listener& listener() const;
 
   // start() if needed, then waits for SIGINT or SIGTERM and shuts down. Returns the process
   // exit status: 0 after a clean shutdown.
@@ -54,7 +57,7 @@ class server {
  private:
   std::unique_ptr<qos::runtime> runtime_;
   Pistache::Rest::Router router_;
-  std::unique_ptr<Pistache::Http::Endpoint> endpoint_;
+  std::unique_ptr<qos::listener> listener_;
   bool started_ = false;
   std::atomic<bool> stopped_{false};
   bool drained_ = true;

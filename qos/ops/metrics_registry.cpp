@@ -213,6 +213,20 @@ const metrics_registry::route_series* metrics_registry::find(std::string_view ro
   return it == by_name_.end() ? nullptr : it->second;
 }
 
+std::vector<const metrics_registry::route_series*> metrics_registry::routes() const {
+  std::lock_guard lk(mutex_);
+  std::vector<const route_series*> out;
+  out.reserve(by_name_.size());
+  for (const auto& [name, series] : by_name_) out.push_back(series);
+  return out;
+}
+
+bool metrics_registry::shedding(std::string_view group) const {
+  std::lock_guard lk(mutex_);
+  auto it = shed_.find(group);
+  return it != shed_.end() && it->second.shedding;
+}
+
 void metrics_registry::refresh(admission& adm) {
   std::lock_guard lk(mutex_);
   refresh_locked(adm);

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -225,6 +226,10 @@ class metrics_registry final : public metrics_sink {
 
   // The series of a route, or null when no route of that name was registered.
   const route_series* find(std::string_view route) const;
+  // Every route's series, by name.
+  std::vector<const route_series*> routes() const;
+  // Whether tick() last found `group` shedding.
+  bool shedding(std::string_view group) const;
 
   const std::shared_ptr<prometheus::Registry>& registry() const noexcept { return registry_; }
 

@@ -8,6 +8,7 @@
 #   <libdir>/cmake/qos/                  qosConfig.cmake, qosConfigVersion.cmake, qosTargets*.cmake
 #   <libdir>/pkgconfig/qos.pc
 #   share/doc/qos/                       LICENSE, CHANGELOG.md, README.md
+#   bin/qos-check                        the config checker (with QOS_BUILD_TOOLS)
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -47,6 +48,9 @@ if(QOS_INSTALL)
   install(FILES ${PROJECT_BINARY_DIR}/qos.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 
   install(FILES LICENSE CHANGELOG.md README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+  if(TARGET qos-check)
+    install(TARGETS qos-check RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  endif()
 endif()
 
 # The Debian package: `cpack -G DEB` in the build directory writes libqos-dev_<version>_amd64.deb,

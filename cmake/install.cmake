@@ -66,8 +66,8 @@ if(QOS_INSTALL AND PROJECT_IS_TOP_LEVEL)
       "qos guards the routes of a Pistache HTTP server that use a scarce resource: a limit group\n\
 caps the handlers running at once, waiting requests park as Boost fibers and resume by priority,\n\
 and a request that waits too long gets the route's fallback. Configured in YAML.\n\
-This package holds the static libraries, the headers, the CMake package (find_package(qos))\n\
-and qos.pc.")
+This package holds the static libraries, the headers, the CMake package (find_package(qos)),\n\
+qos.pc and qos-check, the config checker.")
   set(CPACK_RESOURCE_FILE_LICENSE ${PROJECT_SOURCE_DIR}/LICENSE)
   set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
   set(CPACK_GENERATOR DEB)

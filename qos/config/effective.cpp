@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string_view>
 #include <system_error>
+#include <utility>
 
 namespace qos::config {
 
@@ -487,7 +488,9 @@ std::string summary(const app_config& cfg) {
                                  " for priority >= " + std::to_string(lim.reserve_level))
       << ", blocking_threads "
       << (g.blocking_threads != 0 ? std::to_string(g.blocking_threads)
-                                  : std::to_string(g.most_permits()) + " (0: the most permits)")
+                                  : std::to_string(g.most_permits()) +
+                                        " (0: the most permits "
+                                        "the group may grant)")
       << (g.shadow ? ", SHADOW (counts only, lets everything through)" : "") << "\n";
   }
   for (const auto& r : cfg.routes) {
@@ -535,14 +538,6 @@ std::string summary(const app_config& cfg) {
 
 namespace {
 
-class collector {
- public:
-  void add(std::string key, int line, std::string message) {
-    out.push_back({std::move(key), line, std::move(message)});
-  }
-  std::vector<config_warning> out;
-};
-
 std::string at(const char* list, std::size_t i, std::string_view rest) {
   return std::string(list) + "[" + std::to_string(i) + "]" +
          (rest.empty() ? "" : "." + std::string(rest));
@@ -564,7 +559,12 @@ constexpr auto supervisor_patience = std::chrono::seconds(30);
 }  // namespace
 
 std::vector<config_warning> warnings(const app_config& cfg, const check_facts& facts) {
-  collector w;
+  struct {
+    std::vector<config_warning> out;
+    void add(std::string key, int line, std::string message) {
+      out.push_back({std::move(key), line, std::move(message)});
+    }
+  } w;
   const server_config& s = cfg.server;
   const bool public_beyond_loopback = !is_loopback_address(s.address);
 

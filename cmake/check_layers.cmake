@@ -2,7 +2,8 @@
 # use. Run at build time (cmake -P) by the qos_layers target, which every library depends on.
 # A file's layer is its folder under include/qos/ or qos/ (detail/ subfolders belong to their
 # parent): core 1 (vocabulary and state machines, the standard library only), fiber 2
-# (+Boost.Fiber), admission 3, and the edges config, http, ops 4 (+yaml-cpp, Pistache, spdlog).
+# (+Boost.Fiber), admission 3, and the edges config, http, ops 4 (+yaml-cpp, Pistache, spdlog);
+# cli (qos/cli/, the sources of the installed tools) is an edge too.
 # Files directly under include/qos/ are umbrella headers (layer 4), except version.hpp (1).
 set(layer_core 1)
 set(layer_fiber 2)
@@ -10,6 +11,7 @@ set(layer_admission 3)
 set(layer_config 4)
 set(layer_http 4)
 set(layer_ops 4)
+set(layer_cli 4)
 
 set(allowed_1 "")
 set(allowed_2 "boost/")

@@ -8,6 +8,7 @@
 #   <libdir>/cmake/qos/                  qosConfig.cmake, qosConfigVersion.cmake, qosTargets*.cmake
 #   <libdir>/pkgconfig/qos.pc
 #   share/doc/qos/                       LICENSE, CHANGELOG.md, README.md
+#   bin/qos-check                        the config checker (with QOS_BUILD_TOOLS)
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -47,6 +48,9 @@ if(QOS_INSTALL)
   install(FILES ${PROJECT_BINARY_DIR}/qos.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 
   install(FILES LICENSE CHANGELOG.md README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+  if(TARGET qos-check)
+    install(TARGETS qos-check RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  endif()
 endif()
 
 # The Debian package: `cpack -G DEB` in the build directory writes libqos-dev_<version>_amd64.deb,
@@ -62,8 +66,8 @@ if(QOS_INSTALL AND PROJECT_IS_TOP_LEVEL)
       "qos guards the routes of a Pistache HTTP server that use a scarce resource: a limit group\n\
 caps the handlers running at once, waiting requests park as Boost fibers and resume by priority,\n\
 and a request that waits too long gets the route's fallback. Configured in YAML.\n\
-This package holds the static libraries, the headers, the CMake package (find_package(qos))\n\
-and qos.pc.")
+This package holds the static libraries, the headers, the CMake package (find_package(qos)),\n\
+qos.pc and qos-check, the config checker.")
   set(CPACK_RESOURCE_FILE_LICENSE ${PROJECT_SOURCE_DIR}/LICENSE)
   set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
   set(CPACK_GENERATOR DEB)

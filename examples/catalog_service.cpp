@@ -4,16 +4,19 @@
 // database routes run on the reactor thread with no gate: the baseline qos exists to beat.
 #include <cstdio>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <pistache/router.h>
 #include <spdlog/spdlog.h>
 
 #include "examples/catalog_db.hpp"
+#include "qos/config/check.hpp"
 #include "qos/qos.hpp"
 #include "qos/version.hpp"
 
@@ -34,7 +37,9 @@ struct options {
 void usage() {
   std::fprintf(stderr,
                "usage: catalog_service [--config FILE] [--db FILE] [--db-latency-ms MS]\n"
-               "                       [--db-time extra|total] [--port PORT] [--naive]\n");
+               "                       [--db-time extra|total] [--port PORT] [--naive]\n"
+               "       catalog_service --check FILE [--strict] [--print-effective]\n"
+               "                       (validate FILE as qos-check does, and exit)\n");
 }
 
 options parse(int argc, char** argv) {
@@ -107,13 +112,44 @@ class item_cache {
 // a few hundred more connections only add contention: the example refuses more than this.
 constexpr std::size_t max_db_connections = 256;
 
+// What the example needs of a config beyond what qos checks: the `db` group and route its code
+// guards, and a pool it can open. Checked before anything is opened: a pool of a million
+// connections would fail later, as "unable to open database file".
+void check_example_config(const qos::config::app_config& cfg) {
+  using qos::config::config_error;
+  const auto* db_group = cfg.find_group("db");
+  if (db_group == nullptr)
+    throw config_error(cfg.source, 0, 0, "groups", "the example needs a group 'db'");
+  if (cfg.find_route("db") == nullptr) {
+    throw config_error(cfg.source, 0, 0, "routes", "the example needs a route 'db'");
+  }
+  if (db_group->limiter.max_concurrent > max_db_connections) {
+    throw config_error(
+        cfg.source, db_group->line, 0,
+        "groups[" + std::to_string(db_group - cfg.groups.data()) + "].max_concurrent",
+        "the example opens one SQLite connection per permit, at most " +
+            std::to_string(max_db_connections) + ", got " +
+            std::to_string(db_group->limiter.max_concurrent));
+  }
+}
+
 // Startup and serving; main turns any exception into exit status 2 and a message.
 int run(int argc, char** argv) {
+  // --check FILE [qos-check's options]: qos-check's report and exit status, plus the example's
+  // own requirements; nothing is started.
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--check") {
+      return qos::config::check_command(std::vector<std::string>(argv + i + 1, argv + argc),
+                                        std::cout, std::cerr, "catalog_service --check",
+                                        check_example_config);
+    }
+  }
   options opt;
   qos::config::app_config cfg;
   try {
     opt = parse(argc, argv);
     cfg = qos::config::load_config(opt.config);
+    check_example_config(cfg);
   } catch (const qos::config::config_error& e) {
     std::fprintf(stderr, "catalog: bad config: %s\n", e.what());
     return 2;
@@ -124,22 +160,6 @@ int run(int argc, char** argv) {
   }
   if (opt.port >= 0) cfg.server.port = static_cast<std::uint16_t>(opt.port);
   const auto* db_group = cfg.find_group("db");
-  if (db_group == nullptr || cfg.find_route("db") == nullptr) {
-    std::fprintf(stderr, "catalog: %s must declare a group 'db' and a route 'db'\n",
-                 opt.config.c_str());
-    return 2;
-  }
-  // Checked before anything is opened: a pool of a million connections would fail later, as
-  // "unable to open database file".
-  if (db_group->limiter.max_concurrent > max_db_connections) {
-    std::fprintf(stderr,
-                 "catalog: bad config: %s:%d: groups[%zu].max_concurrent: the example opens one "
-                 "SQLite connection per permit, at most %zu, got %zu\n",
-                 cfg.source.c_str(), db_group->line,
-                 static_cast<std::size_t>(db_group - cfg.groups.data()), max_db_connections,
-                 db_group->limiter.max_concurrent);
-    return 2;
-  }
   qos::setup_logging(cfg.logging);
   qos::log_startup_summary(cfg);
 

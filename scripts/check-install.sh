@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Checks what qos ships to adopters: installs it into an empty temporary prefix, checks that every
-# public header, the five libraries, the CMake package files and qos.pc are there, then builds and
+# public header, the five libraries, the CMake package files, qos.pc and bin/qos-check are there
+# (and that qos-check runs: its version, a valid and an invalid config), then builds and
 # runs a small consumer against the prefix twice (find_package(qos) and pkg-config), and once more
 # against the .deb that `cpack -G DEB` makes, unpacked with dpkg -x. Leaves nothing behind.
 #
 # usage: scripts/check-install.sh [BUILD_DIR]
-#   BUILD_DIR  a configured qos build (build/ after scripts/test.sh): only its library targets are
-#              brought up to date. Without it the libraries are configured and built in a
+#   BUILD_DIR  a configured qos build (build/ after scripts/test.sh): only its library targets and
+#              qos-check are brought up to date. Without it they are configured and built in a
 #              temporary directory first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ else
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQOS_BUILD_TESTS=OFF \
     -DQOS_BUILD_BENCH=OFF -DQOS_BUILD_EXAMPLES=OFF >/dev/null
 fi
-cmake --build "$build" -j "$jobs" --target qos >/dev/null
+cmake --build "$build" -j "$jobs" --target qos qos-check >/dev/null
 
 prefix=$work/prefix
 echo "== install into $prefix =="
@@ -36,7 +37,7 @@ pc=$(find "$prefix" -name qos.pc -path '*/pkgconfig/*')
 [[ -n "$pc" ]] || fail "no qos.pc installed"
 libdir=$(dirname "$(dirname "$pc")")
 expected=("$libdir/cmake/qos/qosConfig.cmake" "$libdir/cmake/qos/qosConfigVersion.cmake"
-  "$libdir/cmake/qos/qosTargets.cmake" "$prefix/include/qos/version.hpp")
+  "$libdir/cmake/qos/qosTargets.cmake" "$prefix/include/qos/version.hpp" "$prefix/bin/qos-check")
 for lib in qos qos_config qos_admission qos_fiber qos_core; do
   expected+=("$libdir/lib$lib.a")
 done
@@ -92,6 +93,21 @@ consume_cmake() {
 }
 
 version=$(PKG_CONFIG_PATH=$libdir/pkgconfig pkg-config --modversion qos)
+
+# The installed checker, run as an operator would: exit 0 on the shipped config, 2 on a bad one.
+echo "== qos-check =="
+[[ -x "$prefix/bin/qos-check" ]] || fail "bin/qos-check is not executable"
+[[ "$("$prefix/bin/qos-check" --version)" == "qos-check (qos) $version" ]] ||
+  fail "qos-check --version does not say $version"
+"$prefix/bin/qos-check" config/qos.yaml >/dev/null || fail "qos-check refuses config/qos.yaml"
+printf 'groups: [{name: db, max_concurrent: 0}]\nroutes: [{name: r, group: db}]\n' >"$work/bad.yaml"
+set +e
+"$prefix/bin/qos-check" "$work/bad.yaml" >/dev/null 2>"$work/bad.err"
+status=$?
+set -e
+((status == 2)) || fail "qos-check exits $status on an invalid config, not 2"
+grep -q "bad.yaml:1:37: groups\[0\].max_concurrent" "$work/bad.err" ||
+  fail "qos-check does not name the bad key: $(cat "$work/bad.err")"
 echo "== consumer: find_package(qos) =="
 consume_cmake consumer-prefix "$prefix" "$version"
 echo "== consumer: pkg-config qos =="
@@ -106,5 +122,6 @@ deb=$(find "$work/deb" -maxdepth 1 -name 'libqos-dev_*.deb')
 [[ -n "$deb" ]] || fail "cpack made no libqos-dev .deb"
 dpkg-deb -f "$deb" Depends | grep -q libpistache-dev || fail "$(basename "$deb") lacks its Depends"
 dpkg-deb -x "$deb" "$work/deb/root"
+[[ -x "$work/deb/root/usr/bin/qos-check" ]] || fail "$(basename "$deb") lacks /usr/bin/qos-check"
 consume_cmake consumer-deb "$work/deb/root/usr" "$version"
 echo "== install checked: qos $version, $(basename "$deb") =="

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -59,6 +60,27 @@ const route_config* app_config::find_route(const std::string& name) const {
   auto it = std::find_if(routes.begin(), routes.end(),
                          [&](const route_config& r) { return r.name == name; });
   return it == routes.end() ? nullptr : &*it;
+}
+
+bool is_loopback_address(const std::string& address) {
+  if (address == "localhost" || address == "::1" || address == "0:0:0:0:0:0:0:1") return true;
+  std::string_view v4 = address;
+  if (v4.starts_with("::ffff:")) v4.remove_prefix(7);
+  // Dotted decimal, four parts 0..255, the first 127.
+  int parts = 0;
+  int first = -1;
+  while (true) {
+    int part = 0;
+    const auto [end, ec] = std::from_chars(v4.data(), v4.data() + v4.size(), part);
+    if (ec != std::errc() || end == v4.data() || part < 0 || part > 255) return false;
+    if (first < 0) first = part;
+    ++parts;
+    v4.remove_prefix(static_cast<std::size_t>(end - v4.data()));
+    if (v4.empty()) break;
+    if (v4.front() != '.' || parts == 4) return false;
+    v4.remove_prefix(1);
+  }
+  return parts == 4 && first == 127;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,10 +494,14 @@ bool iequals(std::string_view a, std::string_view b) {
 // ---------------------------------------------------------------------------------------------
 // Sections
 
+constexpr named<drain_mode> drain_modes[] = {{"shed", drain_mode::shed},
+                                             {"serve", drain_mode::serve}};
+
 server_config parse_server(const field& f) {
-  const map_view map(f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
-                         "shutdown_grace", "backlog", "max_request_size", "header_timeout",
-                         "body_timeout", "keepalive_timeout"});
+  const map_view map(
+      f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
+          "shutdown_grace", "backlog", "max_request_size", "header_timeout", "body_timeout",
+          "keepalive_timeout", "max_connections", "drain_delay", "drain_parked"});
   server_config out;
   // Upper bounds, the same on every machine (a file accepted in CI is accepted in production).
   // Threads: beyond the cores, reactors only contend and fiber threads only help handlers
@@ -523,6 +549,82 @@ server_config parse_server(const field& f) {
   if (auto v = map.get("header_timeout")) out.header_timeout = read_timeout(*v);
   if (auto v = map.get("body_timeout")) out.body_timeout = read_timeout(*v);
   if (auto v = map.get("keepalive_timeout")) out.keepalive_timeout = read_timeout(*v);
+  // Each connection holds a descriptor and Pistache's buffers; a million is far past what one
+  // process serves and what the usual hard descriptor limit (2^20) lets it open.
+  constexpr long long max_connections = 1'000'000;
+  if (auto v = map.get("max_connections")) out.max_connections = read_count(*v, 0, max_connections);
+  // A balancer notices a failing readiness check within a few probe intervals (AWS: 2 x 5..300
+  // s, Kubernetes: 3 x 10 s by default); 5 minutes covers the slowest and still ends.
+  constexpr auto max_drain_delay = std::chrono::minutes(5);
+  if (auto v = map.get("drain_delay")) {
+    out.drain_delay = read_duration(*v);
+    if (out.drain_delay > max_drain_delay) {
+      v->fail("must be <= 5m, got " + std::to_string(out.drain_delay.count()) + "ms");
+    }
+  }
+  if (auto v = map.get("drain_parked")) out.drain_parked = read_choice(*v, drain_modes, "mode");
+  return out;
+}
+
+// A bearer token travels in an Authorization header: visible ASCII only (HTTP parsers trim
+// surrounding blanks, and a control character could never be sent), and at most 4 KiB, a
+// fraction of any server's header limit.
+constexpr std::size_t max_token_size = 4096;
+
+std::string check_token(const field& f, std::string token, const std::string& from) {
+  if (token.empty()) f.fail(from + " is empty");
+  if (token.size() > max_token_size) {
+    f.fail(from + " is longer than 4096 bytes (" + std::to_string(token.size()) + ")");
+  }
+  for (const char c : token) {
+    if (c < 0x21 || c > 0x7e) {
+      f.fail(from + " holds a blank or a non-ASCII or control character (a bearer token is " +
+             "visible ASCII)");
+    }
+  }
+  return token;
+}
+
+admin_config parse_admin(const field& f, const server_config& server) {
+  const map_view map(f, {"address", "port", "token_file", "token_env"});
+  admin_config out;
+  if (auto v = map.get("address")) out.address = read_non_empty(*v);
+  const field port = map.require("port");
+  out.port = static_cast<std::uint16_t>(read_int_in(port, 0, 65535));
+  // Two listeners on one address and port: the second bind would fail at start.
+  const auto wildcard = [](const std::string& a) { return a == "0.0.0.0" || a == "::"; };
+  if (out.port != 0 && out.port == server.port &&
+      (out.address == server.address || wildcard(out.address) || wildcard(server.address))) {
+    port.fail("the admin listener needs a port of its own (server.port is " +
+              std::to_string(server.port) + ")");
+  }
+  const auto file = map.get("token_file");
+  const auto env = map.get("token_env");
+  if (file && env) env->fail("token_file and token_env are mutually exclusive");
+  if (file) {
+    const fs::path path = (map.self().ctx->base_dir / read_non_empty(*file)).lexically_normal();
+    std::optional<std::string> text = read_whole_file(path);
+    if (!text) file->fail("cannot read token file " + path.string());
+    // Written by `echo token > file` or an editor: the last line break is not part of it.
+    if (!text->empty() && text->back() == '\n') text->pop_back();
+    if (!text->empty() && text->back() == '\r') text->pop_back();
+    out.token_file = path.string();
+    out.token = check_token(*file, std::move(*text), "token file " + path.string());
+  }
+  if (env) {
+    out.token_env = read_non_empty(*env);
+    const char* value = std::getenv(out.token_env.c_str());
+    if (value == nullptr) env->fail("environment variable " + out.token_env + " is not set");
+    std::string text = value;
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    out.token = check_token(*env, std::move(text), "environment variable " + out.token_env);
+  }
+  if (!is_loopback_address(out.address) && out.token.empty()) {
+    // Only a non-default address gets here, so the key is in the file.
+    map.require("address").fail("the admin listener on " + out.address +
+                                " is reachable beyond this machine: it needs a bearer token " +
+                                "(set token_file or token_env)");
+  }
   return out;
 }
 
@@ -930,11 +1032,12 @@ std::vector<route_config> parse_routes(const field& f, const std::vector<group_c
 
 app_config parse_root(const context& ctx, const YAML::Node& root) {
   const field self{&ctx, root, "", root.Mark()};
-  const map_view map(self, {"server", "logging", "groups", "routes"});
+  const map_view map(self, {"server", "logging", "admin", "groups", "routes"});
   app_config out;
   out.source = ctx.source;
   if (auto v = map.get("server")) out.server = parse_server(*v);
   if (auto v = map.get("logging")) out.logging = parse_logging(*v);
+  if (auto v = map.get("admin")) out.admin = parse_admin(*v, out.server);
   // Groups first whatever the file order, so routes can be checked against them.
   out.groups = parse_groups(map.require("groups"));
   out.routes = parse_routes(map.require("routes"), out.groups);

@@ -38,10 +38,17 @@ class config_error : public std::runtime_error {
   std::string message_;
 };
 
+// What happens to requests still parked in a queue when a drain (SIGTERM) begins.
+enum class drain_mode : std::uint8_t {
+  shed,   // answered at once with the route's `shutdown` fallback
+  serve,  // may still be granted and served until shutdown_grace ends; then the fallback
+};
+
 // The loader bounds every number (config/qos.yaml gives the reasons): reactor_threads 1..255
 // (Pistache's own limit), fiber_threads 1..256, max_pending_jobs 1..2^20, shutdown_grace
-// <= 10m, backlog 1..65535, max_request_size 512..2^30, the timeouts 1s..24h. Groups and
-// routes are bounded by validate() (admission/options.hpp, qos::bounds).
+// <= 10m, drain_delay <= 5m, backlog 1..65535, max_connections 0..10^6, max_request_size
+// 512..2^30, the timeouts 1s..24h. Groups and routes are bounded by validate()
+// (admission/options.hpp, qos::bounds).
 struct server_config {
   std::string address = "127.0.0.1";
   std::uint16_t port = 9080;                       // 0: any free port
@@ -56,7 +63,35 @@ struct server_config {
   std::chrono::milliseconds header_timeout{60000};     // a complete request head within this
   std::chrono::milliseconds body_timeout{60000};       // the body within this, once the head is in
   std::chrono::milliseconds keepalive_timeout{75000};  // an idle keep-alive connection's life
+  // Open connections at most; 0: derived from the descriptor limit (RLIMIT_NOFILE) at start.
+  std::size_t max_connections = 0;
+  // On SIGTERM, how long /readyz answers 503 before the listener closes, so that a load
+  // balancer stops sending first.
+  std::chrono::milliseconds drain_delay{0};
+  drain_mode drain_parked = drain_mode::shed;
+
+  friend bool operator==(const server_config&, const server_config&) = default;
 };
+
+// The admin listener (`admin:`), separate from the public one: metrics, status, reload,
+// health and readiness. Present only when the file configures it with a port. The loader
+// refuses an address beyond loopback without a token source, and reads the token once.
+struct admin_config {
+  std::string address = "127.0.0.1";
+  std::uint16_t port = 0;  // required in the file; 0: any free port (tests)
+  // Where the bearer token comes from: at most one of them; both empty: no token.
+  std::string token_file;
+  std::string token_env;
+  // The token itself, read at load: a file's content less one trailing line break, or the
+  // variable's value; 1..4096 visible ASCII characters. Never printed (effective.hpp).
+  std::string token;
+
+  friend bool operator==(const admin_config&, const admin_config&) = default;
+};
+
+// Whether an address is reached only from this machine: 127.0.0.0/8, ::1 (also written
+// ::ffff:127.x.y.z) or `localhost`. Anything else, the wildcards 0.0.0.0 and :: included, is not.
+bool is_loopback_address(const std::string& address);
 
 // How log lines are written: a readable line, or one JSON object per line.
 enum class log_format : std::uint8_t { text, json };
@@ -68,6 +103,8 @@ struct access_log_config {
   bool enabled = false;
   double sample = 1.0;             // fraction of requests logged, in (0, 1]
   std::size_t max_per_second = 0;  // most lines per second (a token bucket); 0: unlimited
+
+  friend bool operator==(const access_log_config&, const access_log_config&) = default;
 };
 
 struct logging_config {
@@ -75,6 +112,8 @@ struct logging_config {
   log_format format = log_format::text;
   log_sink sink = log_sink::standard_error;
   access_log_config access_log;
+
+  friend bool operator==(const logging_config&, const logging_config&) = default;
 };
 
 // A limit group: the admission options (limits, queue, adaptive limit, reserve, shadow; YAML
@@ -95,6 +134,8 @@ struct fallback_config {
   std::string body = "{\"error\":\"overloaded\"}";
   std::string content_type = "application/json";
   std::string file;  // when set, body was read from this file at load time
+
+  friend bool operator==(const fallback_config&, const fallback_config&) = default;
 };
 
 // The fallbacks of a route. The rule is outcome_table's (core/outcome.hpp): a reason with an
@@ -105,6 +146,8 @@ struct fallback_config {
 struct fallback_set {
   fallback_config route;  // the keys directly under `fallback`
   std::array<std::optional<fallback_config>, outcome_count> own{};  // entries by reason
+
+  friend bool operator==(const fallback_set&, const fallback_set&) = default;
 };
 
 // The response a reason without an entry of its own starts from: the route-level response,
@@ -118,6 +161,8 @@ std::array<fallback_config, outcome_count> resolve(const fallback_set& f);
 struct deadline_config {
   std::string header;         // empty: no header
   bool grpc_timeout = false;  // also honour grpc-timeout
+
+  friend bool operator==(const deadline_config&, const deadline_config&) = default;
 };
 
 struct priority_config {
@@ -129,6 +174,8 @@ struct priority_config {
   // Header carrying a raw level 0..max; honoured only when trusted is true (a proxy sets it).
   std::string raw_header;
   bool raw_header_trusted = false;
+
+  friend bool operator==(const priority_config&, const priority_config&) = default;
 };
 
 // A guarded route: its admission policy (group, max_wait, max_exec, cost, predictive_reject),
@@ -144,6 +191,7 @@ struct app_config {
   std::string source;  // file it was loaded from, or "<string>"
   server_config server;
   logging_config logging;
+  std::optional<admin_config> admin;  // nullopt: no admin listener
   std::vector<group_config> groups;
   std::vector<route_config> routes;
 

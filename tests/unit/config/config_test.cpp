@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qos/admission/options.hpp"
@@ -1909,6 +1911,230 @@ TEST(config_document, brackets_and_indentation_inside_scalars_are_not_nesting) {
   EXPECT_EQ(cfg.routes[0].fallback.route.body, deep_text + " # it's");
   EXPECT_EQ(cfg.routes[0].fallback.route.headers.at("X-A"), deep_text + "\"");
   EXPECT_EQ(own(cfg.routes[0].fallback, outcome::queue_full)->body, "a [ plain { scalar");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Operating keys: the admin listener, connection cap and drain. Loaded, bounded and refused at
+// their key like the others; their behaviour belongs to the server.
+
+namespace {
+
+using qos::config::drain_mode;
+using qos::config::is_loopback_address;
+
+// Sets an environment variable for one test and restores what was there.
+class scoped_env {
+ public:
+  scoped_env(std::string name, const std::string& value) : name_(std::move(name)) {
+    if (const char* old = std::getenv(name_.c_str())) old_ = old;
+    ::setenv(name_.c_str(), value.c_str(), 1);
+  }
+  ~scoped_env() {
+    if (old_) {
+      ::setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_.c_str());
+    }
+  }
+  scoped_env(const scoped_env&) = delete;
+  scoped_env& operator=(const scoped_env&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+std::string admin_with(const std::string& keys) {
+  return "admin: {" + keys + "}\n" + std::string(minimal);
+}
+
+TEST(config_operate, drain_and_connection_keys_default_to_today_s_behaviour) {
+  const app_config cfg = load_config_string(minimal);
+  EXPECT_EQ(cfg.server.max_connections, 0u);
+  EXPECT_EQ(cfg.server.drain_delay, 0ms);
+  EXPECT_EQ(cfg.server.drain_parked, drain_mode::shed);
+  EXPECT_FALSE(cfg.admin) << "the admin listener is off unless configured";
+}
+
+TEST(config_operate, drain_and_connection_keys_load) {
+  const app_config cfg =
+      load_config_string(server_with("max_connections: 5000, drain_delay: 15s, "
+                                     "drain_parked: serve"));
+  EXPECT_EQ(cfg.server.max_connections, 5000u);
+  EXPECT_EQ(cfg.server.drain_delay, 15s);
+  EXPECT_EQ(cfg.server.drain_parked, drain_mode::serve);
+  EXPECT_EQ(load_config_string(server_with("drain_parked: shed")).server.drain_parked,
+            drain_mode::shed);
+}
+
+TEST(config_operate, drain_and_connection_bounds_are_accepted_and_refused_at_their_key) {
+  const app_config at_bounds =
+      load_config_string(server_with("max_connections: 1000000, drain_delay: 5m"));
+  EXPECT_EQ(at_bounds.server.max_connections, 1000000u);
+  EXPECT_EQ(at_bounds.server.drain_delay, 5min);
+  const std::vector<bound_case> cases = {
+      {server_with("max_connections: 1000001"), 1, "1000001", "server.max_connections",
+       "must be <= 1000000, got 1000001"},
+      {server_with("max_connections: -1"), 1, "-1", "server.max_connections",
+       "must be >= 0, got -1"},
+      {server_with("drain_delay: 301s"), 1, "301s", "server.drain_delay",
+       "must be <= 5m, got 301000ms"},
+      {server_with("drain_delay: -1s"), 1, "-1s", "server.drain_delay",
+       "invalid duration '-1s': must not be negative"},
+      {server_with("drain_parked: finish"), 1, "finish", "server.drain_parked",
+       "invalid mode 'finish' (expected shed or serve)"},
+  };
+  for (const bound_case& c : cases) {
+    SCOPED_TRACE(c.yaml);
+    const config_error e = load_error(c.yaml);
+    EXPECT_EQ(e.key(), c.key) << e.what();
+    EXPECT_EQ(e.line(), c.line) << e.what();
+    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
+    EXPECT_EQ(e.message(), c.message) << e.what();
+  }
+}
+
+TEST(config_operate, loopback_addresses) {
+  for (const char* a : {"127.0.0.1", "127.1.2.3", "127.255.255.255", "::1", "localhost",
+                        "::ffff:127.0.0.1", "0:0:0:0:0:0:0:1"}) {
+    EXPECT_TRUE(is_loopback_address(a)) << a;
+  }
+  for (const char* a :
+       {"0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "127.0.0", "127.0.0.1.5", "127.0.0.256",
+        "127.0.0.1 ", "example.com", "", "::ffff:10.0.0.1", "localhost.example.com"}) {
+    EXPECT_FALSE(is_loopback_address(a)) << a;
+  }
+}
+
+TEST(config_operate, admin_defaults_to_loopback_without_a_token) {
+  const app_config cfg = load_config_string(admin_with("port: 9081"));
+  ASSERT_TRUE(cfg.admin);
+  EXPECT_EQ(cfg.admin->address, "127.0.0.1");
+  EXPECT_EQ(cfg.admin->port, 9081);
+  EXPECT_EQ(cfg.admin->token, "");
+  EXPECT_EQ(cfg.admin->token_file, "");
+  EXPECT_EQ(cfg.admin->token_env, "");
+  EXPECT_EQ(load_config_string(admin_with("port: 0")).admin->port, 0) << "0: any free port";
+}
+
+TEST(config_operate, admin_port_is_required_and_bounded) {
+  const config_error missing = load_error(admin_with("address: 127.0.0.1"));
+  EXPECT_EQ(missing.key(), "admin.port");
+  EXPECT_EQ(missing.message(), "missing required key");
+  const config_error big = load_error(admin_with("port: 65536"));
+  EXPECT_EQ(big.key(), "admin.port");
+  EXPECT_EQ(big.line(), 1);
+  EXPECT_EQ(big.message(), "must be between 0 and 65535, got 65536");
+  const config_error unknown = load_error(admin_with("port: 1, reactor_threads: 2"));
+  EXPECT_EQ(unknown.key(), "admin.reactor_threads");
+  EXPECT_TRUE(contains(unknown.message(), "unknown key")) << unknown.what();
+}
+
+TEST(config_operate, admin_needs_a_port_of_its_own) {
+  const std::string same = "server: {port: 9080}\n" + admin_with("port: 9080");
+  const config_error e = load_error(same);
+  EXPECT_EQ(e.key(), "admin.port");
+  EXPECT_EQ(e.line(), 2);
+  EXPECT_TRUE(contains(e.message(), "a port of its own")) << e.what();
+  // The default server port counts too, and a wildcard overlaps every address.
+  EXPECT_EQ(load_error(admin_with("port: 9080")).key(), "admin.port");
+  EXPECT_EQ(load_error("server: {address: 0.0.0.0}\n" + admin_with("port: 9080")).key(),
+            "admin.port");
+  // Another address, or both on ephemeral ports, is fine.
+  EXPECT_NO_THROW(
+      load_config_string("server: {address: 10.0.0.1, port: 9080}\n" + admin_with("port: 9080")));
+  EXPECT_NO_THROW(load_config_string("server: {port: 0}\n" + admin_with("port: 0")));
+}
+
+TEST(config_operate, admin_token_from_a_file_drops_one_trailing_line_break) {
+  const temp_dir dir;
+  dir.write("token", "s3cret-token\n");
+  dir.write("crlf", "abc\r\n");
+  dir.write("plain", "xyz");
+  for (const auto& [file, token] : std::vector<std::pair<std::string, std::string>>{
+           {"token", "s3cret-token"}, {"crlf", "abc"}, {"plain", "xyz"}}) {
+    const app_config cfg = load_config_string(admin_with("port: 9081, token_file: " + file),
+                                              "test.yaml", dir.path().string());
+    EXPECT_EQ(cfg.admin->token, token);
+    EXPECT_EQ(fs::path(cfg.admin->token_file), dir.path() / file) << "relative to the config";
+  }
+}
+
+TEST(config_operate, admin_token_file_must_hold_a_usable_token) {
+  const temp_dir dir;
+  dir.write("empty", "");
+  dir.write("newline", "\n");
+  dir.write("big", std::string(4097, 'a'));
+  dir.write("max", std::string(4096, 'a') + "\n");
+  dir.write("spaces", "two words\n");
+  const auto error_for = [&](const std::string& file) {
+    return load_error(admin_with("port: 9081, token_file: " + file), dir.path().string());
+  };
+  for (const char* file : {"empty", "newline", "big", "spaces", "missing"}) {
+    SCOPED_TRACE(file);
+    const config_error e = error_for(file);
+    EXPECT_EQ(e.key(), "admin.token_file") << e.what();
+    EXPECT_EQ(e.line(), 1) << e.what();
+  }
+  EXPECT_TRUE(contains(error_for("empty").message(), "is empty"));
+  EXPECT_TRUE(contains(error_for("big").message(), "longer than 4096 bytes (4097)"));
+  EXPECT_TRUE(contains(error_for("missing").message(), "cannot read token file"));
+  EXPECT_EQ(load_config_string(admin_with("port: 9081, token_file: max"), "test.yaml",
+                               dir.path().string())
+                .admin->token.size(),
+            4096u);
+}
+
+TEST(config_operate, admin_token_from_the_environment) {
+  const scoped_env env("QOS_CONFIG_TEST_TOKEN", "from-env");
+  const app_config cfg =
+      load_config_string(admin_with("port: 9081, token_env: QOS_CONFIG_TEST_TOKEN"));
+  EXPECT_EQ(cfg.admin->token, "from-env");
+  EXPECT_EQ(cfg.admin->token_env, "QOS_CONFIG_TEST_TOKEN");
+
+  ::unsetenv("QOS_CONFIG_TEST_TOKEN_UNSET");
+  const config_error unset =
+      load_error(admin_with("port: 9081, token_env: QOS_CONFIG_TEST_TOKEN_UNSET"));
+  EXPECT_EQ(unset.key(), "admin.token_env");
+  EXPECT_TRUE(contains(unset.message(), "is not set")) << unset.what();
+  const scoped_env empty("QOS_CONFIG_TEST_TOKEN_EMPTY", "");
+  EXPECT_EQ(load_error(admin_with("port: 9081, token_env: QOS_CONFIG_TEST_TOKEN_EMPTY")).key(),
+            "admin.token_env");
+}
+
+TEST(config_operate, admin_token_sources_are_mutually_exclusive) {
+  const temp_dir dir;
+  dir.write("token", "t");
+  const scoped_env env("QOS_CONFIG_TEST_TOKEN", "e");
+  const config_error e =
+      load_error(admin_with("port: 9081, token_file: token, token_env: QOS_CONFIG_TEST_TOKEN"),
+                 dir.path().string());
+  EXPECT_EQ(e.key(), "admin.token_env");
+  EXPECT_EQ(e.message(), "token_file and token_env are mutually exclusive");
+}
+
+TEST(config_operate, admin_beyond_loopback_requires_a_token_source) {
+  for (const char* address : {"0.0.0.0", "10.1.2.3", "'::'"}) {
+    SCOPED_TRACE(address);
+    const std::string yaml = admin_with(std::string("address: ") + address + ", port: 9081");
+    const config_error e = load_error(yaml);
+    EXPECT_EQ(e.key(), "admin.address");
+    EXPECT_EQ(e.line(), 1);
+    EXPECT_EQ(e.column(), column_of(yaml, 1, address));
+    EXPECT_TRUE(contains(e.message(), "set token_file or token_env")) << e.what();
+  }
+  const scoped_env env("QOS_CONFIG_TEST_TOKEN", "t0k3n");
+  const app_config cfg = load_config_string(
+      admin_with("address: 0.0.0.0, port: 9081, token_env: QOS_CONFIG_TEST_TOKEN"));
+  EXPECT_EQ(cfg.admin->address, "0.0.0.0");
+  EXPECT_EQ(cfg.admin->token, "t0k3n");
+  for (const char* loopback : {"localhost", "::1", "127.0.0.2"}) {
+    EXPECT_NO_THROW(
+        load_config_string(admin_with(std::string("address: '") + loopback + "', port: 9081")))
+        << loopback;
+  }
 }
 
 }  // namespace

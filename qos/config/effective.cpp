@@ -1,0 +1,704 @@
+// The effective configuration: the YAML printer (yaml-cpp's emitter, so quoting is the
+// parser's own), its hash, the summary for people, and the warnings with their reasons.
+#include "qos/config/effective.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <filesystem>
+#include <sstream>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace qos::config {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::uint64_t fnv1a64(std::string_view bytes) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (const char c : bytes) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+std::string hex64(std::uint64_t v) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<std::size_t>(i)] = digits[v & 0xf];
+  return out;
+}
+
+template <typename Rep, typename Period>
+std::string ms(std::chrono::duration<Rep, Period> d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
+}
+
+// The shortest text that reads back as the same double.
+std::string number(double v) {
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, ec == std::errc() ? end : buf);
+}
+
+// A path as the loader would resolve it from another folder.
+std::string absolute(const std::string& path) {
+  std::error_code ec;
+  const fs::path p = fs::absolute(path, ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
+constexpr std::string_view discipline_name(queue_discipline d) {
+  switch (d) {
+    case queue_discipline::fifo:
+      return "fifo";
+    case queue_discipline::codel:
+      return "codel";
+    case queue_discipline::adaptive_lifo:
+      return "adaptive_lifo";
+  }
+  return "?";
+}
+
+constexpr std::string_view algorithm_name(limit_kind k) {
+  switch (k) {
+    case limit_kind::fixed:
+      return "fixed";
+    case limit_kind::aimd:
+      return "aimd";
+    case limit_kind::gradient2:
+      return "gradient2";
+    case limit_kind::vegas:
+      return "vegas";
+  }
+  return "?";
+}
+
+std::string_view drain_name(drain_mode m) {
+  return m == drain_mode::serve ? "serve" : "shed";
+}
+
+std::string_view format_name(log_format f) {
+  return f == log_format::json ? "json" : "text";
+}
+
+std::string_view sink_name(log_sink s) {
+  return s == log_sink::standard_output ? "stdout" : "stderr";
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML
+
+// Free text is always double-quoted: "null", "true", "" or "80" must come back as the same
+// string, and the loader reads any scalar as a string where it expects one.
+YAML::Emitter& text(YAML::Emitter& e, const std::string& s) {
+  return e << YAML::DoubleQuoted << s;
+}
+
+void key(YAML::Emitter& e, const char* k) {
+  e << YAML::Key << k << YAML::Value;
+}
+
+void emit_server(YAML::Emitter& e, const server_config& s) {
+  key(e, "server");
+  e << YAML::BeginMap;
+  key(e, "address");
+  text(e, s.address);
+  key(e, "port");
+  e << s.port;
+  key(e, "reactor_threads");
+  e << s.reactor_threads;
+  key(e, "fiber_threads");
+  e << s.fiber_threads;
+  key(e, "max_pending_jobs");
+  e << s.max_pending_jobs;
+  key(e, "shutdown_grace");
+  e << ms(s.shutdown_grace);
+  key(e, "drain_delay");
+  e << ms(s.drain_delay);
+  key(e, "drain_parked");
+  e << std::string(drain_name(s.drain_parked));
+  key(e, "backlog");
+  e << s.backlog;
+  key(e, "max_connections");
+  e << s.max_connections;
+  key(e, "max_request_size");
+  e << s.max_request_size;
+  key(e, "header_timeout");
+  e << ms(s.header_timeout);
+  key(e, "body_timeout");
+  e << ms(s.body_timeout);
+  key(e, "keepalive_timeout");
+  e << ms(s.keepalive_timeout);
+  e << YAML::EndMap;
+}
+
+void emit_logging(YAML::Emitter& e, const logging_config& l) {
+  key(e, "logging");
+  e << YAML::BeginMap;
+  key(e, "level");
+  e << l.level;
+  key(e, "format");
+  e << std::string(format_name(l.format));
+  key(e, "sink");
+  e << std::string(sink_name(l.sink));
+  key(e, "access_log");
+  e << YAML::BeginMap;
+  key(e, "enabled");
+  e << l.access_log.enabled;
+  key(e, "sample");
+  e << number(l.access_log.sample);
+  key(e, "max_per_second");
+  e << l.access_log.max_per_second;
+  e << YAML::EndMap << YAML::EndMap;
+}
+
+void emit_admin(YAML::Emitter& e, const admin_config& a) {
+  key(e, "admin");
+  e << YAML::BeginMap;
+  key(e, "address");
+  text(e, a.address);
+  key(e, "port");
+  e << a.port;
+  if (!a.token_file.empty()) {
+    key(e, "token_file");
+    text(e, absolute(a.token_file));
+  }
+  if (!a.token_env.empty()) {
+    key(e, "token_env");
+    text(e, a.token_env);
+  }
+  e << YAML::EndMap;
+}
+
+void emit_group(YAML::Emitter& e, const group_config& g) {
+  const limiter_options& l = g.limiter;
+  e << YAML::BeginMap;
+  key(e, "name");
+  text(e, g.name);
+  key(e, "max_concurrent");
+  e << l.max_concurrent;
+  key(e, "max_queue");
+  e << l.max_queue;
+  key(e, "blocking_threads");
+  e << g.blocking_threads;
+  if (g.limit) {
+    const limit_options& o = *g.limit;
+    key(e, "limit");
+    e << YAML::BeginMap;
+    key(e, "algorithm");
+    e << std::string(algorithm_name(o.kind));
+    key(e, "min");
+    e << o.min;
+    key(e, "max");
+    e << o.max;
+    key(e, "initial");
+    e << o.initial;
+    // Only the parameters of its algorithm: the loader refuses the others.
+    if (o.kind == limit_kind::aimd) {
+      key(e, "backoff_ratio");
+      e << number(o.backoff_ratio);
+      key(e, "timeout");
+      e << ms(o.timeout);
+    }
+    if (o.kind == limit_kind::gradient2) {
+      key(e, "rtt_tolerance");
+      e << number(o.rtt_tolerance);
+      key(e, "smoothing");
+      e << number(o.smoothing);
+      key(e, "long_window");
+      e << o.long_window;
+    }
+    if (o.kind == limit_kind::gradient2 || o.kind == limit_kind::vegas) {
+      key(e, "probe_interval");
+      e << ms(o.probe_interval);
+    }
+    e << YAML::EndMap;
+  }
+  key(e, "queue");
+  e << YAML::BeginMap;
+  key(e, "discipline");
+  e << std::string(discipline_name(l.discipline));
+  if (l.discipline == queue_discipline::codel) {
+    key(e, "target");
+    e << ms(l.target);
+  }
+  if (l.discipline != queue_discipline::fifo) {
+    key(e, "interval");
+    e << ms(l.interval);
+  }
+  e << YAML::EndMap;
+  key(e, "aging_step");
+  e << ms(l.aging_step);
+  if (l.reserve != 0) {
+    key(e, "reserve");
+    e << YAML::Flow << YAML::BeginMap;
+    key(e, "permits");
+    e << l.reserve;
+    key(e, "priority");
+    e << static_cast<int>(l.reserve_level);
+    e << YAML::EndMap;
+  }
+  key(e, "shadow");
+  e << g.shadow;
+  e << YAML::EndMap;
+}
+
+// Every key of a response, so that a per-reason entry read back inherits nothing.
+void emit_fallback_keys(YAML::Emitter& e, const fallback_config& f) {
+  key(e, "status");
+  e << f.status;
+  key(e, "retry_after");
+  if (f.retry_after_auto) {
+    e << "auto";
+  } else if (f.retry_after_s) {
+    e << *f.retry_after_s;
+  } else {
+    e << "none";
+  }
+  key(e, "headers");
+  if (f.headers.empty()) e << YAML::Flow;
+  e << YAML::BeginMap;
+  for (const auto& [name, value] : f.headers) {
+    e << YAML::Key;
+    text(e, name);
+    e << YAML::Value;
+    text(e, value);
+  }
+  e << YAML::EndMap;
+  if (f.file.empty()) {
+    key(e, "body");
+    text(e, f.body);
+  } else {
+    key(e, "file");
+    text(e, absolute(f.file));
+    // The bytes in force, so that the hash changes when the file does.
+    e << YAML::Comment(std::to_string(f.body.size()) + " bytes, fnv1a64 " + hex64(fnv1a64(f.body)));
+  }
+  key(e, "content_type");
+  text(e, f.content_type);
+}
+
+void emit_route(YAML::Emitter& e, const route_config& r) {
+  e << YAML::BeginMap;
+  key(e, "name");
+  text(e, r.name);
+  key(e, "group");
+  text(e, r.group);
+  key(e, "max_wait");
+  e << ms(r.max_wait);
+  if (r.max_exec) {
+    key(e, "max_exec");
+    e << ms(*r.max_exec);
+  }
+  key(e, "cost");
+  e << r.cost;
+  key(e, "predictive_reject");
+  e << r.predictive_reject;
+  key(e, "deadline");
+  e << YAML::BeginMap;
+  if (!r.deadline.header.empty()) {
+    key(e, "header");
+    text(e, r.deadline.header);
+  }
+  key(e, "grpc_timeout");
+  e << r.deadline.grpc_timeout;
+  e << YAML::EndMap;
+  const priority_config& p = r.priority;
+  key(e, "priority");
+  e << YAML::BeginMap;
+  key(e, "default");
+  e << static_cast<int>(p.default_level);
+  if (!p.header.empty()) {
+    key(e, "header");
+    text(e, p.header);
+    key(e, "values");
+    if (p.values.empty()) e << YAML::Flow;
+    e << YAML::BeginMap;
+    for (const auto& [value, level] : p.values) {
+      e << YAML::Key;
+      text(e, value);
+      e << YAML::Value << static_cast<int>(level);
+    }
+    e << YAML::EndMap;
+  }
+  if (!p.raw_header.empty()) {
+    key(e, "raw_header");
+    text(e, p.raw_header);
+  }
+  key(e, "raw_header_trusted");
+  e << p.raw_header_trusted;
+  e << YAML::EndMap;
+  key(e, "fallback");
+  e << YAML::BeginMap;
+  emit_fallback_keys(e, r.fallback.route);
+  for (const auto& row : outcome_table) {
+    if (const auto& own = r.fallback.own[index(row.value)]) {
+      e << YAML::Key << std::string(row.name) << YAML::Value << YAML::BeginMap;
+      emit_fallback_keys(e, *own);
+      e << YAML::EndMap;
+    }
+  }
+  e << YAML::EndMap;
+  e << YAML::EndMap;
+}
+
+}  // namespace
+
+std::string effective_yaml(const app_config& cfg) {
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  emit_server(e, cfg.server);
+  emit_logging(e, cfg.logging);
+  if (cfg.admin) emit_admin(e, *cfg.admin);
+  key(e, "groups");
+  e << YAML::BeginSeq;
+  for (const auto& g : cfg.groups) emit_group(e, g);
+  e << YAML::EndSeq;
+  key(e, "routes");
+  e << YAML::BeginSeq;
+  for (const auto& r : cfg.routes) emit_route(e, r);
+  e << YAML::EndSeq;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+std::string config_hash(const app_config& cfg) {
+  return hex64(fnv1a64(effective_yaml(cfg)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+
+namespace {
+
+// A body on one line, cut at 60 bytes, control and non-ASCII bytes escaped.
+std::string preview(const fallback_config& f) {
+  if (!f.file.empty()) return "file " + f.file + " (" + std::to_string(f.body.size()) + " bytes)";
+  std::string out = "'";
+  for (std::size_t i = 0; i < f.body.size() && i < 60; ++i) {
+    const auto c = static_cast<unsigned char>(f.body[i]);
+    if (c < 0x20 || c >= 0x7f) {
+      out += "\\x" + hex64(c).substr(14);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + (f.body.size() > 60 ? "...'" : "'");
+}
+
+std::string describe_limit(const group_config& g) {
+  if (!g.limit) return "fixed " + std::to_string(g.limiter.max_concurrent);
+  const limit_options& o = *g.limit;
+  std::string out = "adaptive " + std::string(algorithm_name(o.kind)) + " " +
+                    std::to_string(o.min) + ".." + std::to_string(o.max) + " from " +
+                    std::to_string(o.initial);
+  if (o.kind == limit_kind::aimd) {
+    out += " (backoff_ratio " + number(o.backoff_ratio) + ", timeout " + ms(o.timeout) + ")";
+  } else if (o.kind == limit_kind::gradient2) {
+    out += " (rtt_tolerance " + number(o.rtt_tolerance) + ", smoothing " + number(o.smoothing) +
+           ", long_window " + std::to_string(o.long_window) + ", probe_interval " +
+           ms(o.probe_interval) + ")";
+  } else if (o.kind == limit_kind::vegas) {
+    out += " (probe_interval " + ms(o.probe_interval) + ")";
+  }
+  return out;
+}
+
+std::string describe_queue(const limiter_options& l) {
+  std::string out(discipline_name(l.discipline));
+  if (l.discipline == queue_discipline::codel) {
+    out += " (target " + ms(l.target) + ", interval " + ms(l.interval) + ")";
+  } else if (l.discipline == queue_discipline::adaptive_lifo) {
+    out += " (interval " + ms(l.interval) + ")";
+  }
+  return out;
+}
+
+std::string describe_priority(const priority_config& p) {
+  std::string out = "default " + std::to_string(p.default_level);
+  if (!p.header.empty()) {
+    out += "; header " + p.header + ":";
+    if (p.values.empty()) out += " (no values)";
+    for (const auto& [value, level] : p.values) {
+      out += " " + value + "=" + std::to_string(level);
+    }
+  }
+  if (!p.raw_header.empty()) {
+    out += "; raw header " + p.raw_header +
+           (p.raw_header_trusted ? " (trusted)" : " (ignored: raw_header_trusted is false)");
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string summary(const app_config& cfg) {
+  std::ostringstream o;
+  const server_config& s = cfg.server;
+  o << "server: " << s.address << ":" << s.port << ", " << s.reactor_threads
+    << " reactor thread(s), " << s.fiber_threads << " fiber thread(s), max_pending_jobs "
+    << s.max_pending_jobs << ", backlog " << s.backlog << ", max_connections "
+    << (s.max_connections == 0 ? std::string("from the descriptor limit")
+                               : std::to_string(s.max_connections))
+    << "\n  max_request_size " << s.max_request_size << " B, header_timeout "
+    << ms(s.header_timeout) << ", body_timeout " << ms(s.body_timeout) << ", keepalive_timeout "
+    << ms(s.keepalive_timeout) << "\n  drain: drain_delay " << ms(s.drain_delay)
+    << ", parked requests " << (s.drain_parked == drain_mode::serve ? "served" : "shed")
+    << ", shutdown_grace " << ms(s.shutdown_grace) << "\n";
+  if (cfg.admin) {
+    const admin_config& a = *cfg.admin;
+    o << "admin: " << a.address << ":" << a.port << ", token "
+      << (!a.token_file.empty()  ? "from file " + a.token_file
+          : !a.token_env.empty() ? "from environment variable " + a.token_env
+                                 : std::string("none"))
+      << "\n";
+  } else {
+    o << "admin: off\n";
+  }
+  const logging_config& l = cfg.logging;
+  o << "logging: level " << l.level << ", " << format_name(l.format) << " to " << sink_name(l.sink)
+    << ", access log ";
+  if (l.access_log.enabled) {
+    o << "on (sample " << number(l.access_log.sample) << ", "
+      << (l.access_log.max_per_second == 0
+              ? std::string("no rate limit")
+              : std::to_string(l.access_log.max_per_second) + " lines/s at most")
+      << ")\n";
+  } else {
+    o << "off\n";
+  }
+  std::size_t parked = 0;
+  for (const auto& g : cfg.groups) {
+    const limiter_options& lim = g.limiter;
+    parked += lim.max_queue;
+    o << "group " << g.name << ": limit " << describe_limit(g) << ", max_queue " << lim.max_queue
+      << ", queue " << describe_queue(lim) << ", aging "
+      << (lim.aging_step == duration::zero() ? std::string("off")
+                                             : "one level per " + ms(lim.aging_step))
+      << ", reserve "
+      << (lim.reserve == 0 ? std::string("none")
+                           : std::to_string(lim.reserve) +
+                                 " for priority >= " + std::to_string(lim.reserve_level))
+      << ", blocking_threads "
+      << (g.blocking_threads != 0 ? std::to_string(g.blocking_threads)
+                                  : std::to_string(g.most_permits()) +
+                                        " (0: the most permits "
+                                        "the group may grant)")
+      << (g.shadow ? ", SHADOW (counts only, lets everything through)" : "") << "\n";
+  }
+  for (const auto& r : cfg.routes) {
+    o << "route " << r.name << " -> group " << r.group << ": max_wait " << ms(r.max_wait)
+      << ", max_exec " << (r.max_exec ? ms(*r.max_exec) : std::string("none")) << ", cost "
+      << r.cost << ", predictive_reject " << (r.predictive_reject ? "on" : "off") << "\n";
+    o << "  priority: " << describe_priority(r.priority) << "\n";
+    o << "  deadline: ";
+    if (r.deadline.header.empty() && !r.deadline.grpc_timeout) o << "none";
+    if (!r.deadline.header.empty()) o << "header " << r.deadline.header;
+    if (r.deadline.grpc_timeout) o << (r.deadline.header.empty() ? "" : ", ") << "grpc-timeout";
+    o << "\n  fallbacks:\n";
+    const auto all = resolve(r.fallback);
+    for (const auto& row : outcome_table) {
+      if (row.answer == answer_kind::handler) continue;
+      const fallback_config& f = all[index(row.value)];
+      std::string retry = "none";
+      if (f.retry_after_auto) {
+        retry = "auto";
+      } else if (f.retry_after_s) {
+        retry = std::to_string(*f.retry_after_s);
+      }
+      std::string from = "route-level";
+      if (row.answer == answer_kind::internal) {
+        from = "fixed";
+      } else if (r.fallback.own[index(row.value)]) {
+        from = "own entry";
+      } else if (row.inherits != row.value && r.fallback.own[index(row.inherits)]) {
+        from = "from " + std::string(traits(row.inherits).name);
+      }
+      std::string pad(row.name.size() < 18 ? 18 - row.name.size() : 1, ' ');
+      o << "    " << row.name << pad << f.status << " retry-after " << retry << ", "
+        << f.content_type << ", " << preview(f);
+      for (const auto& [name, value] : f.headers) o << ", " << name << ": " << value;
+      o << " [" << from << "]\n";
+    }
+  }
+  o << "parked requests at most " << parked << " (about " << (parked * 9 + 1023) / 1024
+    << " MiB of fiber stacks)\n";
+  return o.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warnings
+
+namespace {
+
+std::string at(const char* list, std::size_t i, std::string_view rest) {
+  return std::string(list) + "[" + std::to_string(i) + "]" +
+         (rest.empty() ? "" : "." + std::string(rest));
+}
+
+// The highest level a request of this route can have: priority rules only (the reserve is
+// checked against a request's own level, not its aged claim; limiter.cpp).
+priority highest_level(const priority_config& p) {
+  priority top = p.default_level;
+  for (const auto& [value, level] : p.values) top = std::max(top, level);
+  if (!p.raw_header.empty() && p.raw_header_trusted) top = max_priority;
+  return top;
+}
+
+// Kubernetes' default terminationGracePeriodSeconds: a drain longer than this is cut by
+// SIGKILL unless the pod raises it (systemd's DefaultTimeoutStopSec, 90 s, is looser).
+constexpr auto supervisor_patience = std::chrono::seconds(30);
+
+}  // namespace
+
+std::vector<config_warning> warnings(const app_config& cfg, const check_facts& facts) {
+  struct {
+    std::vector<config_warning> out;
+    void add(std::string key, int line, std::string message) {
+      out.push_back({std::move(key), line, std::move(message)});
+    }
+  } w;
+  const server_config& s = cfg.server;
+  const bool public_beyond_loopback = !is_loopback_address(s.address);
+
+  if (s.drain_delay + s.shutdown_grace > supervisor_patience) {
+    w.add(
+        s.drain_delay > std::chrono::milliseconds::zero() ? "server.drain_delay"
+                                                          : "server.shutdown_grace",
+        0,
+        "a drain may take drain_delay + shutdown_grace = " + ms(s.drain_delay + s.shutdown_grace) +
+            ", longer than Kubernetes waits by default (terminationGracePeriodSeconds 30s) "
+            "before SIGKILL; raise the supervisor's stop timeout to match (systemd: "
+            "TimeoutStopSec, 90s by default)");
+  }
+
+  if (cfg.admin && !cfg.admin->token_file.empty()) {
+    std::error_code ec;
+    const auto perms = fs::status(cfg.admin->token_file, ec).permissions();
+    if (!ec && (perms & (fs::perms::group_read | fs::perms::others_read)) != fs::perms::none) {
+      w.add("admin.token_file", 0,
+            cfg.admin->token_file +
+                " is readable by other users: anyone who reads it can reload the config and "
+                "read the admin endpoints (chmod 600)");
+    }
+  }
+
+  for (std::size_t i = 0; i < cfg.groups.size(); ++i) {
+    const group_config& g = cfg.groups[i];
+    const bool used = std::any_of(cfg.routes.begin(), cfg.routes.end(),
+                                  [&](const route_config& r) { return r.group == g.name; });
+    if (!used) {
+      w.add(at("groups", i, "name"), g.line,
+            "no route uses group '" + g.name + "' (a misspelt group in a route?)");
+    }
+    if (g.shadow) {
+      w.add(at("groups", i, "shadow"), g.line,
+            "shadow mode: group '" + g.name +
+                "' only counts what it would queue or shed and lets every request through, so "
+                "it protects nothing");
+    }
+    // A reserve no request of the group can claim only takes capacity from everyone.
+    const limiter_options& l = g.limiter;
+    if (l.reserve != 0 && used) {
+      priority top = 0;
+      for (const auto& r : cfg.routes) {
+        if (r.group == g.name) top = std::max(top, highest_level(r.priority));
+      }
+      if (top < l.reserve_level) {
+        w.add(at("groups", i, "reserve.priority"), g.line,
+              std::to_string(l.reserve) +
+                  " permit(s) are reserved for priority >= " + std::to_string(l.reserve_level) +
+                  ", but no route of group '" + g.name + "' gives a request a level above " +
+                  std::to_string(top) + ": the reserve is never used and lowers everyone's limit");
+      }
+    }
+  }
+
+  for (std::size_t i = 0; i < cfg.routes.size(); ++i) {
+    const route_config& r = cfg.routes[i];
+    const group_config* g = cfg.find_group(r.group);
+    if (g == nullptr) continue;  // the loader refuses it; code-built configs may not
+    const limiter_options& l = g->limiter;
+
+    // Client-controlled priority on a listener others can reach: a client picks its own level.
+    if (public_beyond_loopback && !r.priority.raw_header.empty() && r.priority.raw_header_trusted) {
+      w.add(at("routes", i, "priority.raw_header_trusted"), r.line,
+            "the public listener is bound to " + s.address + " and " + r.priority.raw_header +
+                " is trusted: any client reaching it sets its own priority; trust it only "
+                "behind a proxy that sets or strips the header");
+    }
+    priority top_value = 0;
+    for (const auto& [value, level] : r.priority.values) top_value = std::max(top_value, level);
+    if (public_beyond_loopback && top_value > r.priority.default_level) {
+      w.add(at("routes", i, "priority.values"), r.line,
+            "the public listener is bound to " + s.address + " and " + r.priority.header +
+                " values raise a request's priority: safe only when the values are secrets "
+                "(API keys) or a proxy sets the header");
+    }
+
+    // max_wait against the group's service time, when it is known (the file has no estimate:
+    // it is learnt from served requests). With N permits held for S each, one returns every
+    // S / N on average, so within max_wait only about N * max_wait / S waiters are served and
+    // the rest of the queue waits in vain; below S the route mostly relies on luck.
+    if (auto it = facts.service_time.find(r.group); it != facts.service_time.end()) {
+      const auto service = it->second;
+      if (service > std::chrono::milliseconds::zero() && r.max_wait < service) {
+        const double served = static_cast<double>(l.max_concurrent) *
+                              std::chrono::duration<double>(r.max_wait).count() /
+                              std::chrono::duration<double>(service).count();
+        w.add(at("routes", i, "max_wait"), r.line,
+              "max_wait " + ms(r.max_wait) + " is shorter than group '" + r.group +
+                  "''s service time " + ms(service) + ": only about " +
+                  std::to_string(static_cast<long long>(served)) + " of its " +
+                  std::to_string(l.max_queue) + " queue places can be served before they time out");
+      }
+    }
+    // Durations the file itself gives for the group's queue, which act only on a waiter that
+    // waits at least that long.
+    if (l.discipline == queue_discipline::codel && l.target >= r.max_wait) {
+      w.add(at("routes", i, "max_wait"), r.line,
+            "max_wait " + ms(r.max_wait) + " is not longer than group '" + r.group +
+                "''s codel target " + ms(l.target) +
+                ": its waiters time out before CoDel could shed them, so the discipline never "
+                "acts on this route");
+    }
+    if (l.aging_step > duration::zero() && l.aging_step >= r.max_wait) {
+      w.add(at("routes", i, "max_wait"), r.line,
+            "max_wait " + ms(r.max_wait) + " is not longer than group '" + r.group +
+                "''s aging_step " + ms(l.aging_step) +
+                ": its waiters never age a level, so the starvation guard cannot help them");
+    }
+
+    // Retry-After: 0 on a shed sends clients straight back into the overload that shed them.
+    const auto all = resolve(r.fallback);
+    std::string immediate;
+    for (const auto& row : outcome_table) {
+      const fallback_config& f = all[index(row.value)];
+      if (row.shed && !f.retry_after_auto && f.retry_after_s == 0) {
+        immediate += (immediate.empty() ? "" : ", ") + std::string(row.name);
+      }
+    }
+    if (!immediate.empty()) {
+      w.add(at("routes", i, "fallback.retry_after"), r.line,
+            "Retry-After: 0 on " + immediate +
+                " asks clients to retry at once, into the overload that turned them away (use "
+                "a few seconds or auto)");
+    }
+  }
+  return std::move(w.out);
+}
+
+std::string format_warning(const app_config& cfg, const config_warning& w) {
+  std::string out = cfg.source;
+  if (w.line > 0) out += ":" + std::to_string(w.line);
+  return out + ": warning: " + w.key + ": " + w.message;
+}
+
+}  // namespace qos::config

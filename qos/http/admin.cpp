@@ -1,7 +1,5 @@
 #include "qos/http/admin.hpp"
 
-#include <arpa/inet.h>
-
 #include <cstdio>
 #include <stdexcept>
 #include <string_view>
@@ -61,22 +59,11 @@ void send_text(http::ResponseWriter& w, http::Code code, std::string body,
 
 }  // namespace
 
-bool is_loopback_address(const std::string& address) {
-  if (address == "localhost") return true;
-  in_addr v4{};
-  if (::inet_pton(AF_INET, address.c_str(), &v4) == 1) {
-    return (ntohl(v4.s_addr) >> 24) == 127;
-  }
-  in6_addr v6{};
-  if (::inet_pton(AF_INET6, address.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
-  return false;
-}
-
 admin::admin(qos::runtime& runtime, admin_options options, hooks h)
     : runtime_(runtime),
       options_(std::move(options)),
       hooks_(std::move(h)),
-      loopback_(is_loopback_address(options_.address)),
+      loopback_(config::is_loopback_address(options_.address)),
       started_(std::chrono::steady_clock::now()) {
   if (!loopback_ && options_.token.empty()) {
     throw std::invalid_argument("admin: listening on " + options_.address +

@@ -68,6 +68,7 @@ void server::start() {
   lo.port = s.port;
   lo.reactor_threads = s.reactor_threads;
   lo.backlog = static_cast<int>(s.backlog);
+  lo.max_connections = s.max_connections;
   listener_ = std::make_unique<qos::listener>(std::move(handler), lo);
   listener_->start();
   started_ = true;

@@ -141,14 +141,6 @@ TEST_F(admin_fixture, readyz_turns_503_when_not_ready) {
 TEST(admin, beyond_loopback_a_token_is_required_for_everything) {
   runtime rt(small_config());
   EXPECT_THROW(admin(rt, admin_options{.address = "0.0.0.0"}), std::invalid_argument);
-  EXPECT_TRUE(is_loopback_address("127.0.0.1"));
-  EXPECT_TRUE(is_loopback_address("127.10.0.3"));
-  EXPECT_TRUE(is_loopback_address("::1"));
-  EXPECT_TRUE(is_loopback_address("localhost"));
-  EXPECT_FALSE(is_loopback_address("0.0.0.0"));
-  EXPECT_FALSE(is_loopback_address("::"));
-  EXPECT_FALSE(is_loopback_address("10.0.0.1"));
-  EXPECT_FALSE(is_loopback_address("128.0.0.1"));
   // Bound on all addresses (reached here through loopback): even reads need the token.
   admin a(rt, admin_options{.address = "0.0.0.0", .token = "t"});
   a.start();

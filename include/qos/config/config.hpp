@@ -56,7 +56,7 @@ struct server_config {
   std::size_t fiber_threads = 2;                   // OS threads running the fiber executor
   std::size_t max_pending_jobs = 16384;            // executor inbox; rounded up to a power of two
   std::chrono::milliseconds shutdown_grace{5000};  // running handlers get this long on stop
-  std::size_t backlog = 1024;                      // listen backlog
+  std::size_t backlog = 4096;                      // listen backlog (somaxconn caps it)
   // Pistache endpoint options (qos::server only; a service with its own endpoint sets its
   // own). Defaults as nginx's client_header_timeout, client_body_timeout, keepalive_timeout.
   std::size_t max_request_size = 64 * 1024;            // bytes, head and body

@@ -90,7 +90,4 @@ class admin {
   std::unique_ptr<listener> listener_;
 };
 
-// Whether `address` is a loopback address (127.0.0.0/8, ::1, "localhost").
-bool is_loopback_address(const std::string& address);
-
 }  // namespace qos

@@ -38,7 +38,7 @@ struct listener_options {
   std::string address = "127.0.0.1";  // a numeric IPv4 or IPv6 address, or a host name
   std::uint16_t port = 0;             // 0: any free port (port() tells which)
   std::size_t reactor_threads = 2;
-  int backlog = 1024;
+  int backlog = 4096;
   // Most connections open at once; 0 derives it from the descriptor limit (see
   // default_max_connections), which also caps a larger value (with a warning).
   std::size_t max_connections = 0;

@@ -111,7 +111,7 @@ TEST(config_load, applies_defaults) {
   EXPECT_EQ(config.server.fiber_threads, 2u);
   EXPECT_EQ(config.server.max_pending_jobs, 16384u);
   EXPECT_EQ(config.server.shutdown_grace, 5s);
-  EXPECT_EQ(config.server.backlog, 1024u);
+  EXPECT_EQ(config.server.backlog, 4096u);
   EXPECT_EQ(config.logging.level, "info");
 
   ASSERT_EQ(config.groups.size(), 1u);

@@ -4,7 +4,9 @@
 #include "qos/admission/admission.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <stdexcept>
+#include <tuple>
 #include <utility>
 
 #include <boost/fiber/future.hpp>
@@ -29,10 +31,28 @@ limiter_options initial_limiter(const group_options& o) {
 }  // namespace
 
 limit_group::limit_group(const group_options& options)
-    : options_(options),
-      limiter_(initial_limiter(options),
-               options.limit ? make_limit_algorithm(*options.limit) : nullptr),
+    : name_(options.name),
+      shadow_(options.shadow),
+      limiter_(initial_limiter(options), options.limit),
       pool_(pool_size(options)) {}
+
+void limit_group::reconfigure(const group_options& options) {
+  assert(options.name == name_);
+  // Threads first: a raised limit grants waiters at once, and blocking ones must find a
+  // thread to run on rather than queue in the pool.
+  pool_.set_max_threads(pool_size(options));
+  limiter_.reconfigure(initial_limiter(options), options.limit);
+  shadow_.store(options.shadow, std::memory_order_relaxed);
+}
+
+admission::route::route(std::shared_ptr<const route_policy> policy, limit_group* group,
+                        route_metrics* metrics)
+    : group(group), metrics(metrics), name_(policy->name), policy_(std::move(policy)) {}
+
+void admission::set_policy(const route& r, std::shared_ptr<const route_policy> policy) noexcept {
+  assert(policy && policy->name == r.name_);
+  r.policy_.store(std::move(policy), std::memory_order_release);
+}
 
 admission::admission(const std::vector<group_options>& groups,
                      const std::vector<route_policy>& routes, executor& exec, metrics_sink& metrics)
@@ -48,11 +68,13 @@ admission::admission(const std::vector<group_options>& groups,
     if (group == nullptr) {
       throw std::invalid_argument("route '" + r.name + "' names unknown group '" + r.group + "'");
     }
-    validate(r, group->options());
+    const auto g = std::find_if(groups.begin(), groups.end(),
+                                [&](const group_options& o) { return o.name == r.group; });
+    validate(r, *g);
+    if (routes_.contains(r.name)) throw std::invalid_argument("duplicate route '" + r.name + "'");
     auto& m = metrics.route(r.name, r.group);
-    if (!routes_.emplace(r.name, route{r, group, &m}).second) {
-      throw std::invalid_argument("duplicate route '" + r.name + "'");
-    }
+    routes_.emplace(std::piecewise_construct, std::forward_as_tuple(r.name),
+                    std::forward_as_tuple(std::make_shared<const route_policy>(r), group, &m));
   }
 }
 
@@ -96,8 +118,8 @@ void answer_now(const admission::route& r, transport& t, outcome why, priority l
 
 // How long a request may wait: max_wait, or less when the client's deadline minus the
 // expected service time comes first (zero or less: it cannot finish in time).
-duration wait_budget(const admission::route& r, const request_info& info) {
-  duration budget = r.policy.max_wait;
+duration wait_budget(const admission::route& r, const route_policy& p, const request_info& info) {
+  duration budget = p.max_wait;
   if (info.deadline) {
     budget = std::min(budget, *info.deadline - info.arrival - r.group->stats().service_time);
   }
@@ -107,7 +129,7 @@ duration wait_budget(const admission::route& r, const request_info& info) {
 // Runs the handler where `kind` says, within max_exec, and answers through `t`. Returns
 // admitted, error (the handler failed; `t` answered 500) or exec_timeout (`t` answered the
 // fallback at max_exec, and the handler was waited for: its group slot is not free before).
-outcome execute(const admission::route& r, transport& t, handler_kind kind,
+outcome execute(const admission::route& r, const route_policy& p, transport& t, handler_kind kind,
                 const request_context* ctx) noexcept {
   try {
     // Another thread or fiber carries the request's context with it.
@@ -115,11 +137,11 @@ outcome execute(const admission::route& r, transport& t, handler_kind kind,
       request_scope scope(ctx);
       return t.handle();
     };
-    if (r.policy.max_exec) {
+    if (p.max_exec) {
       boost::fibers::future<std::optional<response>> running =
           kind == handler_kind::blocking ? r.group->pool().post(call)
                                          : boost::fibers::async(boost::fibers::launch::post, call);
-      if (running.wait_for(*r.policy.max_exec) == boost::fibers::future_status::timeout) {
+      if (running.wait_for(*p.max_exec) == boost::fibers::future_status::timeout) {
         t.fallback(outcome::exec_timeout);
         running.wait();  // abandoned work still occupies the group until it really ends
         try {
@@ -144,8 +166,9 @@ outcome execute(const admission::route& r, transport& t, handler_kind kind,
 // The request holds `p` (empty in shadow mode): run it and report. The permit is returned
 // after the handler ended, whether it returned, threw or overran max_exec. `start` is now, or
 // the arrival of a request served inline at once (one clock read fewer on the cheapest path).
-void run(const admission::route& r, transport& t, handler_kind kind, permit p, priority level,
-         duration waited, const request_context& ctx, time_point start, bool on_caller) noexcept {
+void run(const admission::route& r, const route_policy& policy, transport& t, handler_kind kind,
+         permit p, priority level, duration waited, const request_context& ctx, time_point start,
+         bool on_caller) noexcept {
   if (!t.connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
     answer_now(r, t, outcome::client_gone, level, waited);
@@ -154,10 +177,10 @@ void run(const admission::route& r, transport& t, handler_kind kind, permit p, p
   outcome o;
   if (on_caller) {
     inline_request_scope scope(&ctx);
-    o = execute(r, t, kind, &ctx);
+    o = execute(r, policy, t, kind, &ctx);
   } else {
     request_scope scope(&ctx);
-    o = execute(r, t, kind, &ctx);
+    o = execute(r, policy, t, kind, &ctx);
   }
   const auto took = clock::now() - start;
   // Only requests that really ran are latency samples; an overrun says the backend is slow.
@@ -168,36 +191,45 @@ void run(const admission::route& r, transport& t, handler_kind kind, permit p, p
 
 // On a fiber: waits for a permit with the place `place` holds (none: it already has one, or
 // in shadow mode the place only stands for the queue it would have joined), then runs.
-void wait_and_run(const admission::route& r, const request_info& info, duration budget,
-                  handler_kind kind, transport& t, permit p, ticket place, bool wait) noexcept {
+void wait_and_run(const admission::route& r, const route_policy& policy, const request_info& info,
+                  duration budget, handler_kind kind, transport& t, permit p, ticket place,
+                  bool wait) noexcept {
   const request_context ctx{info.deadline};
   duration waited = duration::zero();
   if (wait) {
     const time_point until = info.arrival + budget;
-    auto got = r.group->limiter().acquire(std::move(place), info.level, until, r.policy.cost);
+    auto got = r.group->limiter().acquire(std::move(place), info.level, until, policy.cost);
     waited = clock::now() - info.arrival;
     if (got.result != outcome::admitted) {
       // A wait cut short by the client's deadline is reported as such.
-      const bool by_deadline = got.result == outcome::timeout && budget < r.policy.max_wait;
+      const bool by_deadline = got.result == outcome::timeout && budget < policy.max_wait;
       answer_now(r, t, by_deadline ? outcome::deadline : got.result, info.level, waited);
       if (got.result == outcome::timeout) r.metrics->on_late_fallback(clock::now() - until);
       return;
     }
     p = std::move(got.permit);
   }
-  run(r, t, kind, std::move(p), info.level, waited, ctx, clock::now(), false);
+  run(r, policy, t, kind, std::move(p), info.level, waited, ctx, clock::now(), false);
 }
 
 }  // namespace
 
 void admission::submit(const route& r, const request_info& info, handler_kind kind,
                        std::unique_ptr<transport> t) noexcept {
-  // 1. Decide, on the calling thread, without blocking.
+  submit(r, r.policy(), info, kind, std::move(t));
+}
+
+void admission::submit(const route& r, std::shared_ptr<const route_policy> policy,
+                       const request_info& info, handler_kind kind,
+                       std::unique_ptr<transport> t) noexcept {
+  // 1. Decide, on the calling thread, without blocking, under the one policy snapshot the
+  // request keeps to its end.
+  const route_policy& p = *policy;
   r.metrics->on_arrival(info.level);
-  const duration budget = wait_budget(r, info);
+  const duration budget = wait_budget(r, p, info);
   if (budget <= duration::zero()) return answer_now(r, *t, outcome::deadline, info.level, {});
 
-  auto admit = r.group->limiter().try_admit(r.policy.cost, info.level);
+  auto admit = r.group->limiter().try_admit(p.cost, info.level);
   using kind_t = fiber_limiter::admit_kind;
   bool wait = admit.kind == kind_t::queued;
   if (admit.kind == kind_t::shutdown) return answer_now(r, *t, outcome::shutdown, info.level, {});
@@ -209,15 +241,14 @@ void admission::submit(const route& r, const request_info& info, handler_kind ki
     wait = false;
   } else if (admit.kind == kind_t::queue_full) {
     return answer_now(r, *t, outcome::queue_full, info.level, {});
-  } else if (wait && r.policy.predictive_reject &&
-             r.group->limiter().estimate_wait(info.level) > budget) {
+  } else if (wait && p.predictive_reject && r.group->limiter().estimate_wait(info.level) > budget) {
     // The ticket gives its place back as it goes.
     return answer_now(r, *t, outcome::predicted_timeout, info.level, {});
   }
 
   // 2. A free permit and trivial code: run it here, no fiber, no hand-off.
-  if (admit.permit && kind == handler_kind::reactor && !r.policy.max_exec) {
-    run(r, *t, kind, std::move(admit.permit), info.level, duration::zero(),
+  if (admit.permit && kind == handler_kind::reactor && !p.max_exec) {
+    run(r, p, *t, kind, std::move(admit.permit), info.level, duration::zero(),
         request_context{info.deadline}, info.arrival, true);
     return;
   }
@@ -230,9 +261,9 @@ void admission::submit(const route& r, const request_info& info, handler_kind ki
   }
   transport* raw = t.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
-  unique_task task([&r, info, budget, kind, wait, t = std::move(t), p = std::move(admit.permit),
-                    place = std::move(admit.ticket)]() mutable {
-    wait_and_run(r, info, budget, kind, *t, std::move(p), std::move(place), wait);
+  unique_task task([&r, policy = std::move(policy), info, budget, kind, wait, t = std::move(t),
+                    held = std::move(admit.permit), place = std::move(admit.ticket)]() mutable {
+    wait_and_run(r, *policy, info, budget, kind, *t, std::move(held), std::move(place), wait);
   });
   if (!exec_.try_post(task)) {
     // Refused: the task still owns the request, its permit and its place; answer from here,

@@ -1,5 +1,6 @@
 #include "qos/core/group_controller.hpp"
 
+#include <cassert>
 #include <chrono>
 #include <cmath>
 
@@ -16,6 +17,28 @@ group_controller::group_controller(limiter_options options,
     : limiter_(options), algorithm_(std::move(algorithm)) {
   // Nobody waits yet: setting the limit grants no one, and its time is never read.
   if (algorithm_) limiter_.set_limit(algorithm_->limit(), time_point{}, [](waiter&) {});
+}
+
+group_controller::group_controller(limiter_options options, const limit_options& made_from,
+                                   std::unique_ptr<limit_algorithm> algorithm)
+    : group_controller(options, std::move(algorithm)) {
+  if (algorithm_) made_from_ = made_from;
+}
+
+void group_controller::reconfigure(limiter_options options,
+                                   const std::optional<limit_options>& limit,
+                                   std::unique_ptr<limit_algorithm> fresh, time_point now,
+                                   waiter_list& woken) noexcept {
+  assert(!limit || fresh || (algorithm_ && made_from_ == limit));
+  if (!limit) {
+    algorithm_.reset();
+    made_from_.reset();
+  } else if (!(algorithm_ && made_from_ == limit) && fresh) {
+    algorithm_ = std::move(fresh);
+    made_from_ = limit;
+  }
+  if (algorithm_) options.max_concurrent = algorithm_->limit();
+  limiter_.reconfigure(options, now, [&](waiter& w) { woken.push(w); });
 }
 
 void group_controller::adapt(duration rtt, bool dropped, time_point now,
@@ -38,8 +61,8 @@ duration group_controller::service_time() const noexcept {
 }
 
 group_stats group_controller::stats() const noexcept {
-  return {limiter_.in_use(), limiter_.waiting(),   limiter_.reserved(),
-          limiter_.limit(),  limiter_.max_queue(), service_time()};
+  return {limiter_.in_use(),    limiter_.waiting(), limiter_.reserved(), limiter_.limit(),
+          limiter_.max_queue(), service_time(),     adaptive()};
 }
 
 }  // namespace qos

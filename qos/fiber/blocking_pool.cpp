@@ -19,6 +19,30 @@ std::size_t blocking_pool::threads() const {
   return threads_.size();
 }
 
+std::size_t blocking_pool::max_threads() const {
+  std::lock_guard lk(mutex_);
+  return max_threads_;
+}
+
+void blocking_pool::set_max_threads(std::size_t max_threads) {
+  const std::size_t most = max_threads == 0 ? 1 : max_threads;
+  {
+    std::lock_guard lk(mutex_);
+    threads_.reserve(most);  // as in the constructor: starting one never reallocates
+    max_threads_ = most;
+    // Work queued behind a full pool would otherwise wait for a running task to end.
+    std::size_t waiting_work = queue_.size() > idle_ ? queue_.size() - idle_ : 0;
+    for (; !stopping_ && waiting_work > 0 && threads_.size() < max_threads_; --waiting_work) {
+      try {
+        threads_.emplace_back([this] { worker_main(); });
+      } catch (const std::system_error&) {
+        break;  // out of threads: the running ones take the work in turn
+      }
+    }
+  }
+  cv_.notify_all();
+}
+
 bool blocking_pool::submit(unique_task task) {
   {
     std::lock_guard lk(mutex_);

@@ -22,6 +22,30 @@ struct fiber_limiter::parked {
 fiber_limiter::fiber_limiter(limiter_options options, std::unique_ptr<limit_algorithm> algorithm)
     : ctl_(options, std::move(algorithm)) {}
 
+namespace {
+std::unique_ptr<limit_algorithm> algorithm_for(const std::optional<limit_options>& limit) {
+  return limit ? make_limit_algorithm(*limit) : nullptr;
+}
+}  // namespace
+
+fiber_limiter::fiber_limiter(limiter_options options, const std::optional<limit_options>& limit)
+    : ctl_(options, limit.value_or(limit_options{}), algorithm_for(limit)) {}
+
+void fiber_limiter::reconfigure(const limiter_options& options,
+                                const std::optional<limit_options>& limit) {
+  // Made before the lock (it allocates, and may throw); dropped unused when the running
+  // algorithm was made from the same options.
+  auto fresh = algorithm_for(limit);
+  waiter_list woken;
+  {
+    std::lock_guard lk(mutex_);
+    // The hand-off reads the time only when someone waits, as release does.
+    const time_point now = ctl_.limiter().waiting() != 0 ? clock::now() : time_point{};
+    ctl_.reconfigure(options, limit, std::move(fresh), now, woken);
+  }
+  wake_all(woken);
+}
+
 fiber_limiter::admit_result fiber_limiter::try_admit(std::uint32_t cost, priority level) noexcept {
   std::lock_guard lk(mutex_);
   if (stopping_) return {admit_kind::shutdown, {}, {}};

@@ -91,24 +91,26 @@ int auto_retry_after(const group_stats& s) {
 
 }  // namespace
 
-struct gate::http_route {
-  const admission::route* route = nullptr;
+// What one request of a route runs under, fixed on arrival: its admission policy and what the
+// edge reads and answers for it. Immutable; a reload publishes a new one (gate::apply) and
+// requests already in flight keep the one they took, so each sees one policy whole.
+struct gate::route_view {
+  route_policy policy;  // admission's: handed on as an aliasing pointer into this view
   config::priority_config priority;
   config::deadline_config deadline;
   std::array<rendered_fallback, outcome_count> fallbacks;  // by outcome, resolved by config
-  fallback_handler custom;                                 // empty: static fallbacks only
-  priority_rule priority_code;                             // empty: configured rules only
-  // The gate's access log; null: none. Atomic so that set_access_log() may come while
-  // requests run (release/acquire: a request that sees the log sees it built).
-  std::atomic<access_log*> access{nullptr};
 
-  const std::string& name() const noexcept { return route->policy.name; }
+  explicit route_view(const config::route_config& rc)
+      : policy(rc), priority(rc.priority), deadline(rc.deadline) {
+    const auto resolved = config::resolve(rc.fallback);
+    for (std::size_t i = 0; i < outcome_count; ++i) fallbacks[i] = render(resolved[i]);
+  }
 
   // A rule in code first, then the trusted raw level, then the header → level table, else
   // the route default. Unknown or malformed values are not errors: they get the default.
-  qos::priority resolve_priority(const rest::Request& req) const {
-    if (priority_code) {
-      if (auto level = priority_code(req)) return std::min(*level, max_priority);
+  qos::priority resolve_priority(const priority_rule& code, const rest::Request& req) const {
+    if (code) {
+      if (auto level = code(req)) return std::min(*level, max_priority);
     }
     const auto& headers = req.headers();
     if (priority.raw_header_trusted && !priority.raw_header.empty()) {
@@ -143,17 +145,37 @@ struct gate::http_route {
     if (!left) return std::nullopt;
     return now + *left;
   }
+};
 
-  request_info info(const rest::Request& req) const {
+struct gate::http_route {
+  const admission::route* route = nullptr;  // its group and metrics never change
+  // The view requests take on arrival; replaced whole by a reload.
+  std::atomic<std::shared_ptr<const route_view>> view;
+  fallback_handler custom;      // empty: static fallbacks only
+  priority_rule priority_code;  // empty: configured rules only
+  // How the code guarded this route, if it did (a reload reads it from another thread).
+  std::atomic<int> guarded{-1};  // -1: not guarded; else a config::guarded_as
+  // The gate's access log; null: none. Atomic so that set_access_log() may come while
+  // requests run (release/acquire: a request that sees the log sees it built).
+  std::atomic<access_log*> access{nullptr};
+
+  const std::string& name() const noexcept { return route->name(); }
+
+  std::shared_ptr<const route_view> current() const noexcept {
+    return view.load(std::memory_order_acquire);
+  }
+
+  request_info info(const route_view& v, const rest::Request& req) const {
     const auto now = clock::now();
-    return {resolve_priority(req), now, resolve_deadline(req, now)};
+    return {v.resolve_priority(priority_code, req), now, v.resolve_deadline(req, now)};
   }
 };
 
 namespace {
 
-void send_static(const gate::http_route& route, outcome why, http::ResponseWriter& w) noexcept {
-  const rendered_fallback& f = route.fallbacks[index(why)];
+void send_static(const gate::http_route& route, const gate::route_view& view, outcome why,
+                 http::ResponseWriter& w) noexcept {
+  const rendered_fallback& f = view.fallbacks[index(why)];
   try {
     if (f.retry_auto) {
       add_header(w, "Retry-After", std::to_string(auto_retry_after(route.route->group->stats())));
@@ -166,8 +188,8 @@ void send_static(const gate::http_route& route, outcome why, http::ResponseWrite
   }
 }
 
-void send_fallback(const gate::http_route& route, outcome why, const rest::Request& req,
-                   http::ResponseWriter& w) noexcept {
+void send_fallback(const gate::http_route& route, const gate::route_view& view, outcome why,
+                   const rest::Request& req, http::ResponseWriter& w) noexcept {
   try {
     add_header(w, outcome_header, std::string(to_string(why)));
   } catch (...) {
@@ -183,7 +205,7 @@ void send_fallback(const gate::http_route& route, outcome why, const rest::Reque
       logger()->warn("qos: fallback handler of route '{}' threw", route.name());
     }
   }
-  send_static(route, why, w);
+  send_static(route, view, why, w);
 }
 
 // One guarded request over Pistache: owns the writer until it is answered, and borrows the
@@ -192,9 +214,15 @@ void send_fallback(const gate::http_route& route, outcome why, const rest::Reque
 // the wrong client (Pistache 0.0.5, trap 2).
 class http_transport final : public transport {
  public:
-  http_transport(const gate::http_route& route, const handler* h, const result_handler* rh,
-                 const rest::Request& req, http::ResponseWriter writer)
-      : route_(route), handler_(h), result_handler_(rh), req_(&req), writer_(std::move(writer)) {
+  http_transport(const gate::http_route& route, std::shared_ptr<const gate::route_view> view,
+                 const handler* h, const result_handler* rh, const rest::Request& req,
+                 http::ResponseWriter writer)
+      : route_(route),
+        view_(std::move(view)),
+        handler_(h),
+        result_handler_(rh),
+        req_(&req),
+        writer_(std::move(writer)) {
     // Whether the request gets an access line is decided on arrival, and a request sampled out
     // or over the rate costs nothing more. The peer is read now, while the connection surely
     // stands: by done() the client may have read its answer and gone. The shared_ptr lives for
@@ -232,7 +260,9 @@ class http_transport final : public transport {
     }
   }
 
-  void fallback(outcome why) noexcept override { send_fallback(route_, why, *req_, writer_); }
+  void fallback(outcome why) noexcept override {
+    send_fallback(route_, *view_, why, *req_, writer_);
+  }
 
   void fail(std::exception_ptr error) noexcept override {
     try {
@@ -242,7 +272,9 @@ class http_transport final : public transport {
     } catch (...) {
       logger()->error("qos: handler of route '{}' failed", route_.name());
     }
-    if (writer_.getResponseSize() == 0) send_fallback(route_, outcome::error, *req_, writer_);
+    if (writer_.getResponseSize() == 0) {
+      send_fallback(route_, *view_, outcome::error, *req_, writer_);
+    }
   }
 
   // The access line, if the request got one on arrival: the status and size as the writer sent
@@ -276,6 +308,7 @@ class http_transport final : public transport {
   }
 
   const gate::http_route& route_;
+  const std::shared_ptr<const gate::route_view> view_;  // the policy it arrived under
   const handler* handler_;
   const result_handler* result_handler_;
   const rest::Request* req_;
@@ -294,11 +327,37 @@ gate::gate(admission& adm, const config::app_config& cfg) : adm_(adm) {
     if (state->route == nullptr) {
       throw std::invalid_argument("route '" + rc.name + "' is not known to admission");
     }
-    state->priority = rc.priority;
-    state->deadline = rc.deadline;
-    const auto fallbacks = config::resolve(rc.fallback);
-    for (std::size_t i = 0; i < outcome_count; ++i) state->fallbacks[i] = render(fallbacks[i]);
+    auto view = std::make_shared<const route_view>(rc);
+    admission::set_policy(*state->route, std::shared_ptr<const route_policy>(view, &view->policy));
+    state->view.store(std::move(view), std::memory_order_release);
     routes_.emplace(rc.name, std::move(state));
+  }
+}
+
+config::guarded_routes gate::guarded() const {
+  config::guarded_routes out;
+  for (const auto& [name, state] : routes_) {
+    const int how = state->guarded.load(std::memory_order_acquire);
+    if (how >= 0) out.emplace(name, static_cast<config::guarded_as>(how));
+  }
+  return out;
+}
+
+void gate::apply(const config::app_config& cfg) {
+  // Everything that allocates first, so that publishing cannot fail halfway.
+  std::vector<std::pair<http_route*, std::shared_ptr<const route_view>>> next;
+  for (const auto& rc : cfg.routes) {
+    auto it = routes_.find(rc.name);
+    if (it == routes_.end()) continue;  // added by the reload: nothing guards it yet
+    http_route& state = *it->second;
+    if (state.route->group->name() != rc.group) continue;  // see the contract
+    next.emplace_back(&state, std::make_shared<const route_view>(rc));
+  }
+  for (auto& [state, view] : next) {
+    // Admission's copy and the gate's are one object; either may be read first by a request
+    // that races this loop, and each request reads only one of them.
+    admission::set_policy(*state->route, std::shared_ptr<const route_policy>(view, &view->policy));
+    state->view.store(std::move(view), std::memory_order_release);
   }
 }
 
@@ -336,10 +395,14 @@ rest::Route::Handler wrap(const gate::http_route& state, admission& adm,
   // The request by reference: the transport copies it only if it leaves this thread.
   return [&state, &adm, h, rh, kind](const rest::Request& req, http::ResponseWriter writer) {
     gate::keep_alive(req, writer);
-    auto t = std::make_unique<http_transport>(state, h.get(), rh.get(), req, std::move(writer));
+    // The one read of the route's settings: this request keeps them to its end.
+    std::shared_ptr<const gate::route_view> view = state.current();
+    const gate::route_view& v = *view;
+    auto t =
+        std::make_unique<http_transport>(state, view, h.get(), rh.get(), req, std::move(writer));
     request_info info;
     try {
-      info = state.info(req);
+      info = state.info(v, req);
     } catch (...) {
       const request_report failed{.result = outcome::error};
       state.route->metrics->on_arrival(0);
@@ -348,7 +411,8 @@ rest::Route::Handler wrap(const gate::http_route& state, admission& adm,
       t->done(failed);
       return rest::Route::Result::Ok;
     }
-    adm.submit(*state.route, info, kind, std::move(t));
+    adm.submit(*state.route, std::shared_ptr<const route_policy>(std::move(view), &v.policy), info,
+               kind, std::move(t));
     return rest::Route::Result::Ok;
   };
 }
@@ -356,12 +420,14 @@ rest::Route::Handler wrap(const gate::http_route& state, admission& adm,
 }  // namespace
 
 rest::Route::Handler gate::guard(const std::string& route, handler h, handler_kind kind) {
-  const http_route& state = find(route);
-  if (state.route->policy.max_exec) {
+  http_route& state = find(route);
+  if (state.current()->policy.max_exec) {
     throw std::invalid_argument("route '" + route +
                                 "' has max_exec: guard it with guard_result, whose late result "
                                 "can be discarded");
   }
+  // A writer wins over a result handler: a route guarded both ways cannot take max_exec.
+  state.guarded.store(static_cast<int>(config::guarded_as::writer), std::memory_order_release);
   return wrap(state, adm_, std::make_shared<const handler>(std::move(h)), nullptr, kind);
 }
 
@@ -372,8 +438,11 @@ rest::Route::Handler gate::guard_result(const std::string& route, result_handler
                                 "': a result handler runs apart from its request and cannot be "
                                 "a reactor handler");
   }
-  return wrap(find(route), adm_, nullptr, std::make_shared<const result_handler>(std::move(h)),
-              kind);
+  http_route& state = find(route);
+  int none = -1;
+  state.guarded.compare_exchange_strong(none, static_cast<int>(config::guarded_as::result),
+                                        std::memory_order_acq_rel);
+  return wrap(state, adm_, nullptr, std::make_shared<const result_handler>(std::move(h)), kind);
 }
 
 rest::Route::Handler gate::plain(handler h) {

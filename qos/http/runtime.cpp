@@ -2,6 +2,9 @@
 
 #include <vector>
 
+#include "qos/config/reload_plan.hpp"
+#include "qos/ops/log.hpp"
+
 namespace qos {
 
 namespace http = Pistache::Http;
@@ -19,6 +22,7 @@ std::vector<To> sliced(const std::vector<From>& from) {
 
 runtime::runtime(config::app_config cfg, std::shared_ptr<prometheus::Registry> registry)
     : cfg_(std::move(cfg)),
+      current_(std::make_shared<const config::app_config>(cfg_)),
       metrics_(registry ? std::move(registry) : std::make_shared<prometheus::Registry>()) {
   executor_ = std::make_unique<executor>(
       executor_options{cfg_.server.fiber_threads, cfg_.server.max_pending_jobs, 64 * 1024});
@@ -43,6 +47,66 @@ runtime::~runtime() {
   // Handlers still running after the grace point into this runtime: wait for them (with no
   // limit now) rather than destroy what they use.
   executor_->stop();
+}
+
+reload_result runtime::refused(const std::string& why) {
+  metrics_.on_reload(false);
+  logger()->error("qos: config reload refused, the running config stays: {}", why);
+  return {.applied = false, .error = why};
+}
+
+reload_result runtime::reload(config::app_config next) {
+  std::lock_guard lk(reload_mutex_);
+  const auto current = current_config();
+  config::reload_plan plan;
+  try {
+    plan = config::plan_reload(*current, next, gate_->guarded());
+  } catch (const std::exception& e) {
+    return refused(e.what());
+  }
+  try {
+    // Groups before routes: a route whose cost grew must not queue behind a limit that has
+    // not grown yet.
+    for (const auto& g : plan.effective.groups) {
+      limit_group* group = admission_->find_group(g.name);
+      if (group == nullptr) continue;  // added: no route runs in it before a restart
+      const config::group_config* was = current->find_group(g.name);
+      if (was == nullptr || !(static_cast<const group_options&>(*was) == g)) {
+        group->reconfigure(g);
+      }
+    }
+    gate_->apply(plan.effective);
+  } catch (const std::exception& e) {
+    // Out of memory after some groups changed: say so rather than claim nothing did.
+    return refused(std::string("applied in part: ") + e.what());
+  }
+  current_.store(std::make_shared<const config::app_config>(std::move(plan.effective)),
+                 std::memory_order_release);
+  metrics_.on_reload(true);
+  if (plan.empty()) {
+    logger()->info("qos: config reloaded from {}: nothing changed", next.source);
+  } else {
+    logger()->info("qos: config reloaded from {}: {} change(s), {} needing a restart", next.source,
+                   plan.changes.size(), plan.restart_needed.size());
+  }
+  for (const auto& line : plan.changes) logger()->info("qos: reload: {}", line);
+  for (const auto& line : plan.restart_needed) {
+    logger()->warn("qos: reload: {} needs a restart; left unchanged", line);
+  }
+  return {.applied = true,
+          .changes = std::move(plan.changes),
+          .restart_needed = std::move(plan.restart_needed)};
+}
+
+reload_result runtime::reload_file(const std::string& path) {
+  config::app_config next;
+  try {
+    next = config::load_config(path);
+  } catch (const std::exception& e) {
+    std::lock_guard lk(reload_mutex_);
+    return refused(e.what());
+  }
+  return reload(std::move(next));
 }
 
 rest::Route::Handler runtime::metrics_handler() {

@@ -75,6 +75,8 @@ metrics_registry::families register_families(prometheus::Registry& r) {
       .group_queue_limit = add_family(BuildGauge(), r, metric::group_queue_limit),
       .group_service = add_family(BuildGauge(), r, metric::group_service_seconds),
       .build_info = add_family(BuildGauge(), r, metric::build_info),
+      .config_reloads = add_family(BuildCounter(), r, metric::config_reloads),
+      .config_last_reload = add_family(BuildGauge(), r, metric::config_last_reload),
   };
 }
 
@@ -194,8 +196,24 @@ std::uint64_t metrics_registry::route_series::late_count() const noexcept {
 }
 
 metrics_registry::metrics_registry(std::shared_ptr<prometheus::Registry> registry)
-    : registry_(std::move(registry)), families_(register_families(*registry_)) {
+    : registry_(std::move(registry)),
+      families_(register_families(*registry_)),
+      reloads_ok_(families_.config_reloads->Add({{"result", "ok"}})),
+      reloads_error_(families_.config_reloads->Add({{"result", "error"}})),
+      last_reload_(families_.config_last_reload->Add({})) {
   families_.build_info->Add({{"version", std::string(version())}}).Set(1);
+}
+
+void metrics_registry::on_reload(bool ok) noexcept {
+  (ok ? reloads_ok_ : reloads_error_).Increment();
+  if (ok) {
+    const auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    last_reload_.Set(std::chrono::duration<double>(since_epoch).count());
+  }
+}
+
+std::uint64_t metrics_registry::reloads(bool ok) const noexcept {
+  return static_cast<std::uint64_t>((ok ? reloads_ok_ : reloads_error_).Value());
 }
 
 metrics_registry::metrics_registry() : metrics_registry(std::make_shared<prometheus::Registry>()) {}
@@ -285,7 +303,8 @@ void metrics_registry::tick(admission& adm) {
     s.last_total = total;
     group_stats st;
     if (auto* g = adm.find_group(group)) st = g->stats();
-    if (s.last_limit != 0 && st.limit != s.last_limit) {
+    // Only an adaptive limit moves by itself; a reload logs its own changes.
+    if (st.adaptive && s.last_limit != 0 && st.limit != s.last_limit) {
       logger()->info("qos: group '{}' limit {} -> {} (in use {}, waiting {}, service {:.1f} ms)",
                      group, s.last_limit, st.limit, st.in_use, st.waiting + st.reserved,
                      std::chrono::duration<double, std::milli>(st.service_time).count());

@@ -6,6 +6,7 @@
 // answer. Thread-safe after construction.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -24,19 +25,27 @@
 
 namespace qos {
 
-// One limit group: its limiter and the blocking pool its blocking handlers run on.
+// One limit group: its limiter and the blocking pool its blocking handlers run on. Pinned:
+// routes point at it for the admission's life, across reloads.
 class limit_group {
  public:
   explicit limit_group(const group_options& options);
-  const std::string& name() const noexcept { return options_.name; }
-  const group_options& options() const noexcept { return options_; }
-  bool shadow() const noexcept { return options_.shadow; }
+  const std::string& name() const noexcept { return name_; }
+  bool shadow() const noexcept { return shadow_.load(std::memory_order_relaxed); }
   fiber_limiter& limiter() noexcept { return limiter_; }
   blocking_pool& pool() noexcept { return pool_; }
   group_stats stats() const noexcept { return limiter_.stats(); }
 
+  // Applies `options` (validated; same name) while requests wait and run: the pool may start
+  // as many threads as the new limit can admit, then the limiter changes under its lock
+  // (fiber_limiter::reconfigure: nobody parked is dropped, no permit revoked), then shadow.
+  // Throws std::bad_alloc (the pool's size may have grown already: harmless).
+  void reconfigure(const group_options& options);
+
  private:
-  group_options options_;
+  const std::string name_;
+  // Read once per request without a lock; a request that raced a reload sees either value.
+  std::atomic<bool> shadow_;
   fiber_limiter limiter_;
   blocking_pool pool_;
 };
@@ -50,11 +59,31 @@ struct request_info {
 
 class admission {
  public:
-  // A route as admission runs it: its policy, its group and where it reports.
-  struct route {
-    route_policy policy;
-    limit_group* group;
-    route_metrics* metrics;
+  // A route as admission runs it. Pinned (find_route's pointer stays valid for the
+  // admission's life). Its group and metrics never change; its policy is an immutable
+  // snapshot that a reload replaces whole (set_policy). A request reads the policy once, on
+  // arrival, and keeps that snapshot to its end: it sees the old policy or the new one, never
+  // a mix.
+  class route {
+   public:
+    route(std::shared_ptr<const route_policy> policy, limit_group* group, route_metrics* metrics);
+    route(const route&) = delete;
+    route& operator=(const route&) = delete;
+
+    // The policy in force now: one atomic load (and a reference count), no lock of our own.
+    std::shared_ptr<const route_policy> policy() const noexcept {
+      return policy_.load(std::memory_order_acquire);
+    }
+    const std::string& name() const noexcept { return name_; }
+
+    limit_group* const group;
+    route_metrics* const metrics;
+
+   private:
+    friend class admission;
+    const std::string name_;
+    // The one mutable part of a route: written by set_policy, read by every request.
+    mutable std::atomic<std::shared_ptr<const route_policy>> policy_;
   };
 
   // Validates every group and route (invalid_option) and throws std::invalid_argument for an
@@ -75,6 +104,15 @@ class admission {
   // max_wait, or less when the client's deadline minus the expected service time comes first.
   void submit(const route& r, const request_info& info, handler_kind kind,
               std::unique_ptr<transport> t) noexcept;
+  // The same under `policy`, a snapshot of r's policy the caller took on arrival (the HTTP
+  // gate takes one with its own settings of the route, so that both come from one reload).
+  // Kept alive until the request ends.
+  void submit(const route& r, std::shared_ptr<const route_policy> policy, const request_info& info,
+              handler_kind kind, std::unique_ptr<transport> t) noexcept;
+
+  // Publishes `policy` (validated against r's group; same name and group) for requests that
+  // arrive from now on; requests already in flight finish under the snapshot they took.
+  static void set_policy(const route& r, std::shared_ptr<const route_policy> policy) noexcept;
 
   // Wakes every waiter with `shutdown` and refuses new requests. Running handlers go on.
   void shutdown() noexcept;

@@ -50,6 +50,8 @@ struct group_options {
   std::size_t blocking_threads = 0;  // 0: the most permits the group may ever hand out
   bool shadow = false;               // count decisions, let everything through
 
+  bool operator==(const group_options&) const = default;
+
   // The most permit units the group can ever hand out at once.
   std::size_t most_permits() const noexcept {
     return limit ? std::max(limit->max, limiter.max_concurrent) : limiter.max_concurrent;
@@ -66,6 +68,8 @@ struct route_policy {
   // held until the handler really ends, and its late result is discarded. Needs a handler
   // that returns its response rather than writing it. > 0, <= bounds::longest.
   std::optional<duration> max_exec{};
+
+  bool operator==(const route_policy&) const = default;
 };
 
 // A setting out of range. key() is its path within the group or route, in YAML spelling

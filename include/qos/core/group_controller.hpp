@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 
 #include "qos/core/clock.hpp"
 #include "qos/core/limit_algorithm.hpp"
@@ -22,6 +23,7 @@ struct group_stats {
   std::size_t limit = 0;     // the limit now (an adaptive limit moves it)
   std::size_t max_queue = 0;
   duration service_time{};  // average time a permit is held (zero: no sample yet)
+  bool adaptive = false;    // an algorithm moves the limit
 };
 
 class group_controller {
@@ -30,6 +32,10 @@ class group_controller {
   // stays options.max_concurrent.
   explicit group_controller(limiter_options options,
                             std::unique_ptr<limit_algorithm> algorithm = nullptr);
+  // The same, remembering the options `algorithm` was made from, so that a reconfigure() with
+  // the same options keeps it.
+  group_controller(limiter_options options, const limit_options& made_from,
+                   std::unique_ptr<limit_algorithm> algorithm);
   group_controller(const group_controller&) = delete;
   group_controller& operator=(const group_controller&) = delete;
 
@@ -46,6 +52,18 @@ class group_controller {
     service_ns_ = service_ns_ == 0 ? ns : service_ns_ + ewma_alpha * (ns - service_ns_);
     if (algorithm_) adapt(rtt, dropped, now, woken);
   }
+
+  // Applies new settings (a config reload): `options` to the limiter (limiter::reconfigure:
+  // nobody queued is dropped, no held unit revoked) and the limit policy. `limit` absent: a
+  // fixed limit of options.max_concurrent. `limit` equal to the options the running algorithm
+  // was made from: the algorithm goes on, with what it has learnt, and sets the limit.
+  // Otherwise (another algorithm or other parameters, or fixed to adaptive) `fresh`, made from
+  // `limit` by the caller, replaces it and the limit restarts at limit->initial, as at startup.
+  // The service-time average is kept: it measures the backend, not the settings. Waiters a
+  // raised limit grants are pushed to `woken`.
+  void reconfigure(limiter_options options, const std::optional<limit_options>& limit,
+                   std::unique_ptr<limit_algorithm> fresh, time_point now,
+                   waiter_list& woken) noexcept;
 
   // Expected wait of a request at `level` that holds a ticket now: the waiters at its level or
   // above and every ticket (its own included) leave at limit / service time per second
@@ -64,7 +82,8 @@ class group_controller {
 
   qos::limiter limiter_;
   std::unique_ptr<limit_algorithm> algorithm_;
-  double service_ns_ = 0;  // EWMA of served rtt; 0: no sample yet
+  std::optional<limit_options> made_from_;  // what algorithm_ was made from, when known
+  double service_ns_ = 0;                   // EWMA of served rtt; 0: no sample yet
 };
 
 }  // namespace qos

@@ -45,6 +45,8 @@ struct limit_options {
   std::size_t long_window = 600;  // >= 1: windows in the long-term rtt average
   // gradient2, vegas
   duration probe_interval = std::chrono::seconds(10);  // > 0: how often no-load rtt is measured
+
+  bool operator==(const limit_options&) const = default;
 };
 
 class limit_algorithm {

@@ -107,6 +107,8 @@ struct limiter_options {
   // take one unit when nothing else is out.) Zero: off.
   std::size_t reserve = 0;
   priority reserve_level = max_priority;
+
+  bool operator==(const limiter_options&) const = default;
 };
 
 // What a request asks for when it queues.
@@ -150,6 +152,16 @@ class limiter {
   // lowering it lets the excess drain as permits come back.
   template <class OnChange>
   void set_limit(std::size_t limit, time_point now, OnChange&& on_change);
+
+  // Replaces every option at once (a config reload); options.max_concurrent becomes the limit.
+  // Nothing already decided is undone: waiters keep their place, level and cost (a lowered
+  // max_queue only refuses newcomers), held units stay held (a lowered limit takes effect as
+  // they come back) and reservations stay valid. Units a raised limit (or a smaller reserve)
+  // frees go to waiters in order at once, by the new discipline, reported to on_change. The
+  // standing-queue clocks carry over, so a switch to codel or adaptive_lifo judges a queue
+  // that already stands as standing.
+  template <class OnChange>
+  void reconfigure(const limiter_options& options, time_point now, OnChange&& on_change);
 
   // Takes a waiting `w` out of the queue as `final_state` (expired or cancelled) and returns
   // true. Returns false when `w` is no longer waiting: granted at the same instant, its owner
@@ -225,6 +237,17 @@ template <class OnChange>
 void limiter::set_limit(std::size_t limit, time_point now, OnChange&& on_change) {
   limit_ = limit == 0 ? 1 : limit;
   dispatch(now, on_change);
+}
+
+template <class OnChange>
+void limiter::reconfigure(const limiter_options& options, time_point now, OnChange&& on_change) {
+  assert(options.max_concurrent > 0);
+  assert(options.max_queue > 0);
+  options_ = options;
+  limit_ = options.max_concurrent;
+  // Only a free unit is handed out. Without one, dispatch would still let CoDel shed a
+  // standing queue here; a reload is no hand-off and must drop nobody.
+  if (in_use_ < limit_) dispatch(now, on_change);
 }
 
 template <class OnChange>

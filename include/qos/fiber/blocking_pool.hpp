@@ -39,16 +39,20 @@ class blocking_pool {
 
   // Finishes queued work, then joins the threads. Idempotent.
   void stop();
-  // Threads started so far (never more than max_threads).
+  // Threads started so far (never more than max_threads, unless it was lowered since).
   std::size_t threads() const;
-  std::size_t max_threads() const noexcept { return max_threads_; }
+  std::size_t max_threads() const;
+  // Changes how many threads the pool may start (a config reload; 0 counts as 1). Raising it
+  // lets queued work start at once; lowering it starts no more threads but stops none: the
+  // ones started stay until stop(). Throws std::bad_alloc (changing nothing).
+  void set_max_threads(std::size_t max_threads);
 
  private:
   bool submit(unique_task task);
   void worker_main();
 
-  const std::size_t max_threads_;
   mutable std::mutex mutex_;
+  std::size_t max_threads_;  // guarded by mutex_
   std::condition_variable cv_;
   std::deque<unique_task> queue_;     // guarded by mutex_
   std::size_t idle_ = 0;              // threads waiting for work; guarded by mutex_

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "qos/core/clock.hpp"
 #include "qos/core/group_controller.hpp"
@@ -33,6 +34,9 @@ class fiber_limiter final : public permit_source, public ticket_source {
 
   explicit fiber_limiter(limiter_options options,
                          std::unique_ptr<limit_algorithm> algorithm = nullptr);
+  // With `limit`, an adaptive limit made from it (make_limit_algorithm, which throws
+  // std::invalid_argument for options out of range); without, options.max_concurrent, fixed.
+  fiber_limiter(limiter_options options, const std::optional<limit_options>& limit);
   fiber_limiter(const fiber_limiter&) = delete;
   fiber_limiter& operator=(const fiber_limiter&) = delete;
 
@@ -50,6 +54,12 @@ class fiber_limiter final : public permit_source, public ticket_source {
   // A served request held its permit for `rtt`; call it before returning the permit.
   void on_served(duration rtt, bool dropped) noexcept;
   duration estimate_wait(priority level) const noexcept;
+
+  // Applies new settings while requests wait and run (a config reload; see
+  // group_controller::reconfigure): parked fibers keep their place, a raised limit wakes as
+  // many as it admits, a lowered one revokes nothing. Throws std::invalid_argument (and changes
+  // nothing) when `limit` is out of range. After shutdown() only the settings change.
+  void reconfigure(const limiter_options& options, const std::optional<limit_options>& limit);
 
   // Wakes every waiter with `shutdown` and refuses later admissions. Idempotent.
   void shutdown() noexcept;

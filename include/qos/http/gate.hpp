@@ -2,7 +2,8 @@
 // (which decides, waits, runs and answers), and implements admission's transport over a
 // Pistache request and writer. Wrapped handlers run on the reactor thread, never block and
 // never throw. Thread-safe after construction; guard(), on_fallback(), on_priority() are for
-// setup time.
+// setup time. A route's settings (admission policy, priority and deadline rules, fallbacks)
+// are one immutable view that apply() replaces whole: a request reads it once, on arrival.
 #pragma once
 
 #include <functional>
@@ -19,6 +20,7 @@
 #include "qos/admission/request_context.hpp"  // remaining_budget(), for handlers
 #include "qos/admission/transport.hpp"
 #include "qos/config/config.hpp"
+#include "qos/config/reload_plan.hpp"
 #include "qos/core/outcome.hpp"
 
 namespace qos {
@@ -88,6 +90,16 @@ class gate {
   // request the gate serves. Thread-safe.
   void set_access_log(access_log* log) noexcept;
 
+  // The routes the code guards, and how (for config::plan_reload).
+  config::guarded_routes guarded() const;
+  // Publishes the settings of `cfg` (validated; see config::plan_reload) for every route the
+  // gate knows, as one view per route, to requests arriving from now on; requests in flight
+  // finish under the view they took. Routes the gate does not know are ignored (nothing can
+  // guard them before a restart), and so is a route whose group differs from the one it runs
+  // in. Throws std::bad_alloc before publishing anything. Thread-safe against requests;
+  // callers serialise apply() calls.
+  void apply(const config::app_config& cfg);
+
   // Registers a route for every HTTP method once, so that Router never inserts into its method
   // map while reactors read it (a data race in Pistache 0.0.5).
   static void prime_router(Pistache::Rest::Router& router);
@@ -96,6 +108,7 @@ class gate {
   // header, which makes clients reconnect every time. Restores keep-alive on the writer.
   static void keep_alive(const Pistache::Http::Request& req, Pistache::Http::ResponseWriter& w);
 
+  struct route_view;
   struct http_route;
 
  private:

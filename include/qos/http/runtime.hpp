@@ -5,13 +5,39 @@
 // leaves the process's loggers alone (the access log, when the config enables it, writes
 // through a logger of its own). Setup (gate().guard..., prime) before the endpoint
 // serves; then thread-safe.
+//
+// Reload (reload(), reload_file()): applies a new config while serving, without dropping a
+// request. The contract:
+//  - All or nothing: a config that fails validation, or asks for a change a reload cannot
+//    make (removing a route the code guards; max_exec for a handler guarded with guard()),
+//    changes nothing; the result carries the loader's "file:line:col: key: message".
+//  - Each request runs under one policy, the old or the new, never a mix: a route's settings
+//    (max_wait, max_exec, cost, predictive_reject, priority and deadline rules, fallbacks)
+//    are one immutable snapshot, replaced whole and read once when the request arrives.
+//  - Group settings (limit, fixed or adaptive, max_queue, queue discipline, aging, reserve,
+//    shadow, blocking_threads) change under the group's lock, between two decisions. Parked
+//    requests stay parked, in order. A raised limit admits as many waiters as it adds
+//    permits, at once; a lowered one revokes nothing: running handlers finish, and the new
+//    limit holds once enough permits came back. A lowered max_queue sheds nobody already
+//    queued; only newcomers meet it. A waiter whose cost exceeds a lowered limit waits until
+//    its max_wait.
+//  - Settings that need a restart (server.*, logging.*, a route's group; see
+//    config/reload_plan.hpp) keep their running values and are listed in restart_needed.
+//  - Reloads serialise; any thread may ask, while requests run. A reload waits for no
+//    request: it takes each group's lock briefly, like one permit release.
+//  - Each reload is logged once through qos::logger() (a line per change) and counted in
+//    qos_config_reloads_total{result="ok"|"error"}; an applied one also sets
+//    qos_config_last_reload_success_timestamp_seconds.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <pistache/router.h>
 #include <prometheus/registry.h>
@@ -24,6 +50,14 @@
 #include "qos/ops/metrics_registry.hpp"
 
 namespace qos {
+
+// What a reload did.
+struct reload_result {
+  bool applied = false;
+  std::string error{};  // when not applied: why, as "<file>:<line>:<column>: <key>: <message>"
+  std::vector<std::string> changes{};         // one line per setting now in force, "group db: ..."
+  std::vector<std::string> restart_needed{};  // changed in the file, left as they were
+};
 
 class runtime {
  public:
@@ -44,7 +78,20 @@ class runtime {
   qos::access_log* access_log() noexcept { return access_log_.get(); }
   qos::admission& admission() noexcept { return *admission_; }
   metrics_registry& metrics() noexcept { return metrics_; }
+  // The config the runtime started with; what a restart-needed setting still reads.
   const config::app_config& config() const noexcept { return cfg_; }
+  // The config in force now: the one started with, then each applied reload's (with the
+  // restart-needed settings kept as they were).
+  std::shared_ptr<const config::app_config> current_config() const noexcept {
+    return current_.load(std::memory_order_acquire);
+  }
+
+  // Applies `next` (see the contract at the top of this file). Never throws for a bad config:
+  // the result says why it was refused.
+  reload_result reload(config::app_config next);
+  // Loads `path` with config::load_config (so errors name the file's line, column and key),
+  // then reload(). A file that cannot be read or parsed is an error like any other.
+  reload_result reload_file(const std::string& path);
 
   // Registers a route for every HTTP method on `router` once, so that Pistache 0.0.5's Router
   // never inserts into its method map while reactors read it (a data race). Call it on your
@@ -63,7 +110,11 @@ class runtime {
  private:
   void monitor_main();
 
+  reload_result refused(const std::string& why);
+
   config::app_config cfg_;
+  std::atomic<std::shared_ptr<const config::app_config>> current_;
+  std::mutex reload_mutex_;  // serialises reloads
   metrics_registry metrics_;
   std::unique_ptr<executor> executor_;
   std::unique_ptr<qos::admission> admission_;

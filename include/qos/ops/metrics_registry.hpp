@@ -46,6 +46,8 @@ enum class metric : std::uint8_t {
   group_queue_limit,      // gauge {group}
   group_service_seconds,  // gauge {group}
   build_info,             // gauge {version}, always 1
+  config_reloads,         // counter {result}: "ok" or "error"
+  config_last_reload,     // gauge, no labels: Unix time of the last applied reload
 };
 
 struct metric_traits {
@@ -54,7 +56,7 @@ struct metric_traits {
   std::string_view help;  // written as is: prometheus-cpp 1.0 escapes no '\\' or newline in HELP
 };
 
-inline constexpr std::array<metric_traits, 12> metric_table{{
+inline constexpr std::array<metric_traits, 14> metric_table{{
     {metric::requests_arrived, "qos_requests_arrived_total",
      "Guarded requests that reached admission, by priority level."},
     {metric::requests, "qos_requests_total",
@@ -76,6 +78,11 @@ inline constexpr std::array<metric_traits, 12> metric_table{{
     {metric::group_service_seconds, "qos_group_service_seconds",
      "Average time a permit is held (over about the last 20 requests; 0 before the first)."},
     {metric::build_info, "qos_build_info", "The qos version these metrics come from; always 1."},
+    {metric::config_reloads, "qos_config_reloads_total",
+     "Config reloads asked for, by result: ok (applied) or error (refused; the running config "
+     "stayed)."},
+    {metric::config_last_reload, "qos_config_last_reload_success_timestamp_seconds",
+     "Unix time of the last config reload that was applied (0: none since start)."},
 }};
 
 constexpr const metric_traits& traits(metric m) noexcept {
@@ -144,6 +151,8 @@ class metrics_registry final : public metrics_sink {
     prometheus::Family<prometheus::Gauge>* group_queue_limit;
     prometheus::Family<prometheus::Gauge>* group_service;
     prometheus::Family<prometheus::Gauge>* build_info;
+    prometheus::Family<prometheus::Counter>* config_reloads;
+    prometheus::Family<prometheus::Gauge>* config_last_reload;
   };
 
   // One route's series. The histograms and shadow counters exist from route(); the counters of
@@ -224,6 +233,12 @@ class metrics_registry final : public metrics_sink {
   // note when an adaptive limit moved since the last tick. Calls refresh(adm).
   void tick(admission& adm);
 
+  // Counts one config reload: applied (`ok`, which also sets the time of the last one to now)
+  // or refused. Thread-safe; no lock.
+  void on_reload(bool ok) noexcept;
+  // qos_config_reloads_total{result="ok"} or {result="error"}.
+  std::uint64_t reloads(bool ok) const noexcept;
+
   // The series of a route, or null when no route of that name was registered.
   const route_series* find(std::string_view route) const;
   // Every route's series, by name.
@@ -253,6 +268,9 @@ class metrics_registry final : public metrics_sink {
 
   const std::shared_ptr<prometheus::Registry> registry_;
   const families families_;
+  prometheus::Counter& reloads_ok_;
+  prometheus::Counter& reloads_error_;
+  prometheus::Gauge& last_reload_;
 
   mutable std::mutex mutex_;         // guards everything below; reports never take it
   std::deque<route_series> routes_;  // deque: stable addresses

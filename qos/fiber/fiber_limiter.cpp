@@ -164,4 +164,13 @@ group_stats fiber_limiter::stats() const noexcept {
   return ctl_.stats();
 }
 
+std::array<std::size_t, priority_levels> fiber_limiter::waiting_by_level() const noexcept {
+  std::array<std::size_t, priority_levels> out{};
+  std::lock_guard lk(mutex_);
+  for (int l = 0; l < priority_levels; ++l) {
+    out[static_cast<std::size_t>(l)] = ctl_.limiter().waiting_at(static_cast<priority>(l));
+  }
+  return out;
+}
+
 }  // namespace qos

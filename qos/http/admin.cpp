@@ -209,8 +209,19 @@ std::string admin::status_json() const {
     append_number(out, std::uint64_t{s.max_queue});
     append(out, ",\"service_time_ms\":");
     append_number(out, std::chrono::duration<double, std::milli>(s.service_time).count());
-    append(out, ",\"adaptive\":");
-    append(out, g->options().limit ? "true" : "false");
+    append(out, ",\"waiting_by_level\":{");
+    const auto by_level = g->limiter().waiting_by_level();
+    bool first_level = true;
+    for (std::size_t l = 0; l < by_level.size(); ++l) {
+      if (by_level[l] == 0) continue;
+      if (!first_level) append(out, ",");
+      first_level = false;
+      append_string(out, std::to_string(l));
+      append(out, ":");
+      append_number(out, std::uint64_t{by_level[l]});
+    }
+    append(out, "},\"adaptive\":");
+    append(out, s.adaptive ? "true" : "false");
     append(out, ",\"shadow\":");
     append(out, g->shadow() ? "true" : "false");
     append(out, ",\"shedding\":");

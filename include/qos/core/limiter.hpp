@@ -180,6 +180,10 @@ class limiter {
 
   // Waiters a newcomer at `level` would queue behind (same level or higher, aging aside).
   std::size_t waiting_at_or_above(priority level) const noexcept;
+  // Requests queued at exactly `level`.
+  std::size_t waiting_at(priority level) const noexcept {
+    return levels_[static_cast<std::size_t>(level)].count;
+  }
 
   std::size_t in_use() const noexcept { return in_use_; }
   std::size_t waiting() const noexcept { return waiting_; }

@@ -3,6 +3,7 @@
 // Reactor threads use the non-blocking try_admit; fibers use acquire. Thread-safe.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -65,6 +66,8 @@ class fiber_limiter final : public permit_source, public ticket_source {
   void shutdown() noexcept;
 
   group_stats stats() const noexcept;
+  // Requests queued at each priority level (the admin status; takes the lock once).
+  std::array<std::size_t, priority_levels> waiting_by_level() const noexcept;
   void release_permit(std::uint32_t units) noexcept override;
   void cancel_ticket() noexcept override;
 

@@ -642,7 +642,9 @@ access_log_config parse_access_log(const field& f) {
     out.sample = read_number(*v);
     if (!(out.sample > 0 && out.sample <= 1)) v->fail("must be in (0, 1], got " + v->node.Scalar());
   }
-  if (auto v = map.get("max_per_second")) out.max_per_second = read_count(*v, 0);
+  // A line costs about a microsecond to format and write: past a million a second the bucket
+  // limits nothing one logger can write, and 0 already means no limit.
+  if (auto v = map.get("max_per_second")) out.max_per_second = read_count(*v, 0, 1'000'000);
   return out;
 }
 

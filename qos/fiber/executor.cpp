@@ -21,13 +21,23 @@ executor::executor(executor_options options)
       started_(static_cast<std::ptrdiff_t>(options.threads == 0 ? 1 : options.threads)) {
   if (options_.threads == 0) options_.threads = 1;
   threads_.reserve(options_.threads);
-  for (std::size_t i = 0; i < options_.threads; ++i) {
-    threads_.emplace_back([this] {
-      // suspend = true: an idle worker sleeps instead of spinning (measured 1.6 cores burnt).
-      boost::fibers::use_scheduling_algorithm<boost::fibers::algo::shared_work>(true);
-      started_.count_down();
-      worker_main();
-    });
+  try {
+    for (std::size_t i = 0; i < options_.threads; ++i) {
+      threads_.emplace_back([this] {
+        // suspend = true: an idle worker sleeps instead of spinning (measured 1.6 cores burnt).
+        boost::fibers::use_scheduling_algorithm<boost::fibers::algo::shared_work>(true);
+        started_.count_down();
+        worker_main();
+      });
+    }
+  } catch (...) {
+    // The kernel refused a thread (std::system_error) part-way. The ones started wait on the
+    // inbox: closing it ends them (no job was posted), and they must be joined before the
+    // members they use go, or std::thread's destructor calls std::terminate. The caller gets
+    // the failure, not an abort.
+    inbox_.close();
+    for (auto& t : threads_) t.join();
+    throw;
   }
   // Every worker has its scheduler before the first job arrives.
   started_.wait();

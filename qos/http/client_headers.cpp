@@ -53,9 +53,11 @@ std::optional<duration> parse_grpc_timeout(std::string_view v) noexcept {
 }
 
 std::optional<priority> parse_priority_level(std::string_view v) noexcept {
-  int level = -1;
+  // Unsigned: std::from_chars then takes digits only. Into an int it reads a sign, and "-0" is
+  // a valid int that would pass the range check.
+  unsigned level = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), level);
-  if (ec != std::errc{} || end != v.data() + v.size() || level < 0 || level > max_priority) {
+  if (ec != std::errc{} || end != v.data() + v.size() || level > max_priority) {
     return std::nullopt;
   }
   return static_cast<priority>(level);

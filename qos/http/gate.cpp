@@ -457,6 +457,14 @@ void gate::keep_alive(const http::Request& req, http::ResponseWriter& w) {
   if (req.version() != http::Version::Http11) return;
   auto asked = req.headers().tryGet<http::Header::Connection>();
   if (asked && asked->control() == http::ConnectionControl::Close) return;
+  // Only Pistache's own `Close` is replaced. The connection layer labels every writer itself
+  // and may learn after the handler started that this response is the connection's last (more
+  // pipelined bytes than it holds): a label that says keep-alive, or a header of its own
+  // making (untyped lookup: a typed one would cast it blindly), is its word, left as it is.
+  if (auto have = w.headers().tryGet(http::Header::Connection::Name)) {
+    const auto* typed = dynamic_cast<const http::Header::Connection*>(have.get());
+    if (typed == nullptr || typed->control() != http::ConnectionControl::Close) return;
+  }
   w.headers().remove<http::Header::Connection>();
   w.headers().add<http::Header::Connection>(http::ConnectionControl::KeepAlive);
 }

@@ -73,11 +73,7 @@ void priority_level(std::string_view text) {
   require(*level <= qos::max_priority, "priority above max_priority", text);
   require(qos::detail::parse_priority_level(std::to_string(*level)) == level,
           "priority does not read back", text);
-  // Known: std::from_chars reads "-0" (and "-00"...) as 0, so those give level 0. Harmless (0
-  // is the lowest level, what a client gets anyway) but not "decimal digits only"; allowed
-  // here until parse_priority_level refuses a sign.
-  const std::string_view digits = text.substr(text.rfind('-', 0) == 0 && *level == 0 ? 1 : 0);
-  require(!digits.empty() && digits.find_first_not_of("0123456789") == std::string_view::npos,
+  require(!text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos,
           "priority accepted a non-digit", text);
 }
 

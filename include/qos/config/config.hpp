@@ -102,7 +102,7 @@ enum class log_sink : std::uint8_t { standard_error, standard_output };
 struct access_log_config {
   bool enabled = false;
   double sample = 1.0;             // fraction of requests logged, in (0, 1]
-  std::size_t max_per_second = 0;  // most lines per second (a token bucket); 0: unlimited
+  std::size_t max_per_second = 0;  // lines per second, <= 10^6 (a token bucket); 0: unlimited
 
   friend bool operator==(const access_log_config&, const access_log_config&) = default;
 };

@@ -361,6 +361,9 @@ TEST(config_load, logging_keys_default_and_load) {
       std::string(minimal));
   EXPECT_EQ(edges.logging.access_log.sample, 1.0);
   EXPECT_EQ(edges.logging.access_log.max_per_second, 0u);
+  const app_config top = load_config_string("logging: {access_log: {max_per_second: 1000000}}\n" +
+                                            std::string(minimal));
+  EXPECT_EQ(top.logging.access_log.max_per_second, 1000000u);
 }
 
 TEST(config_load, blocking_threads_equal_to_max_concurrent_is_fine) {
@@ -1363,6 +1366,14 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"access_log_max_per_second_negative",
                  "logging:\n  access_log:\n    max_per_second: -1\n" + std::string(minimal), 3, 21,
                  "logging.access_log.max_per_second", "must be >= 0, got -1"},
+        bad_case{"access_log_max_per_second_above_bound",
+                 "logging:\n  access_log:\n    max_per_second: 1000001\n" + std::string(minimal), 3,
+                 21, "logging.access_log.max_per_second", "must be <= 1000000, got 1000001"},
+        bad_case{"access_log_max_per_second_huge",
+                 "logging:\n  access_log: {max_per_second: 9223372036854775807}\n" +
+                     std::string(minimal),
+                 2, 32, "logging.access_log.max_per_second",
+                 "must be <= 1000000, got 9223372036854775807"},
         bad_case{"access_log_max_per_second_float",
                  "logging:\n  access_log:\n    max_per_second: 2.5\n" + std::string(minimal), 3, 21,
                  "logging.access_log.max_per_second", "expected an integer"},

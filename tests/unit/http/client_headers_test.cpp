@@ -47,7 +47,9 @@ TEST(client_headers_test, timeout_header_reads_durations_and_saturates) {
 TEST(client_headers_test, priority_level_is_a_plain_decimal_in_range) {
   EXPECT_EQ(parse_priority_level("0"), std::optional<priority>(0));
   EXPECT_EQ(parse_priority_level("15"), std::optional<priority>(15));
-  for (const char* bad : {"16", "-1", "", "3 ", "0x3", "99999999999999999999"}) {
+  // A sign is not a digit, not even in front of a zero.
+  for (const char* bad :
+       {"16", "-1", "-0", "-00", "+0", "+1", "", "-", "3 ", " 3", "0x3", "99999999999999999999"}) {
     SCOPED_TRACE(bad);
     EXPECT_EQ(parse_priority_level(bad), std::nullopt);
   }

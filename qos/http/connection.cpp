@@ -180,6 +180,29 @@ struct connection_handler::connection {
   std::uint64_t flight_id = 0;
   std::atomic<std::uint8_t> flight{idle};
   std::atomic<bool> wrote{false};  // the flight's response head went out
+  // The flight's response is the connection's last (close_after, or an overflow while it ran):
+  // read by its Connection header when the head is serialized, on whatever thread answers.
+  std::atomic<bool> last{false};
+};
+
+// The Connection header of every writer handed on: says `close` when the response is the
+// connection's last as it is serialized, so an overflow that comes while the handler runs still
+// labels the answer before the close. A Header::Connection, so typed lookups stay sound; its
+// control() is the label at dispatch.
+struct connection_label final : http::Header::Connection {
+  explicit connection_label(std::shared_ptr<connection_handler::connection> c)
+      : http::Header::Connection(c->last.load(std::memory_order_relaxed)
+                                     ? http::ConnectionControl::Close
+                                     : http::ConnectionControl::KeepAlive),
+        conn(std::move(c)) {}
+  void write(std::ostream& os) const override {
+    // Pistache's own words ("Close", "Keep-Alive").
+    http::Header::Connection(conn->last.load(std::memory_order_acquire)
+                                 ? http::ConnectionControl::Close
+                                 : http::ConnectionControl::KeepAlive)
+        .write(os);
+  }
+  const std::shared_ptr<connection_handler::connection> conn;
 };
 
 // Rides in the writer of every request handed on, as its Date header: Pistache calls write()
@@ -304,6 +327,7 @@ void connection_handler::onInput(const char* buffer, std::size_t len,
       // More than we hold for later. Never a silent drop: the response in progress is the
       // last; the client sees the close and retries the requests it sent after it.
       c->overflow = true;
+      c->last.store(true, std::memory_order_release);
     } else {
       c->in.append(buffer, len);
     }
@@ -447,8 +471,8 @@ bool connection_handler::dispatch(const std::shared_ptr<connection>& c) {
     }
   }
   http::ResponseWriter writer(request.version(), transport(), this, peer);
-  writer.headers().add<http::Header::Connection>(
-      c->close_after ? http::ConnectionControl::Close : http::ConnectionControl::KeepAlive);
+  c->last.store(c->close_after, std::memory_order_relaxed);
+  writer.headers().add(std::make_shared<connection_label>(c));
   const std::uint64_t id = ++c->flight_id;
   writer.headers().add(std::make_shared<connection_sentinel>(c, id));
   c->wrote.store(false, std::memory_order_relaxed);

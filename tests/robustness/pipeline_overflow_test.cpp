@@ -24,12 +24,9 @@ std::string connection_header(const wire::parsed_response& r) {
 
 // The handler of the request in flight sleeps 500 ms: the 1.5 MiB behind it arrive, and
 // overflow what the server holds, long before it answers.
-//
-// Disabled until the connection layer labels a response when its head is serialized: today
-// connection_handler::dispatch puts a fixed `Connection: Keep-Alive` on the writer when it hands
-// the request on, before the overflow is known (qos::gate::keep_alive no longer overrides a label
-// the connection layer chose, so a label of its own making is kept).
-TEST(pipeline_overflow_test, DISABLED_the_answer_before_the_overflow_close_says_close) {
+// The connection layer labels the response when its head is serialized, so the overflow that
+// came while the handler ran turns it into `Connection: Close`.
+TEST(pipeline_overflow_test, the_answer_before_the_overflow_close_says_close) {
   auto srv = start_robust_server({.guarded_work = 500ms});
   raw_client c(srv->port());
   std::string batch = get("/guarded/0");

@@ -94,8 +94,21 @@ std::vector<limit_group*> admission::groups() {
   return out;
 }
 
+void admission::close() noexcept {
+  for (auto& [name, g] : groups_) g->limiter().close();
+}
+
 void admission::shutdown() noexcept {
   for (auto& [name, g] : groups_) g->limiter().shutdown();
+}
+
+std::size_t admission::waiting() noexcept {
+  std::size_t n = 0;
+  for (auto& [name, g] : groups_) {
+    const auto s = g->stats();
+    n += s.waiting + s.reserved;
+  }
+  return n;
 }
 
 namespace {

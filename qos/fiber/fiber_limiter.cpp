@@ -48,7 +48,7 @@ void fiber_limiter::reconfigure(const limiter_options& options,
 
 fiber_limiter::admit_result fiber_limiter::try_admit(std::uint32_t cost, priority level) noexcept {
   std::lock_guard lk(mutex_);
-  if (stopping_) return {admit_kind::shutdown, {}, {}};
+  if (closed_) return {admit_kind::shutdown, {}, {}};
   auto& core = ctl_.limiter();
   if (core.try_acquire(cost, level)) return {admit_kind::granted, permit(*this, cost), {}};
   if (core.try_reserve()) return {admit_kind::queued, {}, ticket(*this)};
@@ -79,7 +79,8 @@ fiber_limiter::acquire_result fiber_limiter::wait(bool has_place, priority level
   {
     std::lock_guard lk(mutex_);
     auto& core = ctl_.limiter();
-    if (stopping_) {
+    // Closed: a request that took its queue place before keeps it; nothing new comes in.
+    if (stopping_ || (closed_ && !has_place)) {
       if (has_place) core.cancel_reservation();
       return {outcome::shutdown, {}};
     }
@@ -148,12 +149,18 @@ duration fiber_limiter::estimate_wait(priority level) const noexcept {
   return ctl_.estimate_wait(level);
 }
 
+void fiber_limiter::close() noexcept {
+  std::lock_guard lk(mutex_);
+  closed_ = true;
+}
+
 void fiber_limiter::shutdown() noexcept {
   waiter_list cancelled;
   {
     std::lock_guard lk(mutex_);
     if (stopping_) return;
     stopping_ = true;
+    closed_ = true;
     ctl_.limiter().cancel_all([&](waiter& w) { cancelled.push(w); });
   }
   wake_all(cancelled);

@@ -118,13 +118,34 @@ rest::Route::Handler runtime::metrics_handler() {
   };
 }
 
-bool runtime::drain(std::chrono::milliseconds grace) {
+bool runtime::drain(std::chrono::milliseconds grace, config::drain_mode parked,
+                    const std::atomic<bool>* hurry) {
+  const auto hurried = [hurry] { return hurry && hurry->load(std::memory_order_acquire); };
+  const auto pause = std::chrono::milliseconds(5);
+  // The fallbacks of requests still parked when the waiting ends take microseconds each; they
+  // get this long past the grace (or past a hurry) to be written.
+  const auto answer_time = std::chrono::milliseconds(200);
+  auto until = clock::now() + grace;
+  bool shed_late = false;
+  if (parked == config::drain_mode::serve) {
+    // Parked requests keep their places and are served as permits return; nothing new enters.
+    admission_->close();
+    while (admission_->waiting() != 0 && clock::now() < until && !hurried()) {
+      std::this_thread::sleep_for(pause);
+    }
+    shed_late = admission_->waiting() != 0;
+  }
   admission_->shutdown();
-  // Every parked request is answered now; running handlers hold writers that point into
-  // Pistache's transport, so they must end before the endpoint goes away.
-  const auto until = clock::now() + grace;
+  if (shed_late) until += answer_time;
+  // Running handlers hold writers that point into Pistache's transport, so they must end
+  // before the endpoint goes away.
+  bool hurry_seen = false;
   while (executor_->live() != 0 && clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (!hurry_seen && hurried()) {
+      hurry_seen = true;
+      until = std::min(until, clock::now() + answer_time);
+    }
+    std::this_thread::sleep_for(pause);
   }
   drained_ = executor_->live() == 0;
   return drained_;

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
+#include <thread>
 
+#include "qos/config/effective.hpp"
 #include "qos/http/connection.hpp"
 #include "qos/ops/log.hpp"
 
@@ -17,12 +19,46 @@ namespace rest = Pistache::Rest;
 
 namespace {
 
+// SIGHUP too: by default it ends the process, which is what a terminal or a process manager
+// sending it for a reload least expects.
 sigset_t stop_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   return set;
+}
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGHUP:
+      return "SIGHUP";
+    default:
+      return "signal";
+  }
+}
+
+// The reply of POST /qos/reload and the text of a log line: what changed, what needs a
+// restart, or why nothing did.
+admin_reply reply_of(const reload_result& r) {
+  admin_reply out;
+  if (!r.applied) {
+    out.status = 400;
+    out.body = "not applied: " + r.error + "\n";
+    return out;
+  }
+  out.body = r.changes.empty() ? "applied: no change\n" : "applied:\n";
+  for (const auto& c : r.changes) out.body += "  " + c + "\n";
+  if (!r.restart_needed.empty()) {
+    out.body += "needs a restart (left unchanged):\n";
+    for (const auto& c : r.restart_needed) out.body += "  " + c + "\n";
+  }
+  return out;
 }
 
 // Blocks the stop signals in this thread while alive, so threads created meanwhile inherit the
@@ -45,6 +81,28 @@ server::server(config::app_config cfg) {
   signals_blocked blocked;
   runtime_ = std::make_unique<qos::runtime>(std::move(cfg));
   runtime::prime(router_);
+  if (const auto& a = config().admin) {
+    admin::hooks hooks;
+    hooks.reload = [this] { return reply_of(reload()); };
+    hooks.config_hash = [this] { return config::config_hash(*runtime_->current_config()); };
+    hooks.config_version = [this] { return reloads_applied_.load(std::memory_order_relaxed); };
+    admin_ = std::make_unique<qos::admin>(
+        *runtime_, admin_options{.address = a->address, .port = a->port, .token = a->token},
+        std::move(hooks));
+  }
+}
+
+reload_result server::reload() {
+  const auto& path = config().source;
+  if (path.empty() || path.front() == '<') {
+    reload_result r;
+    r.error = "the config was not loaded from a file: nothing to re-read";
+    logger()->warn("qos: reload refused: {}", r.error);
+    return r;
+  }
+  auto r = runtime_->reload_file(path);
+  if (r.applied) reloads_applied_.fetch_add(1, std::memory_order_relaxed);
+  return r;
 }
 
 server::~server() {
@@ -71,6 +129,7 @@ void server::start() {
   lo.max_connections = s.max_connections;
   listener_ = std::make_unique<qos::listener>(std::move(handler), lo);
   listener_->start();
+  if (admin_) admin_->start();
   started_ = true;
   logger()->info("qos: listening on http://{}:{} (at most {} connections)", s.address, port(),
                  listener_->max_connections());
@@ -90,9 +149,33 @@ int server::run() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   start();
   int sig = 0;
-  sigwait(&set, &sig);
-  logger()->info("qos: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
-  if (!shutdown()) {
+  for (;;) {
+    sigwait(&set, &sig);
+    if (sig != SIGHUP) break;
+    logger()->info("qos: SIGHUP received, reloading {}", config().source);
+    reload();
+  }
+  logger()->info("qos: {} received, draining", signal_name(sig));
+  // The drain runs beside this thread, which keeps listening: a second SIGTERM or SIGINT
+  // hurries it.
+  std::atomic<bool> done{false};
+  bool clean = false;
+  std::thread drainer([&] {
+    clean = shutdown();
+    done.store(true, std::memory_order_release);
+  });
+  while (!done.load(std::memory_order_acquire)) {
+    timespec tick{0, 50 * 1000 * 1000};
+    const int got = sigtimedwait(&set, nullptr, &tick);
+    if (got == SIGINT || got == SIGTERM) {
+      logger()->warn("qos: {} received again, stopping now", signal_name(got));
+      hurry();
+    } else if (got == SIGHUP) {
+      logger()->info("qos: SIGHUP ignored: draining");
+    }
+  }
+  drainer.join();
+  if (!clean) {
     // Handlers still hold writers into Pistache: neither destroying the server nor waiting
     // longer is safe, and the grace is over.
     std::_Exit(1);
@@ -102,12 +185,25 @@ int server::run() {
 
 bool server::shutdown() {
   if (stopped_.exchange(true)) return drained_;
-  const auto grace = config().server.shutdown_grace;
-  drained_ = runtime_->drain(grace);
+  const auto& s = config().server;
+  if (admin_) admin_->set_ready(false);
+  if (listener_ && s.drain_delay.count() > 0) {
+    // /readyz says 503 while the public listener still serves, so a load balancer stops
+    // sending before connections are refused.
+    logger()->info("qos: draining: not ready; the listener closes in {} ms", s.drain_delay.count());
+    const auto until = std::chrono::steady_clock::now() + s.drain_delay;
+    while (std::chrono::steady_clock::now() < until && !hurry_.load(std::memory_order_acquire)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  if (listener_) listener_->stop_accepting();
+  drained_ = runtime_->drain(s.shutdown_grace, s.drain_parked, &hurry_);
   if (!drained_) {
-    logger()->error("qos: request(s) still running after the {} ms shutdown grace", grace.count());
+    logger()->error("qos: request(s) still running after the {} ms shutdown grace",
+                    s.shutdown_grace.count());
     return false;
   }
+  if (admin_) admin_->shutdown();
   if (listener_) listener_->shutdown();
   logger()->info("qos: stopped");
   return true;

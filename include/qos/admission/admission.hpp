@@ -114,8 +114,12 @@ class admission {
   // arrive from now on; requests already in flight finish under the snapshot they took.
   static void set_policy(const route& r, std::shared_ptr<const route_policy> policy) noexcept;
 
+  // Refuses new requests (`shutdown`); parked ones wait on for their permit or max_wait.
+  void close() noexcept;
   // Wakes every waiter with `shutdown` and refuses new requests. Running handlers go on.
   void shutdown() noexcept;
+  // Requests parked in every group now.
+  std::size_t waiting() noexcept;
 
  private:
   executor& exec_;

@@ -62,6 +62,9 @@ class fiber_limiter final : public permit_source, public ticket_source {
   // nothing) when `limit` is out of range. After shutdown() only the settings change.
   void reconfigure(const limiter_options& options, const std::optional<limit_options>& limit);
 
+  // Refuses later admissions (`shutdown`) and lets the waiters already queued wait on: the
+  // drain that serves parked requests. Idempotent; shutdown() still wakes them.
+  void close() noexcept;
   // Wakes every waiter with `shutdown` and refuses later admissions. Idempotent.
   void shutdown() noexcept;
 
@@ -85,6 +88,7 @@ class fiber_limiter final : public permit_source, public ticket_source {
   mutable std::mutex mutex_;
   group_controller ctl_;   // guarded by mutex_
   bool stopping_ = false;  // guarded by mutex_
+  bool closed_ = false;    // guarded by mutex_: close() or shutdown()
 };
 
 }  // namespace qos

@@ -101,11 +101,14 @@ class runtime {
   // A GET handler answering the Prometheus text exposition of these metrics.
   Pistache::Rest::Route::Handler metrics_handler();
 
-  // Stops admitting: every parked request gets its shutdown fallback now and new ones at
-  // once; running handlers get up to `grace` to finish. Returns false when some still run
-  // (then neither the runtime nor the Endpoint may be destroyed). Call it before
-  // Endpoint::shutdown(). Idempotent; later calls wait again, up to their own grace.
-  bool drain(std::chrono::milliseconds grace);
+  // Stops admitting: new requests get the shutdown fallback at once; parked ones get it now
+  // (`parked` shed) or may still be served within `grace` and get it at its end (serve);
+  // running handlers get up to `grace` to finish. When `*hurry` turns true (a second signal),
+  // parked requests get their fallback at once and the wait for handlers ends. Returns false
+  // when some still run (then neither the runtime nor the Endpoint may be destroyed). Call it
+  // before Endpoint::shutdown(). Idempotent; later calls wait again, up to their own grace.
+  bool drain(std::chrono::milliseconds grace, config::drain_mode parked = config::drain_mode::shed,
+             const std::atomic<bool>* hurry = nullptr);
 
  private:
   void monitor_main();

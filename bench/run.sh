@@ -338,7 +338,7 @@ cpu_per_req() {
 
 s5_overhead() {
     log "=== S5 overhead: overhead_server /plain vs /guarded (fiber) vs /inline (reactor kind), C=$S5_C, ${S5_D}s x $S5_REPS ==="
-    SYS_NAME=overhead SYS_N=0 SYS_PIDS=()
+    SYS_NAME=overhead SYS_N=0 SYS_PIDS=() SYS_ADMIN_URL=
     start_bg overhead "$OVERHEAD" --port $PORT_OVERHEAD
     SYS_URL=http://127.0.0.1:$PORT_OVERHEAD
     wait_ready "$SYS_URL/cache" 20 || { note "overhead_server did not start"; sys_stop; return 0; }
@@ -392,8 +392,9 @@ s6_memory() {
             SYS_NAME=ours-park SYS_N=8 SYS_PIDS=()
             start_bg "ours-park" "$CATALOG" --config "$BENCH/config/qos-park.yaml" --port $PORT_PARK \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
-            SYS_URL=http://127.0.0.1:$PORT_PARK
-            wait_ready "$SYS_URL/cache" 20 || { note "S6 server did not start"; sys_stop; continue; }
+            SYS_URL=http://127.0.0.1:$PORT_PARK SYS_ADMIN_URL=http://127.0.0.1:$PORT_PARK_ADMIN
+            { wait_ready "$SYS_URL/cache" 20 && wait_ready "$SYS_ADMIN_URL/healthz" 10; } ||
+                { note "S6 server did not start"; sys_stop; continue; }
             pid=${SYS_PIDS[0]}
             # warm the reactors, the allocator and the DB path (its connections, page cache and
             # pool threads are one-time costs, not per parked request), then take the baseline

@@ -200,18 +200,31 @@ int run(int argc, char** argv) {
                     qos::gate::plain([](const rest::Request&, http::ResponseWriter& w) {
                       w.send(http::Code::Ok, std::string("ok\n"));
                     }));
-  rest::Routes::Get(router, "/metrics", srv.metrics_handler());
-  // The peers' load script reads these names: queries in flight now and at most since the last
-  // ?reset=1 (must never exceed N in guarded mode).
-  rest::Routes::Get(router, "/stats",
-                    qos::gate::plain([&db](const rest::Request& req, http::ResponseWriter& w) {
-                      if (req.query().has("reset")) db->reset_max_busy();
-                      w.send(http::Code::Ok,
-                             "{\"dbInFlight\":" + std::to_string(db->busy()) +
-                                 ",\"dbMaxInFlight\":" + std::to_string(db->max_busy()) +
-                                 ",\"dbConnections\":" + std::to_string(db->connections()) + "}",
-                             json);
-                    }));
+  // The operational endpoints live on the admin listener (`admin:` in the config) beside qos's
+  // own (/metrics, /qos/status, ...), never on the public one; without an admin listener the
+  // example serves none. The peers' load scripts read these names: queries in flight now and at
+  // most since the last reset (must never exceed N in guarded mode).
+  if (auto* adm = srv.admin()) {
+    auto stats = [&db](const rest::Request&, http::ResponseWriter& w) {
+      w.send(http::Code::Ok,
+             "{\"dbInFlight\":" + std::to_string(db->busy()) +
+                 ",\"dbMaxInFlight\":" + std::to_string(db->max_busy()) +
+                 ",\"dbConnections\":" + std::to_string(db->connections()) + "}",
+             json);
+    };
+    // Bound beyond loopback, the admin listener wants the token on every request; a route added
+    // to its router directly would escape that, so there /stats is behind protect() too.
+    const bool loopback = qos::config::is_loopback_address(cfg.admin->address);
+    rest::Routes::Get(adm->router(), "/stats",
+                      loopback ? qos::gate::plain(stats) : adm->protect(qos::gate::plain(stats)));
+    // Changes state, so a POST behind the token (403 when no token is configured).
+    rest::Routes::Post(
+        adm->router(), "/stats/reset",
+        adm->protect(qos::gate::plain([&db](const rest::Request&, http::ResponseWriter& w) {
+          db->reset_max_busy();
+          w.send(http::Code::Ok, std::string("{\"reset\":true}"), json);
+        })));
+  }
 
   // Database routes: a blocking SQLite query plus the configured latency. They return their
   // response, so a route with max_exec can drop a late one.
@@ -282,11 +295,28 @@ int run(int argc, char** argv) {
       "  curl %s/cache/42      # memory, reactor thread\n"
       "  curl %s/db/42         # SQLite through the gate (group 'db')\n"
       "  curl %s/image/42      # SVG; placeholder on timeout\n"
-      "  curl %s/item/42       # stale cached copy on overload\n"
-      "  curl %s/metrics       # Prometheus metrics\n"
-      "Stop with Ctrl-C.\n",
-      opt.naive ? "naive" : "guarded", base.c_str(), base.c_str(), base.c_str(), base.c_str(),
-      base.c_str());
+      "  curl %s/item/42       # stale cached copy on overload\n",
+      opt.naive ? "naive" : "guarded", base.c_str(), base.c_str(), base.c_str(), base.c_str());
+  if (const auto* adm = srv.admin()) {
+    const auto admin_base = "http://" + cfg.admin->address + ":" + std::to_string(adm->port());
+    const bool token = !cfg.admin->token.empty();
+    std::printf(
+        "Admin listener:\n"
+        "  curl %s/metrics       # Prometheus metrics\n"
+        "  curl %s/qos/status    # limits, queues, counters (JSON)\n"
+        "  curl %s/stats         # DB queries in flight, and at most since the last reset\n"
+        "  curl -X POST -H 'Authorization: Bearer ...' %s/stats/reset%s\n"
+        "  curl -X POST -H 'Authorization: Bearer ...' %s/qos/reload%s\n",
+        admin_base.c_str(), admin_base.c_str(), admin_base.c_str(), admin_base.c_str(),
+        token ? "" : "  # 403: no admin token configured", admin_base.c_str(),
+        token ? "" : "   # 403: no admin token configured; use kill -HUP");
+  } else {
+    std::printf(
+        "No admin listener (no admin: section in %s): no metrics, status or stats are "
+        "served.\n",
+        opt.config.c_str());
+  }
+  std::printf("Stop with Ctrl-C.\n");
   std::fflush(stdout);
   return srv.run();
 }

@@ -136,28 +136,34 @@ wait_ready() {   # wait_ready URL SECONDS
 # Systems under test. sys_start NAME N sets SYS_NAME SYS_N SYS_URL SYS_PIDS; sys_stop stops it.
 
 PORT_OURS=19080 PORT_NAIVE=19081 PORT_PARK=19082 PORT_OVERHEAD=19090
+# The admin listeners of our systems (admin: in bench/config/*.yaml, keep the ports equal): they
+# serve /stats, /metrics and POST /stats/reset, with the bearer token of token_env
+# QOS_BENCH_ADMIN_TOKEN. Loopback only, so a fixed value will do; the server refuses to start
+# without it. SYS_ADMIN_URL is empty for the peers, whose /stats is on their public port.
+PORT_ADMIN=19083 PORT_PARK_ADMIN=19084
+export QOS_BENCH_ADMIN_TOKEN=${QOS_BENCH_ADMIN_TOKEN:-qos-bench-loopback}
 
 sys_start() {
     local name=$1 n=$2 cfg
-    SYS_NAME=$name SYS_N=$n SYS_PIDS=()
+    SYS_NAME=$name SYS_N=$n SYS_PIDS=() SYS_ADMIN_URL=
     case "$name" in
         ours)
             cfg=$BENCH/config/qos-n$n.yaml
             [ -f "$cfg" ] || { log "no $cfg"; return 1; }
             start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
-            SYS_URL=http://127.0.0.1:$PORT_OURS ;;
+            SYS_URL=http://127.0.0.1:$PORT_OURS SYS_ADMIN_URL=http://127.0.0.1:$PORT_ADMIN ;;
         ours-reserve)
             # S3 only: the same with one permit kept for high priority (groups[].reserve)
             cfg=$BENCH/config/qos-n$n-reserve.yaml
             [ -f "$cfg" ] || { log "no $cfg"; return 1; }
             start_bg "$name-n$n" "$CATALOG" --config "$cfg" --port $PORT_OURS \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME"
-            SYS_URL=http://127.0.0.1:$PORT_OURS ;;
+            SYS_URL=http://127.0.0.1:$PORT_OURS SYS_ADMIN_URL=http://127.0.0.1:$PORT_ADMIN ;;
         ours-naive)
             start_bg "$name" "$CATALOG" --config "$BENCH/config/qos-n$n.yaml" --port $PORT_NAIVE \
                 --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" --db-time "$DB_TIME" --naive
-            SYS_URL=http://127.0.0.1:$PORT_NAIVE ;;
+            SYS_URL=http://127.0.0.1:$PORT_NAIVE SYS_ADMIN_URL=http://127.0.0.1:$PORT_ADMIN ;;
         jetty-qos)   start_bg "$name-n$n" "$PEERS/jetty-qos/run.sh" qos 18081 "$n";   SYS_URL=http://127.0.0.1:18081 ;;
         jetty-naive) start_bg "$name" "$PEERS/jetty-qos/run.sh" naive 18082 "$n";     SYS_URL=http://127.0.0.1:18082 ;;
         jetty-pool)  start_bg "$name-n$n" "$PEERS/jetty-qos/run.sh" pool 18083 "$n";  SYS_URL=http://127.0.0.1:18083 ;;
@@ -170,6 +176,7 @@ sys_start() {
     esac
     # the first start of a peer installs packages and compiles: allow for it
     wait_ready "$SYS_URL/cache" 180 || return 1
+    if [ -n "$SYS_ADMIN_URL" ]; then wait_ready "$SYS_ADMIN_URL/healthz" 10 || return 1; fi
     local p
     for p in "${SYS_PIDS[@]}"; do
         kill -0 "$p" 2>/dev/null || { log "$name: process $p died at start"; return 1; }
@@ -253,12 +260,22 @@ lgv() { grep -o " $2=[^ ]*" "$1" 2>/dev/null | head -1 | cut -d= -f2 || true; }
 # json_num KEY FILE
 json_num() { grep -o "\"$1\":[0-9]*" "$2" 2>/dev/null | head -1 | cut -d: -f2 || true; }
 
-stats_reset() { curl -s -o /dev/null --max-time 2 "$SYS_URL/stats?reset=1" || true; }
-stats_get() { curl -s --max-time 3 "$SYS_URL/stats" > "$1" 2>/dev/null || true; }
+# /stats: ours on the admin listener (the reset is a POST with the token), the peers' on their
+# public port.
+stats_reset() {
+    if [ -n "${SYS_ADMIN_URL:-}" ]; then
+        curl -s -o /dev/null --max-time 2 -X POST -H "Authorization: Bearer $QOS_BENCH_ADMIN_TOKEN" \
+            "$SYS_ADMIN_URL/stats/reset" || true
+    else
+        curl -s -o /dev/null --max-time 2 "$SYS_URL/stats?reset=1" || true
+    fi
+}
+stats_get() { curl -s --max-time 3 "${SYS_ADMIN_URL:-$SYS_URL}/stats" > "$1" 2>/dev/null || true; }
 
-# Our /metrics: "outcome value" lines of qos_requests_total for route db, plus handler sums.
+# Our /metrics (admin listener): "outcome value" lines of qos_requests_total for route db, plus
+# handler sums.
 metrics_get() {
-    curl -s --max-time 3 "$SYS_URL/metrics" 2>/dev/null |
+    curl -s --max-time 3 "$SYS_ADMIN_URL/metrics" 2>/dev/null |
         awk 'function label(k,   r) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
              # Labels come in any order, and one series per priority level: sum them.
              /^qos_requests_total\{/ && label("route") == "db" { n[label("outcome")] += $NF }

@@ -14,7 +14,8 @@
 # built here in build-step) on 127.0.0.1, wait for /health, open PRECONNECT idle keep-alive
 # connections, run the profile with bench/step/stepgen (open loop, latency from the scheduled
 # send time), stop the server. /stats (dbMaxInFlight <= N) and /metrics (outcome counts) are read
-# before and after; the limit, permits in use and waiters are sampled every 0.5 s.
+# before and after, on the server's admin listener (admin: in the variant's config, port
+# STEP_ADMIN_PORT); the limit, permits in use and waiters are sampled every 0.5 s.
 #
 # Output: bench/step/out/<timestamp>/
 #   summary.md        per-phase table of every variant, ratios vs fifo, recovery, targets, checks
@@ -41,7 +42,7 @@ ROOT=$(git -C "$STEP_DIR" rev-parse --show-toplevel)
 MODE=${1:-quick}
 case "$MODE" in
     quick|full) ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
 esac
 
@@ -57,6 +58,11 @@ fi
 : "${DEADLINE_HEADER:=X-Request-Timeout: 1s}" "${ARRIVALS:=uniform}" "${SEED:=1}"
 : "${PORT_BASE:=19180}" "${PIN:=0}" "${BUILD:=$ROOT/build-step}" "${NO_BUILD:=0}"
 : "${WAIT_OTHER:=1800}"
+# The admin listener of every variant (admin: in bench/step/config/*.yaml; keep them equal), apart
+# from PORT_BASE + i and bench/run.sh's ports. Its POST /stats/reset needs the bearer token of
+# token_env QOS_BENCH_ADMIN_TOKEN: loopback only, so a fixed value will do.
+STEP_ADMIN_PORT=19199
+export QOS_BENCH_ADMIN_TOKEN=${QOS_BENCH_ADMIN_TOKEN:-qos-bench-loopback}
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$STEP_DIR/out/$STAMP
@@ -203,11 +209,11 @@ CHECKS=$OUT/checks.csv
 SUMMARY=$OUT/summary.csv
 
 run_variant() {
-    local v=$1 rep=$2 port=$3 tag cfg url spid gpid lpid
+    local v=$1 rep=$2 port=$3 tag cfg url admin spid gpid lpid
     tag=$v-r$rep
     cfg=$STEP_DIR/config/$v.yaml
     [ -f "$cfg" ] || { log "no config $cfg"; return 1; }
-    url=http://127.0.0.1:$port
+    url=http://127.0.0.1:$port admin=http://127.0.0.1:$STEP_ADMIN_PORT
     wait_quiet
     local foreign
     foreign=$(busy_elsewhere)
@@ -221,7 +227,8 @@ run_variant() {
     local i ready=0
     for ((i = 0; i < 120; i++)); do
         kill -0 "$spid" 2>/dev/null || break
-        if curl -s -o /dev/null --max-time 1 "$url/health"; then ready=1; break; fi
+        if curl -s -o /dev/null --max-time 1 "$url/health" &&
+           curl -s -o /dev/null --max-time 1 "$admin/healthz"; then ready=1; break; fi
         sleep 0.25
     done
     if [ "$ready" != 1 ]; then
@@ -230,10 +237,11 @@ run_variant() {
         forget "$spid"
         return 1
     fi
-    curl -s -o /dev/null --max-time 2 "$url/stats?reset=1" || true
-    metrics_get "$url" "$OUT/server/$tag.metrics0"
+    curl -s -o /dev/null --max-time 2 -X POST -H "Authorization: Bearer $QOS_BENCH_ADMIN_TOKEN" \
+        "$admin/stats/reset" || true
+    metrics_get "$admin" "$OUT/server/$tag.metrics0"
 
-    gauge_sampler "$url" "$OUT/csv/$tag.gauges.raw" &
+    gauge_sampler "$admin" "$OUT/csv/$tag.gauges.raw" &
     gpid=$!
     PIDS+=("$gpid")
 
@@ -264,8 +272,8 @@ run_variant() {
         answers=0
         anomaly "$tag: catalog_service does not answer /health after the run (hang?)"
     fi
-    curl -s --max-time 3 "$url/stats" > "$OUT/server/$tag.stats.json" 2>/dev/null || true
-    metrics_get "$url" "$OUT/server/$tag.metrics1"
+    curl -s --max-time 3 "$admin/stats" > "$OUT/server/$tag.stats.json" 2>/dev/null || true
+    metrics_get "$admin" "$OUT/server/$tag.metrics1"
     local maxin srvcpu
     maxin=$(json_num dbMaxInFlight "$OUT/server/$tag.stats.json")
     srvcpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$spid/stat" 2>/dev/null || true)

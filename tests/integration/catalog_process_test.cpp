@@ -1,6 +1,7 @@
 // The example service as a process: a bad config stops it with status 2 and a message naming
 // file, line and key; SIGTERM answers waiting requests with the fallback, lets the running one
-// finish and exits 0. Bounded waits only; the child is killed if a test fails midway.
+// finish and exits 0; its counters and qos's internals are on the admin listener only, and the
+// counters' reset needs the token. Bounded waits only; the child is killed if a test fails midway.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -82,8 +83,18 @@ struct child {
 };
 
 // `address_space`: when set, the child's RLIMIT_AS (bytes), so that startup runs out of memory,
-// with 8 MiB thread stacks.
-child spawn(const std::vector<std::string>& args, std::optional<rlim_t> address_space = {}) {
+// with 8 MiB thread stacks. `extra_env`: "NAME=value" entries added to the child's environment.
+child spawn(const std::vector<std::string>& args, std::optional<rlim_t> address_space = {},
+            const std::vector<std::string>& extra_env = {}) {
+  // Built before fork: the child only calls async-signal-safe functions.
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  for (const auto& e : extra_env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(CATALOG_SERVICE));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   int fds[2];
   EXPECT_EQ(::pipe(fds), 0);
   child c;
@@ -100,16 +111,25 @@ child spawn(const std::vector<std::string>& args, std::optional<rlim_t> address_
     ::dup2(fds[1], 2);
     ::close(fds[0]);
     ::close(fds[1]);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(CATALOG_SERVICE));
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(CATALOG_SERVICE, argv.data());
+    ::execve(CATALOG_SERVICE, argv.data(), envp.data());
     ::_exit(127);
   }
   ::close(fds[1]);
   c.out = fds[0];
   return c;
+}
+
+// The ports the child prints in its startup message.
+std::uint16_t public_port(child& c) {
+  const auto text = c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
+  EXPECT_TRUE(text) << c.output;
+  return text ? static_cast<std::uint16_t>(std::stoi(*text)) : 0;
+}
+std::uint16_t admin_port(child& c) {
+  const auto text =
+      c.read_until(std::regex("Admin listener:\n  curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
+  EXPECT_TRUE(text) << c.output;
+  return text ? static_cast<std::uint16_t>(std::stoi(*text)) : 0;
 }
 
 class catalog_process_test : public ::testing::Test {
@@ -148,6 +168,7 @@ TEST_F(catalog_process_test, bad_config_exits_2_naming_file_line_and_key) {
 TEST_F(catalog_process_test, sigterm_answers_waiters_finishes_running_and_exits_0) {
   const auto path = write("ok.yaml",
                           "server: {port: 0, shutdown_grace: 10s}\n"
+                          "admin: {port: 0}\n"
                           "groups:\n"
                           "  - {name: db, max_concurrent: 1, max_queue: 10}\n"
                           "routes:\n"
@@ -155,19 +176,20 @@ TEST_F(catalog_process_test, sigterm_answers_waiters_finishes_running_and_exits_
                           "    group: db\n"
                           "    max_wait: 30s\n");
   auto c = spawn({"--config", path, "--db", (dir_ / "c.db").string(), "--db-latency-ms", "400"});
-  const auto port_text = c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
-  ASSERT_TRUE(port_text) << c.output;
-  const auto port = static_cast<std::uint16_t>(std::stoi(*port_text));
+  const auto port = public_port(c);
+  const auto admin = admin_port(c);
+  ASSERT_NE(port, 0);
+  ASSERT_NE(admin, 0);
 
   qos::test::http_response running, waiting;
   std::thread a([&] { running = qos::test::http_get(port, "/db/1"); });
   const auto until = clock_type::now() + 10s;
-  while (qos::test::http_get(port, "/stats").body.find("\"dbInFlight\":1") == std::string::npos) {
+  while (qos::test::http_get(admin, "/stats").body.find("\"dbInFlight\":1") == std::string::npos) {
     ASSERT_LT(clock_type::now(), until);
     std::this_thread::sleep_for(2ms);
   }
   std::thread b([&] { waiting = qos::test::http_get(port, "/db/2"); });
-  while (qos::test::http_get(port, "/metrics").body.find("qos_group_waiting{group=\"db\"} 1") ==
+  while (qos::test::http_get(admin, "/metrics").body.find("qos_group_waiting{group=\"db\"} 1") ==
          std::string::npos) {
     ASSERT_LT(clock_type::now(), until);
     std::this_thread::sleep_for(2ms);
@@ -180,6 +202,92 @@ TEST_F(catalog_process_test, sigterm_answers_waiters_finishes_running_and_exits_
   EXPECT_EQ(waiting.header("X-QoS-Outcome"), "shutdown");
   EXPECT_EQ(running.status, 200);
   EXPECT_NE(running.body.find("\"id\":1"), std::string::npos);
+}
+
+qos::test::http_response post(std::uint16_t port, const std::string& target,
+                              qos::test::header_list headers = {}) {
+  qos::test::http_connection conn(port);
+  return conn.request(
+      {.method = "POST", .target = target, .headers = std::move(headers), .body = {}});
+}
+
+std::string max_in_flight(std::uint16_t admin) {
+  const auto r = qos::test::http_get(admin, "/stats");
+  std::smatch m;
+  return std::regex_search(r.body, m, std::regex("\"dbMaxInFlight\":([0-9]+)")) ? m[1].str()
+                                                                                : r.body;
+}
+
+TEST_F(catalog_process_test, counters_are_on_the_admin_listener_and_their_reset_needs_the_token) {
+  const auto path = write("admin.yaml",
+                          "server: {port: 0}\n"
+                          "admin: {port: 0, token_env: QOS_CATALOG_TEST_TOKEN}\n"
+                          "groups: [{name: db, max_concurrent: 2}]\n"
+                          "routes: [{name: db, group: db}]\n");
+  auto c = spawn({"--config", path, "--db", (dir_ / "c.db").string(), "--db-latency-ms", "0"}, {},
+                 {"QOS_CATALOG_TEST_TOKEN=right-token"});
+  const auto port = public_port(c);
+  const auto admin = admin_port(c);
+  ASSERT_NE(port, 0);
+  ASSERT_NE(admin, 0);
+  ASSERT_NE(port, admin);
+  c.read_until(std::regex("Stop with Ctrl-C"), 10s);
+  for (const char* url : {"/metrics", "/qos/status", "/stats", "/stats/reset"}) {
+    EXPECT_NE(c.output.find("http://127.0.0.1:" + std::to_string(admin) + url), std::string::npos)
+        << url << "\n"
+        << c.output;
+  }
+
+  for (const char* target : {"/metrics", "/stats", "/qos/status", "/stats?reset=1"}) {
+    EXPECT_EQ(qos::test::http_get(port, target).status, 404) << "public " << target;
+  }
+  EXPECT_EQ(post(port, "/stats/reset", {{"Authorization", "Bearer right-token"}}).status, 404);
+  EXPECT_EQ(post(port, "/qos/reload", {{"Authorization", "Bearer right-token"}}).status, 404);
+
+  // One query makes the high-water mark 1; it stays once the query is over.
+  ASSERT_EQ(qos::test::http_get(port, "/db/1").status, 200);
+  const auto metrics = qos::test::http_get(admin, "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("qos_requests_total{"), std::string::npos) << metrics.body;
+  const auto status = qos::test::http_get(admin, "/qos/status");
+  EXPECT_EQ(status.status, 200);
+  EXPECT_NE(status.body.find("\"db\""), std::string::npos) << status.body;
+  const auto stats = qos::test::http_get(admin, "/stats");
+  EXPECT_EQ(stats.status, 200);
+  EXPECT_NE(stats.body.find("\"dbInFlight\":0"), std::string::npos) << stats.body;
+  EXPECT_EQ(max_in_flight(admin), "1");
+
+  // A GET changes nothing; the reset is a POST behind the token.
+  EXPECT_EQ(qos::test::http_get(admin, "/stats?reset=1").status, 200);
+  EXPECT_EQ(max_in_flight(admin), "1");
+  const auto no_token = post(admin, "/stats/reset");
+  EXPECT_EQ(no_token.status, 401);
+  EXPECT_EQ(no_token.header("WWW-Authenticate").value_or(""), "Bearer realm=\"qos\"");
+  EXPECT_EQ(post(admin, "/stats/reset", {{"Authorization", "Bearer wrong-token"}}).status, 401);
+  EXPECT_EQ(max_in_flight(admin), "1");
+  EXPECT_EQ(post(admin, "/stats/reset", {{"Authorization", "Bearer right-token"}}).status, 200);
+  EXPECT_EQ(max_in_flight(admin), "0");
+
+  ASSERT_EQ(::kill(c.pid, SIGTERM), 0);
+  EXPECT_EQ(c.wait_exit(20s), 0) << c.output;
+}
+
+TEST_F(catalog_process_test, without_an_admin_section_no_counters_are_served) {
+  const auto path = write("plain.yaml",
+                          "server: {port: 0}\n"
+                          "groups: [{name: db, max_concurrent: 2}]\n"
+                          "routes: [{name: db, group: db}]\n");
+  auto c = spawn({"--config", path, "--db", (dir_ / "c.db").string(), "--db-latency-ms", "0"});
+  const auto port = public_port(c);
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(c.read_until(std::regex("No admin listener[^\n]*\n"), 10s)) << c.output;
+  EXPECT_EQ(c.output.find("Admin listener:"), std::string::npos) << c.output;
+  EXPECT_EQ(qos::test::http_get(port, "/db/1").status, 200);
+  for (const char* target : {"/metrics", "/stats", "/qos/status"}) {
+    EXPECT_EQ(qos::test::http_get(port, target).status, 404) << target;
+  }
+  ASSERT_EQ(::kill(c.pid, SIGTERM), 0);
+  EXPECT_EQ(c.wait_exit(20s), 0) << c.output;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -101,9 +102,10 @@ TEST_F(qos_check_test, a_valid_file_exits_0_with_the_effective_summary) {
   EXPECT_TRUE(
       contains(r.out, shipped + ": OK (qos " + std::string(qos::version()) + "), config hash "))
       << r.out;
-  for (const char* part : {"server: 127.0.0.1:9080", "admin: off", "group db: limit fixed 8",
-                           "route db -> group db: max_wait 1000ms", "route image", "route item",
-                           "exec_timeout      504", "drain: drain_delay 0ms"}) {
+  for (const char* part :
+       {"server: 127.0.0.1:9080", "admin: 127.0.0.1:9081, token none", "group db: limit fixed 8",
+        "route db -> group db: max_wait 1000ms", "route image", "route item",
+        "exec_timeout      504", "drain: drain_delay 0ms"}) {
     EXPECT_TRUE(contains(r.out, part)) << part << "\n" << r.out;
   }
 }
@@ -195,6 +197,8 @@ TEST_F(qos_check_test, service_time_checks_max_wait) {
 }
 
 TEST_F(qos_check_test, print_effective_is_yaml_qos_check_accepts_with_the_same_hash) {
+  // The benchmark configs read their admin token from this variable (bench/lib/common.sh).
+  ::setenv("QOS_BENCH_ADMIN_TOKEN", "bench-token", 0);
   for (const std::string& file :
        {shipped, std::string(QOS_SOURCE_DIR) + "/config/advanced.yaml",
         std::string(QOS_SOURCE_DIR) + "/bench/config/qos-n8-reserve.yaml"}) {

@@ -131,7 +131,7 @@ rest::Route::Handler admin::guarded(access needed, rest::Route::Handler handler)
   };
 }
 
-bool admin::authorized(const rest::Request& req) const noexcept {
+bool admin::authorized(const rest::Request& req) const {
   const auto raw = req.headers().tryGetRaw("Authorization");
   if (!raw) return false;
   // Pistache's Header::Raw::value() returns a copy: keep it alive while the view reads it.

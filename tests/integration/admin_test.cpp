@@ -92,6 +92,17 @@ TEST_F(admin_fixture, post_needs_the_right_token_and_reads_are_open_on_loopback)
   EXPECT_EQ(reloads.load(), 2);
 }
 
+// Longer than std::string's inline buffer: a view of a temporary copy would read freed memory.
+TEST_F(admin_fixture, a_long_token_is_compared_whole) {
+  const std::string token(200, 'k');
+  admin::hooks h;
+  h.reload = [] { return admin_reply{200, "applied\n"}; };
+  start({.token = token}, h);
+  EXPECT_EQ(request(port, "POST", "/qos/reload", bearer(token)).status, 200);
+  EXPECT_EQ(request(port, "POST", "/qos/reload", bearer(token + "k")).status, 401);
+  EXPECT_EQ(request(port, "POST", "/qos/reload", bearer(token.substr(1))).status, 401);
+}
+
 TEST_F(admin_fixture, a_refused_reload_answers_400_with_the_error) {
   admin::hooks h;
   h.reload = [] { return admin_reply{400, "qos.yaml:3:5: groups[0].max_concurrent: too big\n"}; };

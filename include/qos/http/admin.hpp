@@ -78,7 +78,7 @@ class admin {
  private:
   enum class access { open, token };
   Pistache::Rest::Route::Handler guarded(access needed, Pistache::Rest::Route::Handler handler);
-  bool authorized(const Pistache::Rest::Request& req) const noexcept;
+  bool authorized(const Pistache::Rest::Request& req) const;
 
   qos::runtime& runtime_;
   admin_options options_;

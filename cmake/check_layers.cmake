@@ -3,7 +3,8 @@
 # A file's layer is its folder under include/qos/ or qos/ (detail/ subfolders belong to their
 # parent): core 1 (vocabulary and state machines, the standard library only), fiber 2
 # (+Boost.Fiber), admission 3, and the edges config, http, ops 4 (+yaml-cpp, Pistache, spdlog);
-# cli (qos/cli/, the sources of the installed tools) is an edge too.
+# cli (qos/cli/, the sources of the installed tools) is an edge too, and so is jobs (the durable
+# job queue of accept routes: its stores see SQLite and libpq).
 # Files directly under include/qos/ are umbrella headers (layer 4), except version.hpp (1).
 set(layer_core 1)
 set(layer_fiber 2)
@@ -12,12 +13,13 @@ set(layer_config 4)
 set(layer_http 4)
 set(layer_ops 4)
 set(layer_cli 4)
+set(layer_jobs 4)
 
 set(allowed_1 "")
 set(allowed_2 "boost/")
 set(allowed_3 "boost/")
-set(allowed_4 "boost/;yaml-cpp/;pistache/;spdlog/;fmt/;prometheus/")
-set(external_prefixes "boost/;yaml-cpp/;pistache/;spdlog/;fmt/;prometheus/;sqlite3")
+set(allowed_4 "boost/;yaml-cpp/;pistache/;spdlog/;fmt/;prometheus/;sqlite3;libpq-fe")
+set(external_prefixes "boost/;yaml-cpp/;pistache/;spdlog/;fmt/;prometheus/;sqlite3;libpq-fe")
 
 # The layer of a path relative to include/qos/ or qos/ ("core/limiter.hpp" -> 1), in `out`.
 function(layer_of rel out)

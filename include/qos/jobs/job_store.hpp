@@ -1,0 +1,139 @@
+// The durable job queue behind accept-mode routes (202 Accepted): what a store must do, whatever
+// holds it (SQLite embedded, PostgreSQL shared by several hosts). The contract:
+//
+// - enqueue() returns only after the job is committed (durable as the store's settings say);
+//   on any failure it stores nothing and says `unavailable`. A route's queue depth is capped:
+//   `full` stores nothing.
+// - Idempotency keys are scoped per (route, tenant): the same key with the same payload hash
+//   returns the first job's id (`duplicate`), with another payload `conflict`; a key is
+//   forgotten after its retention. Concurrent duplicates create exactly one job.
+// - claim() hands out at most `limit` jobs of a group, counting every lease of that group held
+//   by any process sharing the store, so at most N run at once across all of them. Higher
+//   priority first, then oldest run_at. A claim is a lease with a fencing token: heartbeat()
+//   extends it, and complete()/fail() are accepted only with the current token (a worker paused
+//   past its lease cannot overwrite the result of the re-claimed run).
+// - requeue_expired() returns expired leases to the queue (attempt counted), so a crashed
+//   worker's job runs again; any live process may call it.
+// - fail() retries with capped exponential backoff and jitter (retry_policy); after
+//   max_attempts the job is `dead`, kept with its last error until requeued or purged.
+// - prune() deletes terminal jobs (succeeded, dead) and keys older than their retention, never
+//   a queued or running job.
+//
+// Times are wall-clock (system_clock): they are stored and shared between processes. Every
+// call may block on I/O: call it from a blocking pool or a thread of its own, never from a
+// reactor or a fiber. Implementations are thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace qos::jobs {
+
+using wall_clock = std::chrono::system_clock;
+using wall_time = wall_clock::time_point;
+// The store's idea of now; tests inject a manual one.
+using now_fn = std::function<wall_time()>;
+
+// Unguessable: 128 random bits, as 32 lowercase hex digits.
+using job_id = std::string;
+
+enum class job_state : std::uint8_t { queued, running, succeeded, dead };
+
+// What a 202 stored: the request as the handler will see it.
+struct job_request {
+  std::string route;   // the accept route's name (its policy, its group)
+  std::string group;   // the limit group whose N bounds the consumers
+  std::string tenant;  // scopes idempotency keys; empty: none
+  std::string method;
+  std::string target;                                        // path and query
+  std::vector<std::pair<std::string, std::string>> headers;  // those the route keeps
+  std::string body;
+  int priority = 0;  // 0..15, higher first
+  std::optional<std::string> idempotency_key;
+  std::string payload_hash;  // of method, target, kept headers and body: a key's reuse check
+};
+
+// What the job's handler answered, kept for GET /jobs/{id}.
+struct job_result {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct enqueue_result {
+  enum class kind : std::uint8_t { created, duplicate, conflict, full, unavailable };
+  kind result = kind::unavailable;
+  job_id id;          // created, duplicate
+  std::string error;  // unavailable: why (logged, never sent to the client)
+};
+
+struct enqueue_options {
+  std::size_t max_depth = 10000;  // queued + running jobs of the route; beyond: full
+  std::chrono::seconds key_retention{24 * 3600};
+};
+
+struct claimed_job {
+  job_id id;
+  std::uint64_t fence = 0;  // the lease's token: complete() and fail() must present it
+  int attempt = 1;          // 1 on the first run
+  wall_time lease_until{};
+  job_request request;
+};
+
+struct retry_policy {
+  int max_attempts = 5;
+  std::chrono::milliseconds base{1000};  // first retry after about this long
+  std::chrono::milliseconds cap{300000};
+  double jitter = 0.2;  // ± this fraction, uniformly
+};
+
+struct job_status {
+  job_id id;
+  job_state state = job_state::queued;
+  int attempts = 0;                  // runs started so far
+  std::optional<wall_time> run_at;   // queued: not before
+  std::optional<job_result> result;  // succeeded
+  std::string last_error;            // dead, or a retry pending
+  wall_time created{};
+  wall_time finished{};  // succeeded, dead
+};
+
+class job_store {
+ public:
+  virtual ~job_store() = default;
+
+  virtual enqueue_result enqueue(const job_request& job, const enqueue_options& options) = 0;
+
+  // Leases up to `limit` runnable jobs of `group`, but never so many that the group's leases
+  // across every process exceed `group_limit`.
+  virtual std::vector<claimed_job> claim(const std::string& group, std::size_t limit,
+                                         std::size_t group_limit,
+                                         std::chrono::milliseconds lease) = 0;
+  // False: the lease is no longer this token's (expired and re-claimed, or finished).
+  virtual bool heartbeat(const job_id& id, std::uint64_t fence,
+                         std::chrono::milliseconds lease) = 0;
+  virtual bool complete(const job_id& id, std::uint64_t fence, const job_result& result) = 0;
+  // Schedules a retry per `retry`, or makes the job dead after its last attempt.
+  virtual bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
+                    const retry_policy& retry) = 0;
+
+  virtual std::optional<job_status> status(const job_id& id) = 0;
+  // Expired leases back to queued (or dead when that was the last attempt). Returns how many.
+  virtual std::size_t requeue_expired(const retry_policy& retry) = 0;
+  // Terminal jobs finished before now - `jobs`; idempotency keys past their retention.
+  virtual std::size_t prune(std::chrono::seconds jobs) = 0;
+
+  // Operator actions on dead jobs.
+  virtual bool requeue_dead(const job_id& id) = 0;
+  virtual bool purge(const job_id& id) = 0;
+
+  // queued + running jobs of a route.
+  virtual std::size_t depth(const std::string& route) = 0;
+};
+
+}  // namespace qos::jobs

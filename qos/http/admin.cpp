@@ -134,7 +134,10 @@ rest::Route::Handler admin::guarded(access needed, rest::Route::Handler handler)
 bool admin::authorized(const rest::Request& req) const noexcept {
   const auto raw = req.headers().tryGetRaw("Authorization");
   if (!raw) return false;
-  std::string_view value = raw->value();
+  // Pistache 0.0.5's Header::Raw::value() returns a copy: keep it alive while viewed (a view
+  // of the temporary dangles once the string outgrows the small-string buffer).
+  const std::string header = raw->value();
+  std::string_view value = header;
   constexpr std::string_view scheme = "Bearer ";
   if (value.size() < scheme.size()) return false;
   for (std::size_t i = 0; i < scheme.size(); ++i) {

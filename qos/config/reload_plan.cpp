@@ -65,6 +65,9 @@ std::string text(log_format f) {
 std::string text(log_sink s) {
   return s == log_sink::standard_output ? "stdout" : "stderr";
 }
+std::string text(drain_mode m) {
+  return m == drain_mode::serve ? "serve" : "shed";
+}
 template <class T>
 requires std::is_integral_v<T> std::string text(T v) {
   if constexpr (std::is_same_v<T, bool>) {
@@ -182,6 +185,27 @@ void diff_server(std::vector<std::string>& out, const server_config& a, const se
   d("server.header_timeout", a.header_timeout, b.header_timeout);
   d("server.body_timeout", a.body_timeout, b.body_timeout);
   d("server.keepalive_timeout", a.keepalive_timeout, b.keepalive_timeout);
+  d("server.max_connections", a.max_connections, b.max_connections);
+  // The drain reads the config the server started with (server::shutdown).
+  d("server.drain_delay", a.drain_delay, b.drain_delay);
+  d("server.drain_parked", a.drain_parked, b.drain_parked);
+}
+
+// The admin listener is bound, and its token read, once at startup. The token itself is never
+// written out: only that it changed.
+void diff_admin(std::vector<std::string>& out, const std::optional<admin_config>& a,
+                const std::optional<admin_config>& b) {
+  if (!a && !b) return;
+  if (!a || !b) {
+    out.push_back(std::string("admin: ") + (a ? "removed" : "added"));
+    return;
+  }
+  differ d(out, "");
+  d("admin.address", a->address, b->address);
+  d("admin.port", a->port, b->port);
+  d("admin.token_file", a->token_file, b->token_file);
+  d("admin.token_env", a->token_env, b->token_env);
+  if (a->token != b->token) d.line("admin.token changed");
 }
 
 void diff_logging(std::vector<std::string>& out, const logging_config& a, const logging_config& b) {
@@ -267,6 +291,8 @@ reload_plan plan_reload(const app_config& current, const app_config& next,
   eff.server = current.server;
   diff_logging(plan.restart_needed, current.logging, next.logging);
   eff.logging = current.logging;
+  diff_admin(plan.restart_needed, current.admin, next.admin);
+  eff.admin = current.admin;
   for (std::size_t i = 0; i < eff.routes.size(); ++i) {
     route_config& r = eff.routes[i];
     const route_config* was = current.find_route(r.name);

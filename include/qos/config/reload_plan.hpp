@@ -15,7 +15,10 @@
 // stays inert.
 // Left unchanged until a restart (listed in restart_needed):
 //   server.*  (listen address and port, reactor and fiber threads, the executor's inbox,
-//              backlog, request size and timeouts, shutdown_grace);
+//              backlog, request size and timeouts, max_connections, shutdown_grace, and
+//              drain_delay and drain_parked, which the drain reads from the startup config);
+//   admin     (added, removed, address, port, token source or token: the listener is bound
+//              and the token read at startup; a changed token is reported, never printed);
 //   logging.* (level, format, sink, access log: the process's loggers are the application's);
 //   a route's `group` (its requests would otherwise wait in one queue and run in another);
 //   a removed group that a kept route still uses (it runs on with its old settings).

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,73 @@ TEST(reload_plan_test, server_and_logging_settings_need_a_restart_and_keep_their
   EXPECT_EQ(plan.effective.server.port, 9080);
   EXPECT_EQ(plan.effective.server.fiber_threads, 2u);
   EXPECT_EQ(plan.effective.logging.level, "info");
+}
+
+TEST(reload_plan_test, connection_cap_and_drain_settings_need_a_restart_and_keep_their_values) {
+  const auto next = edit(base, "port: 9080, fiber_threads: 2",
+                         "port: 9080, fiber_threads: 2, max_connections: 5000, "
+                         "drain_delay: 2s, drain_parked: serve");
+  const auto plan = plan_reload(load(base), load(next), guarded);
+  EXPECT_TRUE(plan.changes.empty());
+  const std::vector<std::string> expected = {"server.max_connections 0 -> 5000",
+                                             "server.drain_delay 0ms -> 2s",
+                                             "server.drain_parked shed -> serve"};
+  EXPECT_EQ(plan.restart_needed, expected);
+  EXPECT_EQ(plan.effective.server.max_connections, 0u);
+  EXPECT_EQ(plan.effective.server.drain_delay, 0ms);
+  EXPECT_EQ(plan.effective.server.drain_parked, drain_mode::shed);
+  // And back: the running values are what a second reload compares with.
+  const auto back = plan_reload(load(next), load(base), guarded);
+  const std::vector<std::string> undo = {"server.max_connections 5000 -> 0",
+                                         "server.drain_delay 2s -> 0ms",
+                                         "server.drain_parked serve -> shed"};
+  EXPECT_EQ(back.restart_needed, undo);
+}
+
+TEST(reload_plan_test, the_admin_section_needs_a_restart_and_its_token_is_never_printed) {
+  ::setenv("QOS_RELOAD_PLAN_TOKEN_A", "first-secret", 1);
+  ::setenv("QOS_RELOAD_PLAN_TOKEN_B", "second-secret", 1);
+  const std::string with_admin =
+      edit(base, "groups:", "admin: {port: 9901, token_env: QOS_RELOAD_PLAN_TOKEN_A}\ngroups:");
+  const auto running = load(with_admin);
+
+  // Added: the listener is not started by a reload.
+  auto plan = plan_reload(load(base), running, guarded);
+  EXPECT_TRUE(plan.changes.empty());
+  EXPECT_EQ(plan.restart_needed, std::vector<std::string>{"admin: added"});
+  EXPECT_FALSE(plan.effective.admin.has_value());
+
+  // Removed: the listener keeps serving.
+  plan = plan_reload(running, load(base), guarded);
+  EXPECT_EQ(plan.restart_needed, std::vector<std::string>{"admin: removed"});
+  ASSERT_TRUE(plan.effective.admin.has_value());
+  EXPECT_EQ(plan.effective.admin->port, 9901);
+
+  // Moved, and a token from another variable.
+  plan = plan_reload(running,
+                     load(edit(edit(with_admin, "port: 9901", "address: 127.0.0.2, port: 9902"),
+                               "TOKEN_A", "TOKEN_B")),
+                     guarded);
+  const std::vector<std::string> expected = {
+      "admin.address '127.0.0.1' -> '127.0.0.2'", "admin.port 9901 -> 9902",
+      "admin.token_env 'QOS_RELOAD_PLAN_TOKEN_A' -> 'QOS_RELOAD_PLAN_TOKEN_B'",
+      "admin.token changed"};
+  EXPECT_EQ(plan.restart_needed, expected);
+  ASSERT_TRUE(plan.effective.admin.has_value());
+  EXPECT_EQ(plan.effective.admin->address, "127.0.0.1");
+  EXPECT_EQ(plan.effective.admin->port, 9901);
+  EXPECT_EQ(plan.effective.admin->token, "first-secret");
+
+  // The same variable with another value: only that the token changed.
+  ::setenv("QOS_RELOAD_PLAN_TOKEN_A", "rotated-secret", 1);
+  plan = plan_reload(running, load(with_admin), guarded);
+  EXPECT_EQ(plan.restart_needed, std::vector<std::string>{"admin.token changed"});
+  EXPECT_EQ(plan.effective.admin->token, "first-secret");
+  for (const auto& line : plan.restart_needed) {
+    EXPECT_EQ(line.find("secret"), std::string::npos) << line;
+  }
+  ::unsetenv("QOS_RELOAD_PLAN_TOKEN_A");
+  ::unsetenv("QOS_RELOAD_PLAN_TOKEN_B");
 }
 
 TEST(reload_plan_test, a_route_keeps_its_group_until_a_restart_even_if_the_group_goes) {

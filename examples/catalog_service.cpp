@@ -2,6 +2,7 @@
 // reactor thread; the database routes read an embedded SQLite file through a pool of N
 // connections (N = the `db` group's max_concurrent), guarded by the gate. With --naive the
 // database routes run on the reactor thread with no gate: the baseline qos exists to beat.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -25,19 +26,28 @@ namespace rest = Pistache::Rest;
 
 namespace {
 
+// The example opens one SQLite connection per permit of the `db` group (max_concurrent). One
+// file serialises its writers and each connection holds descriptors and a page cache, so past
+// a few hundred more connections only add contention: the example refuses more than this.
+constexpr std::size_t max_db_connections = 256;
+
 struct options {
   std::string config = "config/qos.yaml";
   std::string db_path = "catalog.db";
   int db_latency_ms = 50;
   bool db_latency_total = false;  // --db-time total: the latency includes the query itself
   int port = -1;                  // -1: from the config
+  // SQLite connections; 0: one per permit of the db group at start. A reload can raise the
+  // limit only as far as the pool goes: open it for the largest limit you may reload to.
+  std::size_t db_connections = 0;
   bool naive = false;
 };
 
 void usage() {
   std::fprintf(stderr,
                "usage: catalog_service [--config FILE] [--db FILE] [--db-latency-ms MS]\n"
-               "                       [--db-time extra|total] [--port PORT] [--naive]\n"
+               "                       [--db-time extra|total] [--db-connections N] [--port PORT]\n"
+               "                       [--naive]\n"
                "       catalog_service --check FILE [--strict] [--print-effective]\n"
                "                       (validate FILE as qos-check does, and exit)\n");
 }
@@ -60,6 +70,12 @@ options parse(int argc, char** argv) {
       const std::string v = value();
       if (v != "extra" && v != "total") throw std::invalid_argument("--db-time: extra or total");
       o.db_latency_total = v == "total";
+    } else if (a == "--db-connections") {
+      const int n = std::stoi(value());
+      if (n < 1 || static_cast<std::size_t>(n) > max_db_connections) {
+        throw std::invalid_argument("--db-connections: 1.." + std::to_string(max_db_connections));
+      }
+      o.db_connections = static_cast<std::size_t>(n);
     } else if (a == "--port") {
       o.port = std::stoi(value());
     } else if (a == "--naive") {
@@ -106,11 +122,6 @@ class item_cache {
 };
 
 }  // namespace
-
-// The example opens one SQLite connection per permit of the `db` group (max_concurrent). One
-// file serialises its writers and each connection holds descriptors and a page cache, so past
-// a few hundred more connections only add contention: the example refuses more than this.
-constexpr std::size_t max_db_connections = 256;
 
 // What the example needs of a config beyond what qos checks: the `db` group and route its code
 // guards, and a pool it can open. Checked before anything is opened: a pool of a million
@@ -167,7 +178,9 @@ int run(int argc, char** argv) {
   try {
     catalog::db_options dbo;
     dbo.path = opt.db_path;
-    dbo.connections = db_group->limiter.max_concurrent;
+    dbo.connections = opt.db_connections
+                          ? std::max(opt.db_connections, db_group->limiter.max_concurrent)
+                          : db_group->limiter.max_concurrent;
     dbo.extra_latency = std::chrono::milliseconds(opt.db_latency_ms);
     dbo.latency_is_total = opt.db_latency_total;
     dbo.seed_items = 1000;

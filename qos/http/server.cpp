@@ -78,6 +78,15 @@ class signals_blocked {
 }  // namespace
 
 server::server(config::app_config cfg) {
+  {
+    // A SIGHUP between here and run() (a reload asked for while the service starts) waits for
+    // run() instead of ending the process, its default action. Threads this thread starts
+    // later inherit the mask.
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+  }
   signals_blocked blocked;
   runtime_ = std::make_unique<qos::runtime>(std::move(cfg));
   runtime::prime(router_);

@@ -29,7 +29,8 @@ namespace qos {
 class server {
  public:
   // Threads created here and in start() never receive SIGINT/SIGTERM/SIGHUP, so run() can
-  // wait for them with sigwait.
+  // wait for them with sigwait. The calling thread keeps SIGHUP blocked from here on, so a
+  // reload asked for before run() is served by run().
   explicit server(config::app_config cfg);
   server(const server&) = delete;
   server& operator=(const server&) = delete;

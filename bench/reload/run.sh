@@ -14,9 +14,8 @@
 #   time to limit    from the SIGHUP to the first sample with in_use = 16 (sampling step ~100 ms)
 #   lost             sent - answered (loadgen), must be 0; also timeouts, connect errors
 #   exit status      of the service after SIGTERM (0 expected)
-# Note: the example opens one SQLite connection per permit of the limit it started with; with
-# DB_TIME=total a query holds its connection DB_MS, so goodput after the reload is bounded by
-# that pool, whatever the new limit (in use shows the permits qos grants).
+# The example's SQLite pool is opened for LIMIT_AFTER connections (--db-connections), so the
+# permits the reload grants find a connection each: the group's limit is the only bound.
 #
 # Settings (environment): BUILD (Release build dir with catalog_service and bench/loadgen,
 #   default <repo>/build-bench) C=1000 D=20 T_HUP=8 SKIP=2 DB_MS=50 DB_TIME=total LIMIT_BEFORE=8
@@ -69,8 +68,10 @@ now() { date +%s.%N; }
 # bench/config/qos-n8.yaml with the limit, the ports and an admin listener (loopback, no
 # token: only GET endpoints are used here).
 write_config() {   # write_config LIMIT
+    # qos-n8.yaml without its admin section (this bench's own follows, on ADMIN_PORT, no token)
     sed -e "s/^    max_concurrent: .*/    max_concurrent: $1/" \
-        -e "s/^  port: .*/  port: $PORT/" "$BENCH/config/qos-n8.yaml" > "$WORK/qos.yaml.tmp"
+        -e "s/^  port: .*/  port: $PORT/" -e '/^admin:/,/^[^ ]/{/^admin:/d;/^  /d}' \
+        "$BENCH/config/qos-n8.yaml" > "$WORK/qos.yaml.tmp"
     printf 'admin:\n  address: 127.0.0.1\n  port: %s\n' "$ADMIN_PORT" >> "$WORK/qos.yaml.tmp"
     grep -q "max_concurrent: $1\$" "$WORK/qos.yaml.tmp" || { log "could not set the limit"; exit 1; }
     mv "$WORK/qos.yaml.tmp" "$WORK/qos.yaml"   # a rename: the service never reads half a file
@@ -87,7 +88,7 @@ write_config "$LIMIT_BEFORE"
 cp "$WORK/qos.yaml" "$OUT/qos-before.yaml"
 log "starting catalog_service (limit $LIMIT_BEFORE, DB $DB_MS ms $DB_TIME) on :$PORT, admin :$ADMIN_PORT"
 "$CATALOG" --config "$WORK/qos.yaml" --db "$WORK/catalog.db" --db-latency-ms "$DB_MS" \
-    --db-time "$DB_TIME" > "$OUT/service.log" 2>&1 &
+    --db-time "$DB_TIME" --db-connections "$LIMIT_AFTER" > "$OUT/service.log" 2>&1 &
 SERVICE_PID=$!
 ready=0
 for _ in $(seq 1 120); do

@@ -8,7 +8,7 @@
 //   now_fn: tests that need time to pass use short leases and bounded waits.
 // - The depth cap is checked in the enqueue's transaction without a lock: concurrent
 //   enqueuers of one route may exceed max_depth by at most their number. An exact cap would
-//   serialize a route's enqueues through their commit's WAL flush (about 400/s here).
+//   serialize a route's enqueues through their commits' WAL flushes, one at a time.
 // - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
 //   group_limit bound holds across every process sharing the database.
 // - On a lost connection the calls that return values say "nothing happened": enqueue()

@@ -10,6 +10,7 @@ pkgs=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev
+  libpq-dev postgresql-15  # the PostgreSQL job store; its tests start a private cluster
   prometheus-cpp-dev python3-prometheus-client
   clang-14 libfuzzer-14-dev  # scripts/fuzz.sh: libFuzzer with ASan + UBSan
 )

@@ -1,0 +1,92 @@
+// The job store on PostgreSQL 15 through libpq, for gateways and consumers on several hosts
+// sharing one queue. Thread-safe: calls borrow a connection from a small pool; wait_for_work()
+// is served by one listener connection on a thread of its own.
+//
+// Differences from the embedded store, within the job_store contract:
+// - Every time (run_at, leases, retries, retention, key expiry) is the server's clock (now()),
+//   never this host's, so hosts with skewed clocks agree on when a lease expires. There is no
+//   now_fn: tests that need time to pass use short leases and bounded waits.
+// - The depth cap is checked in the enqueue's transaction without a lock: concurrent
+//   enqueuers of one route may exceed max_depth by at most their number. An exact cap would
+//   serialize a route's enqueues through their commits' WAL flushes, one at a time.
+// - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
+//   group_limit bound holds across every process sharing the database.
+// - On a lost connection the calls that return values say "nothing happened": enqueue()
+//   `unavailable`, claim() nothing, heartbeat()/complete()/fail()/requeue_dead()/purge()
+//   false, status() nullopt, the counts 0; last_error() says why. A commit whose
+//   acknowledgement is lost with the connection is reported as a failure although it may have
+//   committed (as with any networked database): an enqueue retried with its idempotency key
+//   then comes back `duplicate`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "qos/jobs/job_store.hpp"
+
+namespace qos::jobs {
+
+struct pg_store_options {
+  // A libpq connection string ("host=/run/postgresql dbname=app connect_timeout=2"); give it a
+  // connect_timeout, or a host that does not answer blocks a call for libpq's default (forever).
+  std::string conninfo;
+  std::size_t pool_size = 4;  // connections for the calls; wait_for_work() has its own
+  // Run migrate() in the constructor (throws pg_store_error when it fails).
+  bool migrate_on_start = true;
+};
+
+class pg_store_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class pg_store final : public job_store {
+ public:
+  explicit pg_store(pg_store_options options);
+  pg_store(const pg_store&) = delete;
+  pg_store& operator=(const pg_store&) = delete;
+  ~pg_store() override;  // stops the listener thread, closes every connection
+
+  // Creates or upgrades the schema to this build's version; idempotent, safe to run from
+  // several processes at once (serialized by an advisory lock). Throws pg_store_error.
+  void migrate();
+  static constexpr int schema_version = 1;
+
+  enqueue_result enqueue(const job_request& job, const enqueue_options& options) override;
+  std::vector<claimed_job> claim(const std::string& group, std::size_t limit,
+                                 std::size_t group_limit, std::chrono::milliseconds lease) override;
+  bool heartbeat(const job_id& id, std::uint64_t fence, std::chrono::milliseconds lease) override;
+  bool complete(const job_id& id, std::uint64_t fence, const job_result& result) override;
+  bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
+            const retry_policy& retry) override;
+  std::optional<job_status> status(const job_id& id) override;
+  std::size_t requeue_expired(const retry_policy& retry) override;
+  // Returns how many jobs it deleted (keys are not counted). Deletes in batches, one short
+  // transaction each. A key outlives a pruned job on purpose: a late retry with it is still
+  // recognized (`duplicate`, and its status is then 404), not run a second time.
+  std::size_t prune(std::chrono::seconds jobs) override;
+  bool requeue_dead(const job_id& id) override;  // attempts start again from 0
+  bool purge(const job_id& id) override;         // the dead job and its idempotency keys
+  std::size_t depth(const std::string& route) override;
+
+  // Blocks until an enqueue into `group` is notified (true) or `timeout` passes (false). The
+  // notification is a hint, never the only way work is found: callers claim() after every
+  // return, whatever it says (a notification is lost when the listener's connection drops, or
+  // when it is sent between a claim that found nothing and this call's first LISTEN). After the
+  // listener reconnects, every group is woken once, since notifications may have been missed.
+  bool wait_for_work(const std::string& group, std::chrono::milliseconds timeout);
+  // How many times the listener has (re)connected and re-issued its LISTENs (starts it).
+  std::uint64_t listener_connects() const;
+
+  // Why the last failing call failed (for logs; never sent to a client).
+  std::string last_error() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace qos::jobs

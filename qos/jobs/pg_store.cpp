@@ -1,0 +1,1074 @@
+// The job store on PostgreSQL through libpq. Every value is bound as a parameter (PQexecParams);
+// SQL text is constant. Each call is one short transaction on a pooled connection.
+#include "qos/jobs/pg_store.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <libpq-fe.h>
+
+namespace qos::jobs {
+namespace {
+
+// Advisory locks of this store live in their own class (the first key of the two-int form),
+// so they cannot collide with an application's own advisory locks on one-bigint keys.
+constexpr int lock_class = 0x716f7331;  // "qos1"
+constexpr int lock_migrate = 0;
+
+// The schema, version 1.
+//
+// qos_jobs is a hot queue: every row is inserted, updated two or three times (claim,
+// heartbeats, completion) and deleted at retention. Hence:
+// - fillfactor 70 leaves room on each page for the new row versions of those updates. A
+//   heartbeat touches only lease_until, which no index and no index predicate mentions, so it
+//   is a HOT update (no index entries, pruned on the page itself); state changes move a row
+//   between partial indexes and cannot be HOT, but still land on the same page.
+// - autovacuum by absolute counts, not by the default 20 % of the table: the table also holds
+//   the terminal jobs kept for their retention, so 20 % would let tens of thousands of dead
+//   versions pile up in the small queued/running part that every claim scans. Insert-driven
+//   vacuum keeps the visibility map current so the depth count stays an index-only scan. The
+//   cost delay is lowered so a vacuum of this small, hot table ends quickly instead of being
+//   throttled like one of a large cold table.
+// Client-supplied strings (tenant, key, method, target, headers, body, errors) are bytea: HTTP
+// does not promise UTF-8, and a text column would refuse such a request as a server error.
+constexpr const char* migration_1 = R"sql(
+CREATE TABLE qos_jobs (
+  id             text PRIMARY KEY,
+  route          text NOT NULL,
+  grp            text NOT NULL,
+  tenant         bytea NOT NULL,
+  method         bytea NOT NULL,
+  target         bytea NOT NULL,
+  headers        bytea NOT NULL,
+  body           bytea NOT NULL,
+  priority       smallint NOT NULL CHECK (priority BETWEEN 0 AND 15),
+  idem_key       bytea,
+  payload_hash   bytea NOT NULL,
+  state          text NOT NULL DEFAULT 'queued'
+                 CHECK (state IN ('queued', 'running', 'succeeded', 'dead')),
+  attempts       integer NOT NULL DEFAULT 0,
+  fence          bigint NOT NULL DEFAULT 0,
+  run_at         timestamptz NOT NULL DEFAULT now(),
+  lease_until    timestamptz,
+  created        timestamptz NOT NULL DEFAULT now(),
+  finished       timestamptz,
+  last_error     bytea NOT NULL DEFAULT '',
+  result_status  integer,
+  result_headers bytea,
+  result_body    bytea
+) WITH (fillfactor = 70,
+        autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 500,
+        autovacuum_vacuum_insert_scale_factor = 0.01,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 1);
+-- claim(): the runnable jobs of a group in claim order.
+CREATE INDEX qos_jobs_claim ON qos_jobs (grp, priority DESC, run_at, id) WHERE state = 'queued';
+-- claim() counts a group's leases; requeue_expired() scans every lease (few: bounded by N).
+CREATE INDEX qos_jobs_running ON qos_jobs (grp) WHERE state = 'running';
+-- depth() and the cap in enqueue().
+CREATE INDEX qos_jobs_depth ON qos_jobs (route) WHERE state IN ('queued', 'running');
+-- prune().
+CREATE INDEX qos_jobs_finished ON qos_jobs (finished) WHERE state IN ('succeeded', 'dead');
+
+CREATE TABLE qos_jobs_keys (
+  route        text NOT NULL,
+  tenant       bytea NOT NULL,
+  key          bytea NOT NULL,
+  payload_hash bytea NOT NULL,
+  job_id       text NOT NULL,
+  expires_at   timestamptz NOT NULL,
+  CONSTRAINT qos_jobs_keys_scope UNIQUE (route, tenant, key)
+) WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_insert_scale_factor = 0.05);
+CREATE INDEX qos_jobs_keys_expiry ON qos_jobs_keys (expires_at);
+CREATE INDEX qos_jobs_keys_job ON qos_jobs_keys (job_id);
+)sql";
+
+// The columns a claim returns, in this order (see read_claimed).
+constexpr const char* claimed_columns =
+    "j.id, j.fence, j.attempts, (extract(epoch FROM j.lease_until) * 1000000)::bigint, "
+    "j.route, j.grp, j.tenant, j.method, j.target, j.headers, j.body, j.priority, j.idem_key, "
+    "j.payload_hash, (extract(epoch FROM j.run_at) * 1000000)::bigint";
+
+// --- Private helpers; the shared qos/jobs/job_id.hpp and backoff.hpp replace them. ---
+
+std::string new_job_id() {
+  unsigned char raw[16];
+  std::size_t got = 0;
+  while (got < sizeof raw) {
+    const ssize_t n = ::getrandom(raw + got, sizeof raw - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "getrandom");
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id(32, '0');
+  for (std::size_t i = 0; i < sizeof raw; ++i) {
+    id[2 * i] = hex[raw[i] >> 4];
+    id[2 * i + 1] = hex[raw[i] & 0xf];
+  }
+  return id;
+}
+
+// The delay before the retry that follows failed run number `attempt` (1 = the first run):
+// base * 2^(attempt-1), capped, then ± jitter.
+std::chrono::milliseconds backoff_delay(int attempt, const retry_policy& retry) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const double base = static_cast<double>(retry.base.count());
+  const double cap = static_cast<double>(retry.cap.count());
+  const double exp = std::min(cap, base * std::ldexp(1.0, std::clamp(attempt - 1, 0, 62)));
+  const double j = std::clamp(retry.jitter, 0.0, 1.0);
+  std::uniform_real_distribution<double> spread(1.0 - j, 1.0 + j);
+  const double delay = std::clamp(exp * spread(rng), 0.0, cap);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(delay)));
+}
+
+// Notification channels are identifiers of at most 63 bytes: a group's channel is a hash of its
+// name (a collision only wakes a consumer for nothing).
+std::string channel_of(const std::string& group) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : group) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "qos_jobs_%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// Headers as bytea: per pair, big-endian u32 lengths of name and value, then the bytes.
+void put_u32(std::string& out, std::size_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+std::string encode_headers(const std::vector<std::pair<std::string, std::string>>& headers) {
+  std::string out;
+  for (const auto& [name, value] : headers) {
+    put_u32(out, name.size());
+    out += name;
+    put_u32(out, value.size());
+    out += value;
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> decode_headers(const std::string& in) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::size_t at = 0;
+  auto take = [&](std::string& s) {
+    if (in.size() - at < 4) return false;
+    std::size_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<unsigned char>(in[at++]);
+    if (in.size() - at < n) return false;
+    s.assign(in, at, n);
+    at += n;
+    return true;
+  };
+  while (at < in.size()) {
+    std::string name, value;
+    if (!take(name) || !take(value)) break;  // a torn tail is dropped, never read past
+    out.emplace_back(std::move(name), std::move(value));
+  }
+  return out;
+}
+
+// --- libpq plumbing ---
+
+struct result_deleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using result = std::unique_ptr<PGresult, result_deleter>;
+
+// A failed statement. `broken`: the connection is gone (the pool drops it).
+struct db_error : std::runtime_error {
+  db_error(const std::string& what, bool broken_) : std::runtime_error(what), broken(broken_) {}
+  bool broken;
+};
+
+// Bound parameters: text values, bytea values (binary format, any bytes) or NULL.
+class params {
+ public:
+  params& text(std::string v) { return add(std::move(v), 0, false); }
+  params& bytes(std::string v) { return add(std::move(v), 1, false); }
+  params& num(std::int64_t v) { return add(std::to_string(v), 0, false); }
+  params& null() { return add({}, 0, true); }
+
+  result exec(PGconn* c, const char* sql) const {
+    std::vector<const char*> values(values_.size());
+    std::vector<int> lengths(values_.size());
+    for (std::size_t i = 0; i < values_.size(); ++i) {
+      values[i] = null_[i] ? nullptr : values_[i].data();
+      lengths[i] = static_cast<int>(values_[i].size());
+    }
+    result r{PQexecParams(c, sql, static_cast<int>(values_.size()), nullptr, values.data(),
+                          lengths.data(), formats_.data(), 0)};
+    check(c, r.get());
+    return r;
+  }
+
+  static void check(PGconn* c, PGresult* r) {
+    const auto st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return;
+    std::string msg = r ? PQresultErrorMessage(r) : "";
+    if (msg.empty()) msg = PQerrorMessage(c);
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    throw db_error(msg, PQstatus(c) != CONNECTION_OK);
+  }
+
+ private:
+  params& add(std::string v, int format, bool is_null) {
+    values_.push_back(std::move(v));
+    formats_.push_back(format);
+    null_.push_back(is_null);
+    return *this;
+  }
+  std::vector<std::string> values_;
+  std::vector<int> formats_;
+  std::vector<bool> null_;
+};
+
+result exec(PGconn* c, const char* sql) {
+  return params{}.exec(c, sql);
+}
+
+std::string col(PGresult* r, int row, int column) {
+  return std::string(PQgetvalue(r, row, column),
+                     static_cast<std::size_t>(PQgetlength(r, row, column)));
+}
+bool is_null(PGresult* r, int row, int column) {
+  return PQgetisnull(r, row, column) != 0;
+}
+std::int64_t col_int(PGresult* r, int row, int column) {
+  return std::stoll(PQgetvalue(r, row, column));
+}
+// A bytea column in text format (hex: \x...).
+std::string col_bytes(PGresult* r, int row, int column) {
+  std::size_t n = 0;
+  unsigned char* raw =
+      PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(r, row, column)), &n);
+  if (!raw) throw db_error("out of memory decoding bytea", false);
+  std::string out(reinterpret_cast<char*>(raw), n);
+  PQfreemem(raw);
+  return out;
+}
+wall_time col_time(PGresult* r, int row, int column) {
+  return wall_time(std::chrono::duration_cast<wall_clock::duration>(
+      std::chrono::microseconds(col_int(r, row, column))));
+}
+std::size_t affected(PGresult* r) {
+  const char* n = PQcmdTuples(r);
+  return (n && *n) ? static_cast<std::size_t>(std::stoull(n)) : 0;
+}
+
+PGconn* connect(const std::string& conninfo, const char* app_name, std::string& error) {
+  // fallback_application_name: the conninfo's own application_name, if any, wins.
+  const char* keys[] = {"fallback_application_name", "client_encoding", "dbname", nullptr};
+  const char* values[] = {app_name, "UTF8", conninfo.c_str(), nullptr};
+  PGconn* c = PQconnectdbParams(keys, values, 1);
+  if (!c) {
+    error = "out of memory";
+    return nullptr;
+  }
+  if (PQstatus(c) != CONNECTION_OK) {
+    error = PQerrorMessage(c);
+    while (!error.empty() && error.back() == '\n') error.pop_back();
+    PQfinish(c);
+    return nullptr;
+  }
+  // Server notices ("already exists, skipping") would go to stderr: the store has no use for
+  // them, and errors come back as results.
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
+  return c;
+}
+
+// Connections for the calls: at most `max` open; a caller waits for a free one. Guarded by
+// mutex_. A connection returns to the pool only when it is healthy and outside a transaction.
+class pool {
+ public:
+  pool(std::string conninfo, std::size_t max) : conninfo_(std::move(conninfo)), max_(max) {}
+  ~pool() {
+    for (PGconn* c : idle_) PQfinish(c);
+  }
+
+  class lease {
+   public:
+    lease(pool* p, PGconn* c) : pool_(p), conn_(c) {}
+    lease(const lease&) = delete;
+    lease& operator=(const lease&) = delete;
+    ~lease() {
+      if (conn_) pool_->give_back(conn_);
+    }
+    PGconn* get() const { return conn_; }
+
+   private:
+    pool* pool_;
+    PGconn* conn_;
+  };
+
+  // Throws db_error when no connection can be opened.
+  lease take() {
+    std::unique_lock lock(mutex_);
+    free_.wait(lock, [&] { return !idle_.empty() || open_ < max_; });
+    while (!idle_.empty()) {
+      PGconn* c = idle_.back();
+      idle_.pop_back();
+      // A connection the server closed while it sat idle (restart, pg_terminate_backend) has
+      // its EOF waiting in the socket: find it now rather than fail the caller's first
+      // statement.
+      if (PQconsumeInput(c) != 0 && PQstatus(c) == CONNECTION_OK) return lease(this, c);
+      PQfinish(c);
+      --open_;
+    }
+    ++open_;
+    lock.unlock();
+    std::string error;
+    PGconn* c = connect(conninfo_, "qos-jobs", error);
+    if (!c) {
+      lock.lock();
+      --open_;
+      free_.notify_one();
+      throw db_error(error, true);
+    }
+    return lease(this, c);
+  }
+
+ private:
+  void give_back(PGconn* c) {
+    const bool healthy = PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE;
+    if (!healthy) PQfinish(c);
+    std::lock_guard lock(mutex_);
+    if (healthy) {
+      idle_.push_back(c);
+    } else {
+      --open_;
+    }
+    free_.notify_one();
+  }
+
+  const std::string conninfo_;
+  const std::size_t max_;
+  std::mutex mutex_;
+  std::condition_variable free_;
+  std::vector<PGconn*> idle_;
+  std::size_t open_ = 0;
+};
+
+// A transaction, rolled back unless committed. When a statement fails the guard's
+// destructor rolls back; on a broken connection there is nothing to roll back (the server has
+// already aborted it) and the pool drops the connection.
+class transaction {
+ public:
+  explicit transaction(PGconn* c) : conn_(c) { exec(c, "BEGIN"); }
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+  ~transaction() {
+    if (!done_ && PQstatus(conn_) == CONNECTION_OK) result{PQexec(conn_, "ROLLBACK")};
+  }
+  void commit() {
+    done_ = true;
+    exec(conn_, "COMMIT");
+  }
+  void rollback() {
+    done_ = true;
+    exec(conn_, "ROLLBACK");
+  }
+
+ private:
+  PGconn* conn_;
+  bool done_ = false;
+};
+
+enum class retry_on : std::uint8_t {
+  begin,  // writes: retried only when BEGIN failed, so nothing of it reached the server
+  any,    // reads: retried after any broken connection
+};
+
+}  // namespace
+
+// --- The listener: one connection that LISTENs, on a thread of its own ---
+
+class pg_listener {
+ public:
+  explicit pg_listener(std::string conninfo) : conninfo_(std::move(conninfo)) {
+    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    thread_ = std::thread([this] { run(); });
+  }
+  pg_listener(const pg_listener&) = delete;
+  pg_listener& operator=(const pg_listener&) = delete;
+  ~pg_listener() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    wake();
+    thread_.join();
+    ::close(wake_fd_);
+  }
+
+  bool wait(const std::string& group, std::chrono::milliseconds timeout) {
+    const std::string ch = channel_of(group);
+    std::unique_lock lock(mutex_);
+    auto [it, added] = channels_.try_emplace(ch);
+    if (added) {
+      to_listen_.push_back(ch);
+      wake();
+    }
+    bool& signalled = it->second;
+    if (!changed_.wait_for(lock, timeout, [&] { return signalled || stop_; })) return false;
+    const bool got = signalled;
+    signalled = false;
+    return got;
+  }
+
+  std::uint64_t connects() const { return connects_.load(); }
+
+ private:
+  void wake() {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+  }
+
+  bool stopping() {
+    std::lock_guard lock(mutex_);
+    return stop_;
+  }
+
+  // LISTENs on `channels`; false when the connection broke.
+  static bool listen(PGconn* c, const std::vector<std::string>& channels) {
+    for (const auto& ch : channels) {
+      // The channel is "qos_jobs_" and 16 hex digits of our own making: safe as an identifier.
+      const std::string sql = "LISTEN " + ch;
+      result r{PQexec(c, sql.c_str())};
+      if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) return false;
+    }
+    return true;
+  }
+
+  void run() {
+    PGconn* conn = nullptr;
+    while (!stopping()) {
+      if (!conn) {
+        std::string error;
+        conn = connect(conninfo_, "qos-jobs-listener", error);
+        std::vector<std::string> all;
+        {
+          std::lock_guard lock(mutex_);
+          to_listen_.clear();
+          for (const auto& [ch, _] : channels_) all.push_back(ch);
+        }
+        if (conn && !listen(conn, all)) {
+          PQfinish(conn);
+          conn = nullptr;
+        }
+        if (!conn) {
+          std::unique_lock lock(mutex_);
+          changed_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_; });
+          continue;
+        }
+        // Notifications sent while no connection listened are lost: wake every waiter once so
+        // it claims (the poll it would do at its timeout, done now).
+        {
+          std::lock_guard lock(mutex_);
+          for (auto& [_, signalled] : channels_) signalled = true;
+          connects_.fetch_add(1);
+        }
+        changed_.notify_all();
+      }
+      std::vector<std::string> fresh;
+      {
+        std::lock_guard lock(mutex_);
+        fresh.swap(to_listen_);
+      }
+      if (!listen(conn, fresh)) {
+        PQfinish(conn);
+        conn = nullptr;
+        continue;
+      }
+      pollfd fds[2] = {{PQsocket(conn), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      const int n = ::poll(fds, 2, 1000);
+      if (n < 0 && errno != EINTR) {
+        PQfinish(conn);
+        conn = nullptr;
+        continue;
+      }
+      if (fds[1].revents & POLLIN) {
+        std::uint64_t v;
+        [[maybe_unused]] auto r = ::read(wake_fd_, &v, sizeof v);
+      }
+      if (fds[0].revents != 0) {
+        if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK) {
+          PQfinish(conn);
+          conn = nullptr;
+          continue;
+        }
+        bool any = false;
+        std::unique_lock lock(mutex_);
+        while (PGnotify* note = PQnotifies(conn)) {
+          if (auto it = channels_.find(note->relname); it != channels_.end()) {
+            it->second = true;
+            any = true;
+          }
+          PQfreemem(note);
+        }
+        lock.unlock();
+        if (any) changed_.notify_all();
+      }
+    }
+    if (conn) PQfinish(conn);
+  }
+
+  const std::string conninfo_;
+  int wake_fd_ = -1;  // wakes poll() for a new channel or stop
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::map<std::string, bool> channels_;  // channel -> notified since a waiter last looked
+  std::vector<std::string> to_listen_;    // channels added since the last LISTENs
+  bool stop_ = false;
+  std::atomic<std::uint64_t> connects_{0};
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+struct pg_store::impl {
+  explicit impl(pg_store_options o)
+      : options(std::move(o)),
+        connections(options.conninfo, std::max<std::size_t>(1, options.pool_size)) {}
+
+  // Runs fn(conn) on a pooled connection. A broken connection is retried once on a fresh one,
+  // per `retry`. Throws db_error.
+  template <class F>
+  auto run(retry_on retry, F&& fn) {
+    for (int attempt = 0;; ++attempt) {
+      auto conn = connections.take();
+      bool began = false;
+      try {
+        transaction t(conn.get());
+        began = true;
+        return fn(conn.get(), t);
+      } catch (const db_error& e) {
+        const bool retriable = e.broken && attempt == 0 && (retry == retry_on::any || !began);
+        if (!retriable) throw;
+      }
+    }
+  }
+
+  void failed(const std::exception& e) {
+    std::lock_guard lock(error_mutex);
+    error = e.what();
+  }
+
+  // Started by the first wait_for_work(): a gateway that only enqueues holds no listener.
+  pg_listener& listener() {
+    std::call_once(listener_started,
+                   [&] { listen = std::make_unique<pg_listener>(options.conninfo); });
+    return *listen;
+  }
+
+  const pg_store_options options;
+  pool connections;
+  std::once_flag listener_started;
+  std::unique_ptr<pg_listener> listen;
+  mutable std::mutex error_mutex;
+  std::string error;  // guarded by error_mutex
+};
+
+pg_store::pg_store(pg_store_options options) : impl_(std::make_unique<impl>(std::move(options))) {
+  if (impl_->options.migrate_on_start) migrate();
+}
+
+pg_store::~pg_store() = default;
+
+void pg_store::migrate() {
+  try {
+    impl_->run(retry_on::begin, [](PGconn* c, transaction& t) {
+      // Serializes migrations of concurrent processes: CREATE TABLE IF NOT EXISTS alone races.
+      params{}
+          .num(lock_class)
+          .num(lock_migrate)
+          .exec(c, "SELECT pg_advisory_xact_lock($1::int, $2::int)");
+      exec(c,
+           "CREATE TABLE IF NOT EXISTS qos_jobs_schema ("
+           " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
+      result v = exec(c, "SELECT coalesce(max(version), 0) FROM qos_jobs_schema");
+      const auto current = col_int(v.get(), 0, 0);
+      if (current > schema_version) {
+        throw db_error("the database's job schema (version " + std::to_string(current) +
+                           ") is newer than this build's (" + std::to_string(schema_version) + ")",
+                       false);
+      }
+      if (current < 1) {
+        // No parameters: PQexec runs the whole script.
+        result r{PQexec(c, migration_1)};
+        params::check(c, r.get());
+        params{}.num(1).exec(c, "INSERT INTO qos_jobs_schema (version) VALUES ($1::int)");
+      }
+      t.commit();
+      return 0;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    throw pg_store_error(std::string("job store migration failed: ") + e.what());
+  }
+}
+
+enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& options) {
+  enqueue_result out;
+  const std::string id = new_job_id();
+  try {
+    out = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      enqueue_result r;
+      if (job.idempotency_key) {
+        // A key past its retention is forgotten: this request starts a new job.
+        params{}
+            .text(job.route)
+            .bytes(job.tenant)
+            .bytes(*job.idempotency_key)
+            .exec(c,
+                  "DELETE FROM qos_jobs_keys WHERE route = $1 AND tenant = $2 AND key = $3"
+                  " AND expires_at <= now()");
+        // Concurrent duplicates wait here on the unique constraint for the first one's
+        // transaction; when it commits they read its job back, when it rolls back (full)
+        // one of them takes its place.
+        result ins =
+            params{}
+                .text(job.route)
+                .bytes(job.tenant)
+                .bytes(*job.idempotency_key)
+                .bytes(job.payload_hash)
+                .text(id)
+                .num(options.key_retention.count())
+                .exec(c,
+                      "INSERT INTO qos_jobs_keys"
+                      " (route, tenant, key, payload_hash, job_id, expires_at)"
+                      " VALUES ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 second')"
+                      " ON CONFLICT ON CONSTRAINT qos_jobs_keys_scope DO NOTHING"
+                      " RETURNING job_id");
+        if (PQntuples(ins.get()) == 0) {
+          result old = params{}
+                           .text(job.route)
+                           .bytes(job.tenant)
+                           .bytes(*job.idempotency_key)
+                           .exec(c,
+                                 "SELECT payload_hash, job_id FROM qos_jobs_keys"
+                                 " WHERE route = $1 AND tenant = $2 AND key = $3");
+          t.rollback();
+          if (PQntuples(old.get()) == 0) {
+            // Pruned between the two statements: rare; the client's retry settles it.
+            r.result = enqueue_result::kind::unavailable;
+            r.error = "idempotency key pruned concurrently";
+            return r;
+          }
+          if (col_bytes(old.get(), 0, 0) == job.payload_hash) {
+            r.result = enqueue_result::kind::duplicate;
+            r.id = col(old.get(), 0, 1);
+          } else {
+            r.result = enqueue_result::kind::conflict;
+          }
+          return r;
+        }
+      }
+      // Not exact under concurrency (see the header): counted without a lock, in this
+      // transaction's snapshot. LIMIT bounds the work to the cap.
+      result depth = params{}
+                         .text(job.route)
+                         .num(static_cast<std::int64_t>(options.max_depth))
+                         .exec(c,
+                               "SELECT count(*) FROM (SELECT 1 FROM qos_jobs WHERE route = $1"
+                               " AND state IN ('queued', 'running') LIMIT $2::bigint) d");
+      if (static_cast<std::size_t>(col_int(depth.get(), 0, 0)) >= options.max_depth) {
+        t.rollback();
+        r.result = enqueue_result::kind::full;
+        return r;
+      }
+      params p;
+      p.text(id)
+          .text(job.route)
+          .text(job.group)
+          .bytes(job.tenant)
+          .bytes(job.method)
+          .bytes(job.target)
+          .bytes(encode_headers(job.headers))
+          .bytes(job.body)
+          .num(std::clamp(job.priority, 0, 15));
+      if (job.idempotency_key) {
+        p.bytes(*job.idempotency_key);
+      } else {
+        p.null();
+      }
+      p.bytes(job.payload_hash);
+      p.exec(c,
+             "INSERT INTO qos_jobs (id, route, grp, tenant, method, target, headers, body,"
+             " priority, idem_key, payload_hash)"
+             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::smallint, $10, $11)");
+      t.commit();
+      r.result = enqueue_result::kind::created;
+      r.id = id;
+      // The wake-up goes after the commit, in a transaction of its own without a WAL flush
+      // wait: PostgreSQL serializes the commits of every transaction that sent a NOTIFY on
+      // one database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY
+      // inside the enqueue would cap all enqueues at one per fsync. A lost notification only
+      // delays a consumer until its poll.
+      try {
+        params{}
+            .text(channel_of(job.group))
+            .exec(c, "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')");
+      } catch (const db_error&) {
+      }
+      return r;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    out = {};
+    out.result = enqueue_result::kind::unavailable;
+    out.error = e.what();
+  }
+  return out;
+}
+
+namespace {
+
+claimed_job read_claimed(PGresult* r, int row) {
+  claimed_job j;
+  j.id = col(r, row, 0);
+  j.fence = static_cast<std::uint64_t>(col_int(r, row, 1));
+  j.attempt = static_cast<int>(col_int(r, row, 2));
+  j.lease_until = col_time(r, row, 3);
+  j.request.route = col(r, row, 4);
+  j.request.group = col(r, row, 5);
+  j.request.tenant = col_bytes(r, row, 6);
+  j.request.method = col_bytes(r, row, 7);
+  j.request.target = col_bytes(r, row, 8);
+  j.request.headers = decode_headers(col_bytes(r, row, 9));
+  j.request.body = col_bytes(r, row, 10);
+  j.request.priority = static_cast<int>(col_int(r, row, 11));
+  if (!is_null(r, row, 12)) j.request.idempotency_key = col_bytes(r, row, 12);
+  j.request.payload_hash = col_bytes(r, row, 13);
+  return j;
+}
+
+}  // namespace
+
+std::vector<claimed_job> pg_store::claim(const std::string& group, std::size_t limit,
+                                         std::size_t group_limit, std::chrono::milliseconds lease) {
+  if (limit == 0 || group_limit == 0) return {};
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      std::vector<claimed_job> out;
+      // Count-and-claim is atomic per group across processes: without the lock two claimers
+      // could both count N-1 leases and both take one. One lock per group, held for this short
+      // transaction only (never while a job runs, so a crashed consumer holds nothing), and
+      // taken in its own statement: READ COMMITTED gives the next statement a snapshot that
+      // includes the previous holder's committed claims.
+      params{}
+          .num(lock_class)
+          .text(group)
+          .exec(c, "SELECT pg_advisory_xact_lock($1::int, hashtext($2))");
+      // Leases past their expiry still count until requeue_expired() takes them back: their
+      // worker may still be running.
+      result running = params{}.text(group).exec(
+          c, "SELECT count(*) FROM qos_jobs WHERE grp = $1 AND state = 'running'");
+      const auto held = static_cast<std::size_t>(col_int(running.get(), 0, 0));
+      if (held >= group_limit) {
+        t.commit();
+        return out;
+      }
+      const std::size_t k = std::min(limit, group_limit - held);
+      const std::string sql =
+          std::string(
+              "UPDATE qos_jobs j SET state = 'running', fence = j.fence + 1,"
+              " attempts = j.attempts + 1,"
+              " lease_until = now() + $3::bigint * interval '1 millisecond'"
+              " FROM (SELECT id FROM qos_jobs WHERE grp = $1 AND state = 'queued'"
+              " AND run_at <= now() ORDER BY priority DESC, run_at, id"
+              " LIMIT $2::bigint FOR UPDATE SKIP LOCKED) picked"
+              " WHERE j.id = picked.id RETURNING ") +
+          claimed_columns;
+      result r = params{}
+                     .text(group)
+                     .num(static_cast<std::int64_t>(k))
+                     .num(lease.count())
+                     .exec(c, sql.c_str());
+      t.commit();
+      std::vector<std::pair<std::int64_t, claimed_job>> rows;
+      for (int i = 0; i < PQntuples(r.get()); ++i) {
+        rows.emplace_back(col_int(r.get(), i, 14), read_claimed(r.get(), i));
+      }
+      // RETURNING has no order: hand them out in claim order.
+      std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+        if (a.second.request.priority != b.second.request.priority) {
+          return a.second.request.priority > b.second.request.priority;
+        }
+        if (a.first != b.first) return a.first < b.first;
+        return a.second.id < b.second.id;
+      });
+      for (auto& [_, j] : rows) out.push_back(std::move(j));
+      return out;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return {};
+  }
+}
+
+bool pg_store::heartbeat(const job_id& id, std::uint64_t fence, std::chrono::milliseconds lease) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      // A lease past its expiry but not yet taken back is still this token's: extending it is
+      // safe, and requeue_expired() re-checks the expiry under the row lock.
+      result r = params{}
+                     .text(id)
+                     .num(static_cast<std::int64_t>(fence))
+                     .num(lease.count())
+                     .exec(c,
+                           "UPDATE qos_jobs SET lease_until = now() + $3::bigint * interval "
+                           "'1 millisecond' WHERE id = $1 AND fence = $2::bigint AND state = "
+                           "'running'");
+      t.commit();
+      return affected(r.get()) == 1;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return false;
+  }
+}
+
+bool pg_store::complete(const job_id& id, std::uint64_t fence, const job_result& res) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      result r = params{}
+                     .text(id)
+                     .num(static_cast<std::int64_t>(fence))
+                     .num(res.status)
+                     .bytes(encode_headers(res.headers))
+                     .bytes(res.body)
+                     .exec(c,
+                           "UPDATE qos_jobs SET state = 'succeeded', finished = now(),"
+                           " lease_until = NULL, last_error = '', result_status = $3::int,"
+                           " result_headers = $4, result_body = $5"
+                           " WHERE id = $1 AND fence = $2::bigint AND state = 'running'");
+      t.commit();
+      return affected(r.get()) == 1;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return false;
+  }
+}
+
+bool pg_store::fail(const job_id& id, std::uint64_t fence, const std::string& error,
+                    const retry_policy& retry) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      result row = params{}
+                       .text(id)
+                       .num(static_cast<std::int64_t>(fence))
+                       .exec(c,
+                             "SELECT attempts FROM qos_jobs WHERE id = $1 AND fence = $2::bigint"
+                             " AND state = 'running' FOR UPDATE");
+      if (PQntuples(row.get()) == 0) {
+        t.rollback();
+        return false;
+      }
+      const int attempts = static_cast<int>(col_int(row.get(), 0, 0));
+      if (attempts >= retry.max_attempts) {
+        params{}.text(id).bytes(error).exec(
+            c,
+            "UPDATE qos_jobs SET state = 'dead', finished = now(), lease_until = NULL,"
+            " last_error = $2 WHERE id = $1");
+      } else {
+        params{}
+            .text(id)
+            .bytes(error)
+            .num(backoff_delay(attempts, retry).count())
+            .exec(c,
+                  "UPDATE qos_jobs SET state = 'queued', lease_until = NULL, last_error = $2,"
+                  " run_at = now() + $3::bigint * interval '1 millisecond' WHERE id = $1");
+      }
+      t.commit();
+      return true;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return false;
+  }
+}
+
+std::optional<job_status> pg_store::status(const job_id& id) {
+  try {
+    return impl_->run(retry_on::any, [&](PGconn* c, transaction& t) -> std::optional<job_status> {
+      result r = params{}.text(id).exec(
+          c,
+          "SELECT state, attempts, (extract(epoch FROM run_at) * 1000000)::bigint,"
+          " result_status, result_headers, result_body, last_error,"
+          " (extract(epoch FROM created) * 1000000)::bigint,"
+          " (extract(epoch FROM finished) * 1000000)::bigint"
+          " FROM qos_jobs WHERE id = $1");
+      t.commit();
+      if (PQntuples(r.get()) == 0) return std::nullopt;
+      PGresult* p = r.get();
+      job_status s;
+      s.id = id;
+      const std::string state = col(p, 0, 0);
+      s.state = state == "queued"      ? job_state::queued
+                : state == "running"   ? job_state::running
+                : state == "succeeded" ? job_state::succeeded
+                                       : job_state::dead;
+      s.attempts = static_cast<int>(col_int(p, 0, 1));
+      if (s.state == job_state::queued) s.run_at = col_time(p, 0, 2);
+      if (s.state == job_state::succeeded && !is_null(p, 0, 3)) {
+        s.result = job_result{.status = static_cast<int>(col_int(p, 0, 3)),
+                              .headers = decode_headers(col_bytes(p, 0, 4)),
+                              .body = col_bytes(p, 0, 5)};
+      }
+      s.last_error = col_bytes(p, 0, 6);
+      s.created = col_time(p, 0, 7);
+      if (!is_null(p, 0, 8)) s.finished = col_time(p, 0, 8);
+      return s;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return std::nullopt;
+  }
+}
+
+std::size_t pg_store::requeue_expired(const retry_policy& retry) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      // The run counted at its claim; the next claim counts the next one (attempts + 1). The
+      // expiry is re-checked on each row after its lock (a heartbeat that won the race keeps
+      // its lease).
+      result r =
+          params{}
+              .num(retry.max_attempts)
+              .exec(c,
+                    "UPDATE qos_jobs SET"
+                    " state = CASE WHEN attempts >= $1::int THEN 'dead' ELSE 'queued' END,"
+                    " finished = CASE WHEN attempts >= $1::int THEN now() END,"
+                    " run_at = now(), lease_until = NULL,"
+                    " last_error = convert_to('lease expired on attempt ' || attempts, 'UTF8')"
+                    " WHERE state = 'running' AND lease_until < now()");
+      t.commit();
+      return affected(r.get());
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return 0;
+  }
+}
+
+std::size_t pg_store::prune(std::chrono::seconds jobs) {
+  // Batches of 1000, one short transaction each: a long delete would hold its row locks and
+  // its snapshot (holding back vacuum of the hot rows) for its whole length.
+  constexpr std::int64_t batch = 1000;
+  std::size_t deleted = 0;
+  try {
+    for (;;) {
+      const std::size_t n = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+        result r = params{}
+                       .num(jobs.count())
+                       .num(batch)
+                       .exec(c,
+                             "DELETE FROM qos_jobs j USING (SELECT id FROM qos_jobs"
+                             " WHERE state IN ('succeeded', 'dead')"
+                             " AND finished < now() - $1::bigint * interval '1 second'"
+                             " LIMIT $2::bigint FOR UPDATE SKIP LOCKED) old"
+                             " WHERE j.id = old.id AND j.state IN ('succeeded', 'dead')");
+        t.commit();
+        return affected(r.get());
+      });
+      deleted += n;
+      if (n < static_cast<std::size_t>(batch)) break;
+    }
+    for (;;) {
+      const std::size_t n = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+        result r = params{}.num(batch).exec(
+            c,
+            "DELETE FROM qos_jobs_keys WHERE ctid IN (SELECT ctid FROM qos_jobs_keys"
+            " WHERE expires_at <= now() LIMIT $1::bigint FOR UPDATE SKIP LOCKED)");
+        t.commit();
+        return affected(r.get());
+      });
+      if (n < static_cast<std::size_t>(batch)) break;
+    }
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+  }
+  return deleted;
+}
+
+bool pg_store::requeue_dead(const job_id& id) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      result r = params{}.text(id).exec(
+          c,
+          "UPDATE qos_jobs SET state = 'queued', attempts = 0, run_at = now(), finished = NULL"
+          " WHERE id = $1 AND state = 'dead'");
+      t.commit();
+      return affected(r.get()) == 1;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return false;
+  }
+}
+
+bool pg_store::purge(const job_id& id) {
+  try {
+    return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
+      result r = params{}.text(id).exec(c, "DELETE FROM qos_jobs WHERE id = $1 AND state = 'dead'");
+      const bool gone = affected(r.get()) == 1;
+      if (gone) params{}.text(id).exec(c, "DELETE FROM qos_jobs_keys WHERE job_id = $1");
+      t.commit();
+      return gone;
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return false;
+  }
+}
+
+std::size_t pg_store::depth(const std::string& route) {
+  try {
+    return impl_->run(retry_on::any, [&](PGconn* c, transaction& t) {
+      result r = params{}.text(route).exec(
+          c, "SELECT count(*) FROM qos_jobs WHERE route = $1 AND state IN ('queued', 'running')");
+      t.commit();
+      return static_cast<std::size_t>(col_int(r.get(), 0, 0));
+    });
+  } catch (const std::exception& e) {
+    impl_->failed(e);
+    return 0;
+  }
+}
+
+bool pg_store::wait_for_work(const std::string& group, std::chrono::milliseconds timeout) {
+  return impl_->listener().wait(group, timeout);
+}
+
+std::uint64_t pg_store::listener_connects() const {
+  return impl_->listener().connects();
+}
+
+std::string pg_store::last_error() const {
+  std::lock_guard lock(impl_->error_mutex);
+  return impl_->error;
+}
+
+}  // namespace qos::jobs

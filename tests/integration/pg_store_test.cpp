@@ -1,0 +1,540 @@
+// The PostgreSQL job store against a private PostgreSQL 15 cluster (tests/support/pg_cluster):
+// the job_store contract, the N bound across connections claiming at once, LISTEN/NOTIFY with
+// its fallback poll, and a stopped server. Each test gets a database of its own. Times come
+// from the server's clock, so tests move a job's time there (run_at) instead of sleeping.
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qos/jobs/pg_store.hpp"
+#include "support/eventually.hpp"
+#include "support/pg_cluster.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using qos::jobs::enqueue_result;
+using qos::jobs::job_request;
+using qos::jobs::job_state;
+using qos::jobs::pg_store;
+using qos::test::eventually;
+using kind = enqueue_result::kind;
+
+// One cluster per test process, stopped at exit whatever the tests did.
+class cluster_env : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (qos::test::pg_cluster::available()) cluster = std::make_unique<qos::test::pg_cluster>();
+  }
+  void TearDown() override { cluster.reset(); }
+  static inline std::unique_ptr<qos::test::pg_cluster> cluster;
+};
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
+
+// One statement through a connection of its own; its first value ("" when none). Values bound.
+std::string sql(const std::string& conninfo, const std::string& query,
+                const std::vector<std::string>& args = {}) {
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  std::string out;
+  if (PQstatus(c) != CONNECTION_OK) {
+    ADD_FAILURE() << PQerrorMessage(c);
+    PQfinish(c);
+    return out;
+  }
+  std::vector<const char*> values;
+  for (const auto& a : args) values.push_back(a.c_str());
+  PGresult* r = PQexecParams(c, query.c_str(), static_cast<int>(values.size()), nullptr,
+                             values.data(), nullptr, nullptr, 0);
+  const auto st = PQresultStatus(r);
+  if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+    ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
+  } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
+    out = PQgetvalue(r, 0, 0);
+  }
+  PQclear(r);
+  PQfinish(c);
+  return out;
+}
+
+job_request order(std::string body = "{}", int priority = 0) {
+  return {.route = "orders",
+          .group = "db",
+          .method = "POST",
+          .target = "/orders",
+          .headers = {{"content-type", "application/json"}},
+          .body = std::move(body),
+          .priority = priority,
+          .payload_hash = "h"};
+}
+
+job_request keyed(std::string key, std::string hash, std::string tenant = "") {
+  auto r = order();
+  r.idempotency_key = std::move(key);
+  r.payload_hash = std::move(hash);
+  r.tenant = std::move(tenant);
+  return r;
+}
+
+class PgStore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!qos::test::pg_cluster::available()) {
+      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << qos::test::pg_cluster::bin
+                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
+    }
+    ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
+    static int next = 0;  // not reset by --gtest_repeat: every database name is fresh
+    const std::string db = "t" + std::to_string(++next);
+    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
+    conninfo_ = cluster_env::cluster->conninfo(db);
+    store_ = make_store();
+  }
+
+  std::unique_ptr<pg_store> make_store(std::size_t pool = 4) {
+    return std::make_unique<pg_store>(
+        qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = pool});
+  }
+  std::string q(const std::string& query, const std::vector<std::string>& args = {}) {
+    return sql(conninfo_, query, args);
+  }
+  int running(const std::string& group) {
+    return std::stoi(
+        q("SELECT count(*) FROM qos_jobs WHERE grp = $1 AND state = 'running'", {group}));
+  }
+  std::string created(const job_request& r = order()) {
+    auto e = store_->enqueue(r, {});
+    EXPECT_EQ(e.result, kind::created) << e.error;
+    return e.id;
+  }
+  // Moves a queued job's retry time to now, as if its backoff had passed.
+  void due_now(const std::string& id) {
+    q("UPDATE qos_jobs SET run_at = now() WHERE id = $1", {id});
+  }
+
+  std::string conninfo_;
+  std::unique_ptr<pg_store> store_;
+};
+
+TEST_F(PgStore, EnqueueCommitsAQueuedJobWithAnUnguessableId) {
+  auto e = store_->enqueue(order(), {});
+  ASSERT_EQ(e.result, kind::created) << e.error;
+  EXPECT_EQ(e.id.size(), 32u);
+  EXPECT_EQ(e.id.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_NE(created(), e.id);
+  auto s = store_->status(e.id);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->state, job_state::queued);
+  EXPECT_EQ(s->attempts, 0);
+  EXPECT_TRUE(s->run_at);
+  EXPECT_EQ(store_->depth("orders"), 2u);
+  EXPECT_EQ(store_->depth("other"), 0u);
+  EXPECT_FALSE(store_->status("00000000000000000000000000000000"));
+}
+
+TEST_F(PgStore, MigrateIsIdempotentAndTheQueueTableIsTunedForChurn) {
+  store_->migrate();
+  auto second = make_store();
+  second->migrate();
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_schema"), "1");
+  EXPECT_EQ(q("SELECT max(version) FROM qos_jobs_schema"), "1");
+  const auto options =
+      q("SELECT array_to_string(reloptions, ',') FROM pg_class"
+        " WHERE relname = 'qos_jobs'");
+  EXPECT_NE(options.find("fillfactor=70"), std::string::npos) << options;
+  EXPECT_NE(options.find("autovacuum_vacuum_scale_factor"), std::string::npos) << options;
+}
+
+TEST_F(PgStore, RequestBytesRoundTripThroughAClaim) {
+  auto r = order(std::string("a\0b\xff", 4), 7);
+  r.headers = {{"x-a", std::string("\x01\x00", 2)}, {"x-b", ""}};
+  r.tenant = "t\xe9";  // not UTF-8
+  r.target = "/orders?q=%ff";
+  created(r);
+  auto jobs = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].request.body, r.body);
+  EXPECT_EQ(jobs[0].request.headers, r.headers);
+  EXPECT_EQ(jobs[0].request.tenant, r.tenant);
+  EXPECT_EQ(jobs[0].request.target, r.target);
+  EXPECT_EQ(jobs[0].request.method, "POST");
+  EXPECT_EQ(jobs[0].request.route, "orders");
+  EXPECT_EQ(jobs[0].request.priority, 7);
+  EXPECT_FALSE(jobs[0].request.idempotency_key);
+  EXPECT_EQ(jobs[0].attempt, 1);
+  EXPECT_GT(jobs[0].lease_until, qos::jobs::wall_clock::now() - 1h);
+}
+
+TEST_F(PgStore, IdempotencyKeysAreScopedPerRouteAndTenant) {
+  auto first = store_->enqueue(keyed("k1", "h1"), {});
+  ASSERT_EQ(first.result, kind::created) << first.error;
+  auto again = store_->enqueue(keyed("k1", "h1"), {});
+  EXPECT_EQ(again.result, kind::duplicate);
+  EXPECT_EQ(again.id, first.id);
+  EXPECT_EQ(store_->enqueue(keyed("k1", "h2"), {}).result, kind::conflict);
+  EXPECT_EQ(store_->enqueue(keyed("k1", "h1", "tenant-b"), {}).result, kind::created);
+  auto other_route = keyed("k1", "h1");
+  other_route.route = "refunds";
+  EXPECT_EQ(store_->enqueue(other_route, {}).result, kind::created);
+  EXPECT_EQ(store_->depth("orders"), 2u);
+}
+
+TEST_F(PgStore, AKeyPastItsRetentionStartsANewJob) {
+  auto first = store_->enqueue(keyed("k", "h"), {.key_retention = 0s});
+  ASSERT_EQ(first.result, kind::created);
+  auto second = store_->enqueue(keyed("k", "h"), {});
+  ASSERT_EQ(second.result, kind::created);
+  EXPECT_NE(second.id, first.id);
+  EXPECT_EQ(store_->enqueue(keyed("k", "h"), {}).id, second.id);
+}
+
+TEST_F(PgStore, HundredConcurrentDuplicatesCreateOneJob) {
+  auto wide = make_store(16);
+  std::vector<std::thread> threads;
+  std::mutex m;
+  std::vector<enqueue_result> results;
+  std::atomic<bool> go{false};
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&] {
+      while (!go) std::this_thread::yield();
+      auto r = wide->enqueue(keyed("same", "h"), {});
+      std::lock_guard lock(m);
+      results.push_back(r);
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(results.size(), 100u);
+  const auto created_n = std::count_if(results.begin(), results.end(),
+                                       [](const auto& r) { return r.result == kind::created; });
+  EXPECT_EQ(created_n, 1);
+  std::set<std::string> ids;
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.result == kind::created || r.result == kind::duplicate) << r.error;
+    ids.insert(r.id);
+  }
+  EXPECT_EQ(ids.size(), 1u);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "1");
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_keys"), "1");
+}
+
+TEST_F(PgStore, TheDepthCapRefusesAndStoresNothing) {
+  const qos::jobs::enqueue_options cap{.max_depth = 2};
+  ASSERT_EQ(store_->enqueue(order(), cap).result, kind::created);
+  ASSERT_EQ(store_->enqueue(order(), cap).result, kind::created);
+  EXPECT_EQ(store_->enqueue(order(), cap).result, kind::full);
+  EXPECT_EQ(store_->enqueue(keyed("k", "h"), cap).result, kind::full);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "2");
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_keys"), "0");  // the refused key is not kept
+  auto jobs = store_->claim("db", 1, 8, 10s);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(store_->enqueue(order(), cap).result, kind::full);  // running counts too
+  ASSERT_TRUE(store_->complete(jobs[0].id, jobs[0].fence, {}));
+  EXPECT_EQ(store_->enqueue(keyed("k", "h"), cap).result, kind::created);
+}
+
+TEST_F(PgStore, ClaimTakesHigherPriorityFirstThenOldestAndRespectsTheGroupLimit) {
+  const auto low1 = created(order("low1", 1));
+  const auto high = created(order("high", 9));
+  const auto low2 = created(order("low2", 1));
+  auto other = order("other", 15);
+  other.group = "mail";
+  created(other);
+  auto first = store_->claim("db", 2, 8, 10s);
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].id, high);
+  EXPECT_EQ(first[1].id, low1);
+  // Two leases held: a group limit of 3 leaves room for one more, whatever `limit` asks.
+  auto second = store_->claim("db", 5, 3, 10s);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].id, low2);
+  EXPECT_TRUE(store_->claim("db", 5, 3, 10s).empty());
+  EXPECT_EQ(running("db"), 3);
+  EXPECT_EQ(store_->claim("mail", 5, 1, 10s).size(), 1u);
+  ASSERT_TRUE(store_->complete(first[0].id, first[0].fence, {}));
+  created(order("late", 0));
+  EXPECT_EQ(store_->claim("db", 5, 3, 10s).size(), 1u);
+  EXPECT_TRUE(store_->claim("db", 0, 3, 10s).empty());
+}
+
+TEST_F(PgStore, FencingRejectsTheStaleTokenAfterExpiryAndReclaim) {
+  const auto id = created();
+  auto a = store_->claim("db", 1, 1, 300ms);
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_TRUE(store_->heartbeat(id, a[0].fence, 300ms));
+  // The lease lapses by the server's clock; any process may take it back.
+  ASSERT_TRUE(eventually([&] { return store_->requeue_expired({}) == 1; }, 10s));
+  auto b = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b[0].id, id);
+  EXPECT_GT(b[0].fence, a[0].fence);
+  EXPECT_EQ(b[0].attempt, 2);
+  // The paused worker wakes up: nothing of it is accepted.
+  EXPECT_FALSE(store_->heartbeat(id, a[0].fence, 10s));
+  EXPECT_FALSE(store_->complete(id, a[0].fence, {.status = 500}));
+  EXPECT_FALSE(store_->fail(id, a[0].fence, "late", {}));
+  EXPECT_TRUE(store_->heartbeat(id, b[0].fence, 10s));
+  ASSERT_TRUE(store_->complete(
+      id, b[0].fence, {.status = 201, .headers = {{"location", "/orders/7"}}, .body = "ok"}));
+  EXPECT_FALSE(store_->complete(id, b[0].fence, {.status = 500}));  // once only
+  auto s = store_->status(id);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->state, job_state::succeeded);
+  EXPECT_EQ(s->attempts, 2);
+  ASSERT_TRUE(s->result);
+  EXPECT_EQ(s->result->status, 201);
+  EXPECT_EQ(s->result->body, "ok");
+  EXPECT_EQ(s->result->headers.at(0).second, "/orders/7");
+  EXPECT_FALSE(s->run_at);
+  EXPECT_GE(s->finished, s->created);
+}
+
+TEST_F(PgStore, AHeartbeatKeepsTheLeaseFromBeingRequeued) {
+  const auto id = created();
+  auto a = store_->claim("db", 1, 1, 300ms);
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_TRUE(store_->heartbeat(id, a[0].fence, 60s));
+  EXPECT_EQ(q("SELECT lease_until > now() + interval '50 seconds' FROM qos_jobs"), "t");
+  EXPECT_EQ(store_->requeue_expired({}), 0u);
+}
+
+TEST_F(PgStore, RequeueExpiredCountsTheAttemptAndKillsAfterTheLast) {
+  const auto id = created();
+  const qos::jobs::retry_policy two{.max_attempts = 2};
+  ASSERT_EQ(store_->claim("db", 1, 1, 300ms).size(), 1u);
+  ASSERT_TRUE(eventually([&] { return store_->requeue_expired(two) == 1; }, 10s));
+  auto s = store_->status(id);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->state, job_state::queued);
+  EXPECT_EQ(s->attempts, 1);
+  EXPECT_NE(s->last_error.find("lease expired"), std::string::npos);
+  auto again = store_->claim("db", 1, 1, 300ms);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempt, 2);
+  ASSERT_TRUE(eventually([&] { return store_->requeue_expired(two) == 1; }, 10s));
+  EXPECT_EQ(store_->status(id)->state, job_state::dead);
+}
+
+TEST_F(PgStore, FailRetriesWithCappedBackoffThenDiesAndCanBeRequeuedOrPurged) {
+  const qos::jobs::retry_policy retry{
+      .max_attempts = 3, .base = 60000ms, .cap = 100000ms, .jitter = 0.2};
+  const auto id = created();
+  auto delay = [&] {
+    return std::stod(
+        q("SELECT extract(epoch FROM run_at - now()) FROM qos_jobs WHERE id = $1", {id}));
+  };
+  auto j = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(j.size(), 1u);
+  ASSERT_TRUE(store_->fail(id, j[0].fence, "boom 1", retry));
+  auto s = store_->status(id);
+  EXPECT_EQ(s->state, job_state::queued);
+  EXPECT_EQ(s->last_error, "boom 1");
+  EXPECT_GE(delay(), 47.0);  // 60 s ± 20 %
+  EXPECT_LE(delay(), 72.0);
+  EXPECT_TRUE(store_->claim("db", 1, 1, 10s).empty());  // not before its run_at
+  due_now(id);
+  j = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0].attempt, 2);
+  ASSERT_TRUE(store_->fail(id, j[0].fence, "boom 2", retry));
+  EXPECT_GE(delay(), 79.0);  // 120 s ± 20 %, capped at 100 s
+  EXPECT_LE(delay(), 100.5);
+  due_now(id);
+  j = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_FALSE(store_->purge(id));  // running: not the operator's to delete
+  ASSERT_TRUE(store_->fail(id, j[0].fence, "boom 3", retry));
+  s = store_->status(id);
+  EXPECT_EQ(s->state, job_state::dead);
+  EXPECT_EQ(s->attempts, 3);
+  EXPECT_EQ(s->last_error, "boom 3");
+  EXPECT_FALSE(s->run_at);
+  EXPECT_GE(s->finished, s->created);
+  EXPECT_TRUE(store_->claim("db", 1, 1, 10s).empty());
+  EXPECT_EQ(store_->depth("orders"), 0u);
+
+  ASSERT_TRUE(store_->requeue_dead(id));
+  EXPECT_FALSE(store_->requeue_dead(id));
+  s = store_->status(id);
+  EXPECT_EQ(s->state, job_state::queued);
+  EXPECT_EQ(s->attempts, 0);
+  j = store_->claim("db", 1, 1, 10s);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0].attempt, 1);
+  ASSERT_TRUE(store_->fail(id, j[0].fence, "fatal", {.max_attempts = 1}));
+  EXPECT_EQ(store_->status(id)->state, job_state::dead);
+  ASSERT_TRUE(store_->purge(id));
+  EXPECT_FALSE(store_->status(id));
+  EXPECT_FALSE(store_->purge(id));
+}
+
+TEST_F(PgStore, PruneDeletesOnlyTerminalJobsPastRetentionAndExpiredKeys) {
+  const auto running_id = created();
+  const auto done = created();
+  const auto dead = created();
+  std::map<std::string, qos::jobs::claimed_job> by_id;
+  for (auto& j : store_->claim("db", 3, 8, 10s)) by_id[j.id] = j;
+  ASSERT_EQ(by_id.size(), 3u);
+  const auto queued = created();
+  ASSERT_TRUE(store_->complete(done, by_id[done].fence, {}));
+  ASSERT_TRUE(store_->fail(dead, by_id[dead].fence, "x", {.max_attempts = 1}));
+  store_->enqueue(keyed("old", "h"), {.key_retention = 0s});
+  store_->enqueue(keyed("young", "h"), {});
+  // An expired lease is still not terminal.
+  q("UPDATE qos_jobs SET lease_until = now() - interval '1 hour', created = now() - interval "
+    "'2 days' WHERE id = $1",
+    {running_id});
+
+  EXPECT_EQ(store_->prune(3600s), 0u);                      // finished just now: within retention
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_keys"), "1");  // the expired key is gone
+  q("UPDATE qos_jobs SET finished = finished - interval '2 hours'");
+  EXPECT_EQ(store_->prune(3600s), 2u);
+  EXPECT_FALSE(store_->status(done));
+  EXPECT_FALSE(store_->status(dead));
+  EXPECT_EQ(store_->status(queued)->state, job_state::queued);
+  EXPECT_EQ(store_->status(running_id)->state, job_state::running);
+  EXPECT_EQ(store_->prune(0s), 0u);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "4");  // queued, running, two keyed
+}
+
+// Two stores (two pools of connections, as two processes would have) claim one group at once.
+// The database's count of running rows never exceeds N, nor does our own count of jobs between
+// their claim and their completion; no job runs twice.
+TEST_F(PgStore, TheGroupBoundHoldsAcrossConnectionsClaimingConcurrently) {
+  constexpr int n = 3;
+  constexpr int jobs = 60;
+  for (int i = 0; i < jobs; ++i) created(order(std::to_string(i), i % 4));
+  std::vector<std::unique_ptr<pg_store>> stores;
+  stores.push_back(make_store(2));
+  stores.push_back(make_store(2));
+  std::atomic<int> in_flight{0}, max_in_flight{0}, completed{0}, db_max{0};
+  std::atomic<bool> done{false};
+  std::mutex m;
+  std::multiset<std::string> ran;
+  std::thread monitor([&] {
+    while (!done) {
+      const int r = running("db");
+      int seen = db_max.load();
+      while (r > seen && !db_max.compare_exchange_weak(seen, r)) {
+      }
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      auto& store = *stores[w % 2];
+      const auto until = std::chrono::steady_clock::now() + 60s;
+      while (completed < jobs && std::chrono::steady_clock::now() < until) {
+        auto got = store.claim("db", 2, n, 30s);
+        for (auto& j : got) {
+          const int now = ++in_flight;
+          int seen = max_in_flight.load();
+          while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
+          }
+          {
+            std::lock_guard lock(m);
+            ran.insert(j.id);
+          }
+        }
+        std::this_thread::sleep_for(2ms);  // the jobs' work
+        for (auto& j : got) {
+          --in_flight;  // before complete(): the database still counts it as running
+          EXPECT_TRUE(store.complete(j.id, j.fence, {}));
+          ++completed;
+        }
+        if (got.empty()) std::this_thread::sleep_for(1ms);
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  done = true;
+  monitor.join();
+  EXPECT_EQ(completed.load(), jobs);
+  EXPECT_LE(max_in_flight.load(), n);
+  EXPECT_LE(db_max.load(), n);
+  EXPECT_GE(max_in_flight.load(), 2);  // they did overlap: the bound was exercised
+  std::set<std::string> unique(ran.begin(), ran.end());
+  EXPECT_EQ(unique.size(), ran.size());
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs WHERE state = 'succeeded'"), std::to_string(jobs));
+}
+
+TEST_F(PgStore, AnEnqueueWakesAWaitingConsumer) {
+  store_->wait_for_work("db", 0ms);  // registers the group
+  ASSERT_TRUE(eventually([&] { return store_->listener_connects() >= 1; }));
+  store_->wait_for_work("db", 0ms);  // the wake-up every listener (re)connection gives
+  // The LISTEN goes out on the listener's thread: wait until the server shows it.
+  ASSERT_TRUE(eventually([&] {
+    return q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'qos-jobs-listener'"
+             " AND datname = current_database() AND query LIKE 'LISTEN%'") == "1";
+  }));
+  std::atomic<bool> woke{false};
+  std::thread consumer([&] { woke = store_->wait_for_work("db", 20s); });
+  std::this_thread::sleep_for(20ms);
+  auto other = order();
+  other.group = "mail";
+  created(other);  // another group's channel does not wake it
+  created();
+  consumer.join();
+  EXPECT_TRUE(woke);
+  EXPECT_FALSE(store_->wait_for_work("db", 0ms));
+}
+
+TEST_F(PgStore, ALostNotificationIsCoveredByThePollAndTheListenerReconnects) {
+  store_->wait_for_work("db", 0ms);
+  ASSERT_TRUE(eventually([&] { return store_->listener_connects() >= 1; }));
+  const auto before = store_->listener_connects();
+  const auto listener_pid = [&] {
+    return q(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'qos-jobs-listener'"
+        " AND datname = current_database()");
+  };
+  std::string pid;
+  ASSERT_TRUE(eventually([&] { return !(pid = listener_pid()).empty(); }));
+  EXPECT_EQ(q("SELECT pg_terminate_backend($1::int)", {pid}), "t");
+  const auto id = created();
+  // A consumer loop as a worker runs it: claim, else wait for a hint or the poll interval.
+  std::vector<qos::jobs::claimed_job> got;
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  while (got.empty() && std::chrono::steady_clock::now() < until) {
+    got = store_->claim("db", 1, 1, 10s);
+    if (got.empty()) store_->wait_for_work("db", 100ms);
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].id, id);
+  ASSERT_TRUE(eventually([&] { return store_->listener_connects() > before; }, 20s));
+  EXPECT_NE(listener_pid(), pid);
+  store_->wait_for_work("db", 0ms);  // the reconnection's wake-up
+  created();
+  EXPECT_TRUE(store_->wait_for_work("db", 20s));  // notified again
+}
+
+TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {
+  ASSERT_EQ(store_->enqueue(order("before"), {}).result, kind::created);
+  cluster_env::cluster->stop();
+  auto e = store_->enqueue(order("during"), {});
+  auto k = store_->enqueue(keyed("k", "h"), {});
+  const auto claimed = store_->claim("db", 1, 1, 10s);
+  cluster_env::cluster->start();  // before any assertion can return
+  EXPECT_EQ(e.result, kind::unavailable);
+  EXPECT_FALSE(e.error.empty());
+  EXPECT_EQ(k.result, kind::unavailable);
+  EXPECT_TRUE(claimed.empty());
+  EXPECT_FALSE(store_->last_error().empty());
+  // The pool's connections died with the server: the next calls reconnect.
+  EXPECT_EQ(store_->depth("orders"), 1u);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs WHERE body = 'during'::bytea"), "0");
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_keys"), "0");
+  EXPECT_EQ(store_->enqueue(order("after"), {}).result, kind::created);
+  EXPECT_EQ(store_->enqueue(keyed("k", "h"), {}).result, kind::created);
+}
+
+}  // namespace

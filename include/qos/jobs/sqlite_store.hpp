@@ -32,7 +32,7 @@
 namespace qos::jobs {
 
 struct sqlite_options {
-  std::string path;  // the database file; `<path>.lock` is the process lock beside it
+  std::string path{};  // the database file; `<path>.lock` is the process lock beside it
   enum class sync_mode : std::uint8_t { full, normal };
   sync_mode synchronous = sync_mode::full;
   // How long the writer collects enqueues after the first one before committing them together.
@@ -43,8 +43,8 @@ struct sqlite_options {
   int autocheckpoint_pages = 1000;
   std::chrono::milliseconds checkpoint_interval{30000};
   std::int64_t journal_size_limit = 64 * 1024 * 1024;  // bytes kept by a reset WAL
-  now_fn now;                                          // empty: system_clock::now
-  unit_random_fn random;                               // retry jitter; empty: default_unit_random()
+  now_fn now{};                                        // empty: system_clock::now
+  unit_random_fn random{};                             // retry jitter; empty: default_unit_random()
 };
 
 class sqlite_store final : public job_store {

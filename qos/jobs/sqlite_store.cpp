@@ -117,7 +117,7 @@ CREATE INDEX jobs_claim ON jobs (grp, state, priority DESC, run_at);
 CREATE INDEX jobs_route ON jobs (route, state);
 -- requeue_expired (state 1 by lease_until) and prune (states 2, 3 by finished).
 CREATE INDEX jobs_lease ON jobs (state, lease_until) WHERE state = 1;
-CREATE INDEX jobs_finished ON jobs (state, finished) WHERE state >= 2;
+CREATE INDEX jobs_finished ON jobs (state, finished) WHERE state IN (2, 3);
 -- One row per key in its scope: concurrent duplicates meet on this key.
 CREATE TABLE idempotency_keys (
   route TEXT NOT NULL,
@@ -225,7 +225,8 @@ constexpr const char* sql_bury =
 constexpr const char* sql_expired =
     "SELECT id, attempts FROM jobs WHERE state = 1 AND lease_until <= ?1";
 constexpr const char* sql_prune_jobs =
-    "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE state >= 2 AND finished < ?1 "
+    "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE state IN (2, 3) AND "
+    "finished < ?1 "
     "LIMIT ?2)";
 constexpr const char* sql_prune_keys =
     "DELETE FROM idempotency_keys WHERE (route, tenant, key) IN (SELECT route, tenant, key "

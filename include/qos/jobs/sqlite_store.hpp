@@ -13,6 +13,19 @@
 //   process (the commit is in the OS page cache), but a power loss or kernel panic may lose the
 //   last commits. Several times faster per commit.
 //
+// Where the contract leaves room, this store:
+// - counts every running row of a group against claim()'s group_limit, an expired lease too
+//   until requeue_expired() returns it (its worker may still be running, only paused);
+// - accepts heartbeat()/complete()/fail() with the token of an expired lease nobody re-claimed
+//   yet (it is still the job's current token);
+// - requeues an expired lease for an immediate run (the crash was most likely not the job's
+//   fault; max_attempts still bounds a job that kills its worker every time);
+// - gives a requeued dead job a fresh set of attempts (attempts back to 0; last_error kept);
+// - keeps an idempotency key until its own retention even when prune() removed its job: a
+//   duplicate then gets the old id, whose status is gone (404), rather than a second run;
+// - clamps priorities into 0..15;
+// - throws store_error from every call but enqueue() when the database fails.
+//
 // WAL size: SQLite's autocheckpoint (PASSIVE, every `autocheckpoint_pages` of WAL, run by the
 // writer after a commit) copies pages back without blocking anyone; it cannot shrink the file,
 // so after `checkpoint_interval` without writes the idle writer runs wal_checkpoint(TRUNCATE),

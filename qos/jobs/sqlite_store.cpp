@@ -349,8 +349,8 @@ struct sqlite_store::impl {
     return future.get();
   }
 
-  // The writer thread: runs tasks in arrival order between enqueue batches; a batch is
-  // committed `group_commit` after its first enqueue arrived (or when max_batch are waiting).
+  // The writer thread: runs tasks in arrival order; a batch of enqueues is committed
+  // `group_commit` after its first enqueue arrived (or as soon as max_batch are waiting).
   void run() {
     auto last_write = std::chrono::steady_clock::now();
     std::unique_lock guard(mutex);
@@ -369,7 +369,13 @@ struct sqlite_store::impl {
         }
         continue;
       }
-      if (!tasks.empty()) {
+      // A batch whose window is over goes first, so a stream of claims and heartbeats cannot
+      // hold enqueues (and their 202s) back; other tasks run while the window is open.
+      const auto deadline = first_enqueue + options.group_commit;
+      const bool batch_due =
+          !enqueues.empty() && (stopping || enqueues.size() >= options.max_batch ||
+                                std::chrono::steady_clock::now() >= deadline);
+      if (!tasks.empty() && !batch_due) {
         auto task = std::move(tasks.front());
         tasks.pop_front();
         guard.unlock();
@@ -378,16 +384,19 @@ struct sqlite_store::impl {
         last_write = std::chrono::steady_clock::now();
         continue;
       }
-      // Enqueues only: wait out the window (tasks arriving meanwhile wait for this batch).
-      const auto deadline = first_enqueue + options.group_commit;
-      wake.wait_until(guard, deadline,
-                      [this] { return stopping || enqueues.size() >= options.max_batch; });
+      if (!batch_due) {
+        wake.wait_until(guard, deadline, [this] {
+          return stopping || !tasks.empty() || enqueues.size() >= options.max_batch;
+        });
+        continue;  // decide again: the window is over, or a task arrived meanwhile
+      }
       std::vector<pending_enqueue*> batch;
       while (!enqueues.empty() && batch.size() < options.max_batch) {
         batch.push_back(enqueues.front());
         enqueues.pop_front();
       }
-      if (!enqueues.empty()) first_enqueue = std::chrono::steady_clock::now();
+      // Those left over (beyond max_batch) have waited a window already: due at once.
+      if (!enqueues.empty()) first_enqueue = {};
       guard.unlock();
       commit_batch(batch);
       guard.lock();

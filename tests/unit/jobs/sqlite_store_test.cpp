@@ -199,6 +199,27 @@ TEST_F(sqlite_store_test, concurrent_enqueues_share_transactions_and_all_commit)
   for (const auto& id : ids) EXPECT_EQ(state_of(id), job_state::queued);
 }
 
+TEST_F(sqlite_store_test, a_batch_holds_at_most_max_batch_enqueues) {
+  sqlite_options o = options();
+  o.group_commit = milliseconds(20);
+  o.max_batch = 4;
+  open(o);
+  constexpr int callers = 32;
+  std::vector<enqueue_result> results(callers);
+  std::barrier start(callers);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < callers; ++i) {
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      results[i] = store_->enqueue(order("job " + std::to_string(i)), {});
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) ASSERT_EQ(r.result, kind::created) << r.error;
+  EXPECT_EQ(store_->depth("orders"), std::size_t{callers});
+  EXPECT_GE(store_->enqueue_commits(), std::uint64_t{callers / 4});
+}
+
 TEST_F(sqlite_store_test, a_claim_carries_the_stored_request_and_a_lease) {
   open();
   job_request job = order("{\"sku\":1}", "k", 7);

@@ -4,7 +4,7 @@
 #
 # Installed layout (under the prefix):
 #   include/qos/...                      the headers of every layer and the generated version.hpp
-#   <libdir>/libqos{,_config,_admission,_fiber,_core}.a
+#   <libdir>/libqos{,_config,_admission,_fiber,_core,_jobs}.a (and libqos_jobs_pg.a with libpq)
 #   <libdir>/cmake/qos/                  qosConfig.cmake, qosConfigVersion.cmake, qosTargets*.cmake
 #   <libdir>/pkgconfig/qos.pc
 #   share/doc/qos/                       LICENSE, CHANGELOG.md, README.md
@@ -18,7 +18,17 @@ include(CMakePackageConfigHelpers)
 option(QOS_INSTALL "Generate the install rules, the CMake package and qos.pc"
        ${PROJECT_IS_TOP_LEVEL})
 
-set(qos_libraries qos_core qos_fiber qos_admission qos_config qos)
+set(qos_libraries qos_core qos_fiber qos_admission qos_config qos qos_jobs)
+# The PostgreSQL job store only when libpq was found: the package says whether it has it.
+set(QOS_WITH_POSTGRES OFF)
+set(qos_pc_pg_libs "")
+set(qos_pc_pg_requires "")
+if(TARGET qos_jobs_pg)
+  list(APPEND qos_libraries qos_jobs_pg)
+  set(QOS_WITH_POSTGRES ON)
+  set(qos_pc_pg_libs " -lqos_jobs_pg")
+  set(qos_pc_pg_requires " libpq")
+endif()
 
 if(QOS_INSTALL)
   set(qos_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/qos)
@@ -78,7 +88,8 @@ qos.pc and qos-check, the config checker.")
   # with which qosConfig.cmake finds Pistache.
   set(CPACK_DEBIAN_PACKAGE_DEPENDS
       "libpistache-dev, libboost-fiber-dev (>= 1.74), libboost-context-dev (>= 1.74), \
-libyaml-cpp-dev, libspdlog-dev, libfmt-dev, prometheus-cpp-dev, pkg-config")
+libyaml-cpp-dev, libspdlog-dev, libfmt-dev, prometheus-cpp-dev, libsqlite3-dev, libpq-dev, \
+pkg-config")
   include(CPack)
 endif()
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks what qos ships to adopters: installs it into an empty temporary prefix, checks that every
-# public header, the five libraries, the CMake package files, qos.pc and bin/qos-check are there
+# public header, the six libraries (seven with libpq), the CMake package files, qos.pc and bin/qos-check are there
 # (and that qos-check runs: its version, a valid and an invalid config), then builds and
 # runs a small consumer against the prefix twice (find_package(qos) and pkg-config), and once more
 # against the .deb that `cpack -G DEB` makes, unpacked with dpkg -x. Leaves nothing behind.
@@ -26,7 +26,10 @@ else
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQOS_BUILD_TESTS=OFF \
     -DQOS_BUILD_BENCH=OFF -DQOS_BUILD_EXAMPLES=OFF >/dev/null
 fi
-cmake --build "$build" -j "$jobs" --target qos qos-check >/dev/null
+cmake --build "$build" -j "$jobs" --target qos qos_jobs qos-check >/dev/null
+if grep -q '^PostgreSQL_LIBRARY' "$build/CMakeCache.txt" 2>/dev/null; then
+  cmake --build "$build" -j "$jobs" --target qos_jobs_pg >/dev/null
+fi
 
 prefix=$work/prefix
 echo "== install into $prefix =="
@@ -38,7 +41,7 @@ pc=$(find "$prefix" -name qos.pc -path '*/pkgconfig/*')
 libdir=$(dirname "$(dirname "$pc")")
 expected=("$libdir/cmake/qos/qosConfig.cmake" "$libdir/cmake/qos/qosConfigVersion.cmake"
   "$libdir/cmake/qos/qosTargets.cmake" "$prefix/include/qos/version.hpp" "$prefix/bin/qos-check")
-for lib in qos qos_config qos_admission qos_fiber qos_core; do
+for lib in qos qos_config qos_admission qos_fiber qos_core qos_jobs; do
   expected+=("$libdir/lib$lib.a")
 done
 # Every public header of every layer, as in the source tree.

@@ -33,6 +33,8 @@
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
 //   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
+//   Processes sharing a store are not served fairly: one that ends a job claims again at once,
+//   while another finds the group's leases free only when its poll comes at the right moment.
 // - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
 //   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
 //   Jobs still running after it are left to lease expiry, not failed back: failing one back

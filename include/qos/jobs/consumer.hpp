@@ -1,0 +1,169 @@
+// The consumer of one limit group's durable job queue: it claims queued jobs from a job_store
+// and runs each through the same admission lifecycle as a guarded request of its route, so a
+// route's synchronous and queued traffic share one N. The contract:
+//
+// - Bound. The consumer claims only while the group has free permits here (limit - in use -
+//   waiting - reserved, over the route's cost), and asks the store for at most that many with
+//   group_limit = the group's current limit, which the store counts over every process sharing
+//   it. A claimed job is then submitted to admission under its route's policy (its priority is
+//   the request's level), takes a permit like a request, and runs its handler on a fiber or the
+//   group's blocking pool, within max_exec. So synchronous requests and jobs of one group never
+//   run more than N at once here, and jobs never hold more than N leases across processes.
+//   Queued work runs in the group's spare capacity: a permit released to a parked synchronous
+//   request is never free for a claim, so a burst of synchronous traffic has precedence and the
+//   queue waits (polled every poll_interval, and at once whenever one of its jobs ends).
+// - Results. The handler's response (any status) is the job's result: complete(). A handler
+//   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
+//   exponential backoff, dead after max_attempts). The store is told only once the handler
+//   really ended (admission's done()), so a job is never queued again while its handler still
+//   runs here; its permit is back by then.
+// - Fallbacks (no permit within max_wait, queue full, shutdown, executor refused, or stopping
+//   before the handler started): the job did not run, and is given back with fail() under a
+//   retry policy that never makes it dead (max_attempts unlimited, a fixed `fallback_delay`).
+//   The store contract has no "release": its attempt count went up at the claim and stays up,
+//   so a fallback spends one of the job's attempts; claiming only with free permits keeps
+//   fallbacks to races with synchronous traffic and to stopping. Lease expiry would do the
+//   same later, and could make the job dead.
+// - Leases. Every job held here (waiting for its permit or running) is heartbeaten every
+//   lease/3. A heartbeat, complete() or fail() refused means the job was fenced out (its lease
+//   expired and it may be running elsewhere): logged once and counted in fenced_out(); the
+//   store keeps the other run's result. Every consumer calls requeue_expired() every
+//   requeue_interval, so a crashed process's jobs run again (attempts + 1).
+// - Rate. Optionally a token bucket (jobs/s, burst) limits claims. Priorities apply to
+//   claiming (the store hands out higher priority first).
+// - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
+//   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
+//   Processes sharing a store are not served fairly: one that ends a job claims again at once,
+//   while another finds the group's leases free only when its poll comes at the right moment.
+// - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
+//   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
+//   Jobs still running after it are left to lease expiry, not failed back: failing one back
+//   would let another process start a second run while this one still runs, whereas after
+//   expiry the store re-runs it and fences this run's late result out. The late results are
+//   dropped (counted in abandoned()).
+//
+// Store calls happen on the consumer's own thread only (the store may block on I/O), never on
+// a fiber or in a handler. Construct after the admission (qos::runtime) and stop before it is
+// drained; the store must outlive stop(). Thread-safe: stop(), poke() and the counters may be
+// called from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qos/admission/admission.hpp"
+#include "qos/admission/transport.hpp"
+#include "qos/core/clock.hpp"
+#include "qos/jobs/job_store.hpp"
+
+namespace qos::jobs {
+
+// A job's handler: its response is the stored result; throw to fail this attempt. Runs where
+// its route's handler_kind says (a fiber: fiber-aware waits only; blocking: the group's pool).
+using job_handler = std::function<response(const claimed_job&)>;
+
+struct job_route {
+  std::string name;  // a route of the admission, in the consumer's group
+  job_handler handler;
+  handler_kind kind = handler_kind::blocking;  // fiber or blocking (reactor is refused)
+};
+
+// Claims per second, and the most claimed at once after a quiet spell.
+struct steady_rate {
+  double per_second = 0;  // > 0
+  double burst = 1;       // >= 1
+};
+
+struct consumer_options {
+  std::string group;
+  std::vector<job_route> routes;
+  std::chrono::milliseconds lease{30000};  // heartbeaten every lease/3
+  std::chrono::milliseconds poll_interval{1000};
+  std::chrono::milliseconds requeue_interval{0};  // 0: lease/2
+  retry_policy retry{};
+  std::chrono::milliseconds fallback_delay{1000};  // a job given back runs again after this
+  std::optional<steady_rate> rate{};
+  // Blocks until work for the group is announced (true) or the timeout passes; called on a
+  // thread of its own in a loop, with timeouts of at most 200 ms so that stop() is prompt.
+  std::function<bool(const std::string& group, std::chrono::milliseconds timeout)> wait_for_work{};
+  // The clock of the heartbeat schedule and the token bucket; tests inject a manual one.
+  std::function<time_point()> now{};
+};
+
+// A token bucket on an explicit clock: starts full. Not thread-safe.
+class token_bucket {
+ public:
+  token_bucket(steady_rate rate, time_point now);
+  // Whole tokens available at `now`.
+  std::size_t available(time_point now);
+  void take(std::size_t n, time_point now);
+  // How long from `now` until one token is available (zero when one is).
+  duration until_one(time_point now);
+
+ private:
+  void refill(time_point now);
+  steady_rate rate_;
+  double tokens_;
+  time_point last_;
+};
+
+class consumer {
+ public:
+  // Throws std::invalid_argument for an unknown group, a route not in admission or not in the
+  // group, a reactor handler, a missing handler, or durations/rates out of range. Starts the
+  // consumer's thread (and the wake-up thread with wait_for_work).
+  consumer(job_store& store, admission& adm, consumer_options options);
+  consumer(const consumer&) = delete;
+  consumer& operator=(const consumer&) = delete;
+  ~consumer();  // stop(0) if not stopped yet
+
+  // See the contract. Returns true when no job of this consumer is left running (every result
+  // stored or given back). Idempotent; only the first call waits.
+  bool stop(std::chrono::milliseconds grace);
+  // Wakes the loop now (a job was enqueued here; a test moved its clock).
+  void poke() noexcept;
+
+  // Counters (monotonic, for metrics).
+  std::uint64_t claimed() const noexcept { return counters_->claimed; }
+  std::uint64_t succeeded() const noexcept { return counters_->succeeded; }
+  std::uint64_t failed() const noexcept { return counters_->failed; }          // threw, or max_exec
+  std::uint64_t given_back() const noexcept { return counters_->given_back; }  // fallbacks
+  std::uint64_t fenced_out() const noexcept { return counters_->fenced_out; }
+  std::uint64_t heartbeats() const noexcept { return counters_->heartbeats; }
+  std::uint64_t requeued() const noexcept { return counters_->requeued; }    // expired leases
+  std::uint64_t abandoned() const noexcept { return counters_->abandoned; }  // left at stop
+  // Jobs held now (waiting for a permit or running).
+  std::size_t held() const noexcept { return counters_->held; }
+
+  struct counters {
+    std::atomic<std::uint64_t> claimed{0}, succeeded{0}, failed{0}, given_back{0}, fenced_out{0},
+        heartbeats{0}, requeued{0}, abandoned{0};
+    std::atomic<std::size_t> held{0};
+  };
+  struct shared;  // what the jobs' transports share with the loop
+
+ private:
+  void loop();
+  void watch();
+
+  job_store& store_;
+  admission& adm_;
+  consumer_options options_;
+  std::shared_ptr<counters> counters_;
+  std::shared_ptr<shared> shared_;
+  std::mutex stop_mutex_;
+  bool stopped_ = false;  // guarded by stop_mutex_
+  bool all_done_ = true;  // written by the loop before it ends
+  std::thread thread_;
+  std::thread watcher_;
+};
+
+}  // namespace qos::jobs

@@ -1,0 +1,449 @@
+// The consumer's loop (one thread: every store call), the transport of one job (admission's
+// side: records the verdict, hands it to the loop once the handler really ended), and the
+// optional wake-up thread.
+#include "qos/jobs/consumer.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+
+#include "qos/core/outcome.hpp"
+#include "qos/ops/log.hpp"
+
+namespace qos::jobs {
+
+// ---------------------------------------------------------------------------- token_bucket
+
+token_bucket::token_bucket(steady_rate rate, time_point now)
+    : rate_(rate), tokens_(rate.burst), last_(now) {}
+
+void token_bucket::refill(time_point now) {
+  if (now <= last_) return;
+  const double elapsed = std::chrono::duration<double>(now - last_).count();
+  tokens_ = std::min(rate_.burst, tokens_ + elapsed * rate_.per_second);
+  last_ = now;
+}
+
+std::size_t token_bucket::available(time_point now) {
+  refill(now);
+  return tokens_ < 1 ? 0 : static_cast<std::size_t>(tokens_);
+}
+
+void token_bucket::take(std::size_t n, time_point now) {
+  refill(now);
+  tokens_ = std::max(0.0, tokens_ - static_cast<double>(n));
+}
+
+duration token_bucket::until_one(time_point now) {
+  refill(now);
+  if (tokens_ >= 1) return duration::zero();
+  return std::chrono::duration_cast<duration>(
+             std::chrono::duration<double>((1 - tokens_) / rate_.per_second)) +
+         duration(1);  // round up: waking a hair early would find no token yet
+}
+
+// ---------------------------------------------------------------------------- shared state
+
+namespace {
+
+// How one held job ended, as its transport saw it.
+struct verdict {
+  enum class kind : std::uint8_t { succeeded, failed, given_back };
+  job_id id;
+  kind what = kind::given_back;
+  job_result result{};
+  std::string error{};
+};
+
+std::string describe(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(std::move(e));
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
+}  // namespace
+
+struct consumer::shared {
+  std::map<std::string, job_route, std::less<>> routes;  // const after construction
+  std::atomic<bool> stopping{false};                     // read by transports' connected()
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<verdict> ended;                            // guarded by mutex
+  bool wake = false;                                    // guarded by mutex
+  std::chrono::steady_clock::time_point grace_until{};  // guarded by mutex; set by stop()
+
+  void post(verdict v) {
+    {
+      const std::lock_guard lock(mutex);
+      ended.push_back(std::move(v));
+    }
+    cv.notify_all();
+  }
+  void poke() noexcept {
+    {
+      const std::lock_guard lock(mutex);
+      wake = true;
+    }
+    cv.notify_all();
+  }
+};
+
+namespace {
+
+// One job as admission drives it. Admission calls answer/fallback/fail at most once, then
+// done() once the handler really ended (after a max_exec overrun too): only then does the loop
+// learn the verdict, so the store never requeues a job whose handler still runs here.
+class job_transport final : public transport {
+ public:
+  job_transport(std::shared_ptr<consumer::shared> s, const job_route& route, claimed_job job)
+      : s_(std::move(s)), route_(route), job_(std::move(job)) {
+    v_.id = job_.id;
+    v_.error = "not run";
+  }
+  job_transport(const job_transport&) = delete;
+  job_transport& operator=(const job_transport&) = delete;
+  ~job_transport() override { post(); }  // a path without done() still gives the job back
+
+  // A job not started when stop() came is given back instead of started.
+  bool connected() noexcept override { return !s_->stopping.load(std::memory_order_acquire); }
+
+  std::optional<response> handle() override { return route_.handler(job_); }
+
+  void answer(response r) noexcept override {
+    try {
+      job_result out{
+          .status = r.status, .headers = std::move(r.headers), .body = std::move(r.body)};
+      if (!r.content_type.empty()) out.headers.emplace_back("Content-Type", r.content_type);
+      v_.result = std::move(out);
+      v_.what = verdict::kind::succeeded;
+    } catch (...) {
+      v_.what = verdict::kind::failed;  // bad_alloc copying the result: run it again later
+      v_.error = "could not keep the result";
+    }
+  }
+
+  void fallback(outcome why) noexcept override {
+    if (why == outcome::exec_timeout) {
+      // It ran and overran: a failed attempt, like a throw.
+      v_.what = verdict::kind::failed;
+      v_.error = "ran past max_exec";
+      return;
+    }
+    v_.what = verdict::kind::given_back;
+    v_.error = std::string("not run: ") + std::string(to_string(why));
+  }
+
+  void fail(std::exception_ptr error) noexcept override {
+    v_.what = verdict::kind::failed;
+    try {
+      v_.error = describe(std::move(error));
+    } catch (...) {
+    }
+  }
+
+  void done(const request_report&) noexcept override { post(); }
+
+ private:
+  void post() noexcept {
+    if (posted_) return;
+    posted_ = true;
+    try {
+      s_->post(std::move(v_));
+    } catch (...) {
+      // Out of memory: the job stays held until its lease expires elsewhere.
+    }
+  }
+
+  std::shared_ptr<consumer::shared> s_;
+  const job_route& route_;  // in s_->routes, which s_ keeps alive
+  claimed_job job_;
+  verdict v_;
+  bool posted_ = false;
+};
+
+time_point real_now() {
+  return clock::now();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------- consumer
+
+consumer::consumer(job_store& store, admission& adm, consumer_options options)
+    : store_(store),
+      adm_(adm),
+      options_(std::move(options)),
+      counters_(std::make_shared<counters>()),
+      shared_(std::make_shared<shared>()) {
+  auto* group = adm_.find_group(options_.group);
+  if (group == nullptr)
+    throw std::invalid_argument("consumer: unknown group '" + options_.group + "'");
+  if (options_.routes.empty()) throw std::invalid_argument("consumer: no route");
+  for (const auto& r : options_.routes) {
+    const auto* route = adm_.find_route(r.name);
+    if (route == nullptr) throw std::invalid_argument("consumer: unknown route '" + r.name + "'");
+    if (route->group != group) {
+      throw std::invalid_argument("consumer: route '" + r.name + "' is not in group '" +
+                                  options_.group + "'");
+    }
+    if (!r.handler) throw std::invalid_argument("consumer: route '" + r.name + "' has no handler");
+    if (r.kind == handler_kind::reactor) {
+      throw std::invalid_argument("consumer: route '" + r.name +
+                                  "': a job handler runs on a fiber or the blocking pool");
+    }
+    if (!shared_->routes.emplace(r.name, r).second) {
+      throw std::invalid_argument("consumer: duplicate route '" + r.name + "'");
+    }
+  }
+  if (options_.lease < std::chrono::milliseconds(3)) {
+    throw std::invalid_argument("consumer: lease must be at least 3 ms");
+  }
+  if (options_.poll_interval <= std::chrono::milliseconds::zero()) {
+    throw std::invalid_argument("consumer: poll_interval must be positive");
+  }
+  if (options_.requeue_interval < std::chrono::milliseconds::zero() ||
+      options_.fallback_delay < std::chrono::milliseconds::zero()) {
+    throw std::invalid_argument("consumer: negative interval");
+  }
+  if (options_.requeue_interval == std::chrono::milliseconds::zero()) {
+    options_.requeue_interval = options_.lease / 2;
+  }
+  if (options_.retry.max_attempts < 1) {
+    throw std::invalid_argument("consumer: retry.max_attempts must be at least 1");
+  }
+  if (options_.rate && (!(options_.rate->per_second > 0) || !(options_.rate->burst >= 1))) {
+    throw std::invalid_argument("consumer: rate needs per_second > 0 and burst >= 1");
+  }
+  if (!options_.now) options_.now = real_now;
+  thread_ = std::thread([this] { loop(); });
+  if (options_.wait_for_work) watcher_ = std::thread([this] { watch(); });
+}
+
+consumer::~consumer() {
+  stop(std::chrono::milliseconds::zero());
+}
+
+void consumer::poke() noexcept {
+  shared_->poke();
+}
+
+bool consumer::stop(std::chrono::milliseconds grace) {
+  const std::lock_guard once(stop_mutex_);
+  if (!stopped_) {
+    stopped_ = true;
+    {
+      const std::lock_guard lock(shared_->mutex);
+      shared_->grace_until = std::chrono::steady_clock::now() + grace;
+      shared_->stopping.store(true, std::memory_order_release);
+    }
+    shared_->cv.notify_all();
+    if (watcher_.joinable()) watcher_.join();
+    if (thread_.joinable()) thread_.join();
+  }
+  return all_done_;
+}
+
+void consumer::watch() {
+  const auto timeout = std::min(options_.poll_interval, std::chrono::milliseconds(200));
+  while (!shared_->stopping.load(std::memory_order_acquire)) {
+    bool work = false;
+    try {
+      work = options_.wait_for_work(options_.group, timeout);
+    } catch (const std::exception& e) {
+      logger()->warn("jobs consumer {}: wait_for_work failed: {}", options_.group, e.what());
+      std::unique_lock lock(shared_->mutex);
+      shared_->cv.wait_for(lock, timeout, [&] { return shared_->stopping.load(); });
+    }
+    if (work) poke();
+  }
+}
+
+void consumer::loop() {
+  struct held_job {
+    std::uint64_t fence = 0;
+    time_point next_beat{};
+    bool fenced = false;  // counted and logged already
+  };
+  std::map<job_id, held_job> jobs;
+  auto& c = *counters_;
+  auto& s = *shared_;
+  limit_group& group = *adm_.find_group(options_.group);
+  const auto now = options_.now;
+  const duration beat_every = options_.lease / 3;
+  const retry_policy give_back{.max_attempts = INT_MAX,
+                               .base = options_.fallback_delay,
+                               .cap = options_.fallback_delay,
+                               .jitter = 0.2};
+  std::optional<token_bucket> bucket;
+  if (options_.rate) bucket.emplace(*options_.rate, now());
+  time_point next_requeue = now();
+
+  auto fenced_out = [&](const job_id& id, held_job& j, const char* what) {
+    if (j.fenced) return;
+    j.fenced = true;
+    ++c.fenced_out;
+    logger()->warn(
+        "jobs consumer {}: job {} fenced out ({} refused: its lease expired and it may have run "
+        "again elsewhere, or the store is unreachable); this run's result is not stored",
+        options_.group, id, what);
+  };
+  // Store calls never throw out of the loop: a store that throws is a refused call.
+  auto guarded = [&](const char* what, auto&& call) -> decltype(call()) {
+    try {
+      return call();
+    } catch (const std::exception& e) {
+      logger()->error("jobs consumer {}: {} failed: {}", options_.group, what, e.what());
+    } catch (...) {
+      logger()->error("jobs consumer {}: {} failed", options_.group, what);
+    }
+    return {};
+  };
+
+  auto finish = [&](verdict& v) {
+    auto it = jobs.find(v.id);
+    if (it == jobs.end()) return;
+    held_job j = it->second;
+    jobs.erase(it);
+    --c.held;
+    bool ok = false;
+    const char* what = "complete";
+    switch (v.what) {
+      case verdict::kind::succeeded:
+        ok = guarded("complete", [&] { return store_.complete(v.id, j.fence, v.result); });
+        if (ok) ++c.succeeded;
+        break;
+      case verdict::kind::failed:
+        ++c.failed;
+        what = "fail";
+        logger()->info("jobs consumer {}: job {} failed: {}", options_.group, v.id, v.error);
+        ok = guarded("fail", [&] { return store_.fail(v.id, j.fence, v.error, options_.retry); });
+        break;
+      case verdict::kind::given_back:
+        ++c.given_back;
+        what = "give back";
+        ok = guarded("fail", [&] { return store_.fail(v.id, j.fence, v.error, give_back); });
+        break;
+    }
+    if (!ok) fenced_out(v.id, j, what);
+  };
+
+  for (;;) {
+    std::deque<verdict> ended;
+    bool stopping = false;
+    std::chrono::steady_clock::time_point grace_until;
+    {
+      const std::lock_guard lock(s.mutex);
+      ended.swap(s.ended);
+      s.wake = false;
+      stopping = s.stopping.load(std::memory_order_relaxed);
+      grace_until = s.grace_until;
+    }
+    for (auto& v : ended) finish(v);
+    if (stopping && (jobs.empty() || std::chrono::steady_clock::now() >= grace_until)) break;
+
+    time_point t = now();
+    if (!stopping && t >= next_requeue) {
+      const std::size_t n =
+          guarded("requeue_expired", [&] { return store_.requeue_expired(options_.retry); });
+      c.requeued += n;
+      if (n != 0) logger()->info("jobs consumer {}: requeued {} expired leases", options_.group, n);
+      next_requeue = t + options_.requeue_interval;
+    }
+
+    time_point next_wake = t + options_.poll_interval;
+    for (auto& [id, j] : jobs) {
+      if (j.fenced) continue;
+      if (j.next_beat <= t) {
+        const bool ok =
+            guarded("heartbeat", [&] { return store_.heartbeat(id, j.fence, options_.lease); });
+        if (ok) {
+          ++c.heartbeats;
+        } else {
+          fenced_out(id, j, "heartbeat");
+        }
+        j.next_beat = t + beat_every;
+      }
+      next_wake = std::min(next_wake, j.next_beat);
+    }
+    if (!stopping) next_wake = std::min(next_wake, next_requeue);
+
+    bool again = false;  // a full claim: there may be more work and permits
+    if (!stopping) {
+      const group_stats st = group.stats();
+      const std::size_t busy = st.in_use + st.waiting + st.reserved;
+      std::size_t free_units = st.limit > busy ? st.limit - busy : 0;
+      std::uint32_t cost = 1;
+      for (const auto& [name, r] : s.routes) {
+        if (const auto* route = adm_.find_route(name)) cost = std::max(cost, route->policy()->cost);
+      }
+      std::size_t k = free_units / cost;
+      if (bucket && k != 0) {
+        const std::size_t tokens = bucket->available(t);
+        if (tokens < k) {
+          k = tokens;
+          if (k == 0) next_wake = std::min(next_wake, t + bucket->until_one(t));
+        }
+      }
+      if (k != 0) {
+        std::vector<claimed_job> got = guarded(
+            "claim", [&] { return store_.claim(options_.group, k, st.limit, options_.lease); });
+        if (bucket) bucket->take(got.size(), t);
+        again = got.size() == k;
+        for (auto& job : got) {
+          ++c.claimed;
+          const auto route_it = s.routes.find(job.request.route);
+          const auto* route = adm_.find_route(job.request.route);
+          if (route_it == s.routes.end() || route == nullptr) {
+            // Claimed by group, but this process has no handler for it (a route added by a
+            // newer deployment): fail it, so a process that has one may run it after backoff.
+            ++c.failed;
+            const std::string why = "no handler for route '" + job.request.route + "' here";
+            logger()->warn("jobs consumer {}: job {}: {}", options_.group, job.id, why);
+            guarded("fail", [&] { return store_.fail(job.id, job.fence, why, options_.retry); });
+            continue;
+          }
+          jobs.emplace(job.id, held_job{.fence = job.fence, .next_beat = t + beat_every});
+          ++c.held;
+          const request_info info{.level = static_cast<priority>(
+                                      std::clamp(job.request.priority, 0, int{max_priority})),
+                                  .arrival = clock::now()};
+          const handler_kind kind = route_it->second.kind;
+          adm_.submit(*route, info, kind,
+                      std::make_unique<job_transport>(shared_, route_it->second, std::move(job)));
+        }
+      }
+    }
+    if (again) continue;
+
+    const time_point after = now();
+    const auto wait = std::clamp<duration>(next_wake - after, std::chrono::milliseconds(1),
+                                           options_.poll_interval);
+    std::unique_lock lock(s.mutex);
+    s.cv.wait_for(lock, wait, [&] {
+      return s.wake || !s.ended.empty() || s.stopping.load(std::memory_order_relaxed) != stopping;
+    });
+  }
+
+  all_done_ = jobs.empty();
+  if (!jobs.empty()) {
+    c.abandoned += jobs.size();
+    c.held -= jobs.size();
+    logger()->warn(
+        "jobs consumer {}: stopped with {} jobs still running; left to lease expiry (their late "
+        "results will be refused)",
+        options_.group, jobs.size());
+  }
+}
+
+}  // namespace qos::jobs

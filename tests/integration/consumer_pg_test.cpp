@@ -1,0 +1,204 @@
+// Job consumers on the PostgreSQL store (a private cluster: tests/support/pg_cluster), as two
+// processes would run them: each with its own store object (its own connections) and its own
+// admission. The N bound across both, counted in the table while they work; and a consumer
+// dropped mid-job whose job runs again after its lease expired, with attempts + 1.
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qos/jobs/consumer.hpp"
+#include "qos/jobs/pg_store.hpp"
+#include "support/eventually.hpp"
+#include "support/pg_cluster.hpp"
+
+namespace qos::jobs {
+namespace {
+
+using namespace std::chrono_literals;
+using test::eventually;
+
+class cluster_env : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (test::pg_cluster::available()) cluster = std::make_unique<test::pg_cluster>();
+  }
+  void TearDown() override { cluster.reset(); }
+  static inline std::unique_ptr<test::pg_cluster> cluster;
+};
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
+
+// One statement on a connection of its own; its first value ("" when none).
+std::string sql(const std::string& conninfo, const std::string& query) {
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  std::string out;
+  if (PQstatus(c) == CONNECTION_OK) {
+    PGresult* r = PQexec(c, query.c_str());
+    const auto st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+      ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
+    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
+      out = PQgetvalue(r, 0, 0);
+    }
+    PQclear(r);
+  } else {
+    ADD_FAILURE() << PQerrorMessage(c);
+  }
+  PQfinish(c);
+  return out;
+}
+
+job_request order(std::string body) {
+  return {.route = "orders",
+          .group = "db",
+          .method = "POST",
+          .target = "/orders",
+          .body = std::move(body),
+          .payload_hash = "h"};
+}
+
+// What one process holds: a store on its own connections, an executor and an admission.
+struct process {
+  process(const std::string& conninfo, std::size_t n)
+      : store(pg_store_options{.conninfo = conninfo, .pool_size = 2}),
+        exec({.threads = 2, .inbox = 1024}),
+        adm({{.name = "db", .limiter = {.max_concurrent = n, .max_queue = 100}}},
+            {{.name = "orders", .group = "db", .max_wait = 5s}}, exec) {}
+  ~process() { exec.stop(); }
+
+  consumer_options options(job_handler h, std::chrono::milliseconds lease = 5000ms) {
+    return {.group = "db",
+            .routes = {{.name = "orders", .handler = std::move(h)}},
+            .lease = lease,
+            .poll_interval = 50ms,
+            .requeue_interval = 100ms,
+            .retry = {.max_attempts = 5, .base = 0ms, .cap = 0ms, .jitter = 0},
+            .wait_for_work = [this](const std::string& g, std::chrono::milliseconds t) {
+              return store.wait_for_work(g, t);
+            }};
+  }
+
+  pg_store store;
+  executor exec;
+  admission adm;
+};
+
+class ConsumerPg : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!test::pg_cluster::available()) {
+      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << test::pg_cluster::bin
+                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
+    }
+    ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
+    static int next = 0;  // not reset by --gtest_repeat: every database name is fresh
+    const std::string db = "c" + std::to_string(++next);
+    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
+    conninfo_ = cluster_env::cluster->conninfo(db);
+  }
+  int count(const std::string& state) {
+    return std::stoi(sql(conninfo_, "SELECT count(*) FROM qos_jobs WHERE state = '" + state + "'"));
+  }
+  std::string conninfo_;
+};
+
+TEST_F(ConsumerPg, two_consumers_on_two_stores_never_run_more_than_n) {
+  constexpr int jobs = 40;
+  process a(conninfo_, 3), b(conninfo_, 3);
+  std::vector<job_id> ids;
+  for (int i = 0; i < jobs; ++i) {
+    const auto e = a.store.enqueue(order(std::to_string(i)), {});
+    ASSERT_EQ(e.result, enqueue_result::kind::created);
+    ids.push_back(e.id);
+  }
+  std::atomic<int> now{0}, most{0};
+  auto handler = [&](const claimed_job&) {
+    const int n = ++now;
+    int m = most.load();
+    while (n > m && !most.compare_exchange_weak(m, n)) {
+    }
+    std::this_thread::sleep_for(20ms);
+    --now;
+    return response{.body = "ok"};
+  };
+  // The table's own count, sampled on a connection of its own while both consumers work.
+  std::atomic<bool> sampling{true};
+  int most_rows = 0, samples = 0;
+  std::thread sampler([&] {
+    while (sampling) {
+      most_rows = std::max(most_rows, count("running"));
+      ++samples;
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  consumer ca(a.store, a.adm, a.options(handler));
+  consumer cb(b.store, b.adm, b.options(handler));
+  const bool all = eventually([&] { return count("succeeded") == jobs; }, 60s);
+  sampling = false;
+  sampler.join();
+  ASSERT_TRUE(all) << count("succeeded") << " of " << jobs << " succeeded";
+  EXPECT_TRUE(ca.stop(5s));
+  EXPECT_TRUE(cb.stop(5s));
+  EXPECT_LE(most.load(), 3);
+  EXPECT_LE(most_rows, 3);
+  EXPECT_GT(samples, 10);
+  EXPECT_GE(most.load(), 2);  // they did run side by side
+  EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));
+  EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
+  for (const auto& id : ids) {
+    const auto s = a.store.status(id);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_EQ(s->state, job_state::succeeded);
+    EXPECT_EQ(s->attempts, 1);
+  }
+}
+
+TEST_F(ConsumerPg, a_dropped_consumers_job_runs_again_after_its_lease_with_one_more_attempt) {
+  process a(conninfo_, 1), b(conninfo_, 1);
+  const auto e = a.store.enqueue(order("x"), {});
+  ASSERT_EQ(e.result, enqueue_result::kind::created);
+  std::atomic<bool> hold{true};
+  std::atomic<int> a_runs{0};
+  auto ca = std::make_unique<consumer>(a.store, a.adm,
+                                       a.options(
+                                           [&](const claimed_job&) {
+                                             ++a_runs;
+                                             const auto until = clock::now() + 20s;
+                                             while (hold && clock::now() < until)
+                                               std::this_thread::sleep_for(1ms);
+                                             return response{.body = "late"};
+                                           },
+                                           600ms));
+  ASSERT_TRUE(eventually([&] { return a_runs.load() == 1; }));
+  // The process stops heartbeating and is gone, its handler stuck mid-job.
+  EXPECT_FALSE(ca->stop(0ms));
+  EXPECT_EQ(ca->abandoned(), 1u);
+  std::atomic<int> b_attempt{0};
+  consumer cb(b.store, b.adm,
+              b.options(
+                  [&](const claimed_job& j) {
+                    b_attempt = j.attempt;
+                    return response{.body = "rerun"};
+                  },
+                  600ms));
+  ASSERT_TRUE(eventually([&] { return b.store.status(e.id)->state == job_state::succeeded; }, 20s));
+  EXPECT_EQ(b_attempt.load(), 2);
+  EXPECT_EQ(cb.requeued(), 1u);  // b found the expired lease: a is gone
+  const auto s = b.store.status(e.id);
+  EXPECT_EQ(s->attempts, 2);
+  ASSERT_TRUE(s->result.has_value());
+  EXPECT_EQ(s->result->body, "rerun");
+  hold = false;
+  ca.reset();
+  EXPECT_TRUE(cb.stop(5s));
+  EXPECT_EQ(b.store.status(e.id)->result->body, "rerun");  // the stuck run changed nothing
+  EXPECT_EQ(a_runs.load(), 1);
+}
+
+}  // namespace
+}  // namespace qos::jobs

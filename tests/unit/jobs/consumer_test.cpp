@@ -1,0 +1,449 @@
+// The job consumer against an in-memory store and a real admission (executor, limit group,
+// blocking pool): the shared N bound with synchronous requests, results, failures, fallbacks,
+// heartbeats and fencing on a manual clock, the token bucket, and stop(grace).
+#include "qos/jobs/consumer.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "support/eventually.hpp"
+#include "support/memory_job_store.hpp"
+
+namespace qos::jobs {
+namespace {
+
+using namespace std::chrono_literals;
+using test::eventually;
+using test::memory_job_store;
+
+// The clock the consumer's heartbeat schedule and token bucket read: moves only when told.
+struct shared_clock {
+  std::atomic<time_point::rep> ticks{0};
+  time_point now() const { return time_point(duration(ticks.load())); }
+  void advance(duration d) { ticks += d.count(); }
+};
+
+struct fixture {
+  explicit fixture(std::size_t n, duration max_wait = 5s)
+      : exec({.threads = 2, .inbox = 1024}),
+        adm({{.name = "db", .limiter = {.max_concurrent = n, .max_queue = 100}}},
+            {{.name = "orders", .group = "db", .max_wait = max_wait}}, exec),
+        group(*adm.find_group("db")) {}
+  ~fixture() { exec.stop(); }
+
+  job_id add(std::string body = "{}", int priority = 0) {
+    return store.add({.route = "orders",
+                      .group = "db",
+                      .method = "POST",
+                      .target = "/orders",
+                      .body = std::move(body),
+                      .priority = priority});
+  }
+  consumer_options options(job_handler h, handler_kind kind = handler_kind::blocking) {
+    return {.group = "db",
+            .routes = {{.name = "orders", .handler = std::move(h), .kind = kind}},
+            .lease = 3000ms,
+            .poll_interval = 5ms,
+            .retry = {.max_attempts = 3, .base = 0ms, .cap = 0ms, .jitter = 0},
+            .fallback_delay = 0ms};
+  }
+
+  memory_job_store store;
+  executor exec;
+  admission adm;
+  limit_group& group;
+};
+
+// Counts handlers running at once, and the most ever seen.
+struct gauge {
+  std::atomic<int> now{0}, most{0};
+  void enter() {
+    const int n = ++now;
+    int m = most.load();
+    while (n > m && !most.compare_exchange_weak(m, n)) {
+    }
+  }
+  void leave() { --now; }
+};
+
+TEST(consumer_test, success_completes_with_the_handlers_result) {
+  fixture f(2);
+  const job_id id = f.add("hello");
+  consumer c(f.store, f.adm, f.options([](const claimed_job& j) {
+    return response{.status = 201,
+                    .body = "done:" + j.request.body + ":" + std::to_string(j.attempt),
+                    .content_type = "text/plain"};
+  }));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 1; }));
+  const auto j = f.store.get(id);
+  ASSERT_TRUE(j.result.has_value());
+  EXPECT_EQ(j.result->status, 201);
+  EXPECT_EQ(j.result->body, "done:hello:1");
+  ASSERT_EQ(j.result->headers.size(), 1u);
+  EXPECT_EQ(j.result->headers[0].first, "Content-Type");
+  EXPECT_EQ(j.result->headers[0].second, "text/plain");
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(c.claimed(), 1u);
+  EXPECT_EQ(c.succeeded(), 1u);
+  EXPECT_EQ(c.failed(), 0u);
+  EXPECT_EQ(c.held(), 0u);
+  EXPECT_EQ(f.group.stats().in_use, 0u);
+}
+
+TEST(consumer_test, a_throw_fails_the_attempt_with_the_retry_policy_and_the_retry_runs) {
+  fixture f(1);
+  const job_id id = f.add();
+  std::atomic<int> runs{0};
+  consumer c(f.store, f.adm,
+             f.options(
+                 [&](const claimed_job& j) {
+                   ++runs;
+                   if (j.attempt == 1) throw std::runtime_error("backend down");
+                   return response{.body = "ok"};
+                 },
+                 handler_kind::fiber));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  const auto fails = f.store.fail_calls();
+  ASSERT_EQ(fails.size(), 1u);
+  EXPECT_EQ(fails[0].id, id);
+  EXPECT_EQ(fails[0].error, "backend down");
+  EXPECT_EQ(fails[0].retry.max_attempts, 3);  // the consumer's retry policy, not the give-back
+  EXPECT_EQ(f.store.get(id).attempts, 2);
+  EXPECT_EQ(runs.load(), 2);
+  EXPECT_EQ(c.failed(), 1u);
+  EXPECT_EQ(c.succeeded(), 1u);
+}
+
+TEST(consumer_test, a_job_that_always_throws_ends_dead_after_max_attempts) {
+  fixture f(1);
+  const job_id id = f.add();
+  consumer c(f.store, f.adm,
+             f.options([](const claimed_job&) -> response { throw std::runtime_error("no"); }));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::dead) == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(f.store.get(id).attempts, 3);
+  EXPECT_EQ(f.store.get(id).last_error, "no");
+  EXPECT_EQ(c.failed(), 3u);
+}
+
+TEST(consumer_test, never_more_than_n_jobs_at_once) {
+  fixture f(3);
+  for (int i = 0; i < 30; ++i) f.add();
+  gauge g;
+  consumer c(f.store, f.adm, f.options([&](const claimed_job&) {
+    g.enter();
+    std::this_thread::sleep_for(2ms);
+    g.leave();
+    return response{};
+  }));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 30; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_LE(g.most.load(), 3);
+  EXPECT_GE(g.most.load(), 2);  // it does run them side by side
+  EXPECT_LE(f.store.max_leased, 3u);
+  EXPECT_EQ(c.succeeded(), 30u);
+}
+
+// A synchronous request of the same route, as the HTTP gate submits it, holding its permit.
+class held_request final : public transport {
+ public:
+  held_request(gauge& g, std::atomic<bool>& hold, std::atomic<int>& answered)
+      : g_(g), hold_(hold), answered_(answered) {}
+  bool connected() noexcept override { return true; }
+  std::optional<response> handle() override {
+    g_.enter();
+    const auto until = clock::now() + 10s;
+    while (hold_.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    g_.leave();
+    return response{};
+  }
+  void answer(response) noexcept override { ++answered_; }
+  void fallback(outcome) noexcept override { ++answered_; }
+  void fail(std::exception_ptr) noexcept override { ++answered_; }
+
+ private:
+  gauge& g_;
+  std::atomic<bool>& hold_;
+  std::atomic<int>& answered_;
+};
+
+TEST(consumer_test, synchronous_requests_and_jobs_share_one_n) {
+  fixture f(3);
+  gauge g;  // synchronous handlers and job handlers together
+  std::atomic<bool> hold{true};
+  std::atomic<int> answered{0};
+  const auto& route = *f.adm.find_route("orders");
+  for (int i = 0; i < 2; ++i) {
+    f.adm.submit(route, {.arrival = clock::now()}, handler_kind::blocking,
+                 std::make_unique<held_request>(g, hold, answered));
+  }
+  ASSERT_TRUE(eventually([&] { return g.now.load() == 2; }));
+  for (int i = 0; i < 20; ++i) f.add();
+  gauge jobs_only;
+  consumer c(f.store, f.adm, f.options([&](const claimed_job&) {
+    g.enter();
+    jobs_only.enter();
+    std::this_thread::sleep_for(1ms);
+    jobs_only.leave();
+    g.leave();
+    return response{};
+  }));
+  // Two permits are the synchronous requests': the jobs run one at a time in the third.
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 10; }));
+  EXPECT_EQ(jobs_only.most.load(), 1);
+  EXPECT_LE(g.most.load(), 3);
+  EXPECT_LE(f.store.max_leased, 1u);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 20; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(answered.load(), 2);
+  EXPECT_LE(g.most.load(), 3);
+}
+
+TEST(consumer_test, jobs_claim_by_priority) {
+  fixture f(1);
+  f.add("low", 0);
+  f.add("high", 9);
+  f.add("mid", 4);
+  std::mutex m;
+  std::vector<std::string> order;
+  consumer c(f.store, f.adm, f.options([&](const claimed_job& j) {
+    const std::lock_guard lock(m);
+    order.push_back(j.request.body);
+    return response{};
+  }));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 3; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(order, (std::vector<std::string>{"high", "mid", "low"}));
+}
+
+TEST(consumer_test, long_jobs_are_heartbeaten_every_third_of_the_lease) {
+  fixture f(1);
+  shared_clock clk;
+  f.add();
+  std::atomic<bool> hold{true};
+  auto o = f.options([&](const claimed_job&) {
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    return response{};
+  });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.held() == 1; }));
+  std::this_thread::sleep_for(30ms);  // several loop turns: the clock stands, so no heartbeat
+  EXPECT_EQ(c.heartbeats(), 0u);
+  clk.advance(999ms);
+  c.poke();
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(c.heartbeats(), 0u);  // lease 3 s: due at 1 s
+  clk.advance(1ms);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.heartbeats() == 1; }));
+  clk.advance(1000ms);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.heartbeats() == 2; }));
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(c.fenced_out(), 0u);
+}
+
+TEST(consumer_test, a_fenced_out_run_is_logged_counted_and_its_result_refused) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add();
+  std::atomic<bool> hold{true};
+  auto o = f.options([&](const claimed_job&) {
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    return response{.body = "late"};
+  });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.held() == 1; }));
+  f.store.steal(id);  // its lease went elsewhere
+  clk.advance(1s);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.fenced_out() == 1; }));
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return c.held() == 0; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(c.fenced_out(), 1u);  // once per run, though its completion was refused too
+  EXPECT_EQ(c.succeeded(), 0u);
+  EXPECT_EQ(f.store.refused.load(), 1u);
+  EXPECT_FALSE(f.store.get(id).result.has_value());
+}
+
+TEST(token_bucket_test, starts_full_refills_at_the_rate_and_caps_at_the_burst) {
+  const time_point t0{};
+  token_bucket b({.per_second = 10, .burst = 3}, t0);
+  EXPECT_EQ(b.available(t0), 3u);
+  b.take(3, t0);
+  EXPECT_EQ(b.available(t0), 0u);
+  EXPECT_EQ(b.until_one(t0), 100ms + duration(1));
+  EXPECT_EQ(b.available(t0 + 99ms), 0u);
+  EXPECT_EQ(b.available(t0 + 100ms), 1u);
+  EXPECT_EQ(b.available(t0 + 250ms), 2u);
+  EXPECT_EQ(b.available(t0 + 10s), 3u);  // never more than the burst
+}
+
+TEST(consumer_test, the_token_bucket_limits_claims) {
+  fixture f(8);
+  shared_clock clk;
+  for (int i = 0; i < 10; ++i) f.add();
+  auto o = f.options([](const claimed_job&) { return response{}; });
+  o.now = [&] { return clk.now(); };
+  o.rate = steady_rate{.per_second = 2, .burst = 3};
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 3; }));  // the burst
+  std::this_thread::sleep_for(50ms);                            // the clock stands: no token
+  EXPECT_EQ(c.claimed(), 3u);
+  clk.advance(499ms);
+  c.poke();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(c.claimed(), 3u);
+  clk.advance(1ms);  // one token
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.claimed() == 4; }));
+  clk.advance(1s);  // two more
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.claimed() == 6; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(c.claimed(), 6u);
+  EXPECT_TRUE(c.stop(1s));
+}
+
+TEST(consumer_test, a_job_admission_refuses_is_given_back_without_going_dead) {
+  fixture f(1);
+  const job_id id = f.add();
+  f.adm.close();  // every submit now meets `shutdown`
+  auto o = f.options([](const claimed_job&) { return response{}; });
+  o.retry.max_attempts = 1;  // a real failure would make it dead
+  o.fallback_delay = 60s;    // given back for later: not claimed again in this test
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.given_back() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  const auto fails = f.store.fail_calls();
+  ASSERT_EQ(fails.size(), 1u);
+  EXPECT_EQ(fails[0].error, "not run: shutdown");
+  EXPECT_EQ(fails[0].retry.base, 60s);
+  EXPECT_GT(fails[0].retry.max_attempts, 1000);
+  EXPECT_EQ(f.store.get(id).state, job_state::queued);
+  EXPECT_EQ(c.failed(), 0u);
+  EXPECT_EQ(c.claimed(), 1u);
+}
+
+TEST(consumer_test, stop_lets_a_job_finish_within_the_grace) {
+  fixture f(2);
+  f.add();
+  std::atomic<bool> started{false};
+  consumer c(f.store, f.adm, f.options([&](const claimed_job&) {
+    started = true;
+    std::this_thread::sleep_for(100ms);
+    return response{.body = "finished"};
+  }));
+  ASSERT_TRUE(eventually([&] { return started.load(); }));
+  EXPECT_TRUE(c.stop(5s));
+  EXPECT_EQ(c.succeeded(), 1u);
+  EXPECT_EQ(f.store.count(job_state::succeeded), 1u);
+  const auto claims = f.store.claim_calls.load();
+  f.add();
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(f.store.claim_calls.load(), claims);  // no claim after stop
+}
+
+TEST(consumer_test, stop_leaves_a_job_that_outlives_the_grace_to_lease_expiry) {
+  fixture f(2);
+  const job_id id = f.add();
+  std::atomic<bool> hold{true};
+  std::atomic<bool> started{false};
+  auto o = f.options([&](const claimed_job&) {
+    started = true;
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    return response{};
+  });
+  o.lease = 30ms;  // heartbeats every 10 ms while the grace lasts
+  auto c = std::make_unique<consumer>(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return started.load(); }));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(c->stop(100ms));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 100ms);
+  EXPECT_GE(c->heartbeats(), 3u);  // the lease was kept while the grace lasted
+  EXPECT_EQ(c->abandoned(), 1u);
+  const auto beats = f.store.heartbeat_calls.load();
+  EXPECT_EQ(f.store.get(id).state, job_state::running);  // neither completed nor failed back
+  EXPECT_TRUE(f.store.fail_calls().empty());
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(f.store.heartbeat_calls.load(), beats);  // no heartbeat after stop: it will expire
+  hold = false;                                      // its late result goes nowhere
+  c.reset();
+  EXPECT_TRUE(eventually([&] { return f.group.stats().in_use == 0; }));
+  EXPECT_EQ(f.store.get(id).state, job_state::running);
+}
+
+TEST(consumer_test, stop_claims_nothing_more_and_lets_the_running_job_end) {
+  fixture f(1);
+  const job_id first = f.add();
+  const job_id second = f.add();
+  std::atomic<bool> hold{true};
+  std::atomic<int> runs{0};
+  // max_wait far away: the second job waits in the group behind the first.
+  consumer c(f.store, f.adm, f.options([&](const claimed_job&) {
+    ++runs;
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    return response{};
+  }));
+  ASSERT_TRUE(eventually([&] { return runs.load() == 1; }));
+  EXPECT_EQ(c.held(), 1u);  // no free permit: the second is not claimed
+  (void)second;
+  std::thread release([&] {
+    std::this_thread::sleep_for(50ms);
+    hold = false;
+  });
+  EXPECT_TRUE(c.stop(5s));
+  release.join();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(f.store.get(first).state, job_state::succeeded);
+  EXPECT_EQ(f.store.get(second).state, job_state::queued);
+}
+
+TEST(consumer_test, every_consumer_requeues_expired_leases) {
+  fixture f(1);
+  f.add();
+  auto o = f.options([](const claimed_job&) { return response{}; });
+  o.requeue_interval = 5ms;
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return f.store.requeue_calls.load() >= 3; }));
+  EXPECT_TRUE(c.stop(1s));
+}
+
+TEST(consumer_test, refuses_bad_options) {
+  fixture f(1);
+  auto ok = f.options([](const claimed_job&) { return response{}; });
+  auto bad_group = ok;
+  bad_group.group = "nope";
+  EXPECT_THROW(consumer(f.store, f.adm, bad_group), std::invalid_argument);
+  auto bad_route = ok;
+  bad_route.routes[0].name = "nope";
+  EXPECT_THROW(consumer(f.store, f.adm, bad_route), std::invalid_argument);
+  auto reactor = ok;
+  reactor.routes[0].kind = handler_kind::reactor;
+  EXPECT_THROW(consumer(f.store, f.adm, reactor), std::invalid_argument);
+  auto no_handler = ok;
+  no_handler.routes[0].handler = nullptr;
+  EXPECT_THROW(consumer(f.store, f.adm, no_handler), std::invalid_argument);
+  auto rate = ok;
+  rate.rate = steady_rate{.per_second = 0, .burst = 1};
+  EXPECT_THROW(consumer(f.store, f.adm, rate), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace qos::jobs

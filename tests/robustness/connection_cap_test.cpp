@@ -139,6 +139,11 @@ TEST(connection_cap, refusing_at_the_cap_is_no_busy_loop) {
 // client is taken with the reserve descriptor and closed at once, accepting pauses instead of
 // spinning, and clients are served again once descriptors are free.
 TEST(connection_cap, out_of_descriptors_closes_the_waiting_client_and_does_not_spin) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The sanitizers' own checks need descriptors (UBSan's vptr check probes memory through a
+  // pipe): with none left they report false errors. The normal build runs this test.
+  GTEST_SKIP() << "the sanitizer runtime needs file descriptors this test takes away";
+#endif
   listener_options o;
   o.max_connections = 100;
   plain_service svc(o);

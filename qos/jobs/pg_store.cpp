@@ -21,6 +21,10 @@
 
 #include <libpq-fe.h>
 
+#include "qos/jobs/backoff.hpp"
+#include "qos/jobs/detail/header_blob.hpp"
+#include "qos/jobs/job_id.hpp"
+
 namespace qos::jobs {
 namespace {
 
@@ -102,39 +106,10 @@ constexpr const char* claimed_columns =
     "j.route, j.grp, j.tenant, j.method, j.target, j.headers, j.body, j.priority, j.idem_key, "
     "j.payload_hash, (extract(epoch FROM j.run_at) * 1000000)::bigint";
 
-// --- Private helpers; the shared qos/jobs/job_id.hpp and backoff.hpp replace them. ---
-
-std::string new_job_id() {
-  unsigned char raw[16];
-  std::size_t got = 0;
-  while (got < sizeof raw) {
-    const ssize_t n = ::getrandom(raw + got, sizeof raw - got, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw std::system_error(errno, std::generic_category(), "getrandom");
-    }
-    got += static_cast<std::size_t>(n);
-  }
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string id(32, '0');
-  for (std::size_t i = 0; i < sizeof raw; ++i) {
-    id[2 * i] = hex[raw[i] >> 4];
-    id[2 * i + 1] = hex[raw[i] & 0xf];
-  }
-  return id;
-}
-
-// The delay before the retry that follows failed run number `attempt` (1 = the first run):
-// base * 2^(attempt-1), capped, then ± jitter.
-std::chrono::milliseconds backoff_delay(int attempt, const retry_policy& retry) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  const double base = static_cast<double>(retry.base.count());
-  const double cap = static_cast<double>(retry.cap.count());
-  const double exp = std::min(cap, base * std::ldexp(1.0, std::clamp(attempt - 1, 0, 62)));
-  const double j = std::clamp(retry.jitter, 0.0, 1.0);
-  std::uniform_real_distribution<double> spread(1.0 - j, 1.0 + j);
-  const double delay = std::clamp(exp * spread(rng), 0.0, cap);
-  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(delay)));
+// One generator for the process's retry jitter, seeded from getrandom.
+double unit_random() {
+  static const unit_random_fn draw = default_unit_random();
+  return draw();
 }
 
 // Notification channels are identifiers of at most 63 bytes: a group's channel is a hash of its
@@ -148,43 +123,6 @@ std::string channel_of(const std::string& group) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "qos_jobs_%016llx", static_cast<unsigned long long>(h));
   return buf;
-}
-
-// Headers as bytea: per pair, big-endian u32 lengths of name and value, then the bytes.
-void put_u32(std::string& out, std::size_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8)
-    out.push_back(static_cast<char>((v >> shift) & 0xff));
-}
-
-std::string encode_headers(const std::vector<std::pair<std::string, std::string>>& headers) {
-  std::string out;
-  for (const auto& [name, value] : headers) {
-    put_u32(out, name.size());
-    out += name;
-    put_u32(out, value.size());
-    out += value;
-  }
-  return out;
-}
-
-std::vector<std::pair<std::string, std::string>> decode_headers(const std::string& in) {
-  std::vector<std::pair<std::string, std::string>> out;
-  std::size_t at = 0;
-  auto take = [&](std::string& s) {
-    if (in.size() - at < 4) return false;
-    std::size_t n = 0;
-    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<unsigned char>(in[at++]);
-    if (in.size() - at < n) return false;
-    s.assign(in, at, n);
-    at += n;
-    return true;
-  };
-  while (at < in.size()) {
-    std::string name, value;
-    if (!take(name) || !take(value)) break;  // a torn tail is dropped, never read past
-    out.emplace_back(std::move(name), std::move(value));
-  }
-  return out;
 }
 
 // --- libpq plumbing ---
@@ -704,7 +642,7 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
           .bytes(job.tenant)
           .bytes(job.method)
           .bytes(job.target)
-          .bytes(encode_headers(job.headers))
+          .bytes(detail::encode_headers(job.headers))
           .bytes(job.body)
           .num(std::clamp(job.priority, 0, 15));
       if (job.idempotency_key) {
@@ -755,7 +693,7 @@ claimed_job read_claimed(PGresult* r, int row) {
   j.request.tenant = col_bytes(r, row, 6);
   j.request.method = col_bytes(r, row, 7);
   j.request.target = col_bytes(r, row, 8);
-  j.request.headers = decode_headers(col_bytes(r, row, 9));
+  j.request.headers = detail::decode_headers(col_bytes(r, row, 9));
   j.request.body = col_bytes(r, row, 10);
   j.request.priority = static_cast<int>(col_int(r, row, 11));
   if (!is_null(r, row, 12)) j.request.idempotency_key = col_bytes(r, row, 12);
@@ -856,7 +794,7 @@ bool pg_store::complete(const job_id& id, std::uint64_t fence, const job_result&
                      .text(id)
                      .num(static_cast<std::int64_t>(fence))
                      .num(res.status)
-                     .bytes(encode_headers(res.headers))
+                     .bytes(detail::encode_headers(res.headers))
                      .bytes(res.body)
                      .exec(c,
                            "UPDATE qos_jobs SET state = 'succeeded', finished = now(),"
@@ -896,7 +834,7 @@ bool pg_store::fail(const job_id& id, std::uint64_t fence, const std::string& er
         params{}
             .text(id)
             .bytes(error)
-            .num(backoff_delay(attempts, retry).count())
+            .num(retry_delay(retry, attempts, unit_random()).count())
             .exec(c,
                   "UPDATE qos_jobs SET state = 'queued', lease_until = NULL, last_error = $2,"
                   " run_at = now() + $3::bigint * interval '1 millisecond' WHERE id = $1");
@@ -934,7 +872,7 @@ std::optional<job_status> pg_store::status(const job_id& id) {
       if (s.state == job_state::queued) s.run_at = col_time(p, 0, 2);
       if (s.state == job_state::succeeded && !is_null(p, 0, 3)) {
         s.result = job_result{.status = static_cast<int>(col_int(p, 0, 3)),
-                              .headers = decode_headers(col_bytes(p, 0, 4)),
+                              .headers = detail::decode_headers(col_bytes(p, 0, 4)),
                               .body = col_bytes(p, 0, 5)};
       }
       s.last_error = col_bytes(p, 0, 6);

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "qos/jobs/detail/header_blob.hpp"
 #include "qos/jobs/detail/sqlite_db.hpp"
 #include "qos/jobs/job_id.hpp"
 
@@ -24,6 +25,8 @@ namespace qos::jobs {
 namespace {
 
 using detail::connection;
+using detail::decode_headers;
+using detail::encode_headers;
 using detail::query;
 using detail::transaction;
 
@@ -47,42 +50,6 @@ std::int64_t to_ms(wall_time t) {
 
 wall_time from_ms(std::int64_t ms) {
   return wall_time(std::chrono::duration_cast<wall_time::duration>(std::chrono::milliseconds(ms)));
-}
-
-// Headers as one blob: for each pair, a 4-byte little-endian length and the bytes of the name,
-// then of the value.
-void put_u32(std::string& out, std::size_t n) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
-}
-
-std::string encode_headers(const std::vector<std::pair<std::string, std::string>>& headers) {
-  std::string out;
-  for (const auto& [name, value] : headers) {
-    put_u32(out, name.size());
-    out += name;
-    put_u32(out, value.size());
-    out += value;
-  }
-  return out;
-}
-
-std::vector<std::pair<std::string, std::string>> decode_headers(std::string_view in) {
-  std::vector<std::pair<std::string, std::string>> out;
-  auto take = [&in](std::string& field) {
-    if (in.size() < 4) throw store_error("corrupt header blob");
-    std::size_t n = 0;
-    for (int i = 0; i < 4; ++i) n |= std::size_t(static_cast<unsigned char>(in[i])) << (8 * i);
-    in.remove_prefix(4);
-    if (in.size() < n) throw store_error("corrupt header blob");
-    field.assign(in.substr(0, n));
-    in.remove_prefix(n);
-  };
-  while (!in.empty()) {
-    auto& [name, value] = out.emplace_back();
-    take(name);
-    take(value);
-  }
-  return out;
 }
 
 // Schema version 1. `attempts` counts runs started; `fence` is bumped by every claim, so the

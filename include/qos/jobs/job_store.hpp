@@ -87,9 +87,9 @@ struct claimed_job {
 
 struct retry_policy {
   int max_attempts = 5;
-  std::chrono::milliseconds base{1000};  // first retry after about this long
-  std::chrono::milliseconds cap{300000};
-  double jitter = 0.2;  // ± this fraction, uniformly
+  std::chrono::milliseconds base{1000};   // first retry after about this long
+  std::chrono::milliseconds cap{300000};  // of base * 2^(attempt-1), before the jitter
+  double jitter = 0.2;  // ± this fraction, uniformly (capped delays too, so they do not bunch)
 };
 
 struct job_status {

@@ -195,7 +195,7 @@ TEST(consumer_test, synchronous_requests_and_jobs_share_one_n) {
     return response{};
   }));
   // Two permits are the synchronous requests': the jobs run one at a time in the third.
-  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 10; }));
+  ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) >= 10; }));
   EXPECT_EQ(jobs_only.most.load(), 1);
   EXPECT_LE(g.most.load(), 3);
   EXPECT_LE(f.store.max_leased, 1u);

@@ -21,6 +21,8 @@
 #include <system_error>
 #include <utility>
 
+#include "qos/config/detail/names.hpp"
+
 namespace qos::config {
 
 namespace {
@@ -428,20 +430,14 @@ double read_number(const field& f) {
   return value;
 }
 
-// One of a fixed set of words, e.g. an algorithm or a queue discipline.
-template <typename T>
-struct named {
-  std::string_view name;
-  T value;
-};
-
-template <typename T, std::size_t N>
-std::string_view name_of(const named<T> (&choices)[N], T value) {
-  for (const auto& choice : choices) {
-    if (choice.value == value) return choice.name;
-  }
-  return "?";
-}
+// One of a fixed set of words (config/detail/names.hpp), e.g. an algorithm or a discipline.
+using detail::drain_modes;
+using detail::limit_algorithms;
+using detail::log_formats;
+using detail::log_sinks;
+using detail::name_of;
+using detail::named;
+using detail::queue_disciplines;
 
 template <typename T, std::size_t N>
 T read_choice(const field& f, const named<T> (&choices)[N], const char* what) {
@@ -493,9 +489,6 @@ bool iequals(std::string_view a, std::string_view b) {
 
 // ---------------------------------------------------------------------------------------------
 // Sections
-
-constexpr named<drain_mode> drain_modes[] = {{"shed", drain_mode::shed},
-                                             {"serve", drain_mode::serve}};
 
 server_config parse_server(const field& f) {
   const map_view map(
@@ -628,12 +621,6 @@ admin_config parse_admin(const field& f, const server_config& server) {
   return out;
 }
 
-constexpr named<log_format> log_formats[] = {{"text", log_format::text},
-                                             {"json", log_format::json}};
-
-constexpr named<log_sink> log_sinks[] = {{"stderr", log_sink::standard_error},
-                                         {"stdout", log_sink::standard_output}};
-
 access_log_config parse_access_log(const field& f) {
   const map_view map(f, {"enabled", "sample", "max_per_second"});
   access_log_config out;
@@ -671,16 +658,6 @@ bool is_group_name(std::string_view name) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
   });
 }
-
-constexpr named<limit_kind> limit_algorithms[] = {{"fixed", limit_kind::fixed},
-                                                  {"aimd", limit_kind::aimd},
-                                                  {"gradient2", limit_kind::gradient2},
-                                                  {"vegas", limit_kind::vegas}};
-
-constexpr named<queue_discipline> queue_disciplines[] = {
-    {"fifo", queue_discipline::fifo},
-    {"codel", queue_discipline::codel},
-    {"adaptive_lifo", queue_discipline::adaptive_lifo}};
 
 // Where each key of a group or route was written, by validate()'s key spelling ("limit.max").
 using key_fields = std::map<std::string, field, std::less<>>;

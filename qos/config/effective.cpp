@@ -13,6 +13,8 @@
 #include <system_error>
 #include <utility>
 
+#include "qos/config/detail/names.hpp"
+
 namespace qos::config {
 
 namespace {
@@ -54,43 +56,7 @@ std::string absolute(const std::string& path) {
   return ec ? path : p.lexically_normal().string();
 }
 
-constexpr std::string_view discipline_name(queue_discipline d) {
-  switch (d) {
-    case queue_discipline::fifo:
-      return "fifo";
-    case queue_discipline::codel:
-      return "codel";
-    case queue_discipline::adaptive_lifo:
-      return "adaptive_lifo";
-  }
-  return "?";
-}
-
-constexpr std::string_view algorithm_name(limit_kind k) {
-  switch (k) {
-    case limit_kind::fixed:
-      return "fixed";
-    case limit_kind::aimd:
-      return "aimd";
-    case limit_kind::gradient2:
-      return "gradient2";
-    case limit_kind::vegas:
-      return "vegas";
-  }
-  return "?";
-}
-
-std::string_view drain_name(drain_mode m) {
-  return m == drain_mode::serve ? "serve" : "shed";
-}
-
-std::string_view format_name(log_format f) {
-  return f == log_format::json ? "json" : "text";
-}
-
-std::string_view sink_name(log_sink s) {
-  return s == log_sink::standard_output ? "stdout" : "stderr";
-}
+using detail::name;
 
 // ---------------------------------------------------------------------------------------------
 // YAML
@@ -123,7 +89,7 @@ void emit_server(YAML::Emitter& e, const server_config& s) {
   key(e, "drain_delay");
   e << ms(s.drain_delay);
   key(e, "drain_parked");
-  e << std::string(drain_name(s.drain_parked));
+  e << std::string(name(s.drain_parked));
   key(e, "backlog");
   e << s.backlog;
   key(e, "max_connections");
@@ -145,9 +111,9 @@ void emit_logging(YAML::Emitter& e, const logging_config& l) {
   key(e, "level");
   e << l.level;
   key(e, "format");
-  e << std::string(format_name(l.format));
+  e << std::string(name(l.format));
   key(e, "sink");
-  e << std::string(sink_name(l.sink));
+  e << std::string(name(l.sink));
   key(e, "access_log");
   e << YAML::BeginMap;
   key(e, "enabled");
@@ -193,7 +159,7 @@ void emit_group(YAML::Emitter& e, const group_config& g) {
     key(e, "limit");
     e << YAML::BeginMap;
     key(e, "algorithm");
-    e << std::string(algorithm_name(o.kind));
+    e << std::string(name(o.kind));
     key(e, "min");
     e << o.min;
     key(e, "max");
@@ -224,7 +190,7 @@ void emit_group(YAML::Emitter& e, const group_config& g) {
   key(e, "queue");
   e << YAML::BeginMap;
   key(e, "discipline");
-  e << std::string(discipline_name(l.discipline));
+  e << std::string(name(l.discipline));
   if (l.discipline == queue_discipline::codel) {
     key(e, "target");
     e << ms(l.target);
@@ -396,9 +362,8 @@ std::string preview(const fallback_config& f) {
 std::string describe_limit(const group_config& g) {
   if (!g.limit) return "fixed " + std::to_string(g.limiter.max_concurrent);
   const limit_options& o = *g.limit;
-  std::string out = "adaptive " + std::string(algorithm_name(o.kind)) + " " +
-                    std::to_string(o.min) + ".." + std::to_string(o.max) + " from " +
-                    std::to_string(o.initial);
+  std::string out = "adaptive " + std::string(name(o.kind)) + " " + std::to_string(o.min) + ".." +
+                    std::to_string(o.max) + " from " + std::to_string(o.initial);
   if (o.kind == limit_kind::aimd) {
     out += " (backoff_ratio " + number(o.backoff_ratio) + ", timeout " + ms(o.timeout) + ")";
   } else if (o.kind == limit_kind::gradient2) {
@@ -412,7 +377,7 @@ std::string describe_limit(const group_config& g) {
 }
 
 std::string describe_queue(const limiter_options& l) {
-  std::string out(discipline_name(l.discipline));
+  std::string out(name(l.discipline));
   if (l.discipline == queue_discipline::codel) {
     out += " (target " + ms(l.target) + ", interval " + ms(l.interval) + ")";
   } else if (l.discipline == queue_discipline::adaptive_lifo) {
@@ -463,7 +428,7 @@ std::string summary(const app_config& cfg) {
     o << "admin: off\n";
   }
   const logging_config& l = cfg.logging;
-  o << "logging: level " << l.level << ", " << format_name(l.format) << " to " << sink_name(l.sink)
+  o << "logging: level " << l.level << ", " << name(l.format) << " to " << name(l.sink)
     << ", access log ";
   if (l.access_log.enabled) {
     o << "on (sample " << number(l.access_log.sample) << ", "

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <type_traits>
 
+#include "qos/config/detail/names.hpp"
+
 namespace qos::config {
 
 namespace {
@@ -35,38 +37,9 @@ std::string text(double v) {
   out << v;
   return out.str();
 }
-std::string text(queue_discipline d) {
-  switch (d) {
-    case queue_discipline::fifo:
-      return "fifo";
-    case queue_discipline::codel:
-      return "codel";
-    case queue_discipline::adaptive_lifo:
-      return "adaptive_lifo";
-  }
-  return "?";
-}
-std::string text(limit_kind k) {
-  switch (k) {
-    case limit_kind::fixed:
-      return "fixed";
-    case limit_kind::aimd:
-      return "aimd";
-    case limit_kind::gradient2:
-      return "gradient2";
-    case limit_kind::vegas:
-      return "vegas";
-  }
-  return "?";
-}
-std::string text(log_format f) {
-  return f == log_format::json ? "json" : "text";
-}
-std::string text(log_sink s) {
-  return s == log_sink::standard_output ? "stdout" : "stderr";
-}
-std::string text(drain_mode m) {
-  return m == drain_mode::serve ? "serve" : "shed";
+template <typename E>
+requires std::is_enum_v<E> std::string text(E v) {
+  return std::string(detail::name(v));
 }
 template <class T>
 requires std::is_integral_v<T> std::string text(T v) {

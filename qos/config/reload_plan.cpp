@@ -241,8 +241,10 @@ reload_plan plan_reload(const app_config& current, const app_config& next,
 
   // Guarded routes must stay, and keep a response path that their handler supports.
   for (const auto& [name, how] : guarded) {
+    // A named copy: clang 14 cannot capture a structured binding.
+    const std::string& wanted = name;
     const auto it = std::find_if(next.routes.begin(), next.routes.end(),
-                                 [&](const route_config& r) { return r.name == name; });
+                                 [&](const route_config& r) { return r.name == wanted; });
     if (it == next.routes.end()) {
       throw config_error(next.source, 0, 0, "routes",
                          "route '" + name +

@@ -178,12 +178,88 @@ struct priority_config {
   friend bool operator==(const priority_config&, const priority_config&) = default;
 };
 
+// How a route meets its requests: `guard` (the default) runs the handler once admission grants a
+// permit, the client waiting; `accept` stores the request durably, answers 202 Accepted with
+// Location: /jobs/{id} once the store committed it, and a consumer runs the handler later
+// under the same group (include/qos/jobs/consumer.hpp).
+enum class route_mode : std::uint8_t { guard, accept };
+
+// An accept route's settings (`accept:` under the route). Bounds are the loader's: max_depth
+// 1..10^8, retry_after 0..3600 s, keep_headers at most 64 names, idempotency_retention
+// 1m..30d, max_attempts 1..1000, backoff_base 1ms..1h, backoff_cap backoff_base..24h, lease
+// 1s..1h, rate per_second (0, 10^6], burst 1..10^6.
+struct accept_config {
+  // Queued + running jobs of the route at most; beyond, `full_status` + Retry-After.
+  std::size_t max_depth = 10000;
+  int full_status = 503;  // 503 or 429
+  // Retry-After seconds on the 202, and on GET /jobs/{id} while the job is pending.
+  int retry_after_s = 1;
+  // Request headers stored with the job, lowercase (Content-Type is always kept). The rest is
+  // dropped: credentials are not written to the store unless listed.
+  std::vector<std::string> keep_headers;
+  // Header naming the tenant: idempotency keys are scoped per route and per its value.
+  std::string tenant_header;
+  bool require_idempotency_key = false;  // a request without Idempotency-Key gets 400
+  std::chrono::seconds idempotency_retention{24 * 3600};
+  // Retries: capped exponential backoff with ±20 % jitter; after max_attempts, dead.
+  int max_attempts = 5;
+  std::chrono::milliseconds backoff_base{1000};
+  std::chrono::milliseconds backoff_cap{300000};
+  // A claimed job's lease (heartbeaten every lease/3; an expired one runs again elsewhere).
+  std::chrono::milliseconds lease{30000};
+
+  friend bool operator==(const accept_config&, const accept_config&) = default;
+};
+
+enum class job_store_kind : std::uint8_t { sqlite, postgres };
+enum class sqlite_sync : std::uint8_t { full, normal };
+
+// A steady rate for one group's consumer: a token bucket of claims.
+struct job_rate_config {
+  double per_second = 0;
+  double burst = 1;
+
+  friend bool operator==(const job_rate_config&, const job_rate_config&) = default;
+};
+
+// The durable job store of the accept routes and this process's part in it (`jobs:`; needed
+// when a route has mode accept). Every key is restart-needed on reload. Bounds: group_commit
+// 0..100ms, pool 1..256, store_threads 1..1024, max_pending 1..2^20, retention 1m..365d,
+// prune_interval 1s..1d, poll_interval 10ms..1m.
+struct jobs_config {
+  job_store_kind store = job_store_kind::sqlite;
+  // sqlite: the database file (relative: against the config file's folder) and durability.
+  std::string sqlite_path = "qos-jobs.db";
+  sqlite_sync synchronous = sqlite_sync::full;
+  std::chrono::microseconds group_commit{1500};
+  // postgres: a libpq connection string, given inline or read at load from the variable
+  // conninfo_env (at most one of the two); pool: connections this process opens.
+  std::string conninfo;
+  std::string conninfo_env;
+  std::size_t pool = 8;
+  // Whether this process runs consumers for the accept routes (a gateway-only process: false).
+  bool consume = true;
+  // Threads making store calls for requests (enqueue, GET /jobs/{id}); requests beyond
+  // max_pending waiting for one get 503.
+  std::size_t store_threads = 32;
+  std::size_t max_pending = 4096;
+  std::chrono::seconds retention{7 * 24 * 3600};  // succeeded and dead jobs kept this long
+  std::chrono::milliseconds prune_interval{60000};
+  std::chrono::milliseconds poll_interval{1000};  // consumers look for work at least this often
+  std::map<std::string, job_rate_config> rates;   // by group: a steady claim rate
+  int line = 0;
+
+  friend bool operator==(const jobs_config&, const jobs_config&) = default;
+};
+
 // A guarded route: its admission policy (group, max_wait, max_exec, cost, predictive_reject),
 // what the HTTP edge reads from requests for it, its fallbacks, and where it was declared.
 struct route_config : route_policy {
   deadline_config deadline;
   priority_config priority;
   fallback_set fallback;
+  route_mode mode = route_mode::guard;
+  accept_config accept;  // mode accept only
   int line = 0;
 };
 
@@ -192,6 +268,7 @@ struct app_config {
   server_config server;
   logging_config logging;
   std::optional<admin_config> admin;  // nullopt: no admin listener
+  std::optional<jobs_config> jobs;    // nullopt: no job store (no accept route)
   std::vector<group_config> groups;
   std::vector<route_config> routes;
 

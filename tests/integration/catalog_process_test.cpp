@@ -3,13 +3,10 @@
 // finish and exits 0; its counters and qos's internals are on the admin listener only, and the
 // counters' reset needs the token. Bounded waits only; the child is killed if a test fails midway.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -23,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/child_process.hpp"
 #include "support/http_client.hpp"
 
 #ifndef CATALOG_SERVICE
@@ -35,87 +33,14 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 
-struct child {
-  pid_t pid = -1;
-  int out = -1;  // the child's stdout and stderr, merged
-  std::string output;
-
-  ~child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    if (out >= 0) ::close(out);
-  }
-
-  // Reads output until `pattern` matches or `limit` passes; returns the first capture group.
-  std::optional<std::string> read_until(const std::regex& pattern,
-                                        std::chrono::milliseconds limit) {
-    const auto until = clock_type::now() + limit;
-    std::smatch m;
-    while (!std::regex_search(output, m, pattern)) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(until - clock_type::now());
-      if (left <= 0ms) return std::nullopt;
-      pollfd p{out, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(out, buf, sizeof buf);
-      if (n <= 0) return std::nullopt;
-      output.append(buf, static_cast<std::size_t>(n));
-    }
-    return m.size() > 1 ? m[1].str() : m[0].str();
-  }
-
-  // Waits for exit; returns the exit status, or -1 after `limit` (the child is then killed).
-  int wait_exit(std::chrono::milliseconds limit) {
-    const auto until = clock_type::now() + limit;
-    while (clock_type::now() < until) {
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    return -1;
-  }
-};
+using child = qos::test::child_process;
 
 // `address_space`: when set, the child's RLIMIT_AS (bytes), so that startup runs out of memory,
 // with 8 MiB thread stacks. `extra_env`: "NAME=value" entries added to the child's environment.
 child spawn(const std::vector<std::string>& args, std::optional<rlim_t> address_space = {},
             const std::vector<std::string>& extra_env = {}) {
-  // Built before fork: the child only calls async-signal-safe functions.
-  std::vector<char*> envp;
-  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
-  for (const auto& e : extra_env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  std::vector<char*> argv;
-  argv.push_back(const_cast<char*>(CATALOG_SERVICE));
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  int fds[2];
-  EXPECT_EQ(::pipe(fds), 0);
-  child c;
-  c.pid = ::fork();
-  if (c.pid == 0) {
-    if (address_space) {
-      const rlimit limit{*address_space, *address_space};
-      ::setrlimit(RLIMIT_AS, &limit);
-      // A known size for every thread's stack (glibc's default is RLIMIT_STACK's soft limit).
-      const rlimit stack{rlim_t{8} << 20, rlim_t{8} << 20};
-      ::setrlimit(RLIMIT_STACK, &stack);
-    }
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    ::execve(CATALOG_SERVICE, argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  c.out = fds[0];
+  child c = qos::test::spawn_process(CATALOG_SERVICE, args, {address_space, extra_env});
+  EXPECT_GT(c.pid, 0);
   return c;
 }
 

@@ -8,10 +8,8 @@
 // Loopback only; every wait has a deadline; the child is killed if a test fails midway.
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -29,6 +27,7 @@
 #include <vector>
 
 #include "integration/parked_batch.hpp"
+#include "support/child_process.hpp"
 #include "support/eventually.hpp"
 #include "support/http_client.hpp"
 
@@ -44,92 +43,11 @@ using clock_type = std::chrono::steady_clock;
 using qos::test::eventually;
 using qos::test::parked_batch;
 
-struct child {
-  pid_t pid = -1;
-  int out = -1;  // the child's stdout and stderr, merged
-  std::string output;
-  int exit_status = -1;  // once alive() saw the exit
-
-  child() = default;
-  child(child&& o) noexcept
-      : pid(o.pid), out(o.out), output(std::move(o.output)), exit_status(o.exit_status) {
-    o.pid = -1;
-    o.out = -1;
-  }
-  child& operator=(child&&) = delete;
-  ~child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    if (out >= 0) ::close(out);
-  }
-
-  // Reads what the child wrote so far, waiting at most `wait` for the first bytes.
-  void drain_output(std::chrono::milliseconds wait = 0ms) {
-    for (;;) {
-      pollfd p{out, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return;
-      char buf[4096];
-      const ssize_t n = ::read(out, buf, sizeof buf);
-      if (n <= 0) return;
-      output.append(buf, static_cast<std::size_t>(n));
-      wait = 0ms;
-    }
-  }
-
-  // Reads output until `pattern` matches or `limit` passes.
-  bool read_until(const std::regex& pattern, std::chrono::milliseconds limit) {
-    const auto until = clock_type::now() + limit;
-    while (!std::regex_search(output, pattern)) {
-      if (clock_type::now() > until) return false;
-      drain_output(10ms);
-    }
-    return true;
-  }
-
-  // Still running (not exited, not killed by a signal).
-  bool alive() {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == 0) return true;
-    if (r == pid) {
-      pid = -1;
-      exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    return false;
-  }
-
-  // Waits for exit; returns the exit status (128 + signal when killed), or -1 after `limit`.
-  int wait_exit(std::chrono::milliseconds limit) {
-    const auto until = clock_type::now() + limit;
-    while (clock_type::now() < until) {
-      if (!alive()) return exit_status;
-      drain_output(5ms);
-    }
-    return -1;
-  }
-};
+using child = qos::test::child_process;
 
 child spawn(const std::vector<std::string>& args) {
-  int fds[2];
-  EXPECT_EQ(::pipe(fds), 0);
-  child c;
-  c.pid = ::fork();
-  if (c.pid == 0) {
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(CATALOG_SERVICE));
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(CATALOG_SERVICE, argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  c.out = fds[0];
+  child c = qos::test::spawn_process(CATALOG_SERVICE, args);
+  EXPECT_GT(c.pid, 0);
   return c;
 }
 

@@ -192,13 +192,18 @@ void diff_jobs(std::vector<std::string>& out, const std::optional<jobs_config>& 
     return;
   }
   differ d(out, "");
-  d("jobs.store", a->store, b->store);
-  d("jobs.sqlite_path", a->sqlite_path, b->sqlite_path);
-  d("jobs.synchronous", a->synchronous, b->synchronous);
-  d("jobs.group_commit", a->group_commit, b->group_commit);
-  d("jobs.conninfo_env", a->conninfo_env, b->conninfo_env);
-  if (a->conninfo != b->conninfo) d.line("jobs.conninfo changed");
-  d("jobs.pool", a->pool, b->pool);
+  // A store's own keys, only against the same store's: the other store's are not in force.
+  if (!d("jobs.store", a->store, b->store)) {
+    if (b->store == job_store_kind::sqlite) {
+      d("jobs.sqlite_path", a->sqlite_path, b->sqlite_path);
+      d("jobs.synchronous", a->synchronous, b->synchronous);
+      d("jobs.group_commit", a->group_commit, b->group_commit);
+    } else {
+      d("jobs.conninfo_env", a->conninfo_env, b->conninfo_env);
+      if (a->conninfo != b->conninfo) d.line("jobs.conninfo changed");
+      d("jobs.pool", a->pool, b->pool);
+    }
+  }
   d("jobs.consume", a->consume, b->consume);
   d("jobs.store_threads", a->store_threads, b->store_threads);
   d("jobs.max_pending", a->max_pending, b->max_pending);

@@ -28,8 +28,8 @@ std::string effective_yaml(const app_config& cfg);
 std::string config_hash(const app_config& cfg);
 
 // effective_yaml for people: each group's limit, queue and extras, each route's wait,
-// priority rules, deadline and the response every outcome gets (resolve()), the server, admin
-// and logging settings. For a terminal; the format may change.
+// priority rules, deadline, accept settings and the response every outcome gets (resolve()),
+// the server, admin, logging and job store settings. For a terminal; the format may change.
 std::string summary(const app_config& cfg);
 
 // A setting that loads but is likely to hurt in production.

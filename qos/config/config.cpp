@@ -117,9 +117,9 @@ std::int64_t unit_ns(const std::string& text, std::string_view suffix) {
   bad_duration(text, "unknown unit (use us, ms, s, m or h)");
 }
 
-}  // namespace
-
-std::chrono::milliseconds parse_duration(const std::string& text) {
+// The parse in nanoseconds; parse_duration truncates to milliseconds, the microsecond keys
+// (jobs.group_commit) to microseconds.
+std::chrono::nanoseconds parse_duration_ns(const std::string& text) {
   if (!text.empty() && text.front() == '-') bad_duration(text, "must not be negative");
   std::size_t pos = 0;
   while (pos < text.size() && is_digit(text[pos])) ++pos;
@@ -150,11 +150,23 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
     bad_duration(text, "too large");
   }
   const std::int64_t ns = units * ns_per_unit + fraction_ns;
-  const std::int64_t ms = ns / 1'000'000;
-  // A positive duration must stay positive: "100us" means "a little", not "no time at all".
+  // Digits finer than a nanosecond still make a positive duration.
   const bool positive =
       std::string_view(text).substr(0, pos).find_first_of("123456789") != std::string_view::npos;
-  return std::chrono::milliseconds(positive && ms == 0 ? 1 : ms);
+  return std::chrono::nanoseconds(positive && ns == 0 ? 1 : ns);
+}
+
+// A positive duration must stay positive: "100us" means "a little", not "no time at all".
+template <typename To>
+To truncate_positive(std::chrono::nanoseconds ns) {
+  const To out = std::chrono::duration_cast<To>(ns);
+  return ns > ns.zero() && out == To::zero() ? To(1) : out;
+}
+
+}  // namespace
+
+std::chrono::milliseconds parse_duration(const std::string& text) {
+  return truncate_positive<std::chrono::milliseconds>(parse_duration_ns(text));
 }
 
 fallback_config fallback_base(const fallback_config& route, outcome why) {
@@ -416,6 +428,28 @@ std::chrono::milliseconds read_duration(const field& f) {
   }
 }
 
+// A duration within [min, max]; the bounds are given as the file would write them.
+std::chrono::milliseconds read_duration_in(const field& f, std::chrono::milliseconds min,
+                                           std::chrono::milliseconds max, const char* min_text,
+                                           const char* max_text) {
+  const auto d = read_duration(f);
+  if (d < min || d > max) {
+    f.fail(std::string("must be between ") + min_text + " and " + max_text + ", got " +
+           std::to_string(d.count()) + "ms");
+  }
+  return d;
+}
+
+// A duration kept to the microsecond, for a key whose useful values are below a millisecond.
+std::chrono::microseconds read_duration_us(const field& f) {
+  if (!f.node.IsScalar()) f.fail("expected a duration, got " + describe(f.node));
+  try {
+    return truncate_positive<std::chrono::microseconds>(parse_duration_ns(f.node.Scalar()));
+  } catch (const std::invalid_argument& e) {
+    f.fail(e.what());
+  }
+}
+
 // A real number; integers are fine, quoted strings, bools, inf and nan are not.
 double read_number(const field& f) {
   if (!f.node.IsScalar() || is_quoted(f.node)) {
@@ -432,12 +466,15 @@ double read_number(const field& f) {
 
 // One of a fixed set of words (config/detail/names.hpp), e.g. an algorithm or a discipline.
 using detail::drain_modes;
+using detail::job_stores;
 using detail::limit_algorithms;
 using detail::log_formats;
 using detail::log_sinks;
 using detail::name_of;
 using detail::named;
 using detail::queue_disciplines;
+using detail::route_modes;
+using detail::sqlite_syncs;
 
 template <typename T, std::size_t N>
 T read_choice(const field& f, const named<T> (&choices)[N], const char* what) {
@@ -963,9 +1000,190 @@ deadline_config parse_deadline(const field& f) {
   return out;
 }
 
-route_config parse_route(const field& f, const std::vector<group_config>& groups) {
+std::string lowercase(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+// `accept:` of a route; the bounds are config.hpp's. Durations in whole seconds are truncated.
+accept_config parse_accept(const field& f) {
+  using std::chrono::hours;
+  using std::chrono::milliseconds;
+  using std::chrono::minutes;
+  using std::chrono::seconds;
+  const map_view map(f, {"max_depth", "full_status", "retry_after", "keep_headers", "tenant_header",
+                         "require_idempotency_key", "idempotency_retention", "max_attempts",
+                         "backoff_base", "backoff_cap", "lease"});
+  accept_config out;
+  // 10^8 stored requests of even 1 KiB are 100 GB of store: a cap beyond protects nothing.
+  if (auto v = map.get("max_depth")) out.max_depth = read_count(*v, 1, 100'000'000);
+  if (auto v = map.get("full_status")) {
+    // 503: the service is saturated; 429: this client sends too much. Both carry Retry-After,
+    // and a client (or a proxy) retries nothing else.
+    const long long status = read_int(*v);
+    if (status != 429 && status != 503) {
+      v->fail("must be 429 or 503, got " + std::to_string(status));
+    }
+    out.full_status = static_cast<int>(status);
+  }
+  // An hour: a client told to come back later than that has found another way.
+  if (auto v = map.get("retry_after")) {
+    out.retry_after_s = static_cast<int>(read_int_in(*v, 0, 3600));
+  }
+  if (auto v = map.get("keep_headers")) {
+    // Each kept header is written with every job; 64 is past any API's needs.
+    constexpr std::size_t max_keep_headers = 64;
+    const std::vector<field> items = list_items(*v);
+    if (items.size() > max_keep_headers) {
+      v->fail("at most " + std::to_string(max_keep_headers) + " headers, got " +
+              std::to_string(items.size()));
+    }
+    for (const field& item : items) {
+      // Stored lowercase: HTTP compares header names without case.
+      std::string name = lowercase(read_header_name(item));
+      if (std::find(out.keep_headers.begin(), out.keep_headers.end(), name) !=
+          out.keep_headers.end()) {
+        item.fail("duplicate header '" + name + "'");
+      }
+      out.keep_headers.push_back(std::move(name));
+    }
+  }
+  if (auto v = map.get("tenant_header")) out.tenant_header = read_header_name(*v);
+  if (auto v = map.get("require_idempotency_key")) out.require_idempotency_key = read_bool(*v);
+  // At least a minute (a client's retries of one request), at most 30 days (a key table that
+  // large costs more than it saves).
+  if (auto v = map.get("idempotency_retention")) {
+    out.idempotency_retention = std::chrono::duration_cast<seconds>(
+        read_duration_in(*v, minutes(1), hours(24 * 30), "1m", "720h (30 days)"));
+  }
+  if (auto v = map.get("max_attempts"))
+    out.max_attempts = static_cast<int>(read_int_in(*v, 1, 1000));
+  const auto base = map.get("backoff_base");
+  const auto cap = map.get("backoff_cap");
+  if (base) out.backoff_base = read_duration_in(*base, milliseconds(1), hours(1), "1ms", "1h");
+  if (cap) out.backoff_cap = read_duration_in(*cap, milliseconds(1), hours(24), "1ms", "24h");
+  if (out.backoff_cap < out.backoff_base) {
+    const std::string values = "backoff_base " + std::to_string(out.backoff_base.count()) +
+                               "ms, backoff_cap " + std::to_string(out.backoff_cap.count()) + "ms";
+    if (cap) cap->fail("must be >= backoff_base (" + values + ")");
+    base->fail("must be <= backoff_cap, 5m unless set (" + values + ")");
+  }
+  // A lease shorter than a second is renewed (every lease/3) faster than a store round trip
+  // is sure to take; longer than an hour, a crashed process's jobs wait that long.
+  if (auto v = map.get("lease")) {
+    out.lease = read_duration_in(*v, seconds(1), hours(1), "1s", "1h");
+  }
+  return out;
+}
+
+// `jobs:`; the bounds are config.hpp's. Keys of the other store are refused rather than ignored.
+jobs_config parse_jobs(const field& f, const std::vector<group_config>& groups) {
+  using std::chrono::hours;
+  using std::chrono::milliseconds;
+  using std::chrono::minutes;
+  using std::chrono::seconds;
+  const map_view map(f, {"store", "sqlite_path", "synchronous", "group_commit", "conninfo",
+                         "conninfo_env", "pool", "consume", "store_threads", "max_pending",
+                         "retention", "prune_interval", "poll_interval", "rates"});
+  jobs_config out;
+  out.line = f.mark.line + 1;
+  if (auto v = map.get("store")) out.store = read_choice(*v, job_stores, "store");
+  const auto only = [&](std::string_view key, job_store_kind kind) -> std::optional<field> {
+    auto v = map.get(key);
+    if (v && out.store != kind) {
+      v->fail("applies only to store " + std::string(name_of(job_stores, kind)) + ", not " +
+              std::string(name_of(job_stores, out.store)));
+    }
+    return v;
+  };
+  const auto sqlite_path = only("sqlite_path", job_store_kind::sqlite);
+  if (out.store == job_store_kind::sqlite) {
+    // Relative to this file's folder, as fallback files are, not to wherever the process starts.
+    const std::string path = sqlite_path ? read_non_empty(*sqlite_path) : out.sqlite_path;
+    out.sqlite_path = (f.ctx->base_dir / path).lexically_normal().string();
+  }
+  if (auto v = only("synchronous", job_store_kind::sqlite)) {
+    out.synchronous = read_choice(*v, sqlite_syncs, "synchronous");
+  }
+  // A commit every 100 ms at most: past that every 202 waits longer for batching than for
+  // the disk.
+  if (auto v = only("group_commit", job_store_kind::sqlite)) {
+    out.group_commit = read_duration_us(*v);
+    if (out.group_commit > std::chrono::milliseconds(100)) {
+      v->fail("must be between 0 and 100ms, got " + std::to_string(out.group_commit.count()) +
+              "us");
+    }
+  }
+  const auto conninfo = only("conninfo", job_store_kind::postgres);
+  const auto conninfo_env = only("conninfo_env", job_store_kind::postgres);
+  if (out.store == job_store_kind::postgres) {
+    if (conninfo && conninfo_env)
+      conninfo_env->fail("conninfo and conninfo_env are mutually exclusive");
+    if (!conninfo && !conninfo_env) {
+      fail_at(*f.ctx, f.mark, join_path(f.path, "conninfo"),
+              "store postgres needs conninfo or conninfo_env");
+    }
+  }
+  if (conninfo) out.conninfo = read_non_empty(*conninfo);
+  if (conninfo_env) {
+    // Read once, here: a password stays out of the file, and a missing one fails the load, not
+    // the first request.
+    out.conninfo_env = read_non_empty(*conninfo_env);
+    const char* value = std::getenv(out.conninfo_env.c_str());
+    if (value == nullptr)
+      conninfo_env->fail("environment variable " + out.conninfo_env + " is not set");
+    if (*value == '\0')
+      conninfo_env->fail("environment variable " + out.conninfo_env + " is empty");
+    out.conninfo = value;
+  }
+  // Connections of one process; PostgreSQL's default max_connections is 100 for all of them.
+  if (auto v = only("pool", job_store_kind::postgres)) out.pool = read_count(*v, 1, 256);
+  if (auto v = map.get("consume")) out.consume = read_bool(*v);
+  if (auto v = map.get("store_threads")) out.store_threads = read_count(*v, 1, 1024);
+  if (auto v = map.get("max_pending")) out.max_pending = read_count(*v, 1, 1LL << 20);
+  if (auto v = map.get("retention")) {
+    out.retention = std::chrono::duration_cast<seconds>(
+        read_duration_in(*v, minutes(1), hours(24 * 365), "1m", "8760h (365 days)"));
+  }
+  if (auto v = map.get("prune_interval")) {
+    out.prune_interval = read_duration_in(*v, seconds(1), hours(24), "1s", "24h");
+  }
+  // Below 10 ms an idle consumer polls the store more than it works; above a minute a lost
+  // wake-up delays a job that long.
+  if (auto v = map.get("poll_interval")) {
+    out.poll_interval = read_duration_in(*v, milliseconds(10), minutes(1), "10ms", "1m");
+  }
+  if (auto v = map.get("rates")) {
+    for (const auto& [key, value] : map_entries(*v)) {
+      const field name_at{key.ctx, key.node, value.path, key.mark};
+      const std::string group = read_string(name_at);
+      if (std::none_of(groups.begin(), groups.end(),
+                       [&](const group_config& g) { return g.name == group; })) {
+        name_at.fail("unknown group '" + group + "'");
+      }
+      const map_view rate(value, {"per_second", "burst"});
+      job_rate_config r;
+      const field per_second = rate.require("per_second");
+      r.per_second = read_number(per_second);
+      if (!(r.per_second > 0 && r.per_second <= 1e6)) {
+        per_second.fail("must be in (0, 1000000], got " + per_second.node.Scalar());
+      }
+      if (auto b = rate.get("burst")) {
+        r.burst = read_number(*b);
+        if (!(r.burst >= 1 && r.burst <= 1e6)) {
+          b->fail("must be in [1, 1000000], got " + b->node.Scalar());
+        }
+      }
+      out.rates[group] = r;
+    }
+  }
+  return out;
+}
+
+route_config parse_route(const field& f, const std::vector<group_config>& groups, bool have_jobs) {
   const map_view map(f, {"name", "group", "max_wait", "max_exec", "cost", "deadline",
-                         "predictive_reject", "priority", "fallback"});
+                         "predictive_reject", "priority", "fallback", "mode", "accept"});
   route_config out;
   out.line = f.mark.line + 1;
   out.name = read_non_empty(map.require("name"));
@@ -992,6 +1210,18 @@ route_config parse_route(const field& f, const std::vector<group_config>& groups
   if (auto v = map.get("deadline")) out.deadline = parse_deadline(*v);
   if (auto v = map.get("predictive_reject")) out.predictive_reject = read_bool(*v);
   if (auto v = map.get("priority")) out.priority = parse_priority(*v);
+  if (auto v = map.get("mode")) {
+    out.mode = read_choice(*v, route_modes, "mode");
+    if (out.mode == route_mode::accept && !have_jobs) {
+      v->fail(
+          "mode accept needs a top-level `jobs:` section (the store its requests are "
+          "written to)");
+    }
+  }
+  if (auto v = map.get("accept")) {
+    if (out.mode != route_mode::accept) v->fail("applies only to mode accept");
+    out.accept = parse_accept(*v);
+  }
   const auto fallback = map.get("fallback");
   out.fallback = parse_fallback(
       fallback ? *fallback : field{f.ctx, YAML::Node(), join_path(f.path, "fallback"), f.mark});
@@ -1000,18 +1230,19 @@ route_config parse_route(const field& f, const std::vector<group_config>& groups
   return out;
 }
 
-std::vector<route_config> parse_routes(const field& f, const std::vector<group_config>& groups) {
+std::vector<route_config> parse_routes(const field& f, const std::vector<group_config>& groups,
+                                       bool have_jobs) {
   const std::vector<field> items = list_items(f);
   if (items.empty()) f.fail("must list at least one route");
   std::vector<route_config> out;
-  for (const field& item : items) out.push_back(parse_route(item, groups));
+  for (const field& item : items) out.push_back(parse_route(item, groups, have_jobs));
   check_unique(out, items, "route");
   return out;
 }
 
 app_config parse_root(const context& ctx, const YAML::Node& root) {
   const field self{&ctx, root, "", root.Mark()};
-  const map_view map(self, {"server", "logging", "admin", "groups", "routes"});
+  const map_view map(self, {"server", "logging", "admin", "jobs", "groups", "routes"});
   app_config out;
   out.source = ctx.source;
   if (auto v = map.get("server")) out.server = parse_server(*v);
@@ -1019,7 +1250,8 @@ app_config parse_root(const context& ctx, const YAML::Node& root) {
   if (auto v = map.get("admin")) out.admin = parse_admin(*v, out.server);
   // Groups first whatever the file order, so routes can be checked against them.
   out.groups = parse_groups(map.require("groups"));
-  out.routes = parse_routes(map.require("routes"), out.groups);
+  if (auto v = map.get("jobs")) out.jobs = parse_jobs(*v, out.groups);
+  out.routes = parse_routes(map.require("routes"), out.groups, out.jobs.has_value());
   return out;
 }
 

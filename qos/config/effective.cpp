@@ -42,6 +42,14 @@ std::string ms(std::chrono::duration<Rep, Period> d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
 }
 
+std::string us(std::chrono::microseconds d) {
+  return std::to_string(d.count()) + "us";
+}
+
+std::string secs(std::chrono::seconds d) {
+  return std::to_string(d.count()) + "s";
+}
+
 // The shortest text that reads back as the same double.
 std::string number(double v) {
   char buf[32];
@@ -140,6 +148,94 @@ void emit_admin(YAML::Emitter& e, const admin_config& a) {
     key(e, "token_env");
     text(e, a.token_env);
   }
+  e << YAML::EndMap;
+}
+
+// What stands for an inline connection string, which may hold a password.
+constexpr const char* conninfo_placeholder = "<set>";
+
+void emit_jobs(YAML::Emitter& e, const jobs_config& j) {
+  key(e, "jobs");
+  e << YAML::BeginMap;
+  key(e, "store");
+  e << std::string(name(j.store));
+  if (j.store == job_store_kind::sqlite) {
+    key(e, "sqlite_path");
+    text(e, absolute(j.sqlite_path));
+    key(e, "synchronous");
+    e << std::string(name(j.synchronous));
+    key(e, "group_commit");
+    e << us(j.group_commit);
+  } else {
+    if (!j.conninfo_env.empty()) {
+      key(e, "conninfo_env");
+      text(e, j.conninfo_env);
+    } else {
+      key(e, "conninfo");
+      text(e, conninfo_placeholder);
+      e << YAML::Comment("not printed: it may hold a password");
+    }
+    key(e, "pool");
+    e << j.pool;
+  }
+  key(e, "consume");
+  e << j.consume;
+  key(e, "store_threads");
+  e << j.store_threads;
+  key(e, "max_pending");
+  e << j.max_pending;
+  key(e, "retention");
+  e << secs(j.retention);
+  key(e, "prune_interval");
+  e << ms(j.prune_interval);
+  key(e, "poll_interval");
+  e << ms(j.poll_interval);
+  key(e, "rates");
+  if (j.rates.empty()) e << YAML::Flow;
+  e << YAML::BeginMap;
+  for (const auto& [group, rate] : j.rates) {
+    e << YAML::Key;
+    text(e, group);
+    e << YAML::Value << YAML::Flow << YAML::BeginMap;
+    key(e, "per_second");
+    e << number(rate.per_second);
+    key(e, "burst");
+    e << number(rate.burst);
+    e << YAML::EndMap;
+  }
+  e << YAML::EndMap;
+  e << YAML::EndMap;
+}
+
+void emit_accept(YAML::Emitter& e, const accept_config& a) {
+  key(e, "accept");
+  e << YAML::BeginMap;
+  key(e, "max_depth");
+  e << a.max_depth;
+  key(e, "full_status");
+  e << a.full_status;
+  key(e, "retry_after");
+  e << a.retry_after_s;
+  key(e, "keep_headers");
+  e << YAML::Flow << YAML::BeginSeq;
+  for (const auto& h : a.keep_headers) text(e, h);
+  e << YAML::EndSeq;
+  if (!a.tenant_header.empty()) {
+    key(e, "tenant_header");
+    text(e, a.tenant_header);
+  }
+  key(e, "require_idempotency_key");
+  e << a.require_idempotency_key;
+  key(e, "idempotency_retention");
+  e << secs(a.idempotency_retention);
+  key(e, "max_attempts");
+  e << a.max_attempts;
+  key(e, "backoff_base");
+  e << ms(a.backoff_base);
+  key(e, "backoff_cap");
+  e << ms(a.backoff_cap);
+  key(e, "lease");
+  e << ms(a.lease);
   e << YAML::EndMap;
 }
 
@@ -257,6 +353,9 @@ void emit_route(YAML::Emitter& e, const route_config& r) {
   text(e, r.name);
   key(e, "group");
   text(e, r.group);
+  key(e, "mode");
+  e << std::string(name(r.mode));
+  if (r.mode == route_mode::accept) emit_accept(e, r.accept);
   key(e, "max_wait");
   e << ms(r.max_wait);
   if (r.max_exec) {
@@ -323,6 +422,7 @@ std::string effective_yaml(const app_config& cfg) {
   emit_server(e, cfg.server);
   emit_logging(e, cfg.logging);
   if (cfg.admin) emit_admin(e, *cfg.admin);
+  if (cfg.jobs) emit_jobs(e, *cfg.jobs);
   key(e, "groups");
   e << YAML::BeginSeq;
   for (const auto& g : cfg.groups) emit_group(e, g);
@@ -439,6 +539,29 @@ std::string summary(const app_config& cfg) {
   } else {
     o << "off\n";
   }
+  if (cfg.jobs) {
+    const jobs_config& j = *cfg.jobs;
+    o << "jobs: store " << name(j.store) << " ";
+    if (j.store == job_store_kind::sqlite) {
+      o << j.sqlite_path << " (synchronous " << name(j.synchronous) << ", group_commit "
+        << us(j.group_commit) << ")";
+    } else {
+      o << (j.conninfo_env.empty() ? std::string("(conninfo in the file)")
+                                   : "(conninfo from environment variable " + j.conninfo_env + ")")
+        << ", pool " << j.pool;
+    }
+    o << ", " << (j.consume ? "consumers here" : "no consumer here (gateway only)")
+      << "\n  store_threads " << j.store_threads << ", max_pending " << j.max_pending
+      << ", retention " << secs(j.retention) << " (pruned every " << ms(j.prune_interval)
+      << "), poll_interval " << ms(j.poll_interval);
+    for (const auto& [group, rate] : j.rates) {
+      o << "\n  group " << group << ": at most " << number(rate.per_second) << " jobs/s, burst "
+        << number(rate.burst);
+    }
+    o << "\n";
+  } else {
+    o << "jobs: off\n";
+  }
   std::size_t parked = 0;
   for (const auto& g : cfg.groups) {
     const limiter_options& lim = g.limiter;
@@ -459,9 +582,21 @@ std::string summary(const app_config& cfg) {
       << (g.shadow ? ", SHADOW (counts only, lets everything through)" : "") << "\n";
   }
   for (const auto& r : cfg.routes) {
-    o << "route " << r.name << " -> group " << r.group << ": max_wait " << ms(r.max_wait)
+    o << "route " << r.name << " -> group " << r.group
+      << (r.mode == route_mode::accept ? " (accept)" : "") << ": max_wait " << ms(r.max_wait)
       << ", max_exec " << (r.max_exec ? ms(*r.max_exec) : std::string("none")) << ", cost "
       << r.cost << ", predictive_reject " << (r.predictive_reject ? "on" : "off") << "\n";
+    if (r.mode == route_mode::accept) {
+      const accept_config& a = r.accept;
+      o << "  accept: 202 + Location /jobs/{id}, Retry-After " << a.retry_after_s << "; at most "
+        << a.max_depth << " queued or running, then " << a.full_status << "; keeps content-type";
+      for (const auto& h : a.keep_headers) o << ", " << h;
+      o << "; Idempotency-Key " << (a.require_idempotency_key ? "required" : "optional")
+        << ", kept " << secs(a.idempotency_retention)
+        << (a.tenant_header.empty() ? std::string() : ", per " + a.tenant_header)
+        << "\n    runs: " << a.max_attempts << " attempt(s), backoff " << ms(a.backoff_base)
+        << " doubling up to " << ms(a.backoff_cap) << ", lease " << ms(a.lease) << "\n";
+    }
     o << "  priority: " << describe_priority(r.priority) << "\n";
     o << "  deadline: ";
     if (r.deadline.header.empty() && !r.deadline.grpc_timeout) o << "none";
@@ -517,6 +652,24 @@ priority highest_level(const priority_config& p) {
   return top;
 }
 
+// Whether a libpq connection string carries a password: a `password=` keyword, or a URI whose
+// user part has one (postgresql://user:secret@host/db).
+bool holds_password(const std::string& conninfo) {
+  std::string lower = conninfo;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lower.find("password") != std::string::npos) return true;
+  for (const std::string_view scheme : {"postgresql://", "postgres://"}) {
+    if (!std::string_view(lower).starts_with(scheme)) continue;
+    const std::string_view rest = std::string_view(lower).substr(scheme.size());
+    const std::size_t at = rest.find('@');
+    const std::size_t end = rest.find_first_of("/?");
+    return at != rest.npos && (end == rest.npos || at < end) &&
+           rest.substr(0, at).find(':') != rest.npos;
+  }
+  return false;
+}
+
 // Kubernetes' default terminationGracePeriodSeconds: a drain longer than this is cut by
 // SIGKILL unless the pod raises it (systemd's DefaultTimeoutStopSec, 90 s, is looser).
 constexpr auto supervisor_patience = std::chrono::seconds(30);
@@ -552,6 +705,33 @@ std::vector<config_warning> warnings(const app_config& cfg, const check_facts& f
             cfg.admin->token_file +
                 " is readable by other users: anyone who reads it can reload the config and "
                 "read the admin endpoints (chmod 600)");
+    }
+  }
+
+  if (cfg.jobs) {
+    const jobs_config& j = *cfg.jobs;
+    if (j.store == job_store_kind::sqlite && j.synchronous == sqlite_sync::normal) {
+      w.add("jobs.synchronous", j.line,
+            "synchronous normal: a job answered 202 survives a crash of the process, not a "
+            "power loss or an operating-system crash, which may lose the last commits (full "
+            "waits for the disk on every commit)");
+    }
+    if (j.store == job_store_kind::postgres && j.conninfo_env.empty() &&
+        holds_password(j.conninfo)) {
+      w.add("jobs.conninfo", j.line,
+            "the connection string holds a password, readable by anyone who reads this file; "
+            "pass it through conninfo_env (or a ~/.pgpass file) instead");
+    }
+    for (const auto& [group, rate] : j.rates) {
+      // A named copy: clang 14 cannot capture a structured binding.
+      const std::string& wanted = group;
+      const bool queued = std::any_of(cfg.routes.begin(), cfg.routes.end(), [&](const auto& r) {
+        return r.group == wanted && r.mode == route_mode::accept;
+      });
+      if (!queued) {
+        w.add("jobs.rates." + group, j.line,
+              "no route of group '" + group + "' has mode accept: this rate limits nothing");
+      }
     }
   }
 
@@ -591,6 +771,15 @@ std::vector<config_warning> warnings(const app_config& cfg, const check_facts& f
     const group_config* g = cfg.find_group(r.group);
     if (g == nullptr) continue;  // the loader refuses it; code-built configs may not
     const limiter_options& l = g->limiter;
+
+    // A job's lease is heartbeaten while its handler runs: without max_exec a handler that
+    // hangs holds the job "running", and a permit, until the process stops; nothing retries it.
+    if (r.mode == route_mode::accept && !r.max_exec) {
+      w.add(at("routes", i, "max_exec"), r.line,
+            "accept route without max_exec: a job whose handler hangs stays running, holding "
+            "its lease and a permit of group '" +
+                r.group + "', until the process stops (set max_exec to fail and retry it)");
+    }
 
     // Client-controlled priority on a listener others can reach: a client picks its own level.
     if (public_beyond_loopback && !r.priority.raw_header.empty() && r.priority.raw_header_trusted) {

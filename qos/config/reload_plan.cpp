@@ -26,6 +26,12 @@ std::string text(duration d) {
 std::string text(std::chrono::milliseconds d) {
   return text(std::chrono::duration_cast<duration>(d));
 }
+std::string text(std::chrono::microseconds d) {
+  return text(std::chrono::duration_cast<duration>(d));
+}
+std::string text(std::chrono::seconds d) {
+  return text(std::chrono::duration_cast<duration>(d));
+}
 std::string text(const std::optional<duration>& d) {
   return d ? text(*d) : "none";
 }
@@ -36,6 +42,14 @@ std::string text(double v) {
   std::ostringstream out;
   out << v;
   return out.str();
+}
+std::string text(const std::vector<std::string>& names) {
+  std::string out = "[";
+  for (const auto& n : names) out += (out.size() == 1 ? "" : ", ") + n;
+  return out + "]";
+}
+std::string text(const job_rate_config& r) {
+  return "per_second " + text(r.per_second) + ", burst " + text(r.burst);
 }
 template <typename E>
 requires std::is_enum_v<E> std::string text(E v) {
@@ -118,6 +132,25 @@ void diff_group(std::vector<std::string>& out, const group_config& a, const grou
   d("shadow", a.shadow, b.shadow);
 }
 
+// What the gate reads per request, so a reload applies it.
+void diff_accept_applied(differ& d, const accept_config& a, const accept_config& b) {
+  d("accept.max_depth", a.max_depth, b.max_depth);
+  d("accept.full_status", a.full_status, b.full_status);
+  d("accept.retry_after", a.retry_after_s, b.retry_after_s);
+  d("accept.keep_headers", a.keep_headers, b.keep_headers);
+  d("accept.tenant_header", a.tenant_header, b.tenant_header);
+  d("accept.require_idempotency_key", a.require_idempotency_key, b.require_idempotency_key);
+  d("accept.idempotency_retention", a.idempotency_retention, b.idempotency_retention);
+}
+
+// What the group's consumer reads when it starts.
+void diff_accept_restart(differ& d, const accept_config& a, const accept_config& b) {
+  d("accept.max_attempts", a.max_attempts, b.max_attempts);
+  d("accept.backoff_base", a.backoff_base, b.backoff_base);
+  d("accept.backoff_cap", a.backoff_cap, b.backoff_cap);
+  d("accept.lease", a.lease, b.lease);
+}
+
 void diff_route(std::vector<std::string>& out, const route_config& a, const route_config& b) {
   differ d(out, "route " + a.name + ": ");
   d("max_wait", a.max_wait, b.max_wait);
@@ -143,6 +176,51 @@ void diff_route(std::vector<std::string>& out, const route_config& a, const rout
     reasons += (reasons.empty() ? "" : ", ") + std::string(row.name);
   }
   if (!reasons.empty()) d.line("fallback changed for " + reasons);
+  // A mode change keeps the running mode (plan_reload), so both are accept or neither.
+  if (a.mode == route_mode::accept && b.mode == route_mode::accept) {
+    diff_accept_applied(d, a.accept, b.accept);
+  }
+}
+
+// The store is opened, and the consumers started, once at startup. The connection string is
+// never written out (it may hold a password): only that it changed.
+void diff_jobs(std::vector<std::string>& out, const std::optional<jobs_config>& a,
+               const std::optional<jobs_config>& b) {
+  if (!a && !b) return;
+  if (!a || !b) {
+    out.push_back(std::string("jobs: ") + (a ? "removed" : "added"));
+    return;
+  }
+  differ d(out, "");
+  // A store's own keys, only against the same store's: the other store's are not in force.
+  if (!d("jobs.store", a->store, b->store)) {
+    if (b->store == job_store_kind::sqlite) {
+      d("jobs.sqlite_path", a->sqlite_path, b->sqlite_path);
+      d("jobs.synchronous", a->synchronous, b->synchronous);
+      d("jobs.group_commit", a->group_commit, b->group_commit);
+    } else {
+      d("jobs.conninfo_env", a->conninfo_env, b->conninfo_env);
+      if (a->conninfo != b->conninfo) d.line("jobs.conninfo changed");
+      d("jobs.pool", a->pool, b->pool);
+    }
+  }
+  d("jobs.consume", a->consume, b->consume);
+  d("jobs.store_threads", a->store_threads, b->store_threads);
+  d("jobs.max_pending", a->max_pending, b->max_pending);
+  d("jobs.retention", a->retention, b->retention);
+  d("jobs.prune_interval", a->prune_interval, b->prune_interval);
+  d("jobs.poll_interval", a->poll_interval, b->poll_interval);
+  for (const auto& [group, rate] : a->rates) {
+    const auto it = b->rates.find(group);
+    if (it == b->rates.end()) {
+      d.line("jobs.rates." + group + " " + text(rate) + " -> none");
+    } else {
+      d("jobs.rates." + group, rate, it->second);
+    }
+  }
+  for (const auto& [group, rate] : b->rates) {
+    if (!a->rates.contains(group)) d.line("jobs.rates." + group + " none -> " + text(rate));
+  }
 }
 
 void diff_server(std::vector<std::string>& out, const server_config& a, const server_config& b) {
@@ -227,6 +305,18 @@ void validate_next(const app_config& next) {
     } catch (const invalid_option& e) {
       throw config_error(next.source, r.line, 0, item("routes", i) + "." + e.key(), e.message());
     }
+    if (r.mode == route_mode::accept && !next.jobs) {
+      throw config_error(next.source, r.line, 0, item("routes", i) + ".mode",
+                         "mode accept needs a top-level `jobs:` section");
+    }
+  }
+  if (next.jobs) {
+    for (const auto& [group, rate] : next.jobs->rates) {
+      if (next.find_group(group) == nullptr) {
+        throw config_error(next.source, next.jobs->line, 0, "jobs.rates." + group,
+                           "unknown group '" + group + "'");
+      }
+    }
   }
 }
 
@@ -268,10 +358,26 @@ reload_plan plan_reload(const app_config& current, const app_config& next,
   eff.logging = current.logging;
   diff_admin(plan.restart_needed, current.admin, next.admin);
   eff.admin = current.admin;
+  diff_jobs(plan.restart_needed, current.jobs, next.jobs);
+  eff.jobs = current.jobs;
   for (std::size_t i = 0; i < eff.routes.size(); ++i) {
     route_config& r = eff.routes[i];
     const route_config* was = current.find_route(r.name);
-    if (was == nullptr || was->group == r.group) continue;
+    if (was == nullptr) continue;
+    // The handler was registered for its mode at setup (guard or accept), and the group's
+    // consumer took its retry and lease settings when it started.
+    differ later(plan.restart_needed, "route " + r.name + ": ");
+    if (later("mode", was->mode, r.mode)) {
+      r.mode = was->mode;
+      r.accept = was->accept;
+    } else if (r.mode == route_mode::accept) {
+      diff_accept_restart(later, was->accept, r.accept);
+      r.accept.max_attempts = was->accept.max_attempts;
+      r.accept.backoff_base = was->accept.backoff_base;
+      r.accept.backoff_cap = was->accept.backoff_cap;
+      r.accept.lease = was->accept.lease;
+    }
+    if (was->group == r.group) continue;
     plan.restart_needed.push_back("route " + r.name + ": group " + text(was->group) + " -> " +
                                   text(r.group));
     r.group = was->group;

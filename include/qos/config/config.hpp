@@ -197,7 +197,8 @@ struct accept_config {
   // Request headers stored with the job, lowercase (Content-Type is always kept). The rest is
   // dropped: credentials are not written to the store unless listed.
   std::vector<std::string> keep_headers;
-  // Header naming the tenant: idempotency keys are scoped per route and per its value.
+  // Header naming the tenant (as written in the file): idempotency keys are scoped per route
+  // and per its value.
   std::string tenant_header;
   bool require_idempotency_key = false;  // a request without Idempotency-Key gets 400
   std::chrono::seconds idempotency_retention{24 * 3600};
@@ -233,7 +234,9 @@ struct jobs_config {
   sqlite_sync synchronous = sqlite_sync::full;
   std::chrono::microseconds group_commit{1500};
   // postgres: a libpq connection string, given inline or read at load from the variable
-  // conninfo_env (at most one of the two); pool: connections this process opens.
+  // conninfo_env (the file sets exactly one of the two; conninfo holds the string either way,
+  // conninfo_env only the variable's name); pool: connections this process opens. Never
+  // printed (effective.hpp): it may hold a password.
   std::string conninfo;
   std::string conninfo_env;
   std::size_t pool = 8;

@@ -16,8 +16,11 @@ namespace qos::config {
 // The whole configuration as YAML, defaults filled in, in a fixed key order. Loading it gives
 // the same settings as `cfg` (not the same provenance: source and line numbers differ). A
 // fallback body read from a file is printed as that file's absolute path (resolved against the
-// current directory, like the loader) with a comment holding a hash of the bytes. The admin
-// token is never printed, only where it comes from.
+// current directory, like the loader) with a comment holding a hash of the bytes, and so is
+// jobs.sqlite_path. The admin token is never printed, only where it comes from; nor is a
+// PostgreSQL connection string (it may hold a password): conninfo_env's name is printed, or
+// `conninfo: "<set>"` for one written in the file, which therefore does not read back to the
+// same setting, and which config_hash does not cover.
 std::string effective_yaml(const app_config& cfg);
 
 // FNV-1a 64 of effective_yaml, as 16 lowercase hex digits: equal settings give equal hashes
@@ -25,8 +28,8 @@ std::string effective_yaml(const app_config& cfg);
 std::string config_hash(const app_config& cfg);
 
 // effective_yaml for people: each group's limit, queue and extras, each route's wait,
-// priority rules, deadline and the response every outcome gets (resolve()), the server, admin
-// and logging settings. For a terminal; the format may change.
+// priority rules, deadline, accept settings and the response every outcome gets (resolve()),
+// the server, admin, logging and job store settings. For a terminal; the format may change.
 std::string summary(const app_config& cfg);
 
 // A setting that loads but is likely to hurt in production.

@@ -9,7 +9,9 @@
 //           restarts from its new limit.initial, as at startup), blocking_threads (the pool
 //           grows; threads already started stay), shadow;
 //   routes  max_wait, max_exec (only for a handler guarded with guard_result), cost,
-//           predictive_reject, deadline.*, priority.*, fallback.*.
+//           predictive_reject, deadline.*, priority.*, fallback.*, and of an accept route
+//           (the gate reads them per request) accept.max_depth, full_status, retry_after,
+//           keep_headers, tenant_header, require_idempotency_key, idempotency_retention.
 // Added groups and routes are accepted and listed, but nothing uses them before a restart:
 // handlers are guarded at setup. Removing a route the code does not guard is accepted; it
 // stays inert.
@@ -20,10 +22,17 @@
 //   admin     (added, removed, address, port, token source or token: the listener is bound
 //              and the token read at startup; a changed token is reported, never printed);
 //   logging.* (level, format, sink, access log: the process's loggers are the application's);
+//   jobs.*    (added, removed, or any key: the store is opened and the consumers started at
+//              startup; a changed conninfo is reported, never printed);
 //   a route's `group` (its requests would otherwise wait in one queue and run in another);
+//   a route's `mode` (its handler was registered as guarded or accepting at setup);
+//   an accept route's accept.max_attempts, backoff_base, backoff_cap and lease (its group's
+//              consumer reads them when it starts);
 //   a removed group that a kept route still uses (it runs on with its old settings).
 // Refused (config_error, nothing changes): a config that fails validation; removing a route
-// the code guards; max_exec on a route whose handler writes its own response (guard()).
+// the code guards; max_exec on a route whose handler writes its own response (guard()); a
+// route with mode accept and no `jobs:`, or a jobs.rates entry naming no group (code-built
+// configs; the loader refuses both).
 #pragma once
 
 #include <cstdint>

@@ -84,6 +84,16 @@ void expect_same_settings(const app_config& a, const app_config& b) {
   EXPECT_TRUE(a.server == b.server);
   EXPECT_TRUE(a.logging == b.logging);
   EXPECT_TRUE(a.admin == b.admin);
+  ASSERT_EQ(a.jobs.has_value(), b.jobs.has_value());
+  if (a.jobs) {
+    // Not the provenance; the database file as the printer names it: absolute.
+    qos::config::jobs_config x = *a.jobs, y = *b.jobs;
+    x.line = y.line = 0;
+    if (x.store == qos::config::job_store_kind::sqlite) {
+      x.sqlite_path = fs::absolute(x.sqlite_path).lexically_normal().string();
+    }
+    EXPECT_TRUE(x == y);
+  }
   ASSERT_EQ(a.groups.size(), b.groups.size());
   for (std::size_t i = 0; i < a.groups.size(); ++i) {
     SCOPED_TRACE("group " + a.groups[i].name);
@@ -126,6 +136,8 @@ void expect_same_settings(const app_config& a, const app_config& b) {
     EXPECT_TRUE(x.deadline == y.deadline);
     EXPECT_TRUE(x.priority == y.priority);
     EXPECT_TRUE(absolute_files(x.fallback) == absolute_files(y.fallback));
+    EXPECT_EQ(x.mode, y.mode);
+    EXPECT_TRUE(x.accept == y.accept);
   }
 }
 

@@ -29,6 +29,12 @@ inline constexpr named<queue_discipline> queue_disciplines[] = {
     {"fifo", queue_discipline::fifo},
     {"codel", queue_discipline::codel},
     {"adaptive_lifo", queue_discipline::adaptive_lifo}};
+inline constexpr named<route_mode> route_modes[] = {{"guard", route_mode::guard},
+                                                    {"accept", route_mode::accept}};
+inline constexpr named<job_store_kind> job_stores[] = {{"sqlite", job_store_kind::sqlite},
+                                                       {"postgres", job_store_kind::postgres}};
+inline constexpr named<sqlite_sync> sqlite_syncs[] = {{"full", sqlite_sync::full},
+                                                      {"normal", sqlite_sync::normal}};
 
 template <typename T, std::size_t N>
 constexpr std::string_view name_of(const named<T> (&choices)[N], T value) {
@@ -52,6 +58,15 @@ constexpr std::string_view name(limit_kind v) {
 }
 constexpr std::string_view name(queue_discipline v) {
   return name_of(queue_disciplines, v);
+}
+constexpr std::string_view name(route_mode v) {
+  return name_of(route_modes, v);
+}
+constexpr std::string_view name(job_store_kind v) {
+  return name_of(job_stores, v);
+}
+constexpr std::string_view name(sqlite_sync v) {
+  return name_of(sqlite_syncs, v);
 }
 
 }  // namespace qos::config::detail

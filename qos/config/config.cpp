@@ -1237,6 +1237,30 @@ std::vector<route_config> parse_routes(const field& f, const std::vector<group_c
   std::vector<route_config> out;
   for (const field& item : items) out.push_back(parse_route(item, groups, have_jobs));
   check_unique(out, items, "route");
+  // One consumer per group claims the jobs of all its accept routes, under one lease and one
+  // retry policy: routes sharing a group must agree on them.
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (out[i].mode != route_mode::accept) continue;
+    for (std::size_t j = 0; j < i; ++j) {
+      if (out[j].mode != route_mode::accept || out[j].group != out[i].group) continue;
+      const accept_config& a = out[j].accept;
+      const accept_config& b = out[i].accept;
+      const char* differs = a.lease != b.lease                 ? "lease"
+                            : a.max_attempts != b.max_attempts ? "max_attempts"
+                            : a.backoff_base != b.backoff_base ? "backoff_base"
+                            : a.backoff_cap != b.backoff_cap   ? "backoff_cap"
+                                                               : nullptr;
+      if (differs == nullptr) continue;
+      const map_view route(items[i],
+                           {"name", "group", "max_wait", "max_exec", "cost", "deadline",
+                            "predictive_reject", "priority", "fallback", "mode", "accept"});
+      const auto accept = route.get("accept");
+      const field at = accept ? *accept : items[i];
+      at.fail(std::string(differs) + " differs from accept route '" + out[j].name +
+              "' of the same group '" + out[i].group +
+              "' (one consumer per group runs them under one lease and retry policy)");
+    }
+  }
   return out;
 }
 

@@ -787,5 +787,25 @@ TEST(jobs_config_reload, code_built_configs_are_checked_as_loaded_ones) {
   }
 }
 
+TEST(jobs_config_load, accept_routes_of_one_group_share_lease_and_retries) {
+  const std::string two = std::string(sqlite_jobs) + groups +
+                          "routes:\n"
+                          "  - name: orders\n    group: db\n    mode: accept\n"
+                          "    accept:\n      max_attempts: 3\n"
+                          "  - name: refunds\n    group: images\n    mode: accept\n"
+                          "  - name: returns\n    group: db\n    mode: accept\n"
+                          "    accept:\n      max_attempts: 4\n";
+  const std::string e = error_of(two);
+  EXPECT_TRUE(starts_with(e,
+                          "test.yaml:21:7: routes[2].accept: max_attempts differs from accept "
+                          "route 'orders' of the same group 'db'"))
+      << e;
+  // Another group may differ, and agreeing routes load.
+  std::string same = two;
+  same.replace(same.rfind("max_attempts: 4"), 15, "max_attempts: 3");
+  const app_config cfg = load(same);
+  EXPECT_EQ(cfg.routes[2].accept.max_attempts, 3);
+}
+
 }  // namespace
 }  // namespace qos::config

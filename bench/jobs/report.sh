@@ -128,7 +128,9 @@ table() {
                 if (t > 0) printf "- completed/s under load %.1f = %.1f %% of %.0f/s; backlog only %.1f = %.1f %% (target >= 99 %%)\n", r, 100 * r / t, t, b, 100 * b / t
                 printf "- most running at once (exact, from the recorded transitions): %s, N = %s: %s\n", v["max_running_exact"], v["n"],
                     (v["max_running_exact"] + 0 <= v["n"] + 0 ? "within N" : "**above N**")
-                printf "- jobs run twice concurrently: %s; claimed more than once: %s; runs never finished: %s\n", v["jobs_run_twice_concurrently"], v["jobs_claimed_more_than_once"], v["runs_unfinished"]
+                printf "- jobs claimed more than once: %s; leases taken back from a run: %s; runs still open at the stop: %s; consumers fenced_out: %s%s\n",
+                    v["jobs_claimed_more_than_once"], v["runs_taken_back"], v["runs_unfinished"], v["consumers_fenced_out"],
+                    (v["jobs_claimed_more_than_once"] + 0 == 0 ? " (no job ran twice, so none twice at once)" : (v["consumers_fenced_out"] + 0 == 0 ? " (re-runs, none while the first still ran)" : " (**a job ran twice at once**)"))
             }' "$CSV/c_check.csv"
     fi
 } > "$MD"

@@ -29,7 +29,9 @@
 #     bench/jobs/check_runs.sql reads it back: completed jobs/s (under load, and afterwards on the
 #     backlog alone) against N / service time = 8 / 50 ms = 160/s, the most jobs running at once
 #     (exact, from the recorded transitions; also sampled from the table and from each process's
-#     qos_jobs_held), and whether any job ran twice, concurrently or at all.
+#     qos_jobs_held), and whether any job ran twice: jobs claimed more than once (exact) and
+#     leases taken back from a run; of those, the consumers' fenced_out count says how many were
+#     still running when taken back (the database sees claims and completions, not handlers).
 #
 # Output: bench/out/jobs-<timestamp>/{results.md, csv/, raw/, logs/}; results.md is written by
 # bench/jobs/report.sh (run it again on a folder to rewrite it). Every load targets 127.0.0.1,
@@ -448,6 +450,13 @@ c2 19287 19288 true"
     sleep "$SCALE_TAIL"
     t_tail=$(pgq -c "SELECT extract(epoch FROM clock_timestamp())")
     sampler_stop "$smp"
+    # the consumers' own account: a run whose lease was lost while it ran ends fenced_out
+    local p
+    for p in $C_ADMIN_PORTS; do curl -s --max-time 3 "http://127.0.0.1:$p/metrics" 2>/dev/null; done |
+        awk 'function label(k) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
+             /^qos_jobs_finished_total\{/ { n[label("result")] += $NF }
+             END { split("succeeded failed given_back fenced_out requeued abandoned", r, " ")
+                   for (i = 1; i <= 6; i++) printf "consumers_%s,%d\n", r[i], n[r[i]] }' > "$CSV/c_consumers.csv"
     procs_stop scale-out   # SIGTERM: the consumers finish or give back what they hold
     pgq -v t_load="$t_load" -v t_end="$t_end" -v t_tail="$t_tail" -v skip="$SCALE_SKIP" -v n="$N" \
         -v service_ms="$DB_MS" -F ',' -P footer=off -f "$JOBS/check_runs.sql" > "$CSV/c_check.csv" 2> "$OUT/logs/check_runs.log" ||
@@ -461,6 +470,7 @@ c2 19287 19288 true"
             echo "$g,$(lgv "$f" sent),$(lgv "$f" s202),$(awk -v s="$(lgv "$f" sent)" -v o="$(lgv "$f" s2xx)" -v e="$(lgv "$f" err_connect)" 'BEGIN { print s - o + e }'),$(lgv "$f" ok_rps),$(lgv "$f" ok_p50_ms),$(lgv "$f" ok_p99_ms)"
         done
     } > "$CSV/c_gateways.csv"
+    cat "$CSV/c_consumers.csv" >> "$CSV/c_check.csv"
     cat "$CSV/c_check.csv" >&2
     pg_stop
 }

@@ -38,7 +38,7 @@
 # every client is bounded by timeout(1), every process started here is stopped at exit.
 #
 # Settings (environment; the mode sets the defaults): SYSTEMS="ours node-queue" CONCS D DRAIN
-#   TIMEOUT WARMUP PAUSE SAMPLE N DB_MS LG_THREADS BODY SCALE_C SCALE_D SCALE_TAIL SCALE_SKIP
+#   TIMEOUT WARMUP PAUSE SAMPLE N DB_MS LG_THREADS BODY LG_EXTRA SCALE_C SCALE_D SCALE_TAIL SCALE_SKIP
 #   BUILD (default build-bench) SHARED (default <repo>/../shared) PIN=1 (client on CPU 0)
 set -euo pipefail
 
@@ -66,6 +66,7 @@ else
     : "${SCALE_C:=100}" "${SCALE_D:=20}" "${SCALE_TAIL:=10}" "${SCALE_SKIP:=2}"
 fi
 : "${SYSTEMS:=ours node-queue}"
+: "${LG_EXTRA:=}"   # more loadgen arguments for every measured load, e.g. --unique-idempotency-key
 : "${N:=8}" "${DB_MS:=50}" "${TIMEOUT:=10}" "${DRAIN:=2}" "${LG_THREADS:=2}" "${SAMPLE:=0.5}"
 DEFAULT_BODY='{"item":"widget","qty":1}'   # what the node-queue peer's post.lua sends
 BODY=${BODY:-$DEFAULT_BODY}
@@ -154,6 +155,7 @@ SYSTEMS="$SYSTEMS"
 CONCS="$CONCS"
 N=$N DB_MS=$DB_MS D=$D DRAIN=$DRAIN WARMUP=$WARMUP PAUSE=$PAUSE TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS SAMPLE=$SAMPLE
 BODY='$BODY'
+LG_EXTRA='$LG_EXTRA'
 SCALE_C=$SCALE_C SCALE_D=$SCALE_D SCALE_TAIL=$SCALE_TAIL SCALE_SKIP=$SCALE_SKIP
 PIN=${PIN:-0} FD_LIMIT=$FD_LIMIT NPROC=$(nproc)
 COMMIT=$(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . 2>/dev/null || echo "+dirty")
@@ -215,9 +217,9 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
     sampler "$A_DEPTH" "$sys,/$route,$c" "$fn" "$murl"
     local s=$SAMPLER
     log "(a) $sys POST /$route C=$c for ${D}s"
-    # shellcheck disable=SC2046
+    # shellcheck disable=SC2046,SC2086  # pid_args and LG_EXTRA: words
     lg "$f" --url "$base/$route" --method POST --body "$BODY" -c "$c" -t "$LG_THREADS" -d "$D" \
-        --timeout "$TIMEOUT" --drain "$DRAIN" --label "$tag" --cdf "$RAW/$tag.cdf" $(pid_args)
+        --timeout "$TIMEOUT" --drain "$DRAIN" --label "$tag" --cdf "$RAW/$tag.cdf" $(pid_args) $LG_EXTRA
     m1=$($fn "$murl") t1=$(now_s)
     sampler_stop "$s"
     cat "$f.err" >&2 || true
@@ -395,14 +397,12 @@ part_c() {
     fi
     pg_start || { note "(c) skipped: the private PostgreSQL did not start (logs/initdb.log, logs/postgres.log)"; pg_stop; return 0; }
     # name port admin_port consume
-    local procs="gw1 19280 19281 false
-gw2 19282 19284 false
-c1 19285 19286 true
-c2 19287 19288 true"
-    C_ADMIN_PORTS=$(echo "$procs" | awk '{ printf "%s ", $3 }')
-    local name port admin consume first=1 ok=1
+    local procs=("gw1 19280 19281 false" "gw2 19282 19284 false" "c1 19285 19286 true" "c2 19287 19288 true")
+    C_ADMIN_PORTS="19281 19284 19286 19288"
+    local spec name port admin consume first=1 ok=1
     SYS_PIDS=()
-    while read -r name port admin consume; do
+    for spec in "${procs[@]}"; do
+        read -r name port admin consume <<< "$spec"
         sed -e "s/^  port: 19280$/  port: $port/" -e "s/^  port: 19283$/  port: $admin/" \
             -e "s/^  consume: true$/  consume: $consume/" "$cfg" > "$WORK/qos-jobs-pg-$name.yaml"
         rm -f "$WORK/catalog-$name.db"*
@@ -417,7 +417,7 @@ c2 19287 19288 true"
             pgq -f "$JOBS/audit.sql" > "$OUT/logs/audit.log" 2>&1 || { ok=0; cat "$OUT/logs/audit.log" >&2; break; }
             first=0
         fi
-    done <<< "$procs"
+    done
     if [ $ok = 0 ]; then
         note "(c) skipped: a catalog service did not start on PostgreSQL (logs/c-*.log)"
         procs_stop scale-out
@@ -438,11 +438,13 @@ c2 19287 19288 true"
     local smp=$!
     SAMPLER_PIDS+=("$smp")
     log "(c) POST /orders on gw1 and gw2, C=$SCALE_C each, for ${SCALE_D}s; consumers c1, c2 get no load"
+    # shellcheck disable=SC2086
     lg "$RAW/c-gw1.txt" --url "http://127.0.0.1:19280/orders" --method POST --body "$BODY" -c "$SCALE_C" -t 1 \
-        -d "$SCALE_D" --timeout "$TIMEOUT" --drain "$DRAIN" --label c-gw1 &
+        -d "$SCALE_D" --timeout "$TIMEOUT" --drain "$DRAIN" --label c-gw1 $LG_EXTRA &
     local bg=$!
+    # shellcheck disable=SC2086
     lg "$RAW/c-gw2.txt" --url "http://127.0.0.1:19282/orders" --method POST --body "$BODY" -c "$SCALE_C" -t 1 \
-        -d "$SCALE_D" --timeout "$TIMEOUT" --drain "$DRAIN" --label c-gw2
+        -d "$SCALE_D" --timeout "$TIMEOUT" --drain "$DRAIN" --label c-gw2 $LG_EXTRA
     wait "$bg" || true
     cat "$RAW/c-gw1.txt.err" "$RAW/c-gw2.txt.err" >&2 || true
     t_end=$(pgq -c "SELECT extract(epoch FROM clock_timestamp())")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accept-mode benchmarks of issue 13: (a) seed 001's table, (c) scale-out on PostgreSQL.
 #
-# Usage: bench/jobs/run.sh [quick|full] [a|c|all]     (quick: about 4 min, full: about 15 min)
+# Usage: bench/jobs/run.sh [quick|full] [a|c|all]     (quick: about 3 min, full: about 10 min)
 #
 #   QUICK=1 bench/jobs/run.sh is the same as "quick". Examples:
 #     bench/jobs/run.sh quick              # both parts, few C, short windows

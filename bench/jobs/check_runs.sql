@@ -17,9 +17,13 @@ SELECT 'runs_unfinished', count(*) FROM runs WHERE ended IS NULL;
 SELECT 'jobs_claimed_more_than_once', count(*) FROM (SELECT id FROM runs GROUP BY id HAVING count(*) > 1) x;
 -- A run the store took back (lease expired: running -> queued or dead) may still have been
 -- executing when the next claim started it again: only the consumer can tell (its fenced_out
--- count, which run.sh adds). Zero here and above means no job ran twice at all.
+-- count, which run.sh adds). Zero here and above means no job ran twice at all. Counted up to
+-- t_tail (the stop comes after).
 SELECT 'runs_taken_back', count(*) FROM bench_job_events
- WHERE old_state = 'running' AND new_state IN ('queued', 'dead');
+ WHERE old_state = 'running' AND new_state IN ('queued', 'dead') AND at < to_timestamp(:t_tail);
+-- after t_tail the processes are stopped: SIGTERM gives back what a consumer has not started
+SELECT 'runs_given_back_at_stop', count(*) FROM bench_job_events
+ WHERE old_state = 'running' AND new_state IN ('queued', 'dead') AND at >= to_timestamp(:t_tail);
 SELECT 'max_fence', coalesce(max(fence), 0) FROM qos_jobs;
 SELECT 'max_running_exact', coalesce(max(running), 0) FROM (
   SELECT sum(d) OVER (ORDER BY at, d ROWS UNBOUNDED PRECEDING) AS running FROM (

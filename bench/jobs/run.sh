@@ -474,6 +474,11 @@ part_c() {
     } > "$CSV/c_gateways.csv"
     cat "$CSV/c_consumers.csv" >> "$CSV/c_check.csv"
     cat "$CSV/c_check.csv" >&2
+    awk -F, -v n="$N" '{ v[$1] = $2 }
+        END { if (v["max_running_exact"] + 0 > n) print "(c): " v["max_running_exact"] " jobs ran at once, N = " n
+              if (v["consumers_fenced_out"] + 0 > 0) print "(c): " v["consumers_fenced_out"] " runs were fenced out (a job ran twice at once)"
+              if (v["jobs_dead"] + 0 > 0) print "(c): " v["jobs_dead"] " jobs dead" }' "$CSV/c_check.csv" |
+        while read -r line; do anomaly "$line"; done
     pg_stop
 }
 

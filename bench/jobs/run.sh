@@ -21,6 +21,8 @@
 #     The node-queue peer (../shared/peers/node-queue: Node gateway, graphile-worker, its own
 #     PostgreSQL 15 cluster) runs the same points with the same client, its queue purged before
 #     each point; skipped with a note when its folder, node or the PostgreSQL binaries are absent.
+#     Its first start runs npm install (versions pinned in its package.json) into
+#     $TMPDIR/qos-bench-jobs/peers: that needs the npm registry once.
 # (c) One private PostgreSQL 15 cluster (initdb in a temporary folder, unix socket only, as the
 #     postgres user when run as root), four catalog services on it (bench/config/qos-jobs-pg.yaml
 #     with their ports rewritten): two gateways (jobs.consume false) take the load, SCALE_C
@@ -39,7 +41,8 @@
 #
 # Settings (environment; the mode sets the defaults): SYSTEMS="ours node-queue" CONCS D DRAIN
 #   TIMEOUT WARMUP PAUSE SAMPLE N DB_MS LG_THREADS BODY LG_EXTRA SCALE_C SCALE_D SCALE_TAIL SCALE_SKIP
-#   BUILD (default build-bench) SHARED (default <repo>/../shared) PIN=1 (client on CPU 0)
+#   BUILD (default build-bench) SHARED (default <repo>/../shared) PIN=1 (client on CPU 0,
+#   servers on CPU 1)
 set -euo pipefail
 
 JOBS=$(cd "$(dirname "$0")" && pwd)
@@ -50,7 +53,7 @@ PART=${2:-all}
 if [ -z "$MODE" ]; then if [ "${QUICK:-0}" = 1 ]; then MODE=quick; else MODE=full; fi; fi
 case "$MODE" in
     quick|full) ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n "2,45p" "$0"; exit 0 ;;
     *) echo "usage: $0 [quick|full] [a|c|all]" >&2; exit 2 ;;
 esac
 case "$PART" in a|c|all) ;; *) echo "usage: $0 [quick|full] [a|c|all]" >&2; exit 2 ;; esac

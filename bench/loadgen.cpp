@@ -22,6 +22,12 @@
 // Latency = from the first byte of the request written to the last byte of the answer read
 // (like wrk; time spent connecting is not included).
 //
+// Requests are GET without a body unless --method / --body / --body-size say otherwise (a body
+// gets Content-Length and --content-type, application/json by default). --unique-idempotency-key
+// adds "Idempotency-Key: lg-<nonce>-<thread>-<n>", a new key on every request (the nonce is drawn
+// per run, so a second run does not replay the first one's keys). 201 and 202 are counted apart
+// (s201, s202) besides s2xx: an accept route answers 202, its synchronous twin 201.
+//
 // Only 127.0.0.1 / localhost targets are accepted. Every loop is bounded by the clock.
 //
 // Output: one line "LOADGEN key=value ..." on stdout (run.sh parses it), a short human summary
@@ -48,6 +54,8 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -80,6 +88,11 @@ struct options {
   int reqs_per_conn = 0;  // 0: unlimited; 1: one request, then hold the connection idle
   double ramp_s = 0;      // open connection i at i/C * ramp_s instead of all at once
   std::vector<std::string> headers;
+  std::string method = "GET";
+  std::string body;
+  bool has_body = false;  // --body or --body-size given (an empty body still gets a length)
+  std::string content_type = "application/json";
+  bool unique_idempotency_key = false;
   std::vector<int> pids;
   std::string cdf_file;
   std::string raw_file;  // every answer: "sent_ms latency_ms status" (sent_ms from the start)
@@ -93,6 +106,8 @@ struct options {
       "usage: loadgen --url http://127.0.0.1:PORT/PATH [-c CONNS] [-t THREADS] "
       "[-d SECONDS]\n"
       "               [--timeout S] [--drain S] [--reqs-per-conn K] [-H 'Name: value']...\n"
+      "               [--method M] [--body TEXT | --body-size BYTES] [--content-type T]\n"
+      "               [--unique-idempotency-key]\n"
       "               [--pid PID]... [--cdf FILE] [--raw FILE] [--label TEXT]\n",
       why);
   std::exit(2);
@@ -112,6 +127,15 @@ void parse_url(options& o) {
   if (host != "127.0.0.1" && host != "localhost") usage("only 127.0.0.1/localhost targets");
   o.port = std::stoi(hostport.substr(colon + 1));
   if (o.port <= 0 || o.port > 65535) usage("bad port");
+}
+
+// --body-size N: a JSON object of exactly N bytes (N >= 10), {"pad":"xxx...x"}.
+std::string padded_json_body(long n) {
+  const std::string open = "{\"pad\":\"", close = "\"}";
+  if (n < static_cast<long>(open.size() + close.size()) || n > (64L << 20)) {
+    usage("--body-size out of range [10, 64 MiB]");
+  }
+  return open + std::string(static_cast<std::size_t>(n) - open.size() - close.size(), 'x') + close;
 }
 
 options parse(int argc, char** argv) {
@@ -142,6 +166,18 @@ options parse(int argc, char** argv) {
       o.ramp_s = std::stod(val());
     else if (a == "-H")
       o.headers.push_back(val());
+    else if (a == "--method")
+      o.method = val();
+    else if (a == "--body") {
+      o.body = val();
+      o.has_body = true;
+    } else if (a == "--body-size") {
+      o.body = padded_json_body(std::stol(val()));
+      o.has_body = true;
+    } else if (a == "--content-type")
+      o.content_type = val();
+    else if (a == "--unique-idempotency-key")
+      o.unique_idempotency_key = true;
     else if (a == "--pid")
       o.pids.push_back(std::stoi(val()));
     else if (a == "--cdf")
@@ -163,6 +199,10 @@ options parse(int argc, char** argv) {
   if (o.ramp_s < 0 || o.ramp_s >= o.duration_s) usage("--ramp out of range [0, -d)");
   if (o.skip_s < 0) o.skip_s = std::min(1.0, o.duration_s / 4);
   if (o.skip_s >= o.duration_s) usage("--skip must be shorter than -d");
+  if (o.method.empty() ||
+      o.method.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ") != std::string::npos) {
+    usage("--method: an upper-case token such as GET or POST");
+  }
   return o;
 }
 
@@ -170,6 +210,7 @@ options parse(int argc, char** argv) {
 struct stats {
   std::uint64_t sent = 0, answered = 0, answered_in_window = 0;
   std::uint64_t s2xx = 0, s503 = 0, s5xx_other = 0, s4xx = 0, s_other = 0;
+  std::uint64_t s201 = 0, s202 = 0, s429 = 0;  // also counted in s2xx / s4xx
   std::uint64_t ok_in_window = 0, s503_in_window = 0;
   std::uint64_t ok_steady = 0;        // 2xx completed in [start + skip, window end]
   std::uint64_t timeouts = 0;         // no answer within --timeout: connection closed
@@ -199,6 +240,9 @@ struct stats {
     s5xx_other += s.s5xx_other;
     s4xx += s.s4xx;
     s_other += s.s_other;
+    s201 += s.s201;
+    s202 += s.s202;
+    s429 += s.s429;
     ok_in_window += s.ok_in_window;
     s503_in_window += s.s503_in_window;
     ok_steady += s.ok_steady;
@@ -246,20 +290,24 @@ struct conn {
   std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
   int done = 0;               // answers on this logical connection (for --reqs-per-conn)
   int sock_answers = 0;       // answers on this socket (0: the request out is its first)
+  std::string req;            // --unique-idempotency-key: this request's own text
   // Bodies are skipped: the benchmarks count answers, they do not read them.
   wire::http_response_parser in{wire::parser_options{.keep_body = false}};
+};
+
+// The request every connection sends: head (request line, Host, the -H headers) and tail
+// (body headers, blank line, body), split so that a per-request Idempotency-Key fits between.
+struct request_text {
+  std::string head, tail, full;
+  std::string key_prefix;  // "lg-<nonce>-" with --unique-idempotency-key
 };
 
 class worker {
  public:
   // Thread t of T: with --ramp, its j-th connection opens at (j*T + t) / C of the ramp, so the
   // threads share the ramp evenly.
-  worker(const options& o, int nconns, int t, const std::string& request, sockaddr_in addr)
-      : o_(o),
-        request_(request),
-        addr_(addr),
-        conns_(static_cast<std::size_t>(nconns)),
-        thread_(t) {
+  worker(const options& o, int nconns, int t, const request_text& request, sockaddr_in addr)
+      : o_(o), rq_(request), addr_(addr), conns_(static_cast<std::size_t>(nconns)), thread_(t) {
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     timeout_us_ = static_cast<std::int64_t>(o.timeout_s * 1e6);
   }
@@ -382,15 +430,26 @@ class worker {
     c.out_off = 0;
     c.outstanding = true;
     g_outstanding.fetch_add(1, std::memory_order_relaxed);
+    if (o_.unique_idempotency_key) {
+      c.req = rq_.head;
+      c.req += "Idempotency-Key: " + rq_.key_prefix + std::to_string(thread_) + "-" +
+               std::to_string(++keys_) + "\r\n";
+      c.req += rq_.tail;
+    }
     c.t_sent = now_us();
     ++st_.sent;
     write_some(c);
   }
 
+  const std::string& request_of(const conn& c) const {
+    return o_.unique_idempotency_key ? c.req : rq_.full;
+  }
+
   void write_some(conn& c) {
-    while (c.out_off < request_.size()) {
+    const std::string& request = request_of(c);
+    while (c.out_off < request.size()) {
       const ssize_t w =
-          ::send(c.fd, request_.data() + c.out_off, request_.size() - c.out_off, MSG_NOSIGNAL);
+          ::send(c.fd, request.data() + c.out_off, request.size() - c.out_off, MSG_NOSIGNAL);
       if (w > 0) {
         c.out_off += static_cast<std::size_t>(w);
       } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -441,7 +500,7 @@ class worker {
       }
       return;
     }
-    if ((events & EPOLLOUT) && c.outstanding && c.out_off < request_.size()) write_some(c);
+    if ((events & EPOLLOUT) && c.outstanding && c.out_off < request_of(c).size()) write_some(c);
     if (c.fd < 0) return;
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_some(c);
   }
@@ -516,6 +575,8 @@ class worker {
     if (in_window) ++st_.answered_in_window;
     if (p.status >= 200 && p.status < 300) {
       ++st_.s2xx;
+      if (p.status == 201) ++st_.s201;
+      if (p.status == 202) ++st_.s202;
       if (in_window) ++st_.ok_in_window;
       if (in_window && t >= g_steady_start_us) ++st_.ok_steady;
       st_.lat2xx.push_back(lat);
@@ -532,6 +593,7 @@ class worker {
         ++st_.s4xx;
       else
         ++st_.s_other;
+      if (p.status == 429) ++st_.s429;
       st_.latother.push_back(lat);
     }
     const auto outcome = p.header("x-qos-outcome");
@@ -575,7 +637,8 @@ class worker {
   }
 
   const options& o_;
-  const std::string& request_;
+  const request_text& rq_;
+  std::uint64_t keys_ = 0;  // Idempotency-Keys this thread made
   sockaddr_in addr_;
   std::vector<conn> conns_;
   int ep_ = -1;
@@ -616,6 +679,11 @@ double pct(std::vector<std::uint32_t>& v, double q) {  // nearest rank, in ms
   return v[idx - 1] / 1000.0;
 }
 
+double mean_ms(const std::vector<std::uint32_t>& v) {
+  if (v.empty()) return -1;
+  return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()) / 1000.0;
+}
+
 std::string fmt_ms(double v) {
   if (v < 0) return "";
   char b[32];
@@ -640,17 +708,31 @@ bool raise_fd_limit(int conns) {
   return true;
 }
 
-// The one request every connection sends, again and again.
-std::string make_request(const options& o) {
-  std::string request = "GET " + o.path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(o.port) +
-                        "\r\nConnection: keep-alive\r\n";
-  for (const auto& h : o.headers) request += h + "\r\n";
-  request += "\r\n";
-  return request;
+// The one request every connection sends, again and again (with --unique-idempotency-key, each
+// time with a new key).
+request_text make_request(const options& o) {
+  request_text r;
+  r.head = o.method + " " + o.path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(o.port) +
+           "\r\nConnection: keep-alive\r\n";
+  for (const auto& h : o.headers) r.head += h + "\r\n";
+  // A POST without a body still says so: some servers wait for a body otherwise.
+  if (o.has_body || o.method == "POST" || o.method == "PUT" || o.method == "PATCH") {
+    if (!o.body.empty()) r.tail += "Content-Type: " + o.content_type + "\r\n";
+    r.tail += "Content-Length: " + std::to_string(o.body.size()) + "\r\n";
+  }
+  r.tail += "\r\n" + o.body;
+  r.full = r.head + r.tail;
+  if (o.unique_idempotency_key) {
+    std::random_device rd;
+    char nonce[17];
+    std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
+    r.key_prefix = std::string("lg-") + nonce + "-";
+  }
+  return r;
 }
 
 // The connections split over the threads, the first ones taking one more when C % T != 0.
-std::vector<std::unique_ptr<worker>> make_workers(const options& o, const std::string& request) {
+std::vector<std::unique_ptr<worker>> make_workers(const options& o, const request_text& request) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<std::uint16_t>(o.port));
@@ -795,6 +877,12 @@ void print_loadgen_line(const options& o, const stats& all, const window_report&
     kv("srv_threads_end", w.at_end.threads);
     kv("srv_alive", w.at_end.ok ? 1 : 0);
   }
+  // Added later, so at the end: the keys above keep their places.
+  kv("s201", all.s201);
+  kv("s202", all.s202);
+  kv("s429", all.s429);
+  kv("ok_mean_ms", fmt_ms(mean_ms(*classes[0].v)));
+  kv("all_mean_ms", fmt_ms(mean_ms(*classes[2].v)));
   std::printf("%s\n", out.str().c_str());
   std::fflush(stdout);
 }
@@ -836,7 +924,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const options o = parse(argc, argv);
   if (!raise_fd_limit(o.conns)) return 3;
-  const std::string request = make_request(o);
+  const request_text request = make_request(o);
 
   const proc_sample before = read_proc(o.pids);
   g_start_us = now_us();

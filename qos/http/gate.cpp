@@ -741,6 +741,11 @@ rest::Route::Handler gate::accept(const std::string& route, jobs::job_handler h,
       logger()->error("qos: accept route '{}': request not taken: {}", state.name(), e.what());
       reply_now(writer, {.status = 500, .body = "{\"error\":\"internal error\"}"});
       return rest::Route::Result::Ok;
+    } catch (...) {
+      // A priority rule in code may throw anything; the writer is still ours to answer.
+      logger()->error("qos: accept route '{}': request not taken", state.name());
+      reply_now(writer, {.status = 500, .body = "{\"error\":\"internal error\"}"});
+      return rest::Route::Result::Ok;
     }
     const jobs::enqueue_options options{.max_depth = a.max_depth,
                                         .key_retention = a.idempotency_retention};

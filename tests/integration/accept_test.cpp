@@ -482,6 +482,38 @@ TEST_F(accept_fixture, the_drain_answers_every_request_it_took_exactly_once) {
   srv.reset();
 }
 
+TEST_F(accept_fixture,
+       a_client_gone_before_the_commit_still_has_its_job_stored_and_nothing_breaks) {
+  auto cfg = make_config(dir.file("jobs.db"));
+  cfg.jobs->group_commit = 100ms;  // the client is gone well before the answer
+  start(cfg, [](const jobs::claimed_job&) { return response{.status = 201, .body = "{}"}; });
+  for (int i = 0; i < 5; ++i) {
+    http_connection c(port);
+    const std::string body = "{\"gone\":" + std::to_string(i) + "}";
+    c.send_raw(
+        "POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Idempotency-Key: gone-" +
+        std::to_string(i) + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+        body);
+    ASSERT_TRUE(c.error().empty()) << c.error();
+    c.close();  // FIN: the request is surely read, the answer then goes to a closed socket
+  }
+  // Each was committed (the same key and payload again is a duplicate, not a new job) and the
+  // server goes on serving.
+  for (int i = 0; i < 5; ++i) {
+    const std::string body = "{\"gone\":" + std::to_string(i) + "}";
+    const auto key = "gone-" + std::to_string(i);
+    const auto r = post(port, "/orders", body, {{"Idempotency-Key", key}});
+    EXPECT_EQ(r.status, 202) << r.body;
+  }
+  const auto metrics = send(admin_port, "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("qos_jobs_enqueued_total{result=\"created\",route=\"orders\"} 5"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("qos_jobs_enqueued_total{result=\"duplicate\",route=\"orders\"} 5"),
+            std::string::npos);
+}
+
 TEST_F(accept_fixture, store_calls_beyond_max_pending_get_503_at_once_and_store_nothing) {
   auto cfg = make_config(dir.file("jobs.db"));
   cfg.jobs->group_commit = 100ms;

@@ -250,6 +250,8 @@ struct database::connection {
   stmt_ptr get_item;
   stmt_ptr list_items;
   stmt_ptr count;
+  stmt_ptr insert_order;  // the one write: orders (POST /orders, /orders/sync)
+  stmt_ptr order_count;
 };
 
 class database::lease {
@@ -277,6 +279,14 @@ database::database(db_options options) : options_(std::move(options)) {
   if (sqlite3_threadsafe() == 0) throw std::runtime_error("catalog db: sqlite3 is not thread-safe");
 
   seed_if_needed(options_);
+  {
+    // The orders written by POST /orders (a job) and /orders/sync; kept apart from the seeded
+    // items, and created in files seeded before orders existed.
+    db_ptr db = open_db(options_.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX);
+    exec(db.get(),
+         "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+         "body TEXT NOT NULL)");
+  }
 
   const std::string get_sql = "SELECT " + std::string(item_columns) + " FROM items WHERE id = ?1";
   const std::string list_sql =
@@ -286,14 +296,17 @@ database::database(db_options options) : options_(std::move(options)) {
   free_.reserve(options_.connections);
   for (std::size_t i = 0; i < options_.connections; ++i) {
     auto c = std::make_unique<connection>();
-    // Read-write rather than SQLITE_OPEN_READONLY so the last close can checkpoint and remove the
-    // -wal/-shm files; query_only still rejects any write. NOMUTEX: the pool already guarantees
-    // one thread per connection, so SQLite's own per-call locking would be pure overhead.
+    // Read-write: the orders are written through the pool too, so that a write holds one of the
+    // N connections like a read (SQLite's busy timeout serializes the writers). NOMUTEX: the pool
+    // already guarantees one thread per connection, so SQLite's own per-call locking would be pure
+    // overhead.
     c->db = open_db(options_.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX);
-    exec(c->db.get(), "PRAGMA query_only=1");
     c->get_item = prepare(c->db.get(), get_sql, SQLITE_PREPARE_PERSISTENT);
     c->list_items = prepare(c->db.get(), list_sql, SQLITE_PREPARE_PERSISTENT);
     c->count = prepare(c->db.get(), "SELECT count(*) FROM items", SQLITE_PREPARE_PERSISTENT);
+    c->insert_order =
+        prepare(c->db.get(), "INSERT INTO orders (body) VALUES (?1)", SQLITE_PREPARE_PERSISTENT);
+    c->order_count = prepare(c->db.get(), "SELECT count(*) FROM orders", SQLITE_PREPARE_PERSISTENT);
     free_.push_back(c.get());
     connections_.push_back(std::move(c));
   }
@@ -371,6 +384,28 @@ std::int64_t database::item_count() {
   }
   simulate_latency(conn.since());
   return n;
+}
+
+std::int64_t database::insert_order(const std::string& body) {
+  lease conn(*this);
+  std::int64_t id = 0;
+  {
+    sqlite3_stmt* s = conn->insert_order.get();
+    stmt_reset guard(s);
+    bind_text(s, 1, body);
+    step(s);
+    id = sqlite3_last_insert_rowid(conn->db.get());
+  }
+  simulate_latency(conn.since());
+  return id;
+}
+
+std::int64_t database::order_count() {
+  lease conn(*this);
+  sqlite3_stmt* s = conn->order_count.get();
+  stmt_reset guard(s);
+  if (!step(s)) fail(conn->db.get(), "count");
+  return sqlite3_column_int64(s, 0);
 }
 
 std::size_t database::busy() const {

@@ -1,6 +1,7 @@
 // Database layer of the example catalog service: an embedded SQLite file, seeded on first open,
-// read through a fixed pool of N connections. Thread-safety: database is fully thread-safe; each
-// pooled connection is used by one thread at a time. The free functions are pure.
+// read (and its orders written) through a fixed pool of N connections. Thread-safety: database is
+// fully thread-safe; each pooled connection is used by one thread at a time. The free functions are
+// pure.
 #pragma once
 
 #include <chrono>
@@ -51,6 +52,10 @@ class database {
   std::optional<item> get_item(std::int64_t id);
   std::vector<item> list_items(std::int64_t offset, std::size_t limit);  // ordered by id
   std::int64_t item_count();
+  // Writes an order (its JSON as given) and returns its id, through the pool and with the same
+  // latency as a read. order_count() reads without the latency.
+  std::int64_t insert_order(const std::string& body);
+  std::int64_t order_count();
 
   std::size_t connections() const noexcept { return connections_.size(); }
   std::size_t busy() const;      // connections leased right now

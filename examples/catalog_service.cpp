@@ -2,6 +2,11 @@
 // reactor thread; the database routes read an embedded SQLite file through a pool of N
 // connections (N = the `db` group's max_concurrent), guarded by the gate. With --naive the
 // database routes run on the reactor thread with no gate: the baseline qos exists to beat.
+// With the routes `orders` (mode accept) and `orders_sync` (guarded) in the config, POST /orders
+// stores the order as a durable job and answers 202 at once (the `db` group's consumer writes it
+// later, through the same pool and latency, and GET /jobs/{id} tells how it went), while
+// POST /orders/sync writes it while the client waits (201). --naive serves /orders/sync on the
+// reactor and no /orders at all (404): accept mode needs the gate.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -41,13 +46,14 @@ struct options {
   // limit only as far as the pool goes: open it for the largest limit you may reload to.
   std::size_t db_connections = 0;
   bool naive = false;
+  std::string jobs_db;  // --jobs-db: overrides jobs.sqlite_path
 };
 
 void usage() {
   std::fprintf(stderr,
                "usage: catalog_service [--config FILE] [--db FILE] [--db-latency-ms MS]\n"
                "                       [--db-time extra|total] [--db-connections N] [--port PORT]\n"
-               "                       [--naive]\n"
+               "                       [--jobs-db FILE] [--naive]\n"
                "       catalog_service --check FILE [--strict] [--print-effective]\n"
                "                       (validate FILE as qos-check does, and exit)\n");
 }
@@ -78,6 +84,8 @@ options parse(int argc, char** argv) {
       o.db_connections = static_cast<std::size_t>(n);
     } else if (a == "--port") {
       o.port = std::stoi(value());
+    } else if (a == "--jobs-db") {
+      o.jobs_db = value();
     } else if (a == "--naive") {
       o.naive = true;
     } else if (a == "--version") {
@@ -170,6 +178,13 @@ int run(int argc, char** argv) {
     return 2;
   }
   if (opt.port >= 0) cfg.server.port = static_cast<std::uint16_t>(opt.port);
+  if (!opt.jobs_db.empty()) {
+    if (!cfg.jobs) {
+      std::fprintf(stderr, "catalog: --jobs-db: the config has no jobs: section\n");
+      return 2;
+    }
+    cfg.jobs->sqlite_path = opt.jobs_db;
+  }
   const auto* db_group = cfg.find_group("db");
   qos::setup_logging(cfg.logging);
   qos::log_startup_summary(cfg);
@@ -259,6 +274,23 @@ int run(int argc, char** argv) {
     return not_found();
   };
 
+  // Orders: the same write whether it runs while the client waits (/orders/sync) or later as a
+  // job (/orders). An empty body is the client's mistake: 400, and for a job its stored result.
+  auto place_order = [&db](const std::string& body) {
+    if (body.empty()) {
+      return qos::response{.status = 400, .body = "{\"error\":\"an order needs a body\"}"};
+    }
+    const std::int64_t id = db->insert_order(body);
+    return qos::response{.status = 201, .body = "{\"order\":" + std::to_string(id) + "}"};
+  };
+  qos::result_handler order_sync = [place_order](const rest::Request& req) {
+    return place_order(req.body());
+  };
+  const auto* orders_route = cfg.find_route("orders");
+  const bool accept_orders =
+      orders_route != nullptr && orders_route->mode == qos::config::route_mode::accept;
+  const bool sync_orders = cfg.find_route("orders_sync") != nullptr;
+
   if (opt.naive) {
     // The baseline: the query blocks the reactor thread that read the request.
     auto on_reactor = [](qos::result_handler h) {
@@ -272,7 +304,17 @@ int run(int argc, char** argv) {
     rest::Routes::Get(router, "/db/:id", on_reactor(db_get));
     rest::Routes::Get(router, "/image/:id", on_reactor(image_get));
     rest::Routes::Get(router, "/item/:id", on_reactor(db_get));
+    if (sync_orders) rest::Routes::Post(router, "/orders/sync", on_reactor(order_sync));
   } else {
+    if (accept_orders) {
+      rest::Routes::Post(router, "/orders",
+                         gate.accept("orders", [place_order](const qos::jobs::claimed_job& job) {
+                           return place_order(job.request.body);
+                         }));
+    }
+    if (sync_orders) {
+      rest::Routes::Post(router, "/orders/sync", gate.guard_result("orders_sync", order_sync));
+    }
     rest::Routes::Get(router, "/db", gate.guard_result("db", db_get));
     rest::Routes::Get(router, "/db/:id", gate.guard_result("db", db_get));
     if (cfg.find_route("image") != nullptr) {
@@ -310,6 +352,15 @@ int run(int argc, char** argv) {
       "  curl %s/image/42      # SVG; placeholder on timeout\n"
       "  curl %s/item/42       # stale cached copy on overload\n",
       opt.naive ? "naive" : "guarded", base.c_str(), base.c_str(), base.c_str(), base.c_str());
+  if (accept_orders && !opt.naive) {
+    std::printf(
+        "  curl -i -X POST -d '{\"sku\":42}' %s/orders       # 202 + Location: /jobs/{id}\n",
+        base.c_str());
+  }
+  if (sync_orders) {
+    std::printf("  curl -i -X POST -d '{\"sku\":42}' %s/orders/sync  # 201 once written\n",
+                base.c_str());
+  }
   if (const auto* adm = srv.admin()) {
     const auto admin_base = "http://" + cfg.admin->address + ":" + std::to_string(adm->port());
     const bool token = !cfg.admin->token.empty();

@@ -100,6 +100,11 @@ admin::admin(qos::runtime& runtime, admin_options options, hooks h)
                        send_text(w, static_cast<http::Code>(r.status), r.body);
                        return rest::Route::Result::Ok;
                      }));
+  if (auto* jobs = runtime_.jobs()) {
+    rest::Routes::Post(router_, "/qos/jobs/:id/requeue",
+                       guarded(access::token, jobs->requeue_handler()));
+    rest::Routes::Delete(router_, "/qos/jobs/:id", guarded(access::token, jobs->purge_handler()));
+  }
 }
 
 admin::~admin() {
@@ -251,7 +256,44 @@ std::string admin::status_json() const {
     }
     append(out, "}}");
   }
-  append(out, "]}\n");
+  append(out, "]");
+  if (auto* jobs = runtime_.jobs()) {
+    const jobs_snapshot js = jobs->snapshot();
+    append(out, ",\"jobs\":{\"routes\":[");
+    first = true;
+    for (const auto& r : js.routes) {
+      if (!first) append(out, ",");
+      first = false;
+      append(out, "{\"name\":");
+      append_string(out, r.name);
+      append(out, ",\"group\":");
+      append_string(out, r.group);
+      append(out, ",\"depth\":");
+      append_number(out, std::uint64_t{r.depth});
+      append(out, "}");
+    }
+    append(out, "],\"consumers\":[");
+    first = true;
+    for (const auto& g : js.groups) {
+      if (!first) append(out, ",");
+      first = false;
+      append(out, "{\"group\":");
+      append_string(out, g.name);
+      const std::pair<const char*, std::uint64_t> fields[] = {
+          {"claimed", g.claimed},       {"succeeded", g.succeeded},     {"failed", g.failed},
+          {"given_back", g.given_back}, {"fenced_out", g.fenced_out},   {"requeued", g.requeued},
+          {"abandoned", g.abandoned},   {"held", std::uint64_t{g.held}}};
+      for (const auto& [name, value] : fields) {
+        append(out, ",\"");
+        append(out, name);
+        append(out, "\":");
+        append_number(out, value);
+      }
+      append(out, "}");
+    }
+    append(out, "]}");
+  }
+  append(out, "}\n");
   return std::string(out.data(), out.size());
 }
 

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "qos/http/detail/client_headers.hpp"
+#include "qos/http/job_front.hpp"
 #include "qos/ops/access_log.hpp"
 #include "qos/ops/log.hpp"
 
@@ -99,9 +100,11 @@ struct gate::route_view {
   config::priority_config priority;
   config::deadline_config deadline;
   std::array<rendered_fallback, outcome_count> fallbacks;  // by outcome, resolved by config
+  config::route_mode mode;
+  config::accept_config accept;  // mode accept
 
   explicit route_view(const config::route_config& rc)
-      : policy(rc), priority(rc.priority), deadline(rc.deadline) {
+      : policy(rc), priority(rc.priority), deadline(rc.deadline), mode(rc.mode), accept(rc.accept) {
     const auto resolved = config::resolve(rc.fallback);
     for (std::size_t i = 0; i < outcome_count; ++i) fallbacks[i] = render(resolved[i]);
   }
@@ -158,6 +161,8 @@ struct gate::http_route {
   // The gate's access log; null: none. Atomic so that set_access_log() may come while
   // requests run (release/acquire: a request that sees the log sees it built).
   std::atomic<access_log*> access{nullptr};
+  // accept(): the job handler and where it runs. Written at setup only.
+  std::shared_ptr<const accepted_route> job;
 
   const std::string& name() const noexcept { return route->name(); }
 
@@ -482,6 +487,305 @@ void gate::prime_router(rest::Router& router) {
     });
     router.removeRoute(m, probe);
   }
+}
+
+}  // namespace qos
+
+// ---- accept-mode routes -------------------------------------------------------------------
+
+namespace qos {
+
+namespace {
+
+// MurmurHash3 x64_128 (Austin Appleby, public domain): the payload hash an idempotency key is
+// checked against. No cryptographic library is available; a well-mixed 128-bit hash is enough
+// here, since a collision can only make a client's own reused key (scoped per route and
+// tenant) pass as the same payload, and a chance one among 2^128 values does not happen.
+class murmur3_128 {
+ public:
+  void update(std::string_view data) { buffer_.append(data); }
+  // 32 lowercase hex digits.
+  std::string hex() const {
+    const auto* p = reinterpret_cast<const unsigned char*>(buffer_.data());
+    const std::size_t len = buffer_.size();
+    const std::size_t blocks = len / 16;
+    std::uint64_t h1 = seed, h2 = seed;
+    constexpr std::uint64_t c1 = 0x87c37b91114253d5ULL, c2 = 0x4cf5ad432745937fULL;
+    auto load = [](const unsigned char* b) {
+      std::uint64_t v = 0;
+      for (int i = 7; i >= 0; --i) v = (v << 8) | b[i];
+      return v;
+    };
+    for (std::size_t i = 0; i < blocks; ++i) {
+      std::uint64_t k1 = load(p + i * 16), k2 = load(p + i * 16 + 8);
+      k1 *= c1;
+      k1 = rotl(k1, 31);
+      k1 *= c2;
+      h1 ^= k1;
+      h1 = rotl(h1, 27);
+      h1 += h2;
+      h1 = h1 * 5 + 0x52dce729;
+      k2 *= c2;
+      k2 = rotl(k2, 33);
+      k2 *= c1;
+      h2 ^= k2;
+      h2 = rotl(h2, 31);
+      h2 += h1;
+      h2 = h2 * 5 + 0x38495ab5;
+    }
+    const unsigned char* tail = p + blocks * 16;
+    std::uint64_t k1 = 0, k2 = 0;
+    const std::size_t rest = len & 15;
+    for (std::size_t i = rest; i > 8; --i) k2 ^= std::uint64_t{tail[i - 1]} << ((i - 9) * 8);
+    if (rest > 8) {
+      k2 *= c2;
+      k2 = rotl(k2, 33);
+      k2 *= c1;
+      h2 ^= k2;
+    }
+    for (std::size_t i = std::min<std::size_t>(rest, 8); i > 0; --i) {
+      k1 ^= std::uint64_t{tail[i - 1]} << ((i - 1) * 8);
+    }
+    if (rest > 0) {
+      k1 *= c1;
+      k1 = rotl(k1, 31);
+      k1 *= c2;
+      h1 ^= k1;
+    }
+    h1 ^= len;
+    h2 ^= len;
+    h1 += h2;
+    h2 += h1;
+    h1 = fmix(h1);
+    h2 = fmix(h2);
+    h1 += h2;
+    h2 += h1;
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out(32, '0');
+    for (int i = 0; i < 16; ++i) {
+      const std::uint64_t h = i < 8 ? h1 : h2;
+      const auto byte = static_cast<unsigned>((h >> (56 - 8 * (i % 8))) & 0xff);
+      out[static_cast<std::size_t>(2 * i)] = digits[byte >> 4];
+      out[static_cast<std::size_t>(2 * i + 1)] = digits[byte & 15];
+    }
+    return out;
+  }
+
+ private:
+  static constexpr std::uint64_t seed = 0x716f732d6a6f6273ULL;  // "qos-jobs"
+  static std::uint64_t rotl(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+  static std::uint64_t fmix(std::uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+  }
+  std::string buffer_;
+};
+
+// Each field length-prefixed, so that no two different payloads serialize alike.
+void hash_field(murmur3_128& h, std::string_view field) {
+  const std::string len = std::to_string(field.size()) + ":";
+  h.update(len);
+  h.update(field);
+}
+
+std::string lowercase(std::string s) {
+  for (char& c : s) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return s;
+}
+
+// The Idempotency-Key of the IETF httpapi draft is a Structured Field string ("..."); a bare
+// value is taken too. Returns false for a malformed one: empty, over 255 bytes, not printable
+// ASCII, or a quoted string that is not well formed.
+bool parse_idempotency_key(std::string_view raw, std::string& key) {
+  while (!raw.empty() && (raw.front() == ' ' || raw.front() == '\t')) raw.remove_prefix(1);
+  while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\t')) raw.remove_suffix(1);
+  key.clear();
+  if (!raw.empty() && raw.front() == '"') {
+    if (raw.size() < 2 || raw.back() != '"') return false;
+    raw = raw.substr(1, raw.size() - 2);
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      char c = raw[i];
+      if (c == '\\') {
+        if (i + 1 >= raw.size() || (raw[i + 1] != '"' && raw[i + 1] != '\\')) return false;
+        c = raw[++i];
+      } else if (c == '"') {
+        return false;
+      }
+      if (c < 0x20 || c > 0x7e) return false;
+      key.push_back(c);
+    }
+  } else {
+    for (char c : raw) {
+      if (c < 0x20 || c > 0x7e) return false;
+    }
+    key.assign(raw);
+  }
+  return !key.empty() && key.size() <= 255;
+}
+
+void reply_now(http::ResponseWriter& w, const response& r) noexcept {
+  try {
+    for (const auto& [name, value] : r.headers) add_header(w, name, value);
+    w.send(static_cast<http::Code>(r.status), r.body,
+           http::Mime::MediaType::fromString(r.content_type));
+  } catch (...) {
+    // The client went away.
+  }
+}
+
+response bad_request(std::string why) {
+  return {.status = 400, .body = "{\"error\":\"" + std::move(why) + "\"}"};
+}
+
+}  // namespace
+
+std::vector<accepted_route> gate::accepted() const {
+  std::vector<accepted_route> out;
+  for (const auto& [name, state] : routes_) {
+    if (state->job) out.push_back(*state->job);
+  }
+  return out;
+}
+
+rest::Route::Handler gate::accept(const std::string& route, jobs::job_handler h,
+                                  handler_kind kind) {
+  if (kind == handler_kind::reactor) {
+    throw std::invalid_argument("route '" + route +
+                                "': a job handler runs on a consumer, never on a reactor");
+  }
+  if (!h) throw std::invalid_argument("route '" + route + "': no job handler");
+  http_route& state = find(route);
+  if (state.current()->mode != config::route_mode::accept) {
+    throw std::invalid_argument("route '" + route + "' is not an accept route (mode: accept)");
+  }
+  if (jobs_ == nullptr) {
+    throw std::logic_error("route '" + route + "': no job store (the config has no jobs: section)");
+  }
+  state.job = std::make_shared<const accepted_route>(accepted_route{route, std::move(h), kind});
+  int none = -1;
+  state.guarded.compare_exchange_strong(none, static_cast<int>(config::guarded_as::result),
+                                        std::memory_order_acq_rel);
+  job_front* const front = jobs_;
+  job_front::route_counters* const counters = &front->counters(route);
+  using kind_t = jobs::enqueue_result::kind;
+  return [&state, front, counters](const rest::Request& req, http::ResponseWriter writer) {
+    gate::keep_alive(req, writer);
+    // The one read of the route's settings: this request keeps them to its end.
+    const std::shared_ptr<const gate::route_view> view = state.current();
+    const config::accept_config& a = view->accept;
+    const std::string retry_after = std::to_string(a.retry_after_s);
+    if (!front->accepting()) {
+      counters->count(kind_t::unavailable);
+      reply_now(writer,
+                {.status = 503,
+                 .body = "{\"error\":\"shutting down\"}",
+                 .headers = {{"Retry-After", std::to_string(std::max(1, a.retry_after_s))}}});
+      return rest::Route::Result::Ok;
+    }
+    jobs::job_request job;
+    try {
+      const auto& headers = req.headers();
+      std::string key;
+      if (auto raw = headers.tryGetRaw("Idempotency-Key")) {
+        if (!parse_idempotency_key(raw->value(), key)) {
+          reply_now(writer, bad_request("malformed Idempotency-Key: printable ASCII, 1 to 255 "
+                                        "bytes, bare or as a quoted string"));
+          return rest::Route::Result::Ok;
+        }
+        job.idempotency_key = key;
+      } else if (a.require_idempotency_key) {
+        reply_now(writer, bad_request("this route requires an Idempotency-Key header"));
+        return rest::Route::Result::Ok;
+      }
+      job.route = state.name();
+      job.group = state.route->group->name();
+      if (!a.tenant_header.empty()) {
+        if (auto t = headers.tryGetRaw(a.tenant_header)) job.tenant = t->value();
+      }
+      job.method = http::methodString(req.method());
+      // The query as Pistache parsed it, in name order: its map keeps no order of its own.
+      job.target = req.resource();
+      std::vector<std::pair<std::string, std::string>> query(req.query().parameters_begin(),
+                                                             req.query().parameters_end());
+      std::sort(query.begin(), query.end());
+      for (std::size_t i = 0; i < query.size(); ++i) {
+        job.target += (i == 0 ? "?" : "&") + query[i].first + "=" + query[i].second;
+      }
+      for (const auto& [name, raw] : headers.rawList()) {
+        std::string lower = lowercase(name);
+        if (lower == "content-type" || std::find(a.keep_headers.begin(), a.keep_headers.end(),
+                                                 lower) != a.keep_headers.end()) {
+          job.headers.emplace_back(std::move(lower), raw.value());
+        }
+      }
+      std::sort(job.headers.begin(), job.headers.end());
+      job.body = req.body();
+      job.priority = static_cast<int>(view->resolve_priority(state.priority_code, req));
+      murmur3_128 hash;
+      hash_field(hash, job.method);
+      hash_field(hash, job.target);
+      hash_field(hash, std::to_string(job.headers.size()));
+      for (const auto& [name, value] : job.headers) {
+        hash_field(hash, name);
+        hash_field(hash, value);
+      }
+      hash_field(hash, job.body);
+      job.payload_hash = hash.hex();
+    } catch (const std::exception& e) {
+      logger()->error("qos: accept route '{}': request not taken: {}", state.name(), e.what());
+      reply_now(writer, {.status = 500, .body = "{\"error\":\"internal error\"}"});
+      return rest::Route::Result::Ok;
+    } catch (...) {
+      // A priority rule in code may throw anything; the writer is still ours to answer.
+      logger()->error("qos: accept route '{}': request not taken", state.name());
+      reply_now(writer, {.status = 500, .body = "{\"error\":\"internal error\"}"});
+      return rest::Route::Result::Ok;
+    }
+    const jobs::enqueue_options options{.max_depth = a.max_depth,
+                                        .key_retention = a.idempotency_retention};
+    const int full_status = a.full_status;
+    front->serve(
+        std::move(writer),
+        [job = std::move(job), options, full_status, retry_after, counters,
+         front](jobs::job_store& store) {
+          const jobs::enqueue_result r = store.enqueue(job, options);
+          counters->count(r.result);
+          if (r.result == kind_t::created) front->created(job.group);
+          switch (r.result) {
+            case kind_t::created:
+            case kind_t::duplicate: {
+              const std::string location = "/jobs/" + r.id;
+              return response{
+                  .status = 202,
+                  .body = "{\"id\":\"" + r.id + "\",\"status_url\":\"" + location + "\"}",
+                  .headers = {{"Location", location}, {"Retry-After", retry_after}}};
+            }
+            case kind_t::conflict:
+              return response{.status = 422,
+                              .body =
+                                  "{\"error\":\"this Idempotency-Key was used with another "
+                                  "request\"}"};
+            case kind_t::full:
+              return response{.status = full_status,
+                              .body = "{\"error\":\"the queue of this route is full\"}",
+                              .headers = {{"Retry-After", retry_after}}};
+            case kind_t::unavailable:
+              break;
+          }
+          front->log_unavailable(job.route, r.error);
+          return response{.status = 503,
+                          .body = "{\"error\":\"the job store is unavailable\"}",
+                          .headers = {{"Retry-After", retry_after}}};
+        },
+        [counters] { counters->count(kind_t::unavailable); });
+    return rest::Route::Result::Ok;
+  };
 }
 
 }  // namespace qos

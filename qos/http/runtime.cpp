@@ -1,6 +1,13 @@
 #include "qos/http/runtime.hpp"
 
+#include <algorithm>
+#include <map>
+#include <stdexcept>
 #include <vector>
+
+#ifdef QOS_HAVE_PG_STORE
+#include "qos/jobs/pg_store.hpp"
+#endif
 
 #include "qos/config/reload_plan.hpp"
 #include "qos/ops/log.hpp"
@@ -21,6 +28,10 @@ std::vector<To> sliced(const std::vector<From>& from) {
 }  // namespace
 
 runtime::runtime(config::app_config cfg, std::shared_ptr<prometheus::Registry> registry)
+    : runtime(std::move(cfg), std::shared_ptr<jobs::job_store>{}, std::move(registry)) {}
+
+runtime::runtime(config::app_config cfg, std::shared_ptr<jobs::job_store> store,
+                 std::shared_ptr<prometheus::Registry> registry)
     : cfg_(std::move(cfg)),
       current_(std::make_shared<const config::app_config>(cfg_)),
       metrics_(registry ? std::move(registry) : std::make_shared<prometheus::Registry>()) {
@@ -33,11 +44,178 @@ runtime::runtime(config::app_config cfg, std::shared_ptr<prometheus::Registry> r
     access_log_ = std::make_unique<qos::access_log>(cfg_.logging);
     gate_->set_access_log(access_log_.get());
   }
+  store_ = std::move(store);
+  setup_jobs();
   monitor_ = std::thread([this] { monitor_main(); });
+}
+
+void runtime::setup_jobs() {
+  const bool any_accept = std::any_of(cfg_.routes.begin(), cfg_.routes.end(), [](const auto& r) {
+    return r.mode == config::route_mode::accept;
+  });
+  if (!store_) {
+    if (cfg_.jobs) {
+      store_ = make_job_store(*cfg_.jobs);
+    } else if (any_accept) {
+      throw std::invalid_argument(
+          "a route has mode accept, but the config has no jobs: section (the job store)");
+    }
+  }
+  if (!store_) return;
+  int retry_after = 0;
+  for (const auto& r : cfg_.routes) {
+    if (r.mode != config::route_mode::accept) continue;
+    retry_after =
+        retry_after == 0 ? r.accept.retry_after_s : std::min(retry_after, r.accept.retry_after_s);
+  }
+  jobs_ = std::make_unique<job_front>(store_, cfg_.jobs.value_or(config::jobs_config{}), metrics_,
+                                      std::max(1, retry_after));
+  gate_->attach_jobs(jobs_.get());
+}
+
+void runtime::start_jobs() {
+  std::lock_guard lk(jobs_mutex_);
+  if (jobs_started_ || jobs_stopped_ || !jobs_) return;
+  jobs_started_ = true;
+  const config::jobs_config jc = cfg_.jobs.value_or(config::jobs_config{});
+  std::map<std::string, accepted_route> given;
+  for (auto& a : gate_->accepted()) given.emplace(a.name, std::move(a));
+  // By group, in config order: the first route of a group sets its consumer's lease and retries.
+  std::vector<std::pair<std::string, std::vector<const config::route_config*>>> groups;
+  for (const auto& r : cfg_.routes) {
+    if (r.mode != config::route_mode::accept) continue;
+    if (given.find(r.name) == given.end()) {
+      logger()->warn(
+          "qos: accept route '{}' was given no job handler (gate().accept): its jobs "
+          "are not run by this process",
+          r.name);
+      continue;
+    }
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.first == r.group; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {r.group, {}});
+    it->second.push_back(&r);
+  }
+  if (jc.consume) {
+    for (const auto& [group, routes] : groups) {
+      const config::accept_config& first = routes.front()->accept;
+      jobs::consumer_options o;
+      o.group = group;
+      o.lease = first.lease;
+      o.poll_interval = jc.poll_interval;
+      o.retry = jobs::retry_policy{
+          .max_attempts = first.max_attempts, .base = first.backoff_base, .cap = first.backoff_cap};
+      for (const auto* r : routes) {
+        const auto& a = r->accept;
+        if (a.lease != first.lease || a.max_attempts != first.max_attempts ||
+            a.backoff_base != first.backoff_base || a.backoff_cap != first.backoff_cap) {
+          logger()->warn(
+              "qos: accept route '{}': group '{}' has one consumer, which takes lease, "
+              "max_attempts and backoff from route '{}'",
+              r->name, group, routes.front()->name);
+        }
+        const auto& g = given.at(r->name);
+        o.routes.push_back({.name = r->name, .handler = g.handler, .kind = g.kind});
+      }
+      if (auto rate = jc.rates.find(group); rate != jc.rates.end()) {
+        o.rate =
+            jobs::steady_rate{.per_second = rate->second.per_second, .burst = rate->second.burst};
+      }
+#ifdef QOS_HAVE_PG_STORE
+      if (auto* pg = dynamic_cast<jobs::pg_store*>(store_.get())) {
+        o.wait_for_work = [pg](const std::string& g, std::chrono::milliseconds timeout) {
+          return pg->wait_for_work(g, timeout);
+        };
+      }
+#endif
+      consumers_.emplace_back(group, std::make_unique<jobs::consumer>(*store_, *admission_, o));
+      logger()->info("qos: job consumer of group '{}' started ({} route(s))", group,
+                     o.routes.size());
+    }
+    // A job enqueued here wakes its group's consumer at once instead of at its next poll.
+    std::map<std::string, jobs::consumer*> by_group;
+    for (auto& [group, c] : consumers_) by_group.emplace(group, c.get());
+    jobs_->on_created([by_group](const std::string& group) {
+      if (auto it = by_group.find(group); it != by_group.end()) it->second->poke();
+    });
+  }
+  jobs_thread_ = std::thread([this] { jobs_main(); });
+}
+
+void runtime::jobs_main() {
+  const config::jobs_config jc = cfg_.jobs.value_or(config::jobs_config{});
+  std::vector<std::pair<std::string, std::string>> routes;  // name, group
+  for (const auto& r : cfg_.routes) {
+    if (r.mode == config::route_mode::accept) routes.emplace_back(r.name, r.group);
+  }
+  auto next_prune = std::chrono::steady_clock::now() + jc.prune_interval;
+  std::unique_lock lk(jobs_mutex_);
+  for (;;) {
+    lk.unlock();
+    for (const auto& [name, group] : routes) {
+      try {
+        jobs_->set_depth(name, group, store_->depth(name));
+      } catch (const std::exception& e) {
+        logger()->debug("qos: queue depth of route '{}' not read: {}", name, e.what());
+      }
+    }
+    for (const auto& [group, c] : consumers_) {
+      jobs_->set_group({.name = group,
+                        .claimed = c->claimed(),
+                        .succeeded = c->succeeded(),
+                        .failed = c->failed(),
+                        .given_back = c->given_back(),
+                        .fenced_out = c->fenced_out(),
+                        .requeued = c->requeued(),
+                        .abandoned = c->abandoned(),
+                        .held = c->held()});
+    }
+    if (std::chrono::steady_clock::now() >= next_prune) {
+      next_prune = std::chrono::steady_clock::now() + jc.prune_interval;
+      try {
+        const std::size_t pruned = store_->prune(jc.retention);
+        if (pruned > 0) logger()->info("qos: pruned {} finished job(s)", pruned);
+      } catch (const std::exception& e) {
+        logger()->warn("qos: pruning the job store failed: {}", e.what());
+      }
+    }
+    lk.lock();
+    const auto wait =
+        std::min<std::chrono::milliseconds>(std::chrono::seconds(1), jc.prune_interval);
+    if (jobs_cv_.wait_for(lk, wait, [this] { return jobs_stop_; })) return;
+  }
+}
+
+void runtime::stop_jobs(std::chrono::milliseconds grace) {
+  if (!jobs_) return;
+  std::unique_lock lk(jobs_mutex_);
+  if (jobs_stopped_) return;
+  jobs_stopped_ = true;
+  lk.unlock();
+  const auto until = clock::now() + grace;
+  // New enqueues get 503; those already handed to the store threads are answered.
+  jobs_->close();
+  for (auto& [group, c] : consumers_) {
+    const auto left =
+        std::max(duration::zero(), std::chrono::duration_cast<duration>(until - clock::now()));
+    if (!c->stop(std::chrono::duration_cast<std::chrono::milliseconds>(left))) {
+      logger()->warn(
+          "qos: job consumer of group '{}': jobs still running after the grace are "
+          "left to their leases",
+          group);
+    }
+  }
+  lk.lock();
+  jobs_stop_ = true;
+  lk.unlock();
+  jobs_cv_.notify_all();
+  if (jobs_thread_.joinable()) jobs_thread_.join();
 }
 
 runtime::~runtime() {
   if (!drained_) drain(cfg_.server.shutdown_grace);
+  stop_jobs(std::chrono::milliseconds(0));
+  consumers_.clear();
   {
     std::lock_guard lk(monitor_mutex_);
     monitor_stop_ = true;
@@ -109,6 +287,16 @@ reload_result runtime::reload_file(const std::string& path) {
   return reload(std::move(next));
 }
 
+rest::Route::Handler runtime::job_status_handler() {
+  if (!jobs_) throw std::logic_error("job_status_handler: no job store (no jobs: section)");
+  return jobs_->status_handler();
+}
+
+rest::Route::Handler runtime::job_result_handler() {
+  if (!jobs_) throw std::logic_error("job_result_handler: no job store (no jobs: section)");
+  return jobs_->result_handler();
+}
+
 rest::Route::Handler runtime::metrics_handler() {
   return [this](const rest::Request req, http::ResponseWriter writer) {
     gate::keep_alive(req, writer);
@@ -126,6 +314,8 @@ bool runtime::drain(std::chrono::milliseconds grace, config::drain_mode parked,
   // get this long past the grace (or past a hurry) to be written.
   const auto answer_time = std::chrono::milliseconds(200);
   auto until = clock::now() + grace;
+  // Jobs first: the consumers' jobs run through admission, which must still take them.
+  stop_jobs(grace);
   bool shed_late = false;
   if (parked == config::drain_mode::serve) {
     // Parked requests keep their places and are served as permits return; nothing new enters.

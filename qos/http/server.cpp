@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
@@ -90,6 +91,12 @@ server::server(config::app_config cfg) {
   signals_blocked blocked;
   runtime_ = std::make_unique<qos::runtime>(std::move(cfg));
   runtime::prime(router_);
+  const auto& routes = config().routes;
+  if (std::any_of(routes.begin(), routes.end(),
+                  [](const auto& r) { return r.mode == config::route_mode::accept; })) {
+    rest::Routes::Get(router_, "/jobs/:id", runtime_->job_status_handler());
+    rest::Routes::Get(router_, "/jobs/:id/result", runtime_->job_result_handler());
+  }
   if (const auto& a = config().admin) {
     admin::hooks hooks;
     hooks.reload = [this] { return reply_of(reload()); };
@@ -137,6 +144,8 @@ void server::start() {
   lo.backlog = static_cast<int>(s.backlog);
   lo.max_connections = s.max_connections;
   listener_ = std::make_unique<qos::listener>(std::move(handler), lo);
+  // After the application's gate().accept() calls, before the first request.
+  runtime_->start_jobs();
   listener_->start();
   if (admin_) admin_->start();
   started_ = true;

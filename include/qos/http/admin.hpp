@@ -3,8 +3,14 @@
 //   GET  /metrics      Prometheus text exposition (the runtime's registry)
 //   GET  /qos/status   JSON: config version and hash, uptime, per group limit / in use / waiting
 //                      (per priority level) / service-time average / shedding state, per route
-//                      counters
+//                      counters, and with a job store "jobs": {"routes": [{name, group, depth}],
+//                      "consumers": [{group, claimed, succeeded, failed, given_back,
+//                      fenced_out, requeued, abandoned, held}]} (sampled about once a second)
 //   POST /qos/reload   runs the reload hook: 200 with what changed, 400 with the error
+//   POST /qos/jobs/:id/requeue   (with a job store) a dead job back to queued, its attempts
+//                      from 0: 200; 404 unknown; 409 not dead. Token-protected.
+//   DELETE /qos/jobs/:id         (with a job store) purges a dead job: 200; 404; 409 not dead.
+//                      Token-protected.
 //   GET  /healthz      200 while the process serves (liveness)
 //   GET  /readyz       200 while ready; 503 once a drain began (set_ready(false)), so that a
 //                      load balancer stops sending before the public listener closes

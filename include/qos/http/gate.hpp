@@ -22,6 +22,7 @@
 #include "qos/config/config.hpp"
 #include "qos/config/reload_plan.hpp"
 #include "qos/core/outcome.hpp"
+#include "qos/jobs/consumer.hpp"
 
 namespace qos {
 
@@ -56,6 +57,14 @@ void add_header(Pistache::Http::ResponseWriter& w, std::string name, std::string
 inline constexpr const char* outcome_header = "X-QoS-Outcome";
 
 class access_log;  // ops/access_log.hpp
+class job_front;   // http/job_front.hpp
+
+// An accept route's job handler, as the gate recorded it for the route's consumer.
+struct accepted_route {
+  std::string name;
+  jobs::job_handler handler;
+  handler_kind kind = handler_kind::blocking;
+};
 
 class gate {
  public:
@@ -77,6 +86,27 @@ class gate {
   // Throws std::invalid_argument for handler_kind::reactor (it could not be cut at max_exec).
   Pistache::Rest::Route::Handler guard_result(const std::string& route, result_handler h,
                                               handler_kind kind = handler_kind::blocking);
+  // An accept-mode route (issue 13): the request is stored as a durable job and answered
+  // 202 Accepted (Location: /jobs/{id}, Retry-After) only once the store committed it; the
+  // route's consumer (qos::runtime::start_jobs) later runs `h` through admission under the
+  // route's group, like a guarded request. On the reactor thread the handler only validates
+  // and copies the request (method, target, the route's accept.keep_headers and Content-Type,
+  // body, priority by the route's rules, tenant by accept.tenant_header, Idempotency-Key); the
+  // enqueue runs on the runtime's store threads. Answers: 202 (created, or the same key and
+  // payload again: the first job's id); 400 for a malformed Idempotency-Key (not printable
+  // ASCII, longer than 255 bytes) or a missing one with require_idempotency_key; 422 for a key
+  // reused with another payload; accept.full_status + Retry-After at max_depth; 503 +
+  // Retry-After when the store failed (nothing stored), when max_pending store calls wait, or
+  // once the runtime drains. The accept settings are the route's view: a reload applies them.
+  // Throws std::invalid_argument for a route that is not mode accept, a reactor kind or an
+  // empty handler, std::logic_error when the runtime has no job store (no `jobs:`).
+  Pistache::Rest::Route::Handler accept(const std::string& route, jobs::job_handler h,
+                                        handler_kind kind = handler_kind::blocking);
+  // The routes given to accept(), in name order (for the runtime's consumers).
+  std::vector<accepted_route> accepted() const;
+  // The job store's HTTP side accept() uses; set by qos::runtime before any accept() call.
+  void attach_jobs(job_front* front) noexcept { jobs_ = front; }
+
   // An unguarded route: runs `h` on the reactor thread exactly as Pistache would, with only the
   // keep-alive fix applied.
   static Pistache::Rest::Route::Handler plain(handler h);
@@ -115,6 +145,7 @@ class gate {
   http_route& find(const std::string& route) const;
 
   admission& adm_;
+  job_front* jobs_ = nullptr;
   std::map<std::string, std::unique_ptr<http_route>, std::less<>> routes_;
 };
 

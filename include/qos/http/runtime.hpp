@@ -46,6 +46,8 @@
 #include "qos/config/config.hpp"
 #include "qos/fiber/executor.hpp"
 #include "qos/http/gate.hpp"
+#include "qos/http/job_front.hpp"
+#include "qos/jobs/consumer.hpp"
 #include "qos/ops/access_log.hpp"
 #include "qos/ops/metrics_registry.hpp"
 
@@ -64,8 +66,18 @@ class runtime {
   // Throws qos::invalid_option (a std::invalid_argument naming the key) for a setting out of
   // range, and std::system_error when threads cannot start. With `registry`, qos registers its
   // metrics there, beside the application's own (metrics().render() serializes all of it).
+  //
+  // With `jobs:` in the config, the runtime also owns the job store of the accept routes
+  // (make_job_store: SQLite, or PostgreSQL when built with libpq) and its store threads; it
+  // throws std::invalid_argument for an accept route without `jobs:`, and the store's error
+  // when it cannot be opened.
   explicit runtime(config::app_config cfg,
                    std::shared_ptr<prometheus::Registry> registry = nullptr);
+  // The same with a job store built by the caller (shared with other code, or a store the
+  // config cannot describe); `cfg.jobs` still gives the store threads and consumer settings
+  // (defaults when absent).
+  runtime(config::app_config cfg, std::shared_ptr<jobs::job_store> store,
+          std::shared_ptr<prometheus::Registry> registry = nullptr);
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
   // drain(shutdown_grace) if not drained yet, then waits for handlers still running. Destroy
@@ -101,17 +113,47 @@ class runtime {
   // A GET handler answering the Prometheus text exposition of these metrics.
   Pistache::Rest::Route::Handler metrics_handler();
 
+  // Accept routes (gate().accept(...)). Call start_jobs() after the accept() calls, before the
+  // endpoint serves (qos::server::start does): with jobs.consume it starts one consumer per
+  // limit group that has accept routes given to accept() (jobs::consumer: claims within the
+  // group's N, runs the jobs through admission, leases, retries), and a maintenance thread
+  // that prunes terminal jobs every jobs.prune_interval (jobs.retention) and samples the
+  // queue depths and consumer counters about once a second. A group's consumer takes lease,
+  // max_attempts and backoff from its first accept route (config order); the others' are
+  // used only if equal (a warning says otherwise). Idempotent; without a store: nothing.
+  void start_jobs();
+  // GET /jobs/:id and GET /jobs/:id/result (qos::server registers both when the config has
+  // accept routes). /jobs/:id: queued or running: 200 JSON {id, state, attempts, run_at,
+  // created, last_error?} + Retry-After (the smallest retry_after of the accept routes);
+  // succeeded: 303 See Other to /jobs/:id/result, which answers the stored status, headers
+  // and body (404 until then); dead: 200 JSON with state dead and last_error; an unknown,
+  // pruned or malformed id: 404. Served through the store threads. Throws std::logic_error
+  // without a job store.
+  Pistache::Rest::Route::Handler job_status_handler();
+  Pistache::Rest::Route::Handler job_result_handler();
+  // The store and its HTTP side, or null without `jobs:`.
+  jobs::job_store* job_store() noexcept { return store_.get(); }
+  qos::job_front* jobs() noexcept { return jobs_.get(); }
+
   // Stops admitting: new requests get the shutdown fallback at once; parked ones get it now
   // (`parked` shed) or may still be served within `grace` and get it at its end (serve);
   // running handlers get up to `grace` to finish. When `*hurry` turns true (a second signal),
   // parked requests get their fallback at once and the wait for handlers ends. Returns false
   // when some still run (then neither the runtime nor the Endpoint may be destroyed). Call it
   // before Endpoint::shutdown(). Idempotent; later calls wait again, up to their own grace.
+  //
+  // With a job store, first: enqueues get 503 from now on, the store calls already queued are
+  // answered, the consumers stop (stop(grace): jobs not started are given back, running ones
+  // get the grace to end), then admission drains as above with what is left of the grace.
+  // The store is closed when the runtime is destroyed.
   bool drain(std::chrono::milliseconds grace, config::drain_mode parked = config::drain_mode::shed,
              const std::atomic<bool>* hurry = nullptr);
 
  private:
   void monitor_main();
+  void setup_jobs();
+  void jobs_main();
+  void stop_jobs(std::chrono::milliseconds grace);
 
   reload_result refused(const std::string& why);
 
@@ -119,6 +161,9 @@ class runtime {
   std::atomic<std::shared_ptr<const config::app_config>> current_;
   std::mutex reload_mutex_;  // serialises reloads
   metrics_registry metrics_;
+  // Declared before the executor: destroyed after every handler that may still use them.
+  std::shared_ptr<jobs::job_store> store_;
+  std::unique_ptr<job_front> jobs_;
   std::unique_ptr<executor> executor_;
   std::unique_ptr<qos::admission> admission_;
   std::unique_ptr<qos::gate> gate_;
@@ -129,6 +174,15 @@ class runtime {
   std::condition_variable monitor_cv_;
   bool monitor_stop_ = false;  // guarded by monitor_mutex_
   std::thread monitor_;
+
+  // The consumers (one per group with accept routes) and their maintenance thread.
+  std::mutex jobs_mutex_;
+  bool jobs_started_ = false;  // guarded by jobs_mutex_
+  bool jobs_stopped_ = false;  // guarded by jobs_mutex_
+  std::vector<std::pair<std::string, std::unique_ptr<jobs::consumer>>> consumers_;
+  std::condition_variable jobs_cv_;
+  bool jobs_stop_ = false;  // guarded by jobs_mutex_
+  std::thread jobs_thread_;
 };
 
 }  // namespace qos

@@ -9,8 +9,10 @@
 //                    handlers get shutdown_grace to finish; exit 0, or 1 when they overran it
 //   a second SIGTERM/SIGINT during the drain: parked requests are answered at once and the
 //                    wait for running handlers ends. For a service with its own
-// endpoint and router, use qos::runtime instead. Setup (router(), gate()) before start(); then
-// thread-safe.
+// endpoint and router, use qos::runtime instead. With accept routes in the config, the router
+// serves GET /jobs/:id and GET /jobs/:id/result (runtime::job_status_handler), and start()
+// starts the job consumers (runtime::start_jobs) after the application's gate().accept() calls.
+// Setup (router(), gate()) before start(); then thread-safe.
 #pragma once
 
 #include <atomic>

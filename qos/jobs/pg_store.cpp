@@ -511,6 +511,11 @@ struct pg_store::impl {
     std::lock_guard lock(error_mutex);
     error = e.what();
   }
+  // The contract's "no answer": every call but enqueue() throws store_error.
+  [[noreturn]] void raise(const std::exception& e) {
+    failed(e);
+    throw store_error(std::string("job store: ") + e.what());
+  }
 
   // Started by the first wait_for_work(): a gateway that only enqueues holds no listener.
   pg_listener& listener() {
@@ -760,8 +765,7 @@ std::vector<claimed_job> pg_store::claim(const std::string& group, std::size_t l
       return out;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return {};
+    impl_->raise(e);
   }
 }
 
@@ -782,8 +786,7 @@ bool pg_store::heartbeat(const job_id& id, std::uint64_t fence, std::chrono::mil
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -805,8 +808,7 @@ bool pg_store::complete(const job_id& id, std::uint64_t fence, const job_result&
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -843,8 +845,7 @@ bool pg_store::fail(const job_id& id, std::uint64_t fence, const std::string& er
       return true;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -881,8 +882,7 @@ std::optional<job_status> pg_store::status(const job_id& id) {
       return s;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return std::nullopt;
+    impl_->raise(e);
   }
 }
 
@@ -906,8 +906,7 @@ std::size_t pg_store::requeue_expired(const retry_policy& retry) {
       return affected(r.get());
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return 0;
+    impl_->raise(e);
   }
 }
 
@@ -946,7 +945,7 @@ std::size_t pg_store::prune(std::chrono::seconds jobs) {
       if (n < static_cast<std::size_t>(batch)) break;
     }
   } catch (const std::exception& e) {
-    impl_->failed(e);
+    impl_->raise(e);
   }
   return deleted;
 }
@@ -962,8 +961,7 @@ bool pg_store::requeue_dead(const job_id& id) {
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -977,8 +975,7 @@ bool pg_store::purge(const job_id& id) {
       return gone;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -991,8 +988,7 @@ std::size_t pg_store::depth(const std::string& route) {
       return static_cast<std::size_t>(col_int(r.get(), 0, 0));
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return 0;
+    impl_->raise(e);
   }
 }
 

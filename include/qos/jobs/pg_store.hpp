@@ -11,12 +11,14 @@
 //   serialize a route's enqueues through their commits' WAL flushes, one at a time.
 // - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
 //   group_limit bound holds across every process sharing the database.
-// - On a lost connection the calls that return values say "nothing happened": enqueue()
-//   `unavailable`, claim() nothing, heartbeat()/complete()/fail()/requeue_dead()/purge()
-//   false, status() nullopt, the counts 0; last_error() says why. A commit whose
-//   acknowledgement is lost with the connection is reported as a failure although it may have
-//   committed (as with any networked database): an enqueue retried with its idempotency key
-//   then comes back `duplicate`.
+// - On a lost connection (or any failed statement) enqueue() answers `unavailable` and every
+//   other call throws store_error, as the contract says (a broken connection is retried once
+//   on a fresh one when nothing of the call reached the server). heartbeat()/complete()/fail()
+//   return false only when the lease is no longer the token's. last_error() says why the last
+//   call failed. A commit whose acknowledgement is lost with the connection is reported as a
+//   failure although it may have committed (as with any networked database): an enqueue
+//   retried with its idempotency key then comes back `duplicate`, and the consumer checks a
+//   refused retry of complete() against status().
 #pragma once
 
 #include <chrono>
@@ -26,6 +28,7 @@
 #include <string>
 
 #include "qos/jobs/job_store.hpp"
+#include "qos/jobs/store_error.hpp"
 
 namespace qos::jobs {
 
@@ -38,9 +41,10 @@ struct pg_store_options {
   bool migrate_on_start = true;
 };
 
-class pg_store_error : public std::runtime_error {
+// What the constructor and migrate() throw; a store_error like every other failure.
+class pg_store_error : public store_error {
  public:
-  using std::runtime_error::runtime_error;
+  using store_error::store_error;
 };
 
 class pg_store final : public job_store {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -507,6 +508,38 @@ struct pg_store::impl {
     }
   }
 
+  // Runs fn(conn) on a pooled connection outside any transaction: one autocommit statement
+  // is one round trip where BEGIN, the statement and COMMIT are three. Not retried: once a
+  // statement was sent, a broken connection cannot say whether it committed (the pool has
+  // already dropped idle connections the server closed). Throws db_error.
+  template <class F>
+  auto run_plain(F&& fn) {
+    auto conn = connections.take();
+    return fn(conn.get());
+  }
+
+  // Whether an enqueue of `route` must count the route's depth in the database. Counting is
+  // O(depth) (up to max_depth index entries, on every enqueue when the queue is long: the
+  // moment bursts happen), so a count is reused while it is younger than depth_reuse and this
+  // process's enqueues since then keep it below half the cap. Consumers only lower the depth
+  // meanwhile; other processes' enqueues within depth_reuse may push it past the cap unseen.
+  bool must_count(const std::string& route, std::size_t max_depth) {
+    std::lock_guard lock(depth_mutex);
+    const auto it = depths.find(route);
+    if (it == depths.end()) return true;
+    const auto& d = it->second;
+    return std::chrono::steady_clock::now() - d.at >= depth_reuse ||
+           d.counted + d.since >= max_depth / 2;
+  }
+  void counted(const std::string& route, std::optional<std::size_t> depth, bool created) {
+    std::lock_guard lock(depth_mutex);
+    if (depth) {
+      depths[route] = {*depth + (created ? 1 : 0), std::chrono::steady_clock::now(), 0};
+    } else if (auto it = depths.find(route); it != depths.end() && created) {
+      ++it->second.since;
+    }
+  }
+
   void failed(const std::exception& e) {
     std::lock_guard lock(error_mutex);
     error = e.what();
@@ -530,6 +563,15 @@ struct pg_store::impl {
   std::unique_ptr<pg_listener> listen;
   mutable std::mutex error_mutex;
   std::string error;  // guarded by error_mutex
+
+  struct route_depth {
+    std::size_t counted = 0;  // queued + running at the last count, with that enqueue
+    std::chrono::steady_clock::time_point at{};
+    std::size_t since = 0;  // created here since
+  };
+  static constexpr std::chrono::milliseconds depth_reuse{1000};
+  std::mutex depth_mutex;
+  std::map<std::string, route_depth> depths;  // guarded by depth_mutex
 };
 
 pg_store::pg_store(pg_store_options options) : impl_(std::make_unique<impl>(std::move(options))) {
@@ -574,10 +616,68 @@ void pg_store::migrate() {
 enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& options) {
   enqueue_result out;
   const std::string id = new_job_id();
+  const bool count = impl_->must_count(job.route, options.max_depth);
+  std::optional<std::size_t> depth_seen;
+  // The wake-up goes after the commit, in a transaction of its own without a WAL flush wait:
+  // PostgreSQL serializes the commits of every transaction that sent a NOTIFY on one
+  // database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY inside
+  // the enqueue would cap all enqueues at one per fsync. A lost notification only delays a
+  // consumer until its poll.
+  auto notify = [&](PGconn* c) {
+    try {
+      params{}
+          .text(channel_of(job.group))
+          .exec(c, "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')");
+    } catch (const db_error&) {
+    }
+  };
   try {
+    if (!job.idempotency_key) {
+      // The common case in one round trip (and one more for the wake-up): the depth check
+      // and the insert in one autocommit statement, which commits before it answers.
+      out = impl_->run_plain([&](PGconn* c) {
+        enqueue_result r;
+        result row =
+            params{}
+                .text(id)
+                .text(job.route)
+                .text(job.group)
+                .bytes(job.tenant)
+                .bytes(job.method)
+                .bytes(job.target)
+                .bytes(detail::encode_headers(job.headers))
+                .bytes(job.body)
+                .num(std::clamp(job.priority, 0, 15))
+                .bytes(job.payload_hash)
+                .num(static_cast<std::int64_t>(options.max_depth))
+                .text(count ? "true" : "false")
+                .exec(c,
+                      "WITH d AS (SELECT CASE WHEN $12::boolean THEN (SELECT count(*) FROM"
+                      " (SELECT 1 FROM qos_jobs WHERE route = $2::text"
+                      " AND state IN ('queued', 'running') LIMIT $11::bigint) x) ELSE -1 END AS n),"
+                      " ins AS (INSERT INTO qos_jobs (id, route, grp, tenant, method, target,"
+                      " headers, body, priority, payload_hash)"
+                      " SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea,"
+                      " $7::bytea, $8::bytea, $9::smallint, $10::bytea FROM d"
+                      " WHERE d.n < $11::bigint RETURNING 1)"
+                      " SELECT (SELECT n FROM d), (SELECT count(*) FROM ins)");
+        const std::int64_t n = col_int(row.get(), 0, 0);
+        if (n >= 0) depth_seen = static_cast<std::size_t>(n);
+        if (col_int(row.get(), 0, 1) != 1) {
+          r.result = enqueue_result::kind::full;
+          return r;
+        }
+        r.result = enqueue_result::kind::created;
+        r.id = id;
+        notify(c);
+        return r;
+      });
+      impl_->counted(job.route, depth_seen, out.result == enqueue_result::kind::created);
+      return out;
+    }
     out = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
       enqueue_result r;
-      if (job.idempotency_key) {
+      {
         // A key past its retention is forgotten: this request starts a new job.
         params{}
             .text(job.route)
@@ -628,17 +728,21 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
         }
       }
       // Not exact under concurrency (see the header): counted without a lock, in this
-      // transaction's snapshot. LIMIT bounds the work to the cap.
-      result depth = params{}
-                         .text(job.route)
-                         .num(static_cast<std::int64_t>(options.max_depth))
-                         .exec(c,
-                               "SELECT count(*) FROM (SELECT 1 FROM qos_jobs WHERE route = $1"
-                               " AND state IN ('queued', 'running') LIMIT $2::bigint) d");
-      if (static_cast<std::size_t>(col_int(depth.get(), 0, 0)) >= options.max_depth) {
-        t.rollback();
-        r.result = enqueue_result::kind::full;
-        return r;
+      // transaction's snapshot, and only when a recent count does not settle it (must_count).
+      // LIMIT bounds the work to the cap.
+      if (count) {
+        result depth = params{}
+                           .text(job.route)
+                           .num(static_cast<std::int64_t>(options.max_depth))
+                           .exec(c,
+                                 "SELECT count(*) FROM (SELECT 1 FROM qos_jobs WHERE route = $1"
+                                 " AND state IN ('queued', 'running') LIMIT $2::bigint) d");
+        depth_seen = static_cast<std::size_t>(col_int(depth.get(), 0, 0));
+        if (*depth_seen >= options.max_depth) {
+          t.rollback();
+          r.result = enqueue_result::kind::full;
+          return r;
+        }
       }
       params p;
       p.text(id)
@@ -663,19 +767,10 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
       t.commit();
       r.result = enqueue_result::kind::created;
       r.id = id;
-      // The wake-up goes after the commit, in a transaction of its own without a WAL flush
-      // wait: PostgreSQL serializes the commits of every transaction that sent a NOTIFY on
-      // one database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY
-      // inside the enqueue would cap all enqueues at one per fsync. A lost notification only
-      // delays a consumer until its poll.
-      try {
-        params{}
-            .text(channel_of(job.group))
-            .exec(c, "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')");
-      } catch (const db_error&) {
-      }
+      notify(c);
       return r;
     });
+    impl_->counted(job.route, depth_seen, out.result == enqueue_result::kind::created);
   } catch (const std::exception& e) {
     impl_->failed(e);
     out = {};

@@ -242,6 +242,25 @@ TEST_F(PgStore, TheDepthCapRefusesAndStoresNothing) {
   EXPECT_EQ(store_->enqueue(keyed("k", "h"), cap).result, kind::created);
 }
 
+// A count is reused while this process's enqueues keep it below half the cap: near the cap
+// every enqueue counts again, so one process meets the cap exactly; and a count that went
+// stale (jobs finished elsewhere) is not taken for a full queue.
+TEST_F(PgStore, TheCapHoldsExactlyForOneProcessThoughCountsAreReused) {
+  const qos::jobs::enqueue_options cap{.max_depth = 10};
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(store_->enqueue(order(std::to_string(i)), cap).result, kind::created) << i;
+  }
+  EXPECT_EQ(store_->enqueue(order("11"), cap).result, kind::full);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "10");
+  q("UPDATE qos_jobs SET state = 'succeeded', finished = now()");  // done elsewhere
+  EXPECT_EQ(store_->enqueue(order("12"), cap).result, kind::created);
+  const qos::jobs::enqueue_options big{.max_depth = 1000};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(store_->enqueue(order("b" + std::to_string(i)), big).result, kind::created);
+  }
+  EXPECT_EQ(store_->depth("orders"), 21u);
+}
+
 TEST_F(PgStore, ClaimTakesHigherPriorityFirstThenOldestAndRespectsTheGroupLimit) {
   const auto low1 = created(order("low1", 1));
   const auto high = created(order("high", 9));

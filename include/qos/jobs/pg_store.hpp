@@ -12,8 +12,8 @@
 //   max_depth index entries, so a process reuses its count for up to a second while its own
 //   enqueues since keep it below half the cap; other processes' enqueues within that second
 //   may then pass the cap unseen (by what they enqueue in that second).
-// - An enqueue without an idempotency key is one autocommit statement (one round trip, then
-//   one more for the consumers' wake-up); with a key it is a short transaction. Latency under
+// - An enqueue without an idempotency key is one autocommit statement pipelined with the
+//   consumers' wake-up: one round trip; with a key it is a short transaction. Latency under
 //   many concurrent enqueuers depends on pool_size: PostgreSQL flushes the WAL of every commit
 //   waiting at once with one fsync (its own group commit), but only commits on distinct
 //   connections can wait at once, so callers beyond pool_size queue for a connection.

@@ -3,9 +3,9 @@
 // processes, no job run twice at once; a SIGKILLed consumer's job run again after its lease with
 // attempts + 1; a SIGSTOPped worker past its lease fenced out after SIGCONT (its late completion
 // refused, the re-run's result kept); SIGTERM finishing the running job and giving back the
-// others before a clean exit. Each run of a job is measured by the worker itself: a start and
-// an end line on the system-wide monotonic clock in a shared log file. (The lost NOTIFY, with
-// the poll still finding the job, is shown at the store's level in pg_store_test.)
+// others before a clean exit; a worker whose listener connection was killed still finding a
+// job that was never notified. Each run of a job is measured by the worker itself: a start and
+// an end line on the system-wide monotonic clock in a shared log file.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -394,6 +394,43 @@ TEST_F(JobsProcess, sigterm_finishes_the_running_jobs_gives_back_the_rest_and_ex
   EXPECT_GE(succeeded, 1);
   EXPECT_EQ(count("succeeded"), succeeded);
   EXPECT_EQ(count("queued"), 4 - succeeded);  // the rest can run elsewhere
+}
+
+TEST_F(JobsProcess, a_worker_whose_listener_was_killed_still_finds_an_unnotified_job) {
+  auto a = spawn({"--n", "1", "--poll-ms", "300", "--first-ms", "10"});
+  const auto listener = [&] {
+    return sql(conninfo_,
+               "SELECT pid FROM pg_stat_activity WHERE application_name = 'qos-jobs-listener'"
+               " AND datname = current_database()");
+  };
+  std::string pid;
+  ASSERT_TRUE(eventually([&] { return !(pid = listener()).empty(); }, 20s));
+  EXPECT_EQ(sql(conninfo_, "SELECT pg_terminate_backend(" + pid + ")"), "t");
+  std::string fresh;
+  ASSERT_TRUE(eventually(
+      [&] {
+        fresh = listener();
+        return !fresh.empty() && fresh != pid;
+      },
+      20s));
+  // Inserted as a store would, but with no NOTIFY at all, after the listener came back: only
+  // the worker's poll (or the wake-up its reconnection gives) can find it.
+  const std::string id = sql(conninfo_,
+                             "INSERT INTO qos_jobs (id, route, grp, tenant, method, target,"
+                             " headers, body, priority, payload_hash) VALUES (md5(random()::text),"
+                             " 'orders', 'db', '', 'POST', '/orders', '', 'silent', 0, 'h')"
+                             " RETURNING id");
+  ASSERT_EQ(id.size(), 32u);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = store_->status(id);
+        return s && s->state == job_state::succeeded;
+      },
+      20s));
+  EXPECT_EQ(store_->status(id)->result->body, "pid=" + std::to_string(a->pid()) + " attempt=1");
+  const auto [counters, exit] = a->terminate();
+  EXPECT_EQ(exit, 0) << counters;
+  EXPECT_EQ(counter(counters, "succeeded"), 1) << counters;
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 //   sqlite normal gc1500us open 2000/s
 //   sqlite full   gc1500us closed C=32  : C enqueuers back to back
 //   sqlite normal gc1500us closed C=32
+//   sqlite full   gc0us open 2000/s     : the open loop again without a group-commit window
+//   sqlite normal gc0us open 2000/s       (a transaction takes what arrived during the last)
 //   postgres pool 8 closed C=32         : a private PostgreSQL 15 cluster (unix socket only,
 //   postgres pool 32 closed C=32          default settings), with the pool jobs.pool defaults
 //                                         to and with one connection per enqueuer
@@ -203,11 +205,13 @@ void report(const std::string& name, outcome o, std::size_t depth,
 }
 
 // A fresh store per configuration, closed (and its files removed) after it.
-void run_sqlite(const settings& s, const std::string& dir, bool full, bool open) {
-  const std::string folder = dir + "/sqlite-" + (full ? "full" : "normal") + (open ? "-o" : "-c");
+void run_sqlite(const settings& s, const std::string& dir, bool full, bool open,
+                long group_commit_us) {
+  const std::string folder = dir + "/sqlite-" + (full ? "full" : "normal") + (open ? "-o" : "-c") +
+                             std::to_string(group_commit_us);
   std::filesystem::create_directories(folder);
   std::string name = std::string("sqlite ") + (full ? "full  " : "normal") + " gc" +
-                     std::to_string(s.group_commit_us) + "us ";
+                     std::to_string(group_commit_us) + "us ";
   std::optional<double> target;
   outcome o;
   std::size_t depth = 0;
@@ -216,7 +220,7 @@ void run_sqlite(const settings& s, const std::string& dir, bool full, bool open)
         {.path = folder + "/jobs.db",
          .synchronous = full ? qos::jobs::sqlite_options::sync_mode::full
                              : qos::jobs::sqlite_options::sync_mode::normal,
-         .group_commit = std::chrono::microseconds(s.group_commit_us)});
+         .group_commit = std::chrono::microseconds(group_commit_us)});
     if (open) {
       name += "open " + std::to_string(static_cast<int>(s.rate)) + "/s";
       if (static_cast<int>(s.rate) == 2000) target = full ? 10.0 : 2.0;
@@ -297,10 +301,15 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   if (s.only.empty() || s.only == "sqlite") {
-    run_sqlite(s, work, true, true);
-    run_sqlite(s, work, false, true);
-    run_sqlite(s, work, true, false);
-    run_sqlite(s, work, false, false);
+    run_sqlite(s, work, true, true, s.group_commit_us);
+    run_sqlite(s, work, false, true, s.group_commit_us);
+    run_sqlite(s, work, true, false, s.group_commit_us);
+    run_sqlite(s, work, false, false, s.group_commit_us);
+    if (s.group_commit_us != 0) {
+      // Without a window: each transaction takes what arrived while the last one committed.
+      run_sqlite(s, work, true, true, 0);
+      run_sqlite(s, work, false, true, 0);
+    }
   }
   if (s.only.empty() || s.only == "postgres") {
 #ifdef QOS_BENCH_PG

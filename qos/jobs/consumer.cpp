@@ -272,8 +272,14 @@ void consumer::watch() {
 void consumer::loop() {
   struct held_job {
     std::uint64_t fence = 0;
+    int attempt = 1;
     time_point next_beat{};
-    bool fenced = false;  // counted and logged already
+    bool fenced = false;  // a heartbeat was refused: counted and logged already
+    // The handler ended but the store could not be told (store_error): kept and retried.
+    std::optional<verdict> ended{};
+    time_point retry_at{};
+    time_point give_up_at{};  // a lease after the first failed try
+    bool uncertain = false;   // a try failed: it may have committed all the same
   };
   std::map<job_id, held_job> jobs;
   auto& c = *counters_;
@@ -281,6 +287,7 @@ void consumer::loop() {
   limit_group& group = *adm_.find_group(options_.group);
   const auto now = options_.now;
   const duration beat_every = options_.lease / 3;
+  const duration retry_every = std::min<duration>(beat_every, std::chrono::seconds(1));
   const retry_policy give_back{.max_attempts = INT_MAX,
                                .base = options_.fallback_delay,
                                .cap = options_.fallback_delay,
@@ -295,10 +302,11 @@ void consumer::loop() {
     ++c.fenced_out;
     logger()->warn(
         "jobs consumer {}: job {} fenced out ({} refused: its lease expired and it may have run "
-        "again elsewhere, or the store is unreachable); this run's result is not stored",
+        "again elsewhere); this run's result is not stored",
         options_.group, id, what);
   };
-  // Store calls never throw out of the loop: a store that throws is a refused call.
+  // Store calls never throw out of the loop. For claim and requeue_expired a throw is "nothing
+  // this time"; the lease calls go through ask() instead, where it is no answer, not a refusal.
   auto guarded = [&](const char* what, auto&& call) -> decltype(call()) {
     try {
       return call();
@@ -309,33 +317,101 @@ void consumer::loop() {
     }
     return {};
   };
-
-  auto finish = [&](verdict& v) {
-    auto it = jobs.find(v.id);
-    if (it == jobs.end()) return;
-    held_job j = it->second;
+  // A lease call's three answers: accepted, refused (fenced out), or no answer (store_error or
+  // any other exception: the store could not say, and the lease may still be ours).
+  enum class answer : std::uint8_t { yes, no, unknown };
+  auto ask = [&](const char* what, const job_id& id, auto&& call) {
+    try {
+      return call() ? answer::yes : answer::no;
+    } catch (const std::exception& e) {
+      logger()->warn("jobs consumer {}: job {}: {} got no answer from the store: {}",
+                     options_.group, id, what, e.what());
+    } catch (...) {
+      logger()->warn("jobs consumer {}: job {}: {} got no answer from the store", options_.group,
+                     id, what);
+    }
+    return answer::unknown;
+  };
+  auto drop = [&](std::map<job_id, held_job>::iterator it) {
     jobs.erase(it);
     --c.held;
-    bool ok = false;
+  };
+
+  // Tells the store how a job ended. Refused: fenced out. No answer: the result is kept and
+  // retried every retry_every while the lease is heartbeaten, for one lease at most; then it is
+  // left to lease expiry, as if this process had crashed.
+  auto store_result = [&](std::map<job_id, held_job>::iterator it, time_point t) {
+    const job_id& id = it->first;
+    held_job& j = it->second;
+    const verdict& v = *j.ended;
     const char* what = "complete";
+    answer a = answer::unknown;
     switch (v.what) {
       case verdict::kind::succeeded:
-        ok = guarded("complete", [&] { return store_.complete(v.id, j.fence, v.result); });
-        if (ok) ++c.succeeded;
+        a = ask(what, id, [&] { return store_.complete(id, j.fence, v.result); });
+        break;
+      case verdict::kind::failed:
+        what = "fail";
+        a = ask(what, id, [&] { return store_.fail(id, j.fence, v.error, options_.retry); });
+        break;
+      case verdict::kind::given_back:
+        what = "give back";
+        a = ask(what, id, [&] { return store_.fail(id, j.fence, v.error, give_back); });
+        break;
+    }
+    if (a == answer::no && j.uncertain) {
+      // An earlier try may have committed with its acknowledgement lost (a connection that
+      // broke after COMMIT). Nobody re-claimed the job if its attempts are still this run's.
+      const auto st = guarded("status", [&] { return store_.status(id); });
+      const bool ours = st && st->attempts == j.attempt &&
+                        (v.what == verdict::kind::succeeded ? st->state == job_state::succeeded
+                                                            : st->state != job_state::running);
+      if (ours) a = answer::yes;
+    }
+    switch (a) {
+      case answer::yes:
+        if (v.what == verdict::kind::succeeded) ++c.succeeded;
+        drop(it);
+        return;
+      case answer::no:
+        fenced_out(id, j, what);
+        drop(it);
+        return;
+      case answer::unknown:
+        break;
+    }
+    if (!j.uncertain) {
+      j.uncertain = true;
+      j.give_up_at = t + options_.lease;
+    }
+    if (t >= j.give_up_at) {
+      ++c.abandoned;
+      logger()->error(
+          "jobs consumer {}: job {}: its result could not be stored for a whole lease; left to "
+          "lease expiry (it runs again, and this run's result is refused if it comes late)",
+          options_.group, id);
+      drop(it);
+      return;
+    }
+    j.retry_at = t + retry_every;
+  };
+
+  auto finish = [&](verdict& v, time_point t) {
+    auto it = jobs.find(v.id);
+    if (it == jobs.end()) return;
+    switch (v.what) {
+      case verdict::kind::succeeded:
         break;
       case verdict::kind::failed:
         ++c.failed;
-        what = "fail";
         logger()->info("jobs consumer {}: job {} failed: {}", options_.group, v.id, v.error);
-        ok = guarded("fail", [&] { return store_.fail(v.id, j.fence, v.error, options_.retry); });
         break;
       case verdict::kind::given_back:
         ++c.given_back;
-        what = "give back";
-        ok = guarded("fail", [&] { return store_.fail(v.id, j.fence, v.error, give_back); });
         break;
     }
-    if (!ok) fenced_out(v.id, j, what);
+    it->second.ended = std::move(v);
+    store_result(it, t);
   };
 
   for (;;) {
@@ -349,10 +425,10 @@ void consumer::loop() {
       stopping = s.stopping.load(std::memory_order_relaxed);
       grace_until = s.grace_until;
     }
-    for (auto& v : ended) finish(v);
+    time_point t = now();
+    for (auto& v : ended) finish(v, t);
     if (stopping && (jobs.empty() || std::chrono::steady_clock::now() >= grace_until)) break;
 
-    time_point t = now();
     if (!stopping && t >= next_requeue) {
       const std::size_t n =
           guarded("requeue_expired", [&] { return store_.requeue_expired(options_.retry); });
@@ -362,19 +438,35 @@ void consumer::loop() {
     }
 
     time_point next_wake = t + options_.poll_interval;
-    for (auto& [id, j] : jobs) {
+    for (auto it = jobs.begin(); it != jobs.end();) {
+      const auto here = it++;         // store_result() and a refusal may erase `here`
+      const job_id id = here->first;  // a copy: `here` may be erased
+      held_job& j = here->second;
+      if (j.ended && j.retry_at <= t) {
+        store_result(here, t);
+        if (jobs.find(id) == jobs.end()) continue;
+      }
       if (j.fenced) continue;
       if (j.next_beat <= t) {
-        const bool ok =
-            guarded("heartbeat", [&] { return store_.heartbeat(id, j.fence, options_.lease); });
-        if (ok) {
-          ++c.heartbeats;
-        } else {
-          fenced_out(id, j, "heartbeat");
+        switch (
+            ask("heartbeat", id, [&] { return store_.heartbeat(id, j.fence, options_.lease); })) {
+          case answer::yes:
+            ++c.heartbeats;
+            break;
+          case answer::no:
+            fenced_out(id, j, "heartbeat");
+            if (j.ended) {  // its result is refused too: nothing left to do here
+              drop(here);
+              continue;
+            }
+            break;
+          case answer::unknown:
+            break;  // tried again at the next beat; the lease may still be ours
         }
         j.next_beat = t + beat_every;
       }
       next_wake = std::min(next_wake, j.next_beat);
+      if (j.ended) next_wake = std::min(next_wake, j.retry_at);
     }
     if (!stopping) next_wake = std::min(next_wake, next_requeue);
 
@@ -413,7 +505,9 @@ void consumer::loop() {
             guarded("fail", [&] { return store_.fail(job.id, job.fence, why, options_.retry); });
             continue;
           }
-          jobs.emplace(job.id, held_job{.fence = job.fence, .next_beat = t + beat_every});
+          jobs.emplace(
+              job.id,
+              held_job{.fence = job.fence, .attempt = job.attempt, .next_beat = t + beat_every});
           ++c.held;
           const request_info info{.level = static_cast<priority>(
                                       std::clamp(job.request.priority, 0, int{max_priority})),

@@ -13,8 +13,10 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -159,6 +161,20 @@ class params {
     return r;
   }
 
+  // Queues the statement in pipeline mode (results read with read_pipeline()).
+  void send(PGconn* c, const char* sql) const {
+    std::vector<const char*> values(values_.size());
+    std::vector<int> lengths(values_.size());
+    for (std::size_t i = 0; i < values_.size(); ++i) {
+      values[i] = null_[i] ? nullptr : values_[i].data();
+      lengths[i] = static_cast<int>(values_[i].size());
+    }
+    if (PQsendQueryParams(c, sql, static_cast<int>(values_.size()), nullptr, values.data(),
+                          lengths.data(), formats_.data(), 0) != 1) {
+      throw db_error(PQerrorMessage(c), PQstatus(c) != CONNECTION_OK);
+    }
+  }
+
   static void check(PGconn* c, PGresult* r) {
     const auto st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return;
@@ -182,6 +198,31 @@ class params {
 
 result exec(PGconn* c, const char* sql) {
   return params{}.exec(c, sql);
+}
+
+// The results of a pipeline's statements, in order, up to its `syncs`-th sync point. A
+// statement that failed has its error result here (the statements after it up to the next
+// sync are skipped, those after that sync run). Throws db_error when the connection broke.
+std::vector<result> read_pipeline(PGconn* c, int syncs) {
+  std::vector<result> out;
+  int seen = 0;
+  int ends = 0;  // NULLs: one after each statement's results
+  while (seen < syncs) {
+    PGresult* r = PQgetResult(c);
+    if (r == nullptr) {
+      if (PQstatus(c) != CONNECTION_OK || ++ends > 8 * syncs) {
+        throw db_error("pipeline: connection lost", true);
+      }
+      continue;
+    }
+    if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+      ++seen;
+      PQclear(r);
+      continue;
+    }
+    out.emplace_back(r);
+  }
+  return out;
 }
 
 std::string col(PGresult* r, int row, int column) {
@@ -235,8 +276,12 @@ PGconn* connect(const std::string& conninfo, const char* app_name, std::string& 
   return c;
 }
 
-// Connections for the calls: at most `max` open; a caller waits for a free one. Guarded by
-// mutex_. A connection returns to the pool only when it is healthy and outside a transaction.
+// Connections for the calls: at most `max` open; callers beyond wait for one in arrival order.
+// First come, first served on purpose: with more callers than connections (32 enqueuing
+// threads on a pool of 8), a plain condition variable hands a freed connection to whichever
+// thread wakes first, and an unlucky caller waits through many others' turns — a long
+// latency tail while the median looks fine. Guarded by mutex_. A connection returns to the
+// pool only when it is healthy, outside a transaction and out of pipeline mode.
 class pool {
  public:
   pool(std::string conninfo, std::size_t max) : conninfo_(std::move(conninfo)), max_(max) {}
@@ -262,7 +307,12 @@ class pool {
   // Throws db_error when no connection can be opened.
   lease take() {
     std::unique_lock lock(mutex_);
-    free_.wait(lock, [&] { return !idle_.empty() || open_ < max_; });
+    if (!waiters_.empty() || available() <= granted_) {
+      waiter w;
+      waiters_.push_back(&w);
+      w.turn.wait(lock, [&] { return w.granted; });
+      --granted_;  // the grant is this caller's now: idle_ or a slot to open
+    }
     while (!idle_.empty()) {
       PGconn* c = idle_.back();
       idle_.pop_back();
@@ -280,15 +330,35 @@ class pool {
     if (!c) {
       lock.lock();
       --open_;
-      free_.notify_one();
+      grant_next();
       throw db_error(error, true);
     }
     return lease(this, c);
   }
 
  private:
+  struct waiter {
+    std::condition_variable turn;
+    bool granted = false;
+  };
+
+  // Idle connections plus room to open more.
+  std::size_t available() const { return idle_.size() + (max_ - open_); }
+
+  // Hands what is available to the longest waiters, each its own.
+  void grant_next() {
+    while (!waiters_.empty() && available() > granted_) {
+      waiter* w = waiters_.front();
+      waiters_.pop_front();
+      w->granted = true;
+      ++granted_;
+      w->turn.notify_one();
+    }
+  }
+
   void give_back(PGconn* c) {
-    const bool healthy = PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE;
+    const bool healthy = PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE &&
+                         PQpipelineStatus(c) == PQ_PIPELINE_OFF;
     if (!healthy) PQfinish(c);
     std::lock_guard lock(mutex_);
     if (healthy) {
@@ -296,15 +366,16 @@ class pool {
     } else {
       --open_;
     }
-    free_.notify_one();
+    grant_next();
   }
 
   const std::string conninfo_;
   const std::size_t max_;
   std::mutex mutex_;
-  std::condition_variable free_;
   std::vector<PGconn*> idle_;
   std::size_t open_ = 0;
+  std::deque<waiter*> waiters_;  // in arrival order
+  std::size_t granted_ = 0;      // granted to waiters not yet awake: not for newcomers
 };
 
 // A transaction, rolled back unless committed. When a statement fails the guard's
@@ -507,9 +578,46 @@ struct pg_store::impl {
     }
   }
 
+  // Runs fn(conn) on a pooled connection outside any transaction: one autocommit statement
+  // is one round trip where BEGIN, the statement and COMMIT are three. Not retried: once a
+  // statement was sent, a broken connection cannot say whether it committed (the pool has
+  // already dropped idle connections the server closed). Throws db_error.
+  template <class F>
+  auto run_plain(F&& fn) {
+    auto conn = connections.take();
+    return fn(conn.get());
+  }
+
+  // Whether an enqueue of `route` must count the route's depth in the database. Counting is
+  // O(depth) (up to max_depth index entries, on every enqueue when the queue is long: the
+  // moment bursts happen), so a count is reused while it is younger than depth_reuse and this
+  // process's enqueues since then keep it below half the cap. Consumers only lower the depth
+  // meanwhile; other processes' enqueues within depth_reuse may push it past the cap unseen.
+  bool must_count(const std::string& route, std::size_t max_depth) {
+    std::lock_guard lock(depth_mutex);
+    const auto it = depths.find(route);
+    if (it == depths.end()) return true;
+    const auto& d = it->second;
+    return std::chrono::steady_clock::now() - d.at >= depth_reuse ||
+           d.counted + d.since >= max_depth / 2;
+  }
+  void counted(const std::string& route, std::optional<std::size_t> depth, bool created) {
+    std::lock_guard lock(depth_mutex);
+    if (depth) {
+      depths[route] = {*depth + (created ? 1 : 0), std::chrono::steady_clock::now(), 0};
+    } else if (auto it = depths.find(route); it != depths.end() && created) {
+      ++it->second.since;
+    }
+  }
+
   void failed(const std::exception& e) {
     std::lock_guard lock(error_mutex);
     error = e.what();
+  }
+  // The contract's "no answer": every call but enqueue() throws store_error.
+  [[noreturn]] void raise(const std::exception& e) {
+    failed(e);
+    throw store_error(std::string("job store: ") + e.what());
   }
 
   // Started by the first wait_for_work(): a gateway that only enqueues holds no listener.
@@ -525,6 +633,15 @@ struct pg_store::impl {
   std::unique_ptr<pg_listener> listen;
   mutable std::mutex error_mutex;
   std::string error;  // guarded by error_mutex
+
+  struct route_depth {
+    std::size_t counted = 0;  // queued + running at the last count, with that enqueue
+    std::chrono::steady_clock::time_point at{};
+    std::size_t since = 0;  // created here since
+  };
+  static constexpr std::chrono::milliseconds depth_reuse{1000};
+  std::mutex depth_mutex;
+  std::map<std::string, route_depth> depths;  // guarded by depth_mutex
 };
 
 pg_store::pg_store(pg_store_options options) : impl_(std::make_unique<impl>(std::move(options))) {
@@ -569,10 +686,77 @@ void pg_store::migrate() {
 enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& options) {
   enqueue_result out;
   const std::string id = new_job_id();
+  const bool count = impl_->must_count(job.route, options.max_depth);
+  std::optional<std::size_t> depth_seen;
+  // The wake-up goes after the commit, in a transaction of its own without a WAL flush wait:
+  // PostgreSQL serializes the commits of every transaction that sent a NOTIFY on one
+  // database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY inside
+  // the enqueue would cap all enqueues at one per fsync. A lost notification only delays a
+  // consumer until its poll.
+  static constexpr const char* notify_sql =
+      "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+  auto notify = [&](PGconn* c) {
+    try {
+      params{}.text(channel_of(job.group)).exec(c, notify_sql);
+    } catch (const db_error&) {
+    }
+  };
   try {
+    if (!job.idempotency_key) {
+      // The common case in one round trip: the depth check and the insert in one autocommit
+      // statement, which commits before it answers, pipelined with the wake-up.
+      out = impl_->run_plain([&](PGconn* c) {
+        enqueue_result r;
+        // One pipeline, two transactions: the insert commits at the first sync point, then
+        // the wake-up runs as a transaction of its own (see notify above).
+        if (PQenterPipelineMode(c) != 1) throw db_error(PQerrorMessage(c), false);
+        params{}
+            .text(id)
+            .text(job.route)
+            .text(job.group)
+            .bytes(job.tenant)
+            .bytes(job.method)
+            .bytes(job.target)
+            .bytes(detail::encode_headers(job.headers))
+            .bytes(job.body)
+            .num(std::clamp(job.priority, 0, 15))
+            .bytes(job.payload_hash)
+            .num(static_cast<std::int64_t>(options.max_depth))
+            .text(count ? "true" : "false")
+            .send(c,
+                  "WITH d AS (SELECT CASE WHEN $12::boolean THEN (SELECT count(*) FROM"
+                  " (SELECT 1 FROM qos_jobs WHERE route = $2::text"
+                  " AND state IN ('queued', 'running') LIMIT $11::bigint) x) ELSE -1 END AS n),"
+                  " ins AS (INSERT INTO qos_jobs (id, route, grp, tenant, method, target,"
+                  " headers, body, priority, payload_hash)"
+                  " SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea,"
+                  " $7::bytea, $8::bytea, $9::smallint, $10::bytea FROM d"
+                  " WHERE d.n < $11::bigint RETURNING 1)"
+                  " SELECT (SELECT n FROM d), (SELECT count(*) FROM ins)");
+        if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
+        params{}.text(channel_of(job.group)).send(c, notify_sql);
+        if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
+        std::vector<result> got = read_pipeline(c, 2);
+        PQexitPipelineMode(c);  // fails only with results unread: the pool then drops it
+        if (got.empty()) throw db_error("pipeline: no result", true);
+        params::check(c, got[0].get());  // the wake-up's own failure does not matter
+        PGresult* row = got[0].get();
+        const std::int64_t n = col_int(row, 0, 0);
+        if (n >= 0) depth_seen = static_cast<std::size_t>(n);
+        if (col_int(row, 0, 1) != 1) {
+          r.result = enqueue_result::kind::full;
+          return r;
+        }
+        r.result = enqueue_result::kind::created;
+        r.id = id;
+        return r;
+      });
+      impl_->counted(job.route, depth_seen, out.result == enqueue_result::kind::created);
+      return out;
+    }
     out = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
       enqueue_result r;
-      if (job.idempotency_key) {
+      {
         // A key past its retention is forgotten: this request starts a new job.
         params{}
             .text(job.route)
@@ -623,17 +807,21 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
         }
       }
       // Not exact under concurrency (see the header): counted without a lock, in this
-      // transaction's snapshot. LIMIT bounds the work to the cap.
-      result depth = params{}
-                         .text(job.route)
-                         .num(static_cast<std::int64_t>(options.max_depth))
-                         .exec(c,
-                               "SELECT count(*) FROM (SELECT 1 FROM qos_jobs WHERE route = $1"
-                               " AND state IN ('queued', 'running') LIMIT $2::bigint) d");
-      if (static_cast<std::size_t>(col_int(depth.get(), 0, 0)) >= options.max_depth) {
-        t.rollback();
-        r.result = enqueue_result::kind::full;
-        return r;
+      // transaction's snapshot, and only when a recent count does not settle it (must_count).
+      // LIMIT bounds the work to the cap.
+      if (count) {
+        result depth = params{}
+                           .text(job.route)
+                           .num(static_cast<std::int64_t>(options.max_depth))
+                           .exec(c,
+                                 "SELECT count(*) FROM (SELECT 1 FROM qos_jobs WHERE route = $1"
+                                 " AND state IN ('queued', 'running') LIMIT $2::bigint) d");
+        depth_seen = static_cast<std::size_t>(col_int(depth.get(), 0, 0));
+        if (*depth_seen >= options.max_depth) {
+          t.rollback();
+          r.result = enqueue_result::kind::full;
+          return r;
+        }
       }
       params p;
       p.text(id)
@@ -658,19 +846,10 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
       t.commit();
       r.result = enqueue_result::kind::created;
       r.id = id;
-      // The wake-up goes after the commit, in a transaction of its own without a WAL flush
-      // wait: PostgreSQL serializes the commits of every transaction that sent a NOTIFY on
-      // one database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY
-      // inside the enqueue would cap all enqueues at one per fsync. A lost notification only
-      // delays a consumer until its poll.
-      try {
-        params{}
-            .text(channel_of(job.group))
-            .exec(c, "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')");
-      } catch (const db_error&) {
-      }
+      notify(c);
       return r;
     });
+    impl_->counted(job.route, depth_seen, out.result == enqueue_result::kind::created);
   } catch (const std::exception& e) {
     impl_->failed(e);
     out = {};
@@ -760,8 +939,7 @@ std::vector<claimed_job> pg_store::claim(const std::string& group, std::size_t l
       return out;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return {};
+    impl_->raise(e);
   }
 }
 
@@ -782,8 +960,7 @@ bool pg_store::heartbeat(const job_id& id, std::uint64_t fence, std::chrono::mil
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -805,8 +982,7 @@ bool pg_store::complete(const job_id& id, std::uint64_t fence, const job_result&
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -843,8 +1019,7 @@ bool pg_store::fail(const job_id& id, std::uint64_t fence, const std::string& er
       return true;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -881,8 +1056,7 @@ std::optional<job_status> pg_store::status(const job_id& id) {
       return s;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return std::nullopt;
+    impl_->raise(e);
   }
 }
 
@@ -906,8 +1080,7 @@ std::size_t pg_store::requeue_expired(const retry_policy& retry) {
       return affected(r.get());
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return 0;
+    impl_->raise(e);
   }
 }
 
@@ -946,7 +1119,7 @@ std::size_t pg_store::prune(std::chrono::seconds jobs) {
       if (n < static_cast<std::size_t>(batch)) break;
     }
   } catch (const std::exception& e) {
-    impl_->failed(e);
+    impl_->raise(e);
   }
   return deleted;
 }
@@ -962,8 +1135,7 @@ bool pg_store::requeue_dead(const job_id& id) {
       return affected(r.get()) == 1;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -977,8 +1149,7 @@ bool pg_store::purge(const job_id& id) {
       return gone;
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return false;
+    impl_->raise(e);
   }
 }
 
@@ -991,8 +1162,7 @@ std::size_t pg_store::depth(const std::string& route) {
       return static_cast<std::size_t>(col_int(r.get(), 0, 0));
     });
   } catch (const std::exception& e) {
-    impl_->failed(e);
-    return 0;
+    impl_->raise(e);
   }
 }
 

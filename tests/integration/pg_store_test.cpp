@@ -242,6 +242,25 @@ TEST_F(PgStore, TheDepthCapRefusesAndStoresNothing) {
   EXPECT_EQ(store_->enqueue(keyed("k", "h"), cap).result, kind::created);
 }
 
+// A count is reused while this process's enqueues keep it below half the cap: near the cap
+// every enqueue counts again, so one process meets the cap exactly; and a count that went
+// stale (jobs finished elsewhere) is not taken for a full queue.
+TEST_F(PgStore, TheCapHoldsExactlyForOneProcessThoughCountsAreReused) {
+  const qos::jobs::enqueue_options cap{.max_depth = 10};
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(store_->enqueue(order(std::to_string(i)), cap).result, kind::created) << i;
+  }
+  EXPECT_EQ(store_->enqueue(order("11"), cap).result, kind::full);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "10");
+  q("UPDATE qos_jobs SET state = 'succeeded', finished = now()");  // done elsewhere
+  EXPECT_EQ(store_->enqueue(order("12"), cap).result, kind::created);
+  const qos::jobs::enqueue_options big{.max_depth = 1000};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(store_->enqueue(order("b" + std::to_string(i)), big).result, kind::created);
+  }
+  EXPECT_EQ(store_->depth("orders"), 21u);
+}
+
 TEST_F(PgStore, ClaimTakesHigherPriorityFirstThenOldestAndRespectsTheGroupLimit) {
   const auto low1 = created(order("low1", 1));
   const auto high = created(order("high", 9));
@@ -519,18 +538,51 @@ TEST_F(PgStore, ALostNotificationIsCoveredByThePollAndTheListenerReconnects) {
 
 TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {
   ASSERT_EQ(store_->enqueue(order("before"), {}).result, kind::created);
+  const auto held = store_->claim("db", 1, 1, 60s);
+  ASSERT_EQ(held.size(), 1u);
+  const auto& job = held[0];
   cluster_env::cluster->stop();
   auto e = store_->enqueue(order("during"), {});
   auto k = store_->enqueue(keyed("k", "h"), {});
-  const auto claimed = store_->claim("db", 1, 1, 10s);
+  // Every other call has no answer to give: store_error, never a false that would read as
+  // "fenced out" or an empty result that would read as "nothing there".
+  auto no_answer = [](auto&& call) {
+    try {
+      call();
+      return false;
+    } catch (const qos::jobs::store_error&) {
+      return true;
+    }
+  };
+  const bool claim_threw = no_answer([&] { store_->claim("db", 1, 1, 10s); });
+  const bool beat_threw = no_answer([&] { store_->heartbeat(job.id, job.fence, 60s); });
+  const bool complete_threw = no_answer([&] { store_->complete(job.id, job.fence, {}); });
+  const bool fail_threw =
+      no_answer([&] { store_->fail(job.id, job.fence, "x", qos::jobs::retry_policy{}); });
+  const bool status_threw = no_answer([&] { store_->status(job.id); });
+  const bool depth_threw = no_answer([&] { store_->depth("orders"); });
+  const bool requeue_threw = no_answer([&] { store_->requeue_expired({}); });
   cluster_env::cluster->start();  // before any assertion can return
   EXPECT_EQ(e.result, kind::unavailable);
   EXPECT_FALSE(e.error.empty());
   EXPECT_EQ(k.result, kind::unavailable);
-  EXPECT_TRUE(claimed.empty());
+  EXPECT_TRUE(claim_threw);
+  EXPECT_TRUE(beat_threw);
+  EXPECT_TRUE(complete_threw);
+  EXPECT_TRUE(fail_threw);
+  EXPECT_TRUE(status_threw);
+  EXPECT_TRUE(depth_threw);
+  EXPECT_TRUE(requeue_threw);
   EXPECT_FALSE(store_->last_error().empty());
-  // The pool's connections died with the server: the next calls reconnect.
+  // The pool's connections died with the server: the next calls reconnect. The lease is still
+  // the token's: only a lost lease is refused.
   EXPECT_EQ(store_->depth("orders"), 1u);
+  EXPECT_FALSE(store_->heartbeat(job.id, job.fence + 1, 60s));
+  EXPECT_TRUE(store_->heartbeat(job.id, job.fence, 60s));
+  EXPECT_TRUE(store_->complete(job.id, job.fence, {}));
+  EXPECT_FALSE(store_->complete(job.id, job.fence, {}));
+  EXPECT_FALSE(store_->fail(job.id, job.fence, "late", qos::jobs::retry_policy{}));
+  EXPECT_EQ(store_->status(job.id)->state, job_state::succeeded);
   EXPECT_EQ(q("SELECT count(*) FROM qos_jobs WHERE body = 'during'::bytea"), "0");
   EXPECT_EQ(q("SELECT count(*) FROM qos_jobs_keys"), "0");
   EXPECT_EQ(store_->enqueue(order("after"), {}).result, kind::created);

@@ -2,6 +2,9 @@
 // with fencing tokens, attempts counted at the claim, retries and dead jobs, on a clock the test
 // injects (leases expire only when the test says). Records every call for assertions. Not a
 // product store: no durability, no idempotency keys, no depth cap. Thread-safe (one mutex).
+// Failures can be injected: the next calls of heartbeat()/complete()/fail() throw store_error
+// (the store could not answer), before doing anything or after committing (a lost
+// acknowledgement).
 #pragma once
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "qos/jobs/job_store.hpp"
+#include "qos/jobs/store_error.hpp"
 
 namespace qos::test {
 
@@ -99,6 +103,7 @@ class memory_job_store final : public jobs::job_store {
                  std::chrono::milliseconds lease) override {
     const std::lock_guard lock(m_);
     ++heartbeat_calls;
+    unreachable(heartbeat_errors);
     job* j = leased(id, fence);
     if (j == nullptr) return false;
     j->lease_until = now_() + lease;
@@ -108,6 +113,8 @@ class memory_job_store final : public jobs::job_store {
   bool complete(const jobs::job_id& id, std::uint64_t fence,
                 const jobs::job_result& result) override {
     const std::lock_guard lock(m_);
+    ++complete_calls;
+    unreachable(complete_errors);
     job* j = leased(id, fence);
     if (j == nullptr) {
       ++refused;
@@ -116,12 +123,14 @@ class memory_job_store final : public jobs::job_store {
     j->state = jobs::job_state::succeeded;
     j->result = result;
     ++j->fence;
+    unreachable(complete_lost_acks);
     return true;
   }
 
   bool fail(const jobs::job_id& id, std::uint64_t fence, const std::string& error,
             const jobs::retry_policy& retry) override {
     const std::lock_guard lock(m_);
+    unreachable(fail_errors);
     job* j = leased(id, fence);
     fails.push_back({id, error, retry, j != nullptr});
     if (j == nullptr) {
@@ -192,8 +201,12 @@ class memory_job_store final : public jobs::job_store {
   }
 
   // Read under no lock only once the consumer stopped, or as a monotonic hint.
-  std::atomic<std::size_t> claim_calls{0}, heartbeat_calls{0}, requeue_calls{0}, refused{0},
-      claimed_total{0}, max_leased{0};
+  std::atomic<std::size_t> claim_calls{0}, heartbeat_calls{0}, complete_calls{0}, requeue_calls{0},
+      refused{0}, claimed_total{0}, max_leased{0};
+
+  // How many of the next calls throw store_error: heartbeat(), complete() and fail() before
+  // touching anything; complete_lost_acks after committing. Negative: every call from now on.
+  std::atomic<int> heartbeat_errors{0}, complete_errors{0}, fail_errors{0}, complete_lost_acks{0};
 
  private:
   job* leased(const jobs::job_id& id, std::uint64_t fence) {
@@ -203,6 +216,12 @@ class memory_job_store final : public jobs::job_store {
       return nullptr;
     }
     return &it->second;
+  }
+
+  static void unreachable(std::atomic<int>& budget) {
+    if (budget.load() == 0) return;
+    if (budget.load() > 0) --budget;
+    throw jobs::store_error("injected: the store is unreachable");
   }
 
   jobs::now_fn now_;

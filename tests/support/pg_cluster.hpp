@@ -1,4 +1,5 @@
-// A private PostgreSQL 15 cluster for tests: initdb and pg_ctl in a fresh temporary folder,
+// A private PostgreSQL 15 cluster for tests (and bench/jobs/store_bench): initdb and pg_ctl in a
+// fresh temporary folder (under /tmp, or under `base`, which the postgres user must reach),
 // a unix socket in that folder only (listen_addresses=''), trust authentication. The server runs
 // as `postgres` (initdb refuses root, and CI runs as root). RAII: the destructor stops the
 // server and removes the folder. Not thread-safe; one per test process.
@@ -22,9 +23,9 @@ class pg_cluster {
   static bool available() { return ::access((std::string(bin) + "/initdb").c_str(), X_OK) == 0; }
 
   // initdb and start; throws std::runtime_error (with the log's path) when either fails.
-  pg_cluster() {
-    char tmpl[] = "/tmp/qos-pg-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+  explicit pg_cluster(const std::string& base = "/tmp") {
+    std::string tmpl = base + "/qos-pg-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed under " + base);
     dir_ = tmpl;
     as_root_ = ::geteuid() == 0;
     if (as_root_) {
@@ -81,7 +82,8 @@ class pg_cluster {
       int rc = std::system(("rm -rf " + dir_).c_str());
   }
 
-  std::string dir_;  // /tmp/qos-pg-XXXXXX: mkdtemp's characters only, safe in a command line
+  // <base>/qos-pg-XXXXXX: used in command lines unquoted, so `base` must be a plain path.
+  std::string dir_;
   bool as_root_ = false;
   bool running_ = false;
 };

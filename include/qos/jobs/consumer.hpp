@@ -25,10 +25,21 @@
 //   fallbacks to races with synchronous traffic and to stopping. Lease expiry would do the
 //   same later, and could make the job dead.
 // - Leases. Every job held here (waiting for its permit or running) is heartbeaten every
-//   lease/3. A heartbeat, complete() or fail() refused means the job was fenced out (its lease
-//   expired and it may be running elsewhere): logged once and counted in fenced_out(); the
-//   store keeps the other run's result. Every consumer calls requeue_expired() every
-//   requeue_interval, so a crashed process's jobs run again (attempts + 1).
+//   lease/3. A heartbeat, complete() or fail() refused (false) means the job was fenced out
+//   (its lease expired and it may be running elsewhere): logged once and counted in
+//   fenced_out(); the store keeps the other run's result. Every consumer calls
+//   requeue_expired() every requeue_interval, so a crashed process's jobs run again
+//   (attempts + 1).
+// - Store without an answer (a call throws store_error): not a refusal, the lease may still be
+//   ours. A failed heartbeat is tried again at the next beat. A result (or a failure, or a
+//   give-back) that could not be stored is kept and stored again every min(lease/3, 1 s) while
+//   the lease is heartbeaten, so a short outage of the store neither loses a finished job's
+//   result nor runs the job a second time. When a retry is refused after a try that got no
+//   answer, the store's status() says whether that earlier try committed after all (its
+//   acknowledgement lost): the job is this run's if its attempts are unchanged. After a whole
+//   lease without an answer the result is dropped (counted in abandoned()) and the job left
+//   to lease expiry, as if this process had crashed: failing it back is impossible without the
+//   store, and the re-run after expiry is fenced against this one.
 // - Rate. Optionally a token bucket (jobs/s, burst) limits claims. Priorities apply to
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
@@ -138,8 +149,9 @@ class consumer {
   std::uint64_t given_back() const noexcept { return counters_->given_back; }  // fallbacks
   std::uint64_t fenced_out() const noexcept { return counters_->fenced_out; }
   std::uint64_t heartbeats() const noexcept { return counters_->heartbeats; }
-  std::uint64_t requeued() const noexcept { return counters_->requeued; }    // expired leases
-  std::uint64_t abandoned() const noexcept { return counters_->abandoned; }  // left at stop
+  std::uint64_t requeued() const noexcept { return counters_->requeued; }  // expired leases
+  // Left at stop, or whose result the store could not take within a lease.
+  std::uint64_t abandoned() const noexcept { return counters_->abandoned; }
   // Jobs held now (waiting for a permit or running).
   std::size_t held() const noexcept { return counters_->held; }
 

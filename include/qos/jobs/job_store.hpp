@@ -19,6 +19,15 @@
 // - prune() deletes terminal jobs (succeeded, dead) and keys older than their retention, never
 //   a queued or running job.
 //
+// - Three answers, the same from every store. A call that could not reach or use its
+//   database throws store_error (qos/jobs/store_error.hpp): nothing can be concluded from it
+//   (a write may or may not have committed when its acknowledgement was lost). Only enqueue()
+//   never throws: it answers `unavailable`. heartbeat()/complete()/fail() return false only
+//   when the lease is no longer this token's (expired and re-claimed or requeued, or the job
+//   finished): a refusal is final, whereas after a store_error the lease may still be ours
+//   and the caller tries again (see consumer.hpp). status() returns nullopt only for an
+//   unknown (or pruned) id, requeue_dead()/purge() false only for a job that is not dead.
+//
 // Times are wall-clock (system_clock): they are stored and shared between processes. Every
 // call may block on I/O: call it from a blocking pool or a thread of its own, never from a
 // reactor or a fiber. Implementations are thread-safe.
@@ -115,6 +124,7 @@ class job_store {
                                          std::size_t group_limit,
                                          std::chrono::milliseconds lease) = 0;
   // False: the lease is no longer this token's (expired and re-claimed, or finished).
+  // heartbeat(), complete() and fail() throw store_error when the store could not answer.
   virtual bool heartbeat(const job_id& id, std::uint64_t fence,
                          std::chrono::milliseconds lease) = 0;
   virtual bool complete(const job_id& id, std::uint64_t fence, const job_result& result) = 0;

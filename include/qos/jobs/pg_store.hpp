@@ -6,17 +6,27 @@
 // - Every time (run_at, leases, retries, retention, key expiry) is the server's clock (now()),
 //   never this host's, so hosts with skewed clocks agree on when a lease expires. There is no
 //   now_fn: tests that need time to pass use short leases and bounded waits.
-// - The depth cap is checked in the enqueue's transaction without a lock: concurrent
-//   enqueuers of one route may exceed max_depth by at most their number. An exact cap would
-//   serialize a route's enqueues through their commits' WAL flushes, one at a time.
+// - The depth cap is checked in the enqueue's statement without a lock: concurrent enqueuers
+//   of one route may exceed max_depth by at most their number. An exact cap would serialize a
+//   route's enqueues through their commits' WAL flushes, one at a time. Counting costs up to
+//   max_depth index entries, so a process reuses its count for up to a second while its own
+//   enqueues since keep it below half the cap; other processes' enqueues within that second
+//   may then pass the cap unseen (by what they enqueue in that second).
+// - An enqueue without an idempotency key is one autocommit statement pipelined with the
+//   consumers' wake-up: one round trip; with a key it is a short transaction. Latency under
+//   many concurrent enqueuers depends on pool_size: PostgreSQL flushes the WAL of every commit
+//   waiting at once with one fsync (its own group commit), but only commits on distinct
+//   connections can wait at once, so callers beyond pool_size queue for a connection.
 // - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
 //   group_limit bound holds across every process sharing the database.
-// - On a lost connection the calls that return values say "nothing happened": enqueue()
-//   `unavailable`, claim() nothing, heartbeat()/complete()/fail()/requeue_dead()/purge()
-//   false, status() nullopt, the counts 0; last_error() says why. A commit whose
-//   acknowledgement is lost with the connection is reported as a failure although it may have
-//   committed (as with any networked database): an enqueue retried with its idempotency key
-//   then comes back `duplicate`.
+// - On a lost connection (or any failed statement) enqueue() answers `unavailable` and every
+//   other call throws store_error, as the contract says (a broken connection is retried once
+//   on a fresh one when nothing of the call reached the server). heartbeat()/complete()/fail()
+//   return false only when the lease is no longer the token's. last_error() says why the last
+//   call failed. A commit whose acknowledgement is lost with the connection is reported as a
+//   failure although it may have committed (as with any networked database): an enqueue
+//   retried with its idempotency key then comes back `duplicate`, and the consumer checks a
+//   refused retry of complete() against status().
 #pragma once
 
 #include <chrono>
@@ -26,6 +36,7 @@
 #include <string>
 
 #include "qos/jobs/job_store.hpp"
+#include "qos/jobs/store_error.hpp"
 
 namespace qos::jobs {
 
@@ -33,14 +44,17 @@ struct pg_store_options {
   // A libpq connection string ("host=/run/postgresql dbname=app connect_timeout=2"); give it a
   // connect_timeout, or a host that does not answer blocks a call for libpq's default (forever).
   std::string conninfo;
-  std::size_t pool_size = 4;  // connections for the calls; wait_for_work() has its own
+  // Connections for the calls (wait_for_work() has its own): about the number of threads that
+  // enqueue at once, or they queue for one (see above).
+  std::size_t pool_size = 4;
   // Run migrate() in the constructor (throws pg_store_error when it fails).
   bool migrate_on_start = true;
 };
 
-class pg_store_error : public std::runtime_error {
+// What the constructor and migrate() throw; a store_error like every other failure.
+class pg_store_error : public store_error {
  public:
-  using std::runtime_error::runtime_error;
+  using store_error::store_error;
 };
 
 class pg_store final : public job_store {

@@ -280,6 +280,150 @@ TEST(consumer_test, a_fenced_out_run_is_logged_counted_and_its_result_refused) {
   EXPECT_FALSE(f.store.get(id).result.has_value());
 }
 
+// The store without an answer (store_error) is not a refusal: the result is kept and stored at
+// a later try, the job is neither fenced out nor run again.
+TEST(consumer_test, a_result_the_store_could_not_take_is_stored_at_a_retry) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add("x");
+  f.store.complete_errors = 2;
+  std::atomic<int> runs{0};
+  auto o = f.options([&](const claimed_job&) {
+    ++runs;
+    return response{.body = "done"};
+  });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return f.store.complete_calls.load() == 1; }));
+  std::this_thread::sleep_for(30ms);  // several loop turns: the clock stands, so no retry yet
+  EXPECT_EQ(f.store.complete_calls.load(), 1u);
+  EXPECT_EQ(c.held(), 1u);
+  EXPECT_EQ(f.store.get(id).state, job_state::running);
+  clk.advance(1s);  // lease 3 s: retried every second, and heartbeaten meanwhile
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return f.store.complete_calls.load() == 2; }));
+  ASSERT_TRUE(eventually([&] { return c.heartbeats() == 1; }));
+  clk.advance(1s);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(f.store.complete_calls.load(), 3u);
+  EXPECT_EQ(f.store.get(id).state, job_state::succeeded);
+  EXPECT_EQ(f.store.get(id).result->body, "done");
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(c.abandoned(), 0u);
+  EXPECT_EQ(c.held(), 0u);
+}
+
+TEST(consumer_test, a_completion_whose_acknowledgement_was_lost_counts_as_stored) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add();
+  f.store.complete_lost_acks = 1;  // commits, then throws
+  auto o = f.options([](const claimed_job&) { return response{.body = "once"}; });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return f.store.complete_calls.load() == 1; }));
+  EXPECT_EQ(f.store.get(id).state, job_state::succeeded);
+  clk.advance(1s);
+  c.poke();
+  // The retry is refused (the job is no longer running); status() shows the job succeeded
+  // with this run's attempt, so nobody else ran it: this run's result, not a fencing.
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(f.store.complete_calls.load(), 2u);
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(f.store.get(id).result->body, "once");
+}
+
+TEST(consumer_test, a_heartbeat_without_an_answer_is_not_a_fencing) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add();
+  f.store.heartbeat_errors = 1;
+  std::atomic<bool> hold{true};
+  auto o = f.options([&](const claimed_job&) {
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    return response{.body = "kept"};
+  });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.held() == 1; }));
+  clk.advance(1s);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return f.store.heartbeat_calls.load() == 1; }));
+  EXPECT_EQ(c.heartbeats(), 0u);
+  clk.advance(1s);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.heartbeats() == 1; }));  // still heartbeaten
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(f.store.get(id).result->body, "kept");
+}
+
+TEST(consumer_test, a_result_the_store_cannot_take_for_a_whole_lease_is_left_to_expiry) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add();
+  f.store.complete_errors = -1;
+  f.store.heartbeat_errors = -1;
+  auto o = f.options([](const claimed_job&) { return response{}; });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return f.store.complete_calls.load() == 1; }));
+  for (int i = 2; i <= 3; ++i) {
+    clk.advance(1s);
+    c.poke();
+    ASSERT_TRUE(
+        eventually([&] { return f.store.complete_calls.load() == static_cast<size_t>(i); }));
+    EXPECT_EQ(c.held(), 1u);
+  }
+  clk.advance(1s);  // a lease (3 s) after the first try
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.abandoned() == 1; }));
+  EXPECT_EQ(c.held(), 0u);
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(c.succeeded(), 0u);
+  // Nothing was failed back: the job stays leased until its lease expires in the store.
+  EXPECT_EQ(f.store.get(id).state, job_state::running);
+  EXPECT_TRUE(f.store.fail_calls().empty());
+  EXPECT_TRUE(c.stop(1s));
+}
+
+TEST(consumer_test, a_failure_the_store_could_not_take_is_stored_at_a_retry) {
+  fixture f(1);
+  shared_clock clk;
+  const job_id id = f.add();
+  f.store.fail_errors = 1;
+  std::atomic<int> runs{0};
+  auto o = f.options([&](const claimed_job& j) {
+    ++runs;
+    if (j.attempt == 1) throw std::runtime_error("backend down");
+    return response{.body = "second"};
+  });
+  o.now = [&] { return clk.now(); };
+  consumer c(f.store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.failed() == 1; }));
+  std::this_thread::sleep_for(30ms);
+  EXPECT_TRUE(f.store.fail_calls().empty());  // the try that threw stored nothing
+  EXPECT_EQ(f.store.get(id).state, job_state::running);
+  clk.advance(1s);
+  c.poke();
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_TRUE(c.stop(1s));
+  ASSERT_EQ(f.store.fail_calls().size(), 1u);
+  EXPECT_TRUE(f.store.fail_calls()[0].accepted);
+  EXPECT_EQ(f.store.fail_calls()[0].error, "backend down");
+  EXPECT_EQ(c.failed(), 1u);  // one failed run, though stored at the second try
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(runs.load(), 2);
+  EXPECT_EQ(f.store.get(id).attempts, 2);
+}
+
 TEST(token_bucket_test, starts_full_refills_at_the_rate_and_caps_at_the_burst) {
   const time_point t0{};
   token_bucket b({.per_second = 10, .burst = 3}, t0);

@@ -353,6 +353,33 @@ TEST_F(sqlite_store_test, a_stale_fence_is_refused_after_the_job_was_reclaimed) 
   EXPECT_EQ(store_->status(id)->result->body, "fresh");
 }
 
+// The contract's two failures apart: false only for a lease that is no longer the token's;
+// store_error when the database could not answer (here another connection holds the write
+// lock past busy_timeout), with nothing changed, and the lease still the token's afterwards.
+TEST_F(sqlite_store_test, a_locked_database_throws_store_error_and_only_a_lost_lease_is_false) {
+  sqlite_options o = options();
+  o.busy_timeout = milliseconds(50);
+  open(o);
+  const job_id id = created(order("a"));
+  const claimed_job job = claim_one();
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(o.path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  EXPECT_THROW(store_->heartbeat(id, job.fence, lease), store_error);
+  EXPECT_THROW(store_->complete(id, job.fence, status_only(201)), store_error);
+  EXPECT_THROW(store_->fail(id, job.fence, "boom", retry), store_error);
+  EXPECT_THROW(store_->heartbeat(id, job.fence + 1, lease), store_error);  // no answer either
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  EXPECT_FALSE(store_->heartbeat(id, job.fence + 1, lease));  // not the token: refused
+  EXPECT_EQ(state_of(id), job_state::running);
+  EXPECT_TRUE(store_->heartbeat(id, job.fence, lease));  // still the token's
+  EXPECT_TRUE(store_->complete(id, job.fence, status_only(201)));
+  EXPECT_FALSE(store_->complete(id, job.fence, status_only(500)));  // finished: refused
+  EXPECT_FALSE(store_->fail(id, job.fence, "late", retry));
+  EXPECT_EQ(store_->status(id)->result->status, 201);
+}
+
 TEST_F(sqlite_store_test, requeue_expired_reruns_with_one_more_attempt_and_says_why) {
   open();
   const job_id id = created(order("a"));

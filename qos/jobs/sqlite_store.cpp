@@ -11,9 +11,13 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <exception>
+#include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
@@ -216,6 +220,15 @@ struct sqlite_store::impl {
     const enqueue_options* options;
     std::promise<enqueue_result> done;
   };
+  // One other writer call (claim, complete, heartbeat, ...) waiting for the writer. `work` runs
+  // in the writer's transaction, in a savepoint of its own; `done` runs after the commit, with
+  // the exception that ended the work or the commit (nullptr: committed). `alone`: runs outside
+  // any transaction (a checkpoint), `done` right after it.
+  struct pending_task {
+    std::function<void()> work;
+    std::function<void(std::exception_ptr)> done;
+    bool alone = false;
+  };
 
   sqlite_options options;
   file_lock lock;
@@ -228,7 +241,7 @@ struct sqlite_store::impl {
   std::condition_variable wake;
   std::deque<pending_enqueue*> enqueues;
   std::chrono::steady_clock::time_point first_enqueue{};  // of the oldest in `enqueues`
-  std::deque<std::packaged_task<void()>> tasks;
+  std::deque<pending_task*> tasks;
   bool stopping = false;
   std::atomic<std::uint64_t> enqueue_commits{0};
   std::thread thread;  // last: started when everything above exists
@@ -276,28 +289,39 @@ struct sqlite_store::impl {
 
   std::int64_t now_ms() const { return to_ms(options.now()); }
 
-  // Runs `work` on the writer thread inside one transaction and returns its value; a database
-  // failure arrives here as store_error.
+  // Runs `work` on the writer thread inside a transaction and returns its value once that
+  // committed; a database failure arrives here as store_error. The transaction may be shared
+  // with other calls and with a batch of enqueues (one commit for all of them), in a savepoint
+  // of its own, so its failure undoes only its own writes.
   template <class Work>
-  auto write(Work work) -> decltype(work()) {
+  auto write(Work work, bool alone = false) -> decltype(work()) {
     using result = decltype(work());
-    std::packaged_task<result()> task([this, &work] {
-      transaction tx(writer);
-      if constexpr (std::is_void_v<result>) {
-        work();
-        tx.commit();
-      } else {
-        result value = work();
-        tx.commit();
-        return value;
-      }
-    });
-    auto future = task.get_future();
+    using stored = std::conditional_t<std::is_void_v<result>, bool, result>;
+    std::promise<result> promise;
+    std::optional<stored> value;
+    pending_task task{[&] {
+                        if constexpr (std::is_void_v<result>) {
+                          work();
+                          value.emplace(true);
+                        } else {
+                          value.emplace(work());
+                        }
+                      },
+                      [&](std::exception_ptr e) {
+                        if (e) {
+                          promise.set_exception(e);
+                        } else if constexpr (std::is_void_v<result>) {
+                          promise.set_value();
+                        } else {
+                          promise.set_value(std::move(*value));
+                        }
+                      },
+                      alone};
+    auto future = promise.get_future();
     {
       const std::lock_guard guard(mutex);
       if (stopping) throw store_error("job store closed");
-      // packaged_task<R()> erased into packaged_task<void()> via a wrapping lambda.
-      tasks.emplace_back([&task] { task(); });
+      tasks.push_back(&task);
     }
     wake.notify_one();
     return future.get();
@@ -336,26 +360,40 @@ struct sqlite_store::impl {
         }
         continue;
       }
-      // A batch whose window is over goes first, so a stream of claims and heartbeats cannot
-      // hold enqueues (and their 202s) back; other tasks run while the window is open.
+      // One transaction commits every call waiting and, with them, the enqueues waiting, due
+      // or not (the commit is paid anyway). Neither side waits behind the other for more than
+      // one commit: under a stream of enqueues, claims and completions still get through at
+      // once (they used to wait for a gap between batches, and the consumers starved), and a
+      // stream of claims and heartbeats cannot hold enqueues (and their 202s) back.
       const auto deadline = first_enqueue + options.group_commit;
       const bool batch_due =
           !enqueues.empty() && (stopping || enqueues.size() >= options.max_batch ||
                                 std::chrono::steady_clock::now() >= deadline);
-      if (!tasks.empty() && !batch_due) {
-        auto task = std::move(tasks.front());
-        tasks.pop_front();
-        guard.unlock();
-        task();
-        guard.lock();
-        last_write = std::chrono::steady_clock::now();
-        continue;
-      }
-      if (!batch_due) {
+      if (tasks.empty() && !batch_due) {
         wake.wait_until(guard, deadline, [this] {
           return stopping || !tasks.empty() || enqueues.size() >= options.max_batch;
         });
         continue;  // decide again: the window is over, or a task arrived meanwhile
+      }
+      if (!tasks.empty() && tasks.front()->alone) {
+        pending_task* task = tasks.front();
+        tasks.pop_front();
+        guard.unlock();
+        std::exception_ptr error;
+        try {
+          task->work();
+        } catch (...) {
+          error = std::current_exception();
+        }
+        task->done(error);
+        guard.lock();
+        last_write = std::chrono::steady_clock::now();
+        continue;
+      }
+      std::vector<pending_task*> calls;
+      while (!tasks.empty() && !tasks.front()->alone && calls.size() < options.max_batch) {
+        calls.push_back(tasks.front());
+        tasks.pop_front();
       }
       std::vector<pending_enqueue*> batch;
       while (!enqueues.empty() && batch.size() < options.max_batch) {
@@ -365,7 +403,7 @@ struct sqlite_store::impl {
       // Those left over (beyond max_batch) have waited a window already: due at once.
       if (!enqueues.empty()) first_enqueue = {};
       guard.unlock();
-      commit_batch(batch);
+      commit(calls, batch);
       guard.lock();
       last_write = std::chrono::steady_clock::now();
     }
@@ -376,12 +414,24 @@ struct sqlite_store::impl {
     sqlite3_wal_checkpoint_v2(writer.get(), nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
   }
 
-  void commit_batch(const std::vector<pending_enqueue*>& batch) {
+  void commit(const std::vector<pending_task*>& calls, const std::vector<pending_enqueue*>& batch) {
     std::vector<enqueue_result> results;
     results.reserve(batch.size());
+    std::vector<std::exception_ptr> errors(calls.size());
     bool stored = false;
     try {
       transaction tx(writer);
+      // Calls first: a completion frees its route's depth for the enqueues behind it.
+      for (std::size_t i = 0; i < calls.size(); ++i) {
+        writer.exec("SAVEPOINT call");
+        try {
+          calls[i]->work();
+        } catch (...) {
+          errors[i] = std::current_exception();
+          writer.exec("ROLLBACK TO call");
+        }
+        writer.exec("RELEASE call");
+      }
       const std::int64_t now = now_ms();
       // Depth per route as this transaction sees it, counted once per batch.
       std::unordered_map<std::string, std::size_t> depths;
@@ -392,13 +442,16 @@ struct sqlite_store::impl {
       }
       tx.commit();
     } catch (const std::exception& e) {
-      // Nothing of the batch is stored: the transaction rolled back (or never began).
+      // Nothing is stored: the transaction rolled back (or never began).
+      const auto failed = std::make_exception_ptr(store_error(e.what()));
+      for (std::size_t i = 0; i < calls.size(); ++i) calls[i]->done(errors[i] ? errors[i] : failed);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         batch[i]->done.set_value(answer(enqueue_result::kind::unavailable, {}, e.what()));
       }
       return;
     }
     if (stored) enqueue_commits.fetch_add(1, std::memory_order_relaxed);
+    for (std::size_t i = 0; i < calls.size(); ++i) calls[i]->done(errors[i]);
     for (std::size_t i = 0; i < batch.size(); ++i) batch[i]->done.set_value(results[i]);
   }
 
@@ -633,19 +686,13 @@ struct sqlite_store::impl {
   }
 
   void checkpoint() {
-    std::packaged_task<void()> task([this] {
-      const int rc = sqlite3_wal_checkpoint_v2(writer.get(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
-                                               nullptr, nullptr);
-      if (rc != SQLITE_OK) detail::throw_sqlite(writer.get(), rc, "wal_checkpoint(TRUNCATE)");
-    });
-    auto future = task.get_future();
-    {
-      const std::lock_guard guard(mutex);
-      if (stopping) throw store_error("job store closed");
-      tasks.push_back(std::move(task));
-    }
-    wake.notify_one();
-    future.get();
+    write(
+        [this] {
+          const int rc = sqlite3_wal_checkpoint_v2(writer.get(), nullptr,
+                                                   SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+          if (rc != SQLITE_OK) detail::throw_sqlite(writer.get(), rc, "wal_checkpoint(TRUNCATE)");
+        },
+        /*alone=*/true);
   }
 };
 

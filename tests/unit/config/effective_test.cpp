@@ -158,6 +158,8 @@ void expect_round_trip(const app_config& first) {
 TEST(config_effective, every_shipped_and_benchmark_config_round_trips) {
   // The benchmark configs read their admin token from this variable (bench/lib/common.sh).
   ::setenv("QOS_BENCH_ADMIN_TOKEN", "bench-token", 0);
+  // And the PostgreSQL job store's connection string from this one (bench/jobs/run.sh).
+  ::setenv("QOS_BENCH_JOBS_PG", "host=/tmp dbname=qos", 0);
   int files = 0;
   for (const char* folder : {"config", "bench/config"}) {
     for (const auto& entry : fs::directory_iterator(fs::path(QOS_SOURCE_DIR) / folder)) {

@@ -5,7 +5,9 @@
 #include "qos/jobs/sqlite_store.hpp"
 
 #include <gtest/gtest.h>
+
 #include <sqlite3.h>
+#include <future>
 
 #include <barrier>
 #include <memory>
@@ -197,6 +199,27 @@ TEST_F(sqlite_store_test, concurrent_enqueues_share_transactions_and_all_commit)
   EXPECT_GE(store_->enqueue_commits(), 1U);
   EXPECT_LT(store_->enqueue_commits(), std::uint64_t{callers});
   for (const auto& id : ids) EXPECT_EQ(state_of(id), job_state::queued);
+}
+
+TEST_F(sqlite_store_test, other_writes_share_the_commit_of_waiting_enqueues) {
+  sqlite_options o = options();
+  // A window far longer than the test: only a shared commit can release the enqueue in time.
+  // (Writes used to run in their own transactions while the window was open, and under a
+  // stream of enqueues they waited for a gap between batches: consumers starved.)
+  o.group_commit = std::chrono::seconds(60);
+  open(o);
+  auto pending = std::async(std::launch::async, [&] { return store_->enqueue(order("a"), {}); });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pending.wait_for(milliseconds(1)) != std::future_status::ready &&
+         std::chrono::steady_clock::now() < until) {
+    store_->requeue_expired({});  // a write of the consumers' kind
+  }
+  ASSERT_EQ(pending.wait_for(milliseconds(0)), std::future_status::ready)
+      << "the enqueue still waits for its 60 s window";
+  const enqueue_result r = pending.get();
+  ASSERT_EQ(r.result, kind::created) << r.error;
+  EXPECT_EQ(claim_one().id, r.id);
+  EXPECT_EQ(store_->enqueue_commits(), 1U);
 }
 
 TEST_F(sqlite_store_test, a_batch_holds_at_most_max_batch_enqueues) {

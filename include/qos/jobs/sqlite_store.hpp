@@ -91,7 +91,7 @@ class sqlite_store final : public job_store {
   std::uint64_t enqueue_commits() const noexcept;
 
   // The schema this build writes (PRAGMA user_version).
-  static constexpr int schema_version = 1;
+  static constexpr int schema_version = 2;
 
  private:
   struct impl;

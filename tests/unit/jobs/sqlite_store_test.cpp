@@ -624,6 +624,47 @@ TEST_F(sqlite_store_test, the_schema_is_versioned_and_a_newer_one_is_refused) {
   }
 }
 
+TEST_F(sqlite_store_test, a_version_1_file_migrates_and_depth_follows_every_transition) {
+  const std::string path = dir_.file("jobs.db");
+  open();
+  const job_id done = created(order("done"));
+  const job_id queued = created(order("queued"));
+  job_request refund = order("other");
+  refund.route = "refunds";
+  created(refund);
+  const claimed_job c = claim_one();
+  ASSERT_EQ(c.id, done);
+  ASSERT_TRUE(store_->complete(done, c.fence, {}));
+  store_.reset();
+  // Back to version 1 as an older build left it: no depth table, no triggers.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TRIGGER jobs_depth_insert; DROP TRIGGER jobs_depth_delete; "
+                         "DROP TRIGGER jobs_depth_update; DROP TABLE route_depth; "
+                         "PRAGMA user_version = 1",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  open();
+  EXPECT_EQ(store_->depth("orders"), 1U);  // `queued`; `done` is terminal
+  EXPECT_EQ(store_->depth("refunds"), 1U);
+  // Running counts; a retry stays; dead leaves; a requeued dead job comes back; purge and
+  // prune touch terminal jobs only.
+  const claimed_job r = claim_one();
+  ASSERT_EQ(r.id, queued);
+  EXPECT_EQ(store_->depth("orders"), 1U);
+  ASSERT_TRUE(store_->fail(queued, r.fence, "boom", {.max_attempts = 1}));
+  EXPECT_EQ(store_->depth("orders"), 0U);
+  ASSERT_TRUE(store_->requeue_dead(queued));
+  EXPECT_EQ(store_->depth("orders"), 1U);
+  created(order("more"));
+  EXPECT_EQ(store_->depth("orders"), 2U);
+  EXPECT_FALSE(store_->purge(done));  // only dead jobs are purged
+  EXPECT_EQ(store_->depth("orders"), 2U);
+  EXPECT_EQ(store_->depth("refunds"), 1U);
+}
+
 TEST_F(sqlite_store_test, a_file_that_is_not_a_database_is_refused) {
   const std::string path = dir_.file("jobs.db");
   {

@@ -268,6 +268,19 @@ struct sqlite_store::impl {
   std::deque<pending_task*> tasks;
   bool stopping = false;
   std::atomic<std::uint64_t> enqueue_commits{0};
+
+  // The checkpointer: copies the WAL back into the database on a connection and thread of its
+  // own once the writer's commits reach autocheckpoint_pages of WAL. SQLite's autocheckpoint
+  // would run it on the writer right after a commit, and every enqueue waiting for the next
+  // batch would wait for the copy too (a few ms, the enqueues' p99). A PASSIVE checkpoint on
+  // another connection runs beside the writer's transactions in WAL mode.
+  connection checkpointer;
+  std::mutex checkpoint_mutex;  // guards checkpoint_due and checkpoint_stop
+  std::condition_variable checkpoint_wake;
+  bool checkpoint_due = false;
+  bool checkpoint_stop = false;
+  std::thread checkpoint_thread;
+
   std::thread thread;  // last: started when everything above exists
 
   explicit impl(sqlite_options o)
@@ -276,9 +289,13 @@ struct sqlite_store::impl {
         writer(options.path, open_flags),
         // The comma runs configure() (WAL, pragmas, migration) before the reader opens, so
         // the reader never sees a database without its schema.
-        reader((configure(writer, options), options.path), open_flags) {
+        reader((configure(writer, options), options.path), open_flags),
+        checkpointer(options.path, open_flags) {
     sqlite3_busy_timeout(reader.get(), static_cast<int>(options.busy_timeout.count()));
     reader.exec("PRAGMA query_only = 1");
+    // Replaces SQLite's autocheckpoint (itself a WAL hook) on the writer.
+    sqlite3_wal_hook(writer.get(), &impl::on_wal_commit, this);
+    checkpoint_thread = std::thread([this] { checkpoint_main(); });
     thread = std::thread([this] { run(); });
   }
 
@@ -289,6 +306,39 @@ struct sqlite_store::impl {
     }
     wake.notify_all();
     thread.join();
+    {
+      const std::lock_guard guard(checkpoint_mutex);
+      checkpoint_stop = true;
+    }
+    checkpoint_wake.notify_all();
+    checkpoint_thread.join();
+  }
+
+  // On the writer thread, inside its commit: only a flag and a wake-up.
+  static int on_wal_commit(void* self, sqlite3*, const char*, int pages) {
+    auto* store = static_cast<impl*>(self);
+    if (store->options.autocheckpoint_pages > 0 && pages >= store->options.autocheckpoint_pages) {
+      {
+        const std::lock_guard guard(store->checkpoint_mutex);
+        store->checkpoint_due = true;
+      }
+      store->checkpoint_wake.notify_one();
+    }
+    return SQLITE_OK;
+  }
+
+  void checkpoint_main() {
+    std::unique_lock guard(checkpoint_mutex);
+    for (;;) {
+      checkpoint_wake.wait(guard, [this] { return checkpoint_stop || checkpoint_due; });
+      if (checkpoint_stop) return;
+      checkpoint_due = false;
+      guard.unlock();
+      // Best effort, as SQLite's own: a failure leaves the WAL longer, the next one shortens it.
+      sqlite3_wal_checkpoint_v2(checkpointer.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                nullptr);
+      guard.lock();
+    }
   }
 
   static sqlite_options complete(sqlite_options o) {
@@ -306,7 +356,6 @@ struct sqlite_store::impl {
     }
     db.exec(o.synchronous == sqlite_options::sync_mode::full ? "PRAGMA synchronous = FULL"
                                                              : "PRAGMA synchronous = NORMAL");
-    db.exec(("PRAGMA wal_autocheckpoint = " + std::to_string(o.autocheckpoint_pages)).c_str());
     db.exec(("PRAGMA journal_size_limit = " + std::to_string(o.journal_size_limit)).c_str());
     migrate(db);
   }

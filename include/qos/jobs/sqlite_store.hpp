@@ -26,10 +26,12 @@
 // - clamps priorities into 0..15;
 // - throws store_error from every call but enqueue() when the database fails.
 //
-// WAL size: SQLite's autocheckpoint (PASSIVE, every `autocheckpoint_pages` of WAL, run by the
-// writer after a commit) copies pages back without blocking anyone; it cannot shrink the file,
-// so after `checkpoint_interval` without writes the idle writer runs wal_checkpoint(TRUNCATE),
-// and journal_size_limit caps what a reset WAL keeps on disk after a burst.
+// WAL size: once a commit leaves `autocheckpoint_pages` of WAL, a checkpointer thread with a
+// connection of its own copies pages back (PASSIVE, beside the writer's transactions: the
+// writer never waits for the copy, as it would with SQLite's own autocheckpoint); that cannot
+// shrink the file, so after `checkpoint_interval` without writes the idle writer runs
+// wal_checkpoint(TRUNCATE), and journal_size_limit caps what a reset WAL keeps on disk after a
+// burst.
 #pragma once
 
 #include <chrono>
@@ -53,7 +55,7 @@ struct sqlite_options {
   std::size_t max_batch = 512;  // enqueues per transaction at most
   // How long a statement waits for a SQLite lock (a checkpoint, the reader) before failing.
   std::chrono::milliseconds busy_timeout{5000};
-  int autocheckpoint_pages = 1000;
+  int autocheckpoint_pages = 1000;  // 0: no checkpoint but the idle one
   std::chrono::milliseconds checkpoint_interval{30000};
   std::int64_t journal_size_limit = 64 * 1024 * 1024;  // bytes kept by a reset WAL
   now_fn now{};                                        // empty: system_clock::now

@@ -436,6 +436,8 @@ TEST_F(accept_fixture, the_drain_answers_every_request_it_took_exactly_once) {
   // of the store threads when the drain begins.
   cfg.jobs->group_commit = 100ms;
   cfg.jobs->store_threads = 2;
+  // No consumer: its claims would share (and so hasten) the commits the requests wait for.
+  cfg.jobs->consume = false;
   start(cfg, [](const jobs::claimed_job&) { return response{.status = 201, .body = "{}"}; });
   constexpr int clients_n = 24;
   std::vector<http_connection> conns;
@@ -486,6 +488,7 @@ TEST_F(accept_fixture,
        a_client_gone_before_the_commit_still_has_its_job_stored_and_nothing_breaks) {
   auto cfg = make_config(dir.file("jobs.db"));
   cfg.jobs->group_commit = 100ms;  // the client is gone well before the answer
+  cfg.jobs->consume = false;        // (no consumer's claim to share and hasten the commit)
   start(cfg, [](const jobs::claimed_job&) { return response{.status = 201, .body = "{}"}; });
   for (int i = 0; i < 5; ++i) {
     http_connection c(port);
@@ -519,6 +522,7 @@ TEST_F(accept_fixture, store_calls_beyond_max_pending_get_503_at_once_and_store_
   cfg.jobs->group_commit = 100ms;
   cfg.jobs->store_threads = 1;
   cfg.jobs->max_pending = 1;
+  cfg.jobs->consume = false;  // (no consumer's claim to share and hasten the commit)
   start(cfg, [](const jobs::claimed_job&) { return response{.status = 201, .body = "{}"}; });
   constexpr int clients_n = 8;
   std::vector<http_response> got(clients_n);

@@ -232,7 +232,7 @@ struct jobs_config {
   // sqlite: the database file (relative: against the config file's folder) and durability.
   std::string sqlite_path = "qos-jobs.db";
   sqlite_sync synchronous = sqlite_sync::full;
-  std::chrono::microseconds group_commit{1500};
+  std::chrono::microseconds group_commit{0};
   // postgres: a libpq connection string, given inline or read at load from the variable
   // conninfo_env (the file sets exactly one of the two; conninfo holds the string either way,
   // conninfo_env only the variable's name); pool: connections this process opens. Never

@@ -51,7 +51,10 @@ struct sqlite_options {
   enum class sync_mode : std::uint8_t { full, normal };
   sync_mode synchronous = sync_mode::full;
   // How long the writer collects enqueues after the first one before committing them together.
-  std::chrono::microseconds group_commit{1500};
+  // 0: none; enqueues that arrive while a commit runs still share the next one (measured in
+  // bench/RESULTS.md: a window only adds its length to every enqueue's wait unless commits are
+  // expensive and enqueues sparse).
+  std::chrono::microseconds group_commit{0};
   std::size_t max_batch = 512;  // enqueues per transaction at most
   // How long a statement waits for a SQLite lock (a checkpoint, the reader) before failing.
   std::chrono::milliseconds busy_timeout{5000};

@@ -95,7 +95,7 @@ TEST(jobs_config_load, an_empty_jobs_section_and_an_accept_route_take_the_defaul
   EXPECT_EQ(j.store, job_store_kind::sqlite);
   EXPECT_EQ(j.sqlite_path, "/etc/qos/qos-jobs.db") << "the default resolves like a given path";
   EXPECT_EQ(j.synchronous, sqlite_sync::full);
-  EXPECT_EQ(j.group_commit, 1500us);
+  EXPECT_EQ(j.group_commit, 0us);
   EXPECT_EQ(j.conninfo, "");
   EXPECT_EQ(j.pool, 8u);
   EXPECT_TRUE(j.consume);
@@ -484,7 +484,7 @@ TEST(jobs_config_effective, prints_the_defaults) {
   for (const char* key : {"store: sqlite",
                           "sqlite_path: \"/etc/qos/qos-jobs.db\"",
                           "synchronous: full",
-                          "group_commit: 1500us",
+                          "group_commit: 0us",
                           "consume: true",
                           "store_threads: 32",
                           "max_pending: 4096",

@@ -330,112 +330,93 @@ std::string job_front::status_json(const jobs::job_status& s) {
   return std::string(out.data(), out.size());
 }
 
-rest::Route::Handler job_front::status_handler() {
-  return [this](const rest::Request& req, http::ResponseWriter w) {
+// The preamble of the handlers of one job: keep-alive, the id from the path (404 when it is
+// not one), then `work` on a store thread.
+rest::Route::Handler job_front::by_id(
+    std::function<response(jobs::job_store&, const std::string& id)> work) {
+  return [this, work = std::move(work)](const rest::Request& req, http::ResponseWriter w) {
     gate::keep_alive(req, w);
     std::string id = id_of(req);
     if (id.empty()) {
       send(w, not_found());
       return rest::Route::Result::Ok;
     }
-    const int retry_after = status_retry_after_;
-    serve(std::move(w), [id = std::move(id), retry_after](jobs::job_store& store) {
-      const auto s = store.status(id);
-      if (!s) return not_found();
-      response r{.status = 200, .body = status_json(*s)};
-      switch (s->state) {
-        case jobs::job_state::queued:
-        case jobs::job_state::running:
-          r.headers.emplace_back("Retry-After", std::to_string(retry_after));
-          break;
-        case jobs::job_state::succeeded:
-          r.status = 303;
-          r.headers.emplace_back("Location", "/jobs/" + id + "/result");
-          break;
-        case jobs::job_state::dead:
-          break;
-      }
-      return r;
-    });
+    serve(std::move(w),
+          [id = std::move(id), work](jobs::job_store& store) { return work(store, id); });
     return rest::Route::Result::Ok;
   };
+}
+
+rest::Route::Handler job_front::status_handler() {
+  const int retry_after = status_retry_after_;
+  return by_id([retry_after](jobs::job_store& store, const std::string& id) {
+    const auto s = store.status(id);
+    if (!s) return not_found();
+    response r{.status = 200, .body = status_json(*s)};
+    switch (s->state) {
+      case jobs::job_state::queued:
+      case jobs::job_state::running:
+        r.headers.emplace_back("Retry-After", std::to_string(retry_after));
+        break;
+      case jobs::job_state::succeeded:
+        r.status = 303;
+        r.headers.emplace_back("Location", "/jobs/" + id + "/result");
+        break;
+      case jobs::job_state::dead:
+        break;
+    }
+    return r;
+  });
 }
 
 rest::Route::Handler job_front::result_handler() {
-  return [this](const rest::Request& req, http::ResponseWriter w) {
-    gate::keep_alive(req, w);
-    std::string id = id_of(req);
-    if (id.empty()) {
-      send(w, not_found());
-      return rest::Route::Result::Ok;
-    }
-    serve(std::move(w), [id = std::move(id)](jobs::job_store& store) {
-      const auto s = store.status(id);
-      if (!s || s->state != jobs::job_state::succeeded || !s->result) return not_found();
-      response r{.status = s->result->status, .body = s->result->body, .content_type = {}};
-      for (const auto& [name, value] : s->result->headers) {
-        // Content-Type goes through the writer's typed header; framing is the writer's own.
-        if (Pistache::Http::Header::LowercaseEqualStatic(name, "content-type")) {
-          r.content_type = value;
-        } else if (!Pistache::Http::Header::LowercaseEqualStatic(name, "content-length") &&
-                   !Pistache::Http::Header::LowercaseEqualStatic(name, "transfer-encoding") &&
-                   !Pistache::Http::Header::LowercaseEqualStatic(name, "connection")) {
-          r.headers.emplace_back(name, value);
-        }
+  return by_id([](jobs::job_store& store, const std::string& id) {
+    const auto s = store.status(id);
+    if (!s || s->state != jobs::job_state::succeeded || !s->result) return not_found();
+    response r{.status = s->result->status, .body = s->result->body, .content_type = {}};
+    for (const auto& [name, value] : s->result->headers) {
+      // Content-Type goes through the writer's typed header; framing is the writer's own.
+      if (Pistache::Http::Header::LowercaseEqualStatic(name, "content-type")) {
+        r.content_type = value;
+      } else if (!Pistache::Http::Header::LowercaseEqualStatic(name, "content-length") &&
+                 !Pistache::Http::Header::LowercaseEqualStatic(name, "transfer-encoding") &&
+                 !Pistache::Http::Header::LowercaseEqualStatic(name, "connection")) {
+        r.headers.emplace_back(name, value);
       }
-      if (r.content_type.empty()) r.content_type = "application/octet-stream";
-      return r;
-    });
-    return rest::Route::Result::Ok;
-  };
+    }
+    if (r.content_type.empty()) r.content_type = "application/octet-stream";
+    return r;
+  });
 }
 
 rest::Route::Handler job_front::requeue_handler() {
-  return [this](const rest::Request& req, http::ResponseWriter w) {
-    gate::keep_alive(req, w);
-    std::string id = id_of(req);
-    if (id.empty()) {
-      send(w, not_found());
-      return rest::Route::Result::Ok;
+  return by_id([](jobs::job_store& store, const std::string& id) {
+    if (store.requeue_dead(id)) {
+      return response{.status = 200, .body = "{\"id\":\"" + id + "\",\"state\":\"queued\"}"};
     }
-    serve(std::move(w), [id = std::move(id)](jobs::job_store& store) {
-      if (store.requeue_dead(id)) {
-        return response{.status = 200, .body = "{\"id\":\"" + id + "\",\"state\":\"queued\"}"};
-      }
-      const auto s = store.status(id);
-      if (!s) return not_found();
-      return response{
-          .status = 409,
-          .body = "{\"error\":\"the job is " + std::string(state_word(s->state)) + ", not dead\"}"};
-    });
-    return rest::Route::Result::Ok;
-  };
+    const auto s = store.status(id);
+    if (!s) return not_found();
+    return response{
+        .status = 409,
+        .body = "{\"error\":\"the job is " + std::string(state_word(s->state)) + ", not dead\"}"};
+  });
 }
 
 rest::Route::Handler job_front::purge_handler() {
-  return [this](const rest::Request& req, http::ResponseWriter w) {
-    gate::keep_alive(req, w);
-    std::string id = id_of(req);
-    if (id.empty()) {
-      send(w, not_found());
-      return rest::Route::Result::Ok;
+  return by_id([](jobs::job_store& store, const std::string& id) {
+    // Only a dead job may be purged: the check and the purge are two calls, and a dead job
+    // changes state only through the operator (requeue), so nothing races them but another
+    // operator.
+    const auto s = store.status(id);
+    if (!s) return not_found();
+    if (s->state != jobs::job_state::dead) {
+      return response{
+          .status = 409,
+          .body = "{\"error\":\"the job is " + std::string(state_word(s->state)) + ", not dead\"}"};
     }
-    serve(std::move(w), [id = std::move(id)](jobs::job_store& store) {
-      // Only a dead job may be purged: the check and the purge are two calls, and a dead job
-      // changes state only through the operator (requeue), so nothing races them but another
-      // operator.
-      const auto s = store.status(id);
-      if (!s) return not_found();
-      if (s->state != jobs::job_state::dead) {
-        return response{.status = 409,
-                        .body = "{\"error\":\"the job is " + std::string(state_word(s->state)) +
-                                ", not dead\"}"};
-      }
-      if (!store.purge(id)) return not_found();
-      return response{.status = 200, .body = "{\"id\":\"" + id + "\",\"purged\":true}"};
-    });
-    return rest::Route::Result::Ok;
-  };
+    if (!store.purge(id)) return not_found();
+    return response{.status = 200, .body = "{\"id\":\"" + id + "\",\"purged\":true}"};
+  });
 }
 
 void job_front::set_depth(const std::string& route, const std::string& group, std::size_t depth) {

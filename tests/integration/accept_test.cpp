@@ -23,6 +23,7 @@
 #include <pistache/router.h>
 
 #include "qos/jobs/job_id.hpp"
+#include "qos/jobs/sqlite_store.hpp"
 #include "qos/qos.hpp"
 #include "support/eventually.hpp"
 #include "support/http_client.hpp"
@@ -461,34 +462,45 @@ TEST_F(accept_fixture, the_drain_answers_every_request_it_took_exactly_once) {
   std::this_thread::sleep_for(50ms);
   const auto drain_began = std::chrono::steady_clock::now();
   const bool clean = srv->shutdown();
+  // Gone: a client whose request the server never took (its thread was late, on a busy
+  // machine) sees its connection close instead of waiting for an answer that cannot come.
+  srv.reset();
   for (auto& t : clients) t.join();
   EXPECT_TRUE(clean);
-  int accepted = 0, refused = 0, accepted_while_draining = 0;
+  int accepted = 0, refused = 0, accepted_while_draining = 0, not_taken = 0;
+  std::set<std::string> ids;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const auto& r = got[i];
-    ASSERT_TRUE(r.ok()) << r.error;
+    if (!r.ok()) {
+      // Never a request left hanging: the connection closed with the server.
+      EXPECT_EQ(r.error.find("timeout"), std::string::npos) << r.error;
+      ++not_taken;
+      continue;
+    }
     if (r.status == 202) {
       ++accepted;
       if (when[i] > drain_began) ++accepted_while_draining;
-      const std::string id = json_field(r.body, "id");
-      EXPECT_TRUE(store().status(id).has_value()) << id;
+      ids.insert(json_field(r.body, "id"));
     } else {
       EXPECT_EQ(r.status, 503) << r.body;
       EXPECT_TRUE(r.header("Retry-After").has_value());
       ++refused;
     }
   }
-  EXPECT_EQ(accepted + refused, clients_n);
+  EXPECT_EQ(accepted + refused + not_taken, clients_n);
+  // Every 202 has its job, and every job its 202: none stored whose answer was lost.
+  jobs::sqlite_store after({.path = dir.file("jobs.db")});
+  for (const auto& id : ids) EXPECT_TRUE(after.status(id).has_value()) << id;
+  EXPECT_EQ(after.depth("orders"), ids.size());
   // The store calls queued when the drain began were made and answered, not dropped.
   EXPECT_GE(accepted_while_draining, 1);
-  srv.reset();
 }
 
 TEST_F(accept_fixture,
        a_client_gone_before_the_commit_still_has_its_job_stored_and_nothing_breaks) {
   auto cfg = make_config(dir.file("jobs.db"));
   cfg.jobs->group_commit = 100ms;  // the client is gone well before the answer
-  cfg.jobs->consume = false;        // (no consumer's claim to share and hasten the commit)
+  cfg.jobs->consume = false;       // (no consumer's claim to share and hasten the commit)
   start(cfg, [](const jobs::claimed_job&) { return response{.status = 201, .body = "{}"}; });
   for (int i = 0; i < 5; ++i) {
     http_connection c(port);

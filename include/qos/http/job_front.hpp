@@ -156,6 +156,9 @@ class job_front {
   static std::string status_json(const jobs::job_status& s);
 
  private:
+  Pistache::Rest::Route::Handler by_id(
+      std::function<response(jobs::job_store&, const std::string& id)> work);
+
   std::shared_ptr<jobs::job_store> store_;
   int status_retry_after_;
   std::atomic<bool> accepting_{true};

@@ -734,10 +734,13 @@ void connection_handler::sweep() {
         break;
       case connection::phase::draining:
         if (now < c->deadline && now - c->marker_posted >= marker_overdue) {
-          // A marker's completion that never came would hold the requests behind it until
-          // send_timeout (seen about once in a million responses written from other threads at
-          // 15,000/s, cause not found): another marker behind the first costs one empty write.
-          // With nothing left in the socket's send queue the client is not the reason.
+          // Pistache 0.0.5, defect 16: Transport::onReady handles a peer's event as readable
+          // *or* writable; with edge-triggered polling, an event that is both (the client's
+          // next request arriving as the marker's write is registered) loses its write edge,
+          // and the marker waits in Pistache's queue for a next write that a draining
+          // connection never makes (about once in a million responses at 15,000/s). Another
+          // marker registers the write again; it costs one empty write. With nothing left in
+          // the socket's send queue the client is not the reason.
           int unsent_bytes = -1;
           if (c->owns_fd()) ::ioctl(c->fd, SIOCOUTQ, &unsent_bytes);
           if (unsent_bytes == 0) {

@@ -18,9 +18,11 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
+#include <libpq-events.h>
 #include <libpq-fe.h>
 
 #include "qos/jobs/backoff.hpp"
@@ -161,7 +163,7 @@ class params {
     return r;
   }
 
-  // Queues the statement in pipeline mode (results read with read_pipeline()).
+  // Queues the statement in pipeline mode (results read with read_segments()).
   void send(PGconn* c, const char* sql) const {
     std::vector<const char*> values(values_.size());
     std::vector<int> lengths(values_.size());
@@ -171,6 +173,20 @@ class params {
     }
     if (PQsendQueryParams(c, sql, static_cast<int>(values_.size()), nullptr, values.data(),
                           lengths.data(), formats_.data(), 0) != 1) {
+      throw db_error(PQerrorMessage(c), PQstatus(c) != CONNECTION_OK);
+    }
+  }
+
+  // Queues an execution of the statement prepared as `name` in pipeline mode.
+  void send_prepared(PGconn* c, const char* name) const {
+    std::vector<const char*> values(values_.size());
+    std::vector<int> lengths(values_.size());
+    for (std::size_t i = 0; i < values_.size(); ++i) {
+      values[i] = null_[i] ? nullptr : values_[i].data();
+      lengths[i] = static_cast<int>(values_[i].size());
+    }
+    if (PQsendQueryPrepared(c, name, static_cast<int>(values_.size()), values.data(),
+                            lengths.data(), formats_.data(), 0) != 1) {
       throw db_error(PQerrorMessage(c), PQstatus(c) != CONNECTION_OK);
     }
   }
@@ -200,27 +216,28 @@ result exec(PGconn* c, const char* sql) {
   return params{}.exec(c, sql);
 }
 
-// The results of a pipeline's statements, in order, up to its `syncs`-th sync point. A
-// statement that failed has its error result here (the statements after it up to the next
-// sync are skipped, those after that sync run). Throws db_error when the connection broke.
-std::vector<result> read_pipeline(PGconn* c, int syncs) {
-  std::vector<result> out;
+// The results of a pipeline up to its `syncs`-th sync point, one list per sync. A statement
+// that failed has its error result in its list, and the statements after it up to that sync
+// are PGRES_PIPELINE_ABORTED results. `statements`: how many were sent, which bounds the
+// NULLs that separate their results. Throws db_error when the connection broke.
+std::vector<std::vector<result>> read_segments(PGconn* c, int syncs, std::size_t statements) {
+  std::vector<std::vector<result>> out(1);
   int seen = 0;
-  int ends = 0;  // NULLs: one after each statement's results
+  std::size_t ends = 0;
   while (seen < syncs) {
     PGresult* r = PQgetResult(c);
     if (r == nullptr) {
-      if (PQstatus(c) != CONNECTION_OK || ++ends > 8 * syncs) {
+      if (PQstatus(c) != CONNECTION_OK || ++ends > 2 * (statements + 4)) {
         throw db_error("pipeline: connection lost", true);
       }
       continue;
     }
     if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
-      ++seen;
       PQclear(r);
+      if (++seen < syncs) out.emplace_back();
       continue;
     }
-    out.emplace_back(r);
+    out.back().emplace_back(r);
   }
   return out;
 }
@@ -555,10 +572,219 @@ class pg_listener {
   std::thread thread_;  // last: starts once the members above exist
 };
 
+// --- Group commit of keyless enqueues ---
+
+namespace {
+
+// The wake-up goes after the commit, in a transaction of its own without a WAL flush wait:
+// PostgreSQL serializes the commits of every transaction that sent a NOTIFY on one
+// database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY inside
+// the enqueue would cap all enqueues at one per fsync. A lost notification only delays a
+// consumer until its poll.
+constexpr const char* notify_sql =
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+
+// One keyless enqueue: the route's depth, counted only when $12 says so (LIMIT bounds the work
+// to the cap; -1 when not counted), and the insert when that depth is below the cap. Answers
+// (depth or -1, rows inserted). In a transaction of several, the count sees the rows the
+// statements before it inserted, so the cap is exact row by row within it.
+constexpr const char* enqueue_name = "qos_enqueue_1";
+constexpr const char* enqueue_sql =
+    "WITH d AS (SELECT CASE WHEN $12::boolean THEN (SELECT count(*) FROM"
+    " (SELECT 1 FROM qos_jobs WHERE route = $2::text"
+    " AND state IN ('queued', 'running') LIMIT $11::bigint) x) ELSE -1 END AS n),"
+    " ins AS (INSERT INTO qos_jobs (id, route, grp, tenant, method, target,"
+    " headers, body, priority, payload_hash)"
+    " SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea,"
+    " $7::bytea, $8::bytea, $9::smallint, $10::bytea FROM d"
+    " WHERE d.n < $11::bigint RETURNING 1)"
+    " SELECT (SELECT n FROM d), (SELECT count(*) FROM ins)";
+
+// Whether enqueue_sql is prepared on a connection. The mark is the instance data of a libpq
+// event procedure, so it lives and dies with the PGconn: a connection opened later, even at a
+// recycled address, starts unmarked. The procedure has nothing to do on any event, and must
+// say yes to all of them (a "no" to a result's creation would turn the result into an error).
+int enqueue_prepared_event(PGEventId, void*, void*) {
+  return 1;
+}
+bool enqueue_prepared(const PGconn* c) {
+  return PQinstanceData(c, enqueue_prepared_event) != nullptr;
+}
+void mark_enqueue_prepared(PGconn* c) {
+  static char mark;
+  // Fails harmlessly when already registered (a prepare that failed before): the data is set.
+  PQregisterEventProc(c, enqueue_prepared_event, "qos-enqueue-prepared", nullptr);
+  PQsetInstanceData(c, enqueue_prepared_event, &mark);
+}
+
+// Groups keyless enqueues into shared transactions (pg_store.hpp says why). A caller queues
+// its entry; whenever fewer than max_in_flight batches run, a queued caller leads one: it
+// takes the longest-waiting entries (up to max_rows; its own among them unless more than
+// max_rows wait before it), runs them outside the lock, answers them, and goes on until its
+// own entry is answered. Every freed slot wakes the queue's head, and a leader that leaves a
+// slot free wakes the next one, so no entry is left waiting while a slot is free. A batch is
+// ended by an RAII guard whatever its runner does: every entry of it is answered (unavailable
+// when the runner did not) and its slot is freed. Entries live on their callers' stacks and
+// are pinned; only the mutex's holder touches their state.
+class enqueue_batcher {
+ public:
+  struct entry {
+    entry(const job_request& j, const enqueue_options& o) : job(j), options(o) {}
+    entry(const entry&) = delete;
+    entry& operator=(const entry&) = delete;
+
+    const job_request& job;
+    const enqueue_options& options;
+    // Set by the batch's runner, outside the lock; read by the caller once `done`.
+    enqueue_result out;
+    bool answered = false;
+    // Guarded by the batcher's mutex.
+    bool queued = true;            // not yet taken into a batch
+    bool done = false;             // `out` is final
+    std::condition_variable turn;  // done, or a slot free for this caller to lead
+  };
+  using batch = std::vector<entry*>;
+
+  enqueue_batcher(std::size_t max_in_flight, std::size_t max_rows)
+      : max_in_flight_(std::max<std::size_t>(1, max_in_flight)),
+        max_rows_(std::max<std::size_t>(1, max_rows)) {}
+  enqueue_batcher(const enqueue_batcher&) = delete;
+  enqueue_batcher& operator=(const enqueue_batcher&) = delete;
+  ~enqueue_batcher() { close(); }
+
+  // Returns e's answer once the batch that carried it has ended. run(batch) runs a batch and
+  // sets each entry's `out` and `answered`; whatever it leaves unanswered (it threw) answers
+  // `unavailable` with no error text.
+  template <class Run>
+  enqueue_result submit(entry& e, Run&& run) {
+    std::unique_lock lock(mutex_);
+    if (closing_) {
+      e.out.error = "job store: closing";
+      return e.out;
+    }
+    queue_.push_back(&e);
+    const caller_inside inside(*this, e);
+    while (!e.done) {
+      if (e.queued && in_flight_ < max_in_flight_) {
+        lead(lock, run);
+      } else {
+        e.turn.wait(lock);
+      }
+    }
+    return std::move(e.out);
+  }
+
+  // Waits until every caller inside submit() has its answer (the ones still queued are led as
+  // usual); callers arriving later answer `unavailable` at once.
+  void close() {
+    std::unique_lock lock(mutex_);
+    closing_ = true;
+    drained_.wait(lock, [&] { return inside_ == 0; });
+  }
+
+  pg_store_stats stats() const {
+    std::lock_guard lock(mutex_);
+    return {.enqueue_batches = batches_, .enqueue_rows = rows_, .enqueue_waiting = queue_.size()};
+  }
+
+ private:
+  // A caller between its entry's queueing and its return: leaves the queue (only when an
+  // exception ends the wait early) and lets close() go on after the last one.
+  class caller_inside {
+   public:
+    caller_inside(enqueue_batcher& b, entry& e) : b_(b), e_(e) { ++b_.inside_; }
+    caller_inside(const caller_inside&) = delete;
+    caller_inside& operator=(const caller_inside&) = delete;
+    ~caller_inside() {
+      if (e_.queued) std::erase(b_.queue_, &e_);
+      if (--b_.inside_ == 0 && b_.closing_) b_.drained_.notify_all();
+    }
+
+   private:
+    enqueue_batcher& b_;
+    entry& e_;
+  };
+
+  // A batch from its taking to its end: the destructor (with the lock held again) answers
+  // every entry the runner did not, wakes each entry's caller and frees the slot.
+  class batch_in_flight {
+   public:
+    batch_in_flight(enqueue_batcher& b, std::unique_lock<std::mutex>& lock, const batch& taken)
+        : b_(b), lock_(lock), taken_(taken) {
+      ++b_.in_flight_;
+    }
+    batch_in_flight(const batch_in_flight&) = delete;
+    batch_in_flight& operator=(const batch_in_flight&) = delete;
+    ~batch_in_flight() {
+      if (!lock_.owns_lock()) lock_.lock();
+      for (entry* x : taken_) {
+        if (!x->answered) x->out = enqueue_result{};  // unavailable
+        x->done = true;
+        x->turn.notify_one();  // under the lock: x outlives the call
+      }
+      --b_.in_flight_;
+      b_.wake_leader();
+    }
+
+   private:
+    enqueue_batcher& b_;
+    std::unique_lock<std::mutex>& lock_;
+    const batch& taken_;
+  };
+
+  // With the lock held; returns with it held.
+  template <class Run>
+  void lead(std::unique_lock<std::mutex>& lock, Run& run) {
+    batch taken;
+    taken.reserve(std::min(queue_.size(), max_rows_));  // the only throw: before any change
+    while (!queue_.empty() && taken.size() < max_rows_) {
+      entry* x = queue_.front();
+      queue_.pop_front();
+      x->queued = false;
+      taken.push_back(x);
+    }
+    ++batches_;
+    rows_ += taken.size();
+    const batch_in_flight ending(*this, lock, taken);
+    wake_leader();  // more waiting than one batch takes, and another slot free
+    lock.unlock();
+    try {
+      run(taken);
+    } catch (...) {
+      // ending answers whatever the runner left unanswered
+    }
+  }
+
+  // With the lock held: a free slot and a queued entry, so its caller leads.
+  void wake_leader() {
+    if (in_flight_ < max_in_flight_ && !queue_.empty()) queue_.front()->turn.notify_one();
+  }
+
+  const std::size_t max_in_flight_;
+  const std::size_t max_rows_;
+  mutable std::mutex mutex_;
+  std::deque<entry*> queue_;  // queued entries, oldest first
+  std::size_t in_flight_ = 0;
+  std::size_t inside_ = 0;  // callers in submit()
+  bool closing_ = false;
+  std::condition_variable drained_;  // inside_ fell to 0 while closing_
+  std::uint64_t batches_ = 0;
+  std::uint64_t rows_ = 0;
+};
+
+}  // namespace
+
 struct pg_store::impl {
   explicit impl(pg_store_options o)
       : options(std::move(o)),
-        connections(options.conninfo, std::max<std::size_t>(1, options.pool_size)) {}
+        connections(options.conninfo, std::max<std::size_t>(1, options.pool_size)),
+        batcher(std::clamp<std::size_t>(options.enqueue_batches, 1,
+                                        std::max<std::size_t>(1, options.pool_size)),
+                options.enqueue_batch_rows) {}
+  // Before any member goes: the batches still running use the pool and the depth counts.
+  ~impl() { batcher.close(); }
+  impl(const impl&) = delete;
+  impl& operator=(const impl&) = delete;
 
   // Runs fn(conn) on a pooled connection. A broken connection is retried once on a fresh one,
   // per `retry`. Throws db_error.
@@ -578,28 +804,20 @@ struct pg_store::impl {
     }
   }
 
-  // Runs fn(conn) on a pooled connection outside any transaction: one autocommit statement
-  // is one round trip where BEGIN, the statement and COMMIT are three. Not retried: once a
-  // statement was sent, a broken connection cannot say whether it committed (the pool has
-  // already dropped idle connections the server closed). Throws db_error.
-  template <class F>
-  auto run_plain(F&& fn) {
-    auto conn = connections.take();
-    return fn(conn.get());
-  }
-
   // Whether an enqueue of `route` must count the route's depth in the database. Counting is
   // O(depth) (up to max_depth index entries, on every enqueue when the queue is long: the
   // moment bursts happen), so a count is reused while it is younger than depth_reuse and this
   // process's enqueues since then keep it below half the cap. Consumers only lower the depth
   // meanwhile; other processes' enqueues within depth_reuse may push it past the cap unseen.
-  bool must_count(const std::string& route, std::size_t max_depth) {
+  // `ahead`: enqueues of the route before this one in its batch, not yet counted() (they
+  // may all be created).
+  bool must_count(const std::string& route, std::size_t max_depth, std::size_t ahead = 0) {
     std::lock_guard lock(depth_mutex);
     const auto it = depths.find(route);
     if (it == depths.end()) return true;
     const auto& d = it->second;
     return std::chrono::steady_clock::now() - d.at >= depth_reuse ||
-           d.counted + d.since >= max_depth / 2;
+           d.counted + d.since + ahead >= max_depth / 2;
   }
   void counted(const std::string& route, std::optional<std::size_t> depth, bool created) {
     std::lock_guard lock(depth_mutex);
@@ -627,8 +845,12 @@ struct pg_store::impl {
     return *listen;
   }
 
+  // Runs a batch of keyless enqueues in one transaction (enqueue_batcher's runner).
+  void enqueue_batch(const enqueue_batcher::batch& batch);
+
   const pg_store_options options;
   pool connections;
+  enqueue_batcher batcher;
   std::once_flag listener_started;
   std::unique_ptr<pg_listener> listen;
   mutable std::mutex error_mutex;
@@ -683,77 +905,135 @@ void pg_store::migrate() {
   }
 }
 
+void pg_store::impl::enqueue_batch(const enqueue_batcher::batch& batch) {
+  const std::size_t n = batch.size();
+  std::vector<job_id> ids(n);
+  std::vector<std::int64_t> seen(n, -1);  // the depth each row counted, -1: not counted
+  std::vector<char> created(n);
+  try {
+    std::vector<char> count(n);
+    std::map<std::string, std::size_t> ahead;  // per route, rows before this one in the batch
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& job = batch[i]->job;
+      ids[i] = new_job_id();
+      count[i] = must_count(job.route, batch[i]->options.max_depth, ahead[job.route]++);
+    }
+    auto lease = connections.take();
+    PGconn* c = lease.get();
+    // One round trip: [the statement's preparation, on a connection's first batch], then
+    // BEGIN, one statement per enqueue and COMMIT, then the wake-ups of the batch's groups in
+    // a transaction of their own (see notify_sql); a sync point after each part.
+    const bool prepare = !enqueue_prepared(c);
+    if (PQenterPipelineMode(c) != 1) throw db_error(PQerrorMessage(c), false);
+    int syncs = 0;
+    auto sync = [&] {
+      if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
+      ++syncs;
+    };
+    if (prepare) {
+      if (PQsendPrepare(c, enqueue_name, enqueue_sql, 0, nullptr) != 1) {
+        throw db_error(PQerrorMessage(c), PQstatus(c) != CONNECTION_OK);
+      }
+      sync();
+    }
+    params{}.send(c, "BEGIN");
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& job = batch[i]->job;
+      params{}
+          .text(ids[i])
+          .text(job.route)
+          .text(job.group)
+          .bytes(job.tenant)
+          .bytes(job.method)
+          .bytes(job.target)
+          .bytes(detail::encode_headers(job.headers))
+          .bytes(job.body)
+          .num(std::clamp(job.priority, 0, 15))
+          .bytes(job.payload_hash)
+          .num(static_cast<std::int64_t>(batch[i]->options.max_depth))
+          .text(count[i] ? "true" : "false")
+          .send_prepared(c, enqueue_name);
+    }
+    params{}.send(c, "COMMIT");
+    sync();
+    std::set<std::string> groups;
+    for (const auto* e : batch) groups.insert(e->job.group);
+    for (const auto& g : groups) params{}.text(channel_of(g)).send(c, notify_sql);
+    sync();
+    const auto got = read_segments(c, syncs, (prepare ? 1 : 0) + n + 2 + groups.size());
+    PQexitPipelineMode(c);  // fails only with results unread: the pool then drops it
+    // After a failed statement the transaction (an explicit one) is still open, aborted: roll
+    // it back so the connection can go back to the pool (it is dropped if this fails too).
+    if (PQpipelineStatus(c) == PQ_PIPELINE_OFF && PQtransactionStatus(c) != PQTRANS_IDLE) {
+      result{PQexec(c, "ROLLBACK")};
+    }
+    std::size_t part = 0;
+    if (prepare) {
+      // Prepared statements outlive transactions; "already exists" means prepared before.
+      const auto& prepared = got[part++];
+      PGresult* p = prepared.empty() ? nullptr : prepared[0].get();
+      const char* state = p ? PQresultErrorField(p, PG_DIAG_SQLSTATE) : nullptr;
+      if (p &&
+          (PQresultStatus(p) == PGRES_COMMAND_OK || (state && std::strcmp(state, "42P05") == 0))) {
+        mark_enqueue_prepared(c);
+      }
+    }
+    if (got.size() <= part) throw db_error("enqueue batch: results missing", true);
+    const auto& tx = got[part];
+    for (const auto& r : tx) params::check(c, r.get());  // the first failure, then the skipped
+    if (tx.size() != n + 2 || std::strcmp(PQcmdStatus(tx.back().get()), "COMMIT") != 0) {
+      throw db_error("enqueue batch: the transaction did not commit", false);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      PGresult* row = tx[i + 1].get();
+      seen[i] = col_int(row, 0, 0);
+      created[i] = col_int(row, 0, 1) == 1;
+    }
+  } catch (const std::exception& e) {
+    failed(e);
+    for (auto* x : batch) {
+      x->out.result = enqueue_result::kind::unavailable;
+      x->out.error = e.what();
+      x->answered = true;
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    auto& out = batch[i]->out;
+    out.result = created[i] ? enqueue_result::kind::created : enqueue_result::kind::full;
+    if (created[i]) out.id = ids[i];
+    batch[i]->answered = true;
+  }
+  // In the batch's order: a row's count includes the rows before it.
+  for (std::size_t i = 0; i < n; ++i) {
+    counted(
+        batch[i]->job.route,
+        seen[i] >= 0 ? std::optional<std::size_t>(static_cast<std::size_t>(seen[i])) : std::nullopt,
+        created[i] != 0);
+  }
+}
+
 enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& options) {
   enqueue_result out;
-  const std::string id = new_job_id();
-  const bool count = impl_->must_count(job.route, options.max_depth);
-  std::optional<std::size_t> depth_seen;
-  // The wake-up goes after the commit, in a transaction of its own without a WAL flush wait:
-  // PostgreSQL serializes the commits of every transaction that sent a NOTIFY on one
-  // database-wide lock held through the commit's flush (PreCommit_Notify), so a NOTIFY inside
-  // the enqueue would cap all enqueues at one per fsync. A lost notification only delays a
-  // consumer until its poll.
-  static constexpr const char* notify_sql =
-      "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
-  auto notify = [&](PGconn* c) {
-    try {
-      params{}.text(channel_of(job.group)).exec(c, notify_sql);
-    } catch (const db_error&) {
-    }
-  };
   try {
     if (!job.idempotency_key) {
-      // The common case in one round trip: the depth check and the insert in one autocommit
-      // statement, which commits before it answers, pipelined with the wake-up.
-      out = impl_->run_plain([&](PGconn* c) {
-        enqueue_result r;
-        // One pipeline, two transactions: the insert commits at the first sync point, then
-        // the wake-up runs as a transaction of its own (see notify above).
-        if (PQenterPipelineMode(c) != 1) throw db_error(PQerrorMessage(c), false);
-        params{}
-            .text(id)
-            .text(job.route)
-            .text(job.group)
-            .bytes(job.tenant)
-            .bytes(job.method)
-            .bytes(job.target)
-            .bytes(detail::encode_headers(job.headers))
-            .bytes(job.body)
-            .num(std::clamp(job.priority, 0, 15))
-            .bytes(job.payload_hash)
-            .num(static_cast<std::int64_t>(options.max_depth))
-            .text(count ? "true" : "false")
-            .send(c,
-                  "WITH d AS (SELECT CASE WHEN $12::boolean THEN (SELECT count(*) FROM"
-                  " (SELECT 1 FROM qos_jobs WHERE route = $2::text"
-                  " AND state IN ('queued', 'running') LIMIT $11::bigint) x) ELSE -1 END AS n),"
-                  " ins AS (INSERT INTO qos_jobs (id, route, grp, tenant, method, target,"
-                  " headers, body, priority, payload_hash)"
-                  " SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea,"
-                  " $7::bytea, $8::bytea, $9::smallint, $10::bytea FROM d"
-                  " WHERE d.n < $11::bigint RETURNING 1)"
-                  " SELECT (SELECT n FROM d), (SELECT count(*) FROM ins)");
-        if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
-        params{}.text(channel_of(job.group)).send(c, notify_sql);
-        if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
-        std::vector<result> got = read_pipeline(c, 2);
-        PQexitPipelineMode(c);  // fails only with results unread: the pool then drops it
-        if (got.empty()) throw db_error("pipeline: no result", true);
-        params::check(c, got[0].get());  // the wake-up's own failure does not matter
-        PGresult* row = got[0].get();
-        const std::int64_t n = col_int(row, 0, 0);
-        if (n >= 0) depth_seen = static_cast<std::size_t>(n);
-        if (col_int(row, 0, 1) != 1) {
-          r.result = enqueue_result::kind::full;
-          return r;
-        }
-        r.result = enqueue_result::kind::created;
-        r.id = id;
-        return r;
-      });
-      impl_->counted(job.route, depth_seen, out.result == enqueue_result::kind::created);
+      enqueue_batcher::entry e(job, options);
+      out = impl_->batcher.submit(
+          e, [this](const enqueue_batcher::batch& b) { impl_->enqueue_batch(b); });
+      if (out.result == enqueue_result::kind::unavailable && out.error.empty()) {
+        out.error = "job store: the enqueue's batch ended without an answer";
+      }
       return out;
     }
+    const std::string id = new_job_id();
+    const bool count = impl_->must_count(job.route, options.max_depth);
+    std::optional<std::size_t> depth_seen;
+    auto notify = [&](PGconn* c) {
+      try {
+        params{}.text(channel_of(job.group)).exec(c, notify_sql);
+      } catch (const db_error&) {
+      }
+    };
     out = impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
       enqueue_result r;
       {
@@ -1177,6 +1457,10 @@ std::uint64_t pg_store::listener_connects() const {
 std::string pg_store::last_error() const {
   std::lock_guard lock(impl_->error_mutex);
   return impl_->error;
+}
+
+pg_store_stats pg_store::stats() const {
+  return impl_->batcher.stats();
 }
 
 }  // namespace qos::jobs

@@ -6,17 +6,24 @@
 // - Every time (run_at, leases, retries, retention, key expiry) is the server's clock (now()),
 //   never this host's, so hosts with skewed clocks agree on when a lease expires. There is no
 //   now_fn: tests that need time to pass use short leases and bounded waits.
-// - The depth cap is checked in the enqueue's statement without a lock: concurrent enqueuers
-//   of one route may exceed max_depth by at most their number. An exact cap would serialize a
-//   route's enqueues through their commits' WAL flushes, one at a time. Counting costs up to
+// - Enqueues without an idempotency key (the common case) are committed in groups: callers
+//   that arrive while enqueue_batches transactions are in flight wait, and the first of them
+//   to find a slot free takes every waiting keyless enqueue (up to enqueue_batch_rows) into one
+//   transaction on one pooled connection, pipelined in one round trip: one commit and one WAL
+//   flush for the whole group, where each enqueue used to pay its own. Every caller still
+//   gets its own answer, only after the commit; when the transaction fails, every enqueue of
+//   the group answers `unavailable` and none of it is stored. An enqueue that finds a slot
+//   free goes at once: a quiet store adds no wait. With a key, an enqueue is a short
+//   transaction of its own.
+// - The depth cap is checked row by row in the enqueue's statement, and the rows of a group
+//   see the rows before them in the same transaction, so within a group the cap is exact.
+//   Across concurrent transactions it is checked without a lock: enqueuers of one route
+//   committing at once (this process's groups in flight, other processes, keyed enqueues) may
+//   exceed max_depth by at most their number. An exact cap would serialize a route's
+//   enqueues through their commits' WAL flushes, one at a time. Counting costs up to
 //   max_depth index entries, so a process reuses its count for up to a second while its own
 //   enqueues since keep it below half the cap; other processes' enqueues within that second
 //   may then pass the cap unseen (by what they enqueue in that second).
-// - An enqueue without an idempotency key is one autocommit statement pipelined with the
-//   consumers' wake-up: one round trip; with a key it is a short transaction. Latency under
-//   many concurrent enqueuers depends on pool_size: PostgreSQL flushes the WAL of every commit
-//   waiting at once with one fsync (its own group commit), but only commits on distinct
-//   connections can wait at once, so callers beyond pool_size queue for a connection.
 // - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
 //   group_limit bound holds across every process sharing the database.
 // - On a lost connection (or any failed statement) enqueue() answers `unavailable` and every
@@ -44,11 +51,28 @@ struct pg_store_options {
   // A libpq connection string ("host=/run/postgresql dbname=app connect_timeout=2"); give it a
   // connect_timeout, or a host that does not answer blocks a call for libpq's default (forever).
   std::string conninfo;
-  // Connections for the calls (wait_for_work() has its own): about the number of threads that
-  // enqueue at once, or they queue for one (see above).
+  // Connections for the calls (wait_for_work() has its own). Keyless enqueues take at most
+  // enqueue_batches of them; keyed enqueues and every other call take one each, and callers
+  // beyond the pool queue for one in arrival order.
   std::size_t pool_size = 4;
   // Run migrate() in the constructor (throws pg_store_error when it fails).
   bool migrate_on_start = true;
+  // Transactions of grouped keyless enqueues in flight at once (1..pool_size; clamped). More
+  // than one, so that one group's statements run while another's commit waits for its WAL
+  // flush and a slow commit does not hold everyone; few, because each group in flight splits
+  // the waiting callers into smaller transactions that each pay a commit, and the server's
+  // CPUs are shared by all of them. Each also holds a pooled connection while it runs.
+  std::size_t enqueue_batches = 2;
+  // Enqueues per transaction at most: bounds one round trip's size and a transaction's
+  // lifetime (and so the wait of the callers in it).
+  std::size_t enqueue_batch_rows = 64;
+};
+
+// What the grouping of keyless enqueues has done so far (tests, metrics).
+struct pg_store_stats {
+  std::uint64_t enqueue_batches = 0;  // transactions started
+  std::uint64_t enqueue_rows = 0;     // enqueues they carried (rows > batches: grouping worked)
+  std::size_t enqueue_waiting = 0;    // keyless enqueues waiting for a transaction right now
 };
 
 // What the constructor and migrate() throw; a store_error like every other failure.
@@ -62,7 +86,10 @@ class pg_store final : public job_store {
   explicit pg_store(pg_store_options options);
   pg_store(const pg_store&) = delete;
   pg_store& operator=(const pg_store&) = delete;
-  ~pg_store() override;  // stops the listener thread, closes every connection
+  // Waits until the keyless enqueues already waiting or in flight are answered (one that
+  // would start meanwhile, a caller's bug, answers `unavailable`), stops the listener thread,
+  // closes every connection.
+  ~pg_store() override;
 
   // Creates or upgrades the schema to this build's version; idempotent, safe to run from
   // several processes at once (serialized by an advisory lock). Throws pg_store_error.
@@ -97,6 +124,8 @@ class pg_store final : public job_store {
 
   // Why the last failing call failed (for logs; never sent to a client).
   std::string last_error() const;
+
+  pg_store_stats stats() const;
 
  private:
   struct impl;

@@ -1018,8 +1018,10 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
   try {
     if (!job.idempotency_key) {
       enqueue_batcher::entry e(job, options);
+      // The runner holds the impl, not this object: a leader may still run while the
+      // destructor waits for it (see ~pg_store).
       out = impl_->batcher.submit(
-          e, [this](const enqueue_batcher::batch& b) { impl_->enqueue_batch(b); });
+          e, [im = impl_.get()](const enqueue_batcher::batch& b) { im->enqueue_batch(b); });
       if (out.result == enqueue_result::kind::unavailable && out.error.empty()) {
         out.error = "job store: the enqueue's batch ended without an answer";
       }

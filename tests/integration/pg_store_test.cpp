@@ -66,6 +66,37 @@ std::string sql(const std::string& conninfo, const std::string& query,
   return out;
 }
 
+// Holds a lock on the queue table that blocks every insert (SHARE: reads go on) until
+// released or destroyed: enqueues then pile up behind the transactions it holds, which makes
+// how they are grouped deterministic.
+class insert_blocker {
+ public:
+  explicit insert_blocker(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
+    run("BEGIN");
+    run("LOCK TABLE qos_jobs IN SHARE MODE");
+  }
+  insert_blocker(const insert_blocker&) = delete;
+  insert_blocker& operator=(const insert_blocker&) = delete;
+  ~insert_blocker() {
+    release();
+    PQfinish(conn_);
+  }
+  void release() {
+    if (held_) run("COMMIT");
+    held_ = false;
+  }
+
+ private:
+  void run(const char* sql) {
+    PGresult* r = PQexec(conn_, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+      ADD_FAILURE() << sql << ": " << PQerrorMessage(conn_);
+    PQclear(r);
+  }
+  PGconn* conn_;
+  bool held_ = true;
+};
+
 job_request order(std::string body = "{}", int priority = 0) {
   return {.route = "orders",
           .group = "db",
@@ -259,6 +290,163 @@ TEST_F(PgStore, TheCapHoldsExactlyForOneProcessThoughCountsAreReused) {
     ASSERT_EQ(store_->enqueue(order("b" + std::to_string(i)), big).result, kind::created);
   }
   EXPECT_EQ(store_->depth("orders"), 21u);
+}
+
+// Keyless enqueues share transactions: while the inserts are blocked, every caller joins the
+// queue or a transaction in flight (at most enqueue_batches of them); once unblocked, the
+// waiting ones go in one transaction. Each caller gets the id of its own row.
+TEST_F(PgStore, ConcurrentKeylessEnqueuesAreCommittedTogetherEachWithItsOwnId) {
+  auto grouped = std::make_unique<pg_store>(
+      qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = 4, .enqueue_batches = 2});
+  constexpr int n = 64;
+  std::vector<enqueue_result> results(n);
+  bool all_in = false;
+  qos::jobs::pg_store_stats held;
+  {
+    std::vector<std::jthread> callers;
+    insert_blocker blocker(conninfo_);  // released before the callers are joined
+    for (int i = 0; i < n; ++i) {
+      callers.emplace_back(
+          [&, i] { results[i] = grouped->enqueue(order("j" + std::to_string(i)), {}); });
+    }
+    all_in = eventually([&] {
+      const auto s = grouped->stats();
+      return s.enqueue_waiting + s.enqueue_rows == n;
+    });
+    held = grouped->stats();
+  }
+  ASSERT_TRUE(all_in);
+  EXPECT_GE(held.enqueue_batches, 1u);
+  EXPECT_LE(held.enqueue_batches, 2u);  // no transaction ended while blocked
+  std::set<std::string> ids;
+  std::vector<std::string> pairs;
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(results[i].result, kind::created) << i << ": " << results[i].error;
+    ids.insert(results[i].id);
+    pairs.push_back(results[i].id + "=j" + std::to_string(i));
+  }
+  EXPECT_EQ(ids.size(), static_cast<std::size_t>(n));
+  std::sort(pairs.begin(), pairs.end());
+  std::string expected;
+  for (const auto& p : pairs) expected += (expected.empty() ? "" : ",") + p;
+  EXPECT_EQ(q("SELECT string_agg(id || '=' || convert_from(body, 'UTF8'), ',' ORDER BY id)"
+              " FROM qos_jobs WHERE state = 'queued'"),
+            expected);
+  const auto s = grouped->stats();
+  EXPECT_EQ(s.enqueue_rows, static_cast<std::uint64_t>(n));
+  EXPECT_GT(s.enqueue_rows, s.enqueue_batches);
+  EXPECT_LE(s.enqueue_batches, 4u);  // the blocked ones, then the rest together
+  EXPECT_EQ(s.enqueue_waiting, 0u);
+  EXPECT_EQ(grouped->depth("orders"), static_cast<std::size_t>(n));
+}
+
+// Each enqueue's statement counts the rows before it in its transaction: 40 callers against a
+// cap of 10, grouped into at most two transactions (one at a time), get exactly 10 jobs.
+TEST_F(PgStore, TheCapIsExactRowByRowWithinATransaction) {
+  auto grouped = std::make_unique<pg_store>(
+      qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = 4, .enqueue_batches = 1});
+  constexpr int n = 40;
+  const qos::jobs::enqueue_options cap{.max_depth = 10};
+  std::vector<enqueue_result> results(n);
+  bool all_in = false;
+  {
+    std::vector<std::jthread> callers;
+    insert_blocker blocker(conninfo_);
+    for (int i = 0; i < n; ++i) {
+      callers.emplace_back(
+          [&, i] { results[i] = grouped->enqueue(order(std::to_string(i)), cap); });
+    }
+    all_in = eventually([&] {
+      const auto s = grouped->stats();
+      return s.enqueue_waiting + s.enqueue_rows == n;
+    });
+    EXPECT_EQ(grouped->stats().enqueue_batches, 1u);
+  }
+  ASSERT_TRUE(all_in);
+  int created_n = 0;
+  int full_n = 0;
+  for (const auto& r : results) {
+    created_n += r.result == kind::created;
+    full_n += r.result == kind::full;
+    EXPECT_TRUE(r.result == kind::created || r.result == kind::full) << r.error;
+  }
+  EXPECT_EQ(created_n, 10);
+  EXPECT_EQ(full_n, 30);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "10");
+  const auto s = grouped->stats();
+  EXPECT_EQ(s.enqueue_rows, static_cast<std::uint64_t>(n));
+  EXPECT_LE(s.enqueue_batches, 2u);  // so one transaction carried at least 20 of them
+}
+
+// A transaction that fails answers every enqueue it carried `unavailable` and stores none of
+// them: one row the table refuses sinks the seven others of its batch, not the batch before.
+TEST_F(PgStore, AFailedBatchAnswersUnavailableToEveryCallerAndStoresNothing) {
+  q("ALTER TABLE qos_jobs ADD CONSTRAINT no_poison CHECK (body <> 'poison'::bytea)");
+  auto grouped = std::make_unique<pg_store>(
+      qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = 4, .enqueue_batches = 1});
+  enqueue_result first;
+  std::vector<enqueue_result> results(8);
+  bool first_in = false;
+  bool rest_in = false;
+  {
+    std::vector<std::jthread> callers;
+    insert_blocker blocker(conninfo_);
+    callers.emplace_back([&] { first = grouped->enqueue(order("first"), {}); });
+    first_in = eventually([&] { return grouped->stats().enqueue_rows == 1; });
+    for (int i = 0; i < 8; ++i) {
+      callers.emplace_back([&, i] {
+        results[i] = grouped->enqueue(order(i == 3 ? "poison" : "b" + std::to_string(i)), {});
+      });
+    }
+    rest_in = eventually([&] { return grouped->stats().enqueue_waiting == 8; });
+  }
+  ASSERT_TRUE(first_in);
+  ASSERT_TRUE(rest_in);
+  EXPECT_EQ(first.result, kind::created) << first.error;
+  for (const auto& r : results) {
+    EXPECT_EQ(r.result, kind::unavailable);
+    EXPECT_NE(r.error.find("no_poison"), std::string::npos) << r.error;
+    EXPECT_TRUE(r.id.empty());
+  }
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "1");
+  EXPECT_EQ(q("SELECT convert_from(body, 'UTF8') FROM qos_jobs"), "first");
+  const auto s = grouped->stats();
+  EXPECT_EQ(s.enqueue_batches, 2u);
+  EXPECT_EQ(s.enqueue_rows, 9u);
+  EXPECT_NE(grouped->last_error().find("no_poison"), std::string::npos);
+  // The failed transaction was rolled back on its connection, which serves the next ones.
+  EXPECT_EQ(grouped->enqueue(order("after"), {}).result, kind::created);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "2");
+}
+
+// The destructor waits for the enqueues in flight and the ones queued behind them: every
+// caller gets its answer, and the jobs are stored. (Destroying a store that callers still use
+// is their bug; this is the safety net. The pause only makes it likely that the destructor is
+// already waiting when the inserts go on; the assertions hold either way.)
+TEST_F(PgStore, DestroyingTheStoreAnswersTheEnqueuesStillWaiting) {
+  auto grouped = std::make_unique<pg_store>(
+      qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = 2, .enqueue_batches = 1});
+  pg_store* raw = grouped.get();
+  constexpr int n = 6;
+  std::vector<enqueue_result> results(n);
+  bool all_in = false;
+  {
+    std::vector<std::jthread> callers;
+    insert_blocker blocker(conninfo_);
+    for (int i = 0; i < n; ++i) {
+      callers.emplace_back([&, i] { results[i] = raw->enqueue(order(std::to_string(i)), {}); });
+    }
+    all_in = eventually([&] {
+      const auto s = raw->stats();
+      return s.enqueue_waiting + s.enqueue_rows == n;
+    });
+    callers.emplace_back([&] { grouped.reset(); });
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(all_in);
+  EXPECT_FALSE(grouped);
+  for (const auto& r : results) EXPECT_EQ(r.result, kind::created) << r.error;
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), std::to_string(n));
 }
 
 TEST_F(PgStore, ClaimTakesHigherPriorityFirstThenOldestAndRespectsTheGroupLimit) {

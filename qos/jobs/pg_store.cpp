@@ -617,7 +617,7 @@ void mark_enqueue_prepared(PGconn* c) {
   PQsetInstanceData(c, enqueue_prepared_event, &mark);
 }
 
-// Groups keyless enqueues into shared transactions (pg_store.hpp says why). A caller queues
+// Batches keyless enqueues into shared transactions (pg_store.hpp says why). A caller queues
 // its entry; whenever fewer than max_in_flight batches run, a queued caller leads one: it
 // takes the longest-waiting entries (up to max_rows; its own among them unless more than
 // max_rows wait before it), runs them outside the lock, answers them, and goes on until its

@@ -6,20 +6,21 @@
 // - Every time (run_at, leases, retries, retention, key expiry) is the server's clock (now()),
 //   never this host's, so hosts with skewed clocks agree on when a lease expires. There is no
 //   now_fn: tests that need time to pass use short leases and bounded waits.
-// - Enqueues without an idempotency key (the common case) are committed in groups: callers
+// - Enqueues without an idempotency key (the common case) are committed in batches: callers
 //   that arrive while enqueue_batches transactions are in flight wait, and the first of them
 //   to find a slot free takes every waiting keyless enqueue (up to enqueue_batch_rows) into one
 //   transaction on one pooled connection, pipelined in one round trip: one commit and one WAL
-//   flush for the whole group, where each enqueue used to pay its own. Every caller still
-//   gets its own answer, only after the commit; when the transaction fails, every enqueue of
-//   the group answers `unavailable` and none of it is stored. An enqueue that finds a slot
-//   free goes at once: a quiet store adds no wait. With a key, an enqueue is a short
-//   transaction of its own.
-// - The depth cap is checked row by row in the enqueue's statement, and the rows of a group
-//   see the rows before them in the same transaction, so within a group the cap is exact.
+//   flush for the whole batch instead of one per enqueue. Every caller still gets its own
+//   answer, only after the commit; when the transaction fails, every enqueue of the batch
+//   answers `unavailable` and none of it is stored. An enqueue that finds a slot free goes at
+//   once: a quiet store adds no wait. A caller waits for its batch however long the database
+//   takes (a statement_timeout in the conninfo's options bounds it). With a key, an enqueue
+//   is a short transaction of its own.
+// - The depth cap is checked row by row in the enqueue's statement, and the rows of a batch
+//   see the rows before them in the same transaction, so within a batch the cap is exact.
 //   Across concurrent transactions it is checked without a lock: enqueuers of one route
-//   committing at once (this process's groups in flight, other processes, keyed enqueues) may
-//   exceed max_depth by at most their number. An exact cap would serialize a route's
+//   committing at once (this process's batches in flight, other processes, keyed enqueues)
+//   may exceed max_depth by at most their number. An exact cap would serialize a route's
 //   enqueues through their commits' WAL flushes, one at a time. Counting costs up to
 //   max_depth index entries, so a process reuses its count for up to a second while its own
 //   enqueues since keep it below half the cap; other processes' enqueues within that second
@@ -57,9 +58,9 @@ struct pg_store_options {
   std::size_t pool_size = 4;
   // Run migrate() in the constructor (throws pg_store_error when it fails).
   bool migrate_on_start = true;
-  // Transactions of grouped keyless enqueues in flight at once (1..pool_size; clamped). More
-  // than one, so that one group's statements run while another's commit waits for its WAL
-  // flush and a slow commit does not hold everyone; few, because each group in flight splits
+  // Transactions of batched keyless enqueues in flight at once (1..pool_size; clamped). More
+  // than one, so that one batch's statements run while another's commit waits for its WAL
+  // flush and a slow commit does not hold everyone; few, because each batch in flight splits
   // the waiting callers into smaller transactions that each pay a commit, and the server's
   // CPUs are shared by all of them. Each also holds a pooled connection while it runs.
   std::size_t enqueue_batches = 2;
@@ -68,10 +69,10 @@ struct pg_store_options {
   std::size_t enqueue_batch_rows = 64;
 };
 
-// What the grouping of keyless enqueues has done so far (tests, metrics).
+// What the batching of keyless enqueues has done so far (tests, metrics).
 struct pg_store_stats {
   std::uint64_t enqueue_batches = 0;  // transactions started
-  std::uint64_t enqueue_rows = 0;     // enqueues they carried (rows > batches: grouping worked)
+  std::uint64_t enqueue_rows = 0;     // enqueues they carried (rows > batches: they shared commits)
   std::size_t enqueue_waiting = 0;    // keyless enqueues waiting for a transaction right now
 };
 

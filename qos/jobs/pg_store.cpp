@@ -621,11 +621,11 @@ void mark_enqueue_prepared(PGconn* c) {
 // its entry; whenever fewer than max_in_flight batches run, a queued caller leads one: it
 // takes the longest-waiting entries (up to max_rows; its own among them unless more than
 // max_rows wait before it), runs them outside the lock, answers them, and goes on until its
-// own entry is answered. Every freed slot wakes the queue's head, and a leader that leaves a
-// slot free wakes the next one, so no entry is left waiting while a slot is free. A batch is
-// ended by an RAII guard whatever its runner does: every entry of it is answered (unavailable
-// when the runner did not) and its slot is freed. Entries live on their callers' stacks and
-// are pinned; only the mutex's holder touches their state.
+// own entry is answered. Every freed slot wakes the longest-waiting parked caller, and a
+// leader that leaves a slot free wakes the next one, so no entry is left waiting while a slot
+// is free. A batch is ended by an RAII guard whatever its runner does: every entry of it is
+// answered (unavailable when the runner did not) and its slot is freed. Entries live on their
+// callers' stacks and are pinned; only the mutex's holder touches their state.
 class enqueue_batcher {
  public:
   struct entry {
@@ -641,6 +641,8 @@ class enqueue_batcher {
     // Guarded by the batcher's mutex.
     bool queued = true;            // not yet taken into a batch
     bool done = false;             // `out` is final
+    bool parked = false;           // its caller waits on `turn`
+    bool called = false;           // woken to lead, not yet awake
     std::condition_variable turn;  // done, or a slot free for this caller to lead
   };
   using batch = std::vector<entry*>;
@@ -668,7 +670,10 @@ class enqueue_batcher {
       if (e.queued && in_flight_ < max_in_flight_) {
         lead(lock, run);
       } else {
+        e.parked = true;
         e.turn.wait(lock);
+        e.parked = false;
+        e.called = false;
       }
     }
     return std::move(e.out);
@@ -756,8 +761,17 @@ class enqueue_batcher {
   }
 
   // With the lock held: a free slot and a queued entry, so its caller leads.
+  // The longest-waiting caller that is parked and not called yet: a queued caller that is
+  // leading another batch right now looks again when that one ends.
   void wake_leader() {
-    if (in_flight_ < max_in_flight_ && !queue_.empty()) queue_.front()->turn.notify_one();
+    if (in_flight_ >= max_in_flight_) return;
+    for (entry* x : queue_) {
+      if (x->parked && !x->called) {
+        x->called = true;
+        x->turn.notify_one();
+        return;
+      }
+    }
   }
 
   const std::size_t max_in_flight_;

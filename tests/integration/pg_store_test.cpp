@@ -340,6 +340,40 @@ TEST_F(PgStore, ConcurrentKeylessEnqueuesAreCommittedTogetherEachWithItsOwnId) {
   EXPECT_EQ(grouped->depth("orders"), static_cast<std::size_t>(n));
 }
 
+// More callers wait than a batch takes: batches of at most enqueue_batch_rows follow one
+// another (two at a time), led by callers whose own entries may be further back, until every
+// caller has its answer.
+TEST_F(PgStore, CallersBeyondOneBatchAreServedByTheBatchesThatFollow) {
+  auto small = std::make_unique<pg_store>(qos::jobs::pg_store_options{
+      .conninfo = conninfo_, .pool_size = 4, .enqueue_batches = 2, .enqueue_batch_rows = 4});
+  constexpr int n = 30;
+  std::vector<enqueue_result> results(n);
+  bool all_in = false;
+  {
+    std::vector<std::jthread> callers;
+    insert_blocker blocker(conninfo_);
+    for (int i = 0; i < n; ++i) {
+      callers.emplace_back([&, i] { results[i] = small->enqueue(order(std::to_string(i)), {}); });
+    }
+    all_in = eventually([&] {
+      const auto s = small->stats();
+      return s.enqueue_waiting + s.enqueue_rows == n;
+    });
+  }
+  ASSERT_TRUE(all_in);
+  std::set<std::string> ids;
+  for (const auto& r : results) {
+    EXPECT_EQ(r.result, kind::created) << r.error;
+    ids.insert(r.id);
+  }
+  EXPECT_EQ(ids.size(), static_cast<std::size_t>(n));
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), std::to_string(n));
+  const auto s = small->stats();
+  EXPECT_EQ(s.enqueue_rows, static_cast<std::uint64_t>(n));
+  EXPECT_GE(s.enqueue_batches, static_cast<std::uint64_t>((n + 3) / 4));
+  EXPECT_EQ(s.enqueue_waiting, 0u);
+}
+
 // Each enqueue's statement counts the rows before it in its transaction: 40 callers against a
 // cap of 10, grouped into at most two transactions (one at a time), get exactly 10 jobs.
 TEST_F(PgStore, TheCapIsExactRowByRowWithinATransaction) {

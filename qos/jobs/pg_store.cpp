@@ -861,6 +861,9 @@ struct pg_store::impl {
 
   // Runs a batch of keyless enqueues in one transaction (enqueue_batcher's runner).
   void enqueue_batch(const enqueue_batcher::batch& batch);
+  // After a lost acknowledgement of a batch's COMMIT: which of `ids` were stored (into
+  // `created`); false when none were or the store could not tell.
+  bool committed_after_all(const std::vector<job_id>& ids, std::vector<char>& created);
 
   const pg_store_options options;
   pool connections;
@@ -919,11 +922,36 @@ void pg_store::migrate() {
   }
 }
 
+bool pg_store::impl::committed_after_all(const std::vector<job_id>& ids,
+                                         std::vector<char>& created) {
+  // The connection broke after COMMIT was sent: the transaction's outcome is settled once its
+  // backend has gone (a commit in progress holds off the termination until it is written), and
+  // the ids were chosen here, so a fresh connection can tell. Rows of a committed transaction
+  // that are absent were refused by the cap. None found: nothing was stored (or every row was
+  // refused), and `unavailable` is true either way.
+  try {
+    std::string list = "{";
+    for (const auto& id : ids) list += (list.size() > 1 ? "," : "") + id;  // hex: no quoting
+    list += "}";
+    std::set<job_id> found;
+    run(retry_on::any, [&](PGconn* c, transaction&) {
+      result r = params{}.text(list).exec(c, "SELECT id FROM qos_jobs WHERE id = ANY($1::text[])");
+      for (int i = 0; i < PQntuples(r.get()); ++i) found.insert(col(r.get(), i, 0));
+      return 0;
+    });
+    for (std::size_t i = 0; i < ids.size(); ++i) created[i] = found.count(ids[i]) != 0;
+    return !found.empty();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 void pg_store::impl::enqueue_batch(const enqueue_batcher::batch& batch) {
   const std::size_t n = batch.size();
   std::vector<job_id> ids(n);
   std::vector<std::int64_t> seen(n, -1);  // the depth each row counted, -1: not counted
   std::vector<char> created(n);
+  bool commit_sent = false;
   try {
     std::vector<char> count(n);
     std::map<std::string, std::size_t> ahead;  // per route, rows before this one in the batch
@@ -970,6 +998,7 @@ void pg_store::impl::enqueue_batch(const enqueue_batcher::batch& batch) {
     }
     params{}.send(c, "COMMIT");
     sync();
+    commit_sent = true;
     std::set<std::string> groups;
     for (const auto* e : batch) groups.insert(e->job.group);
     for (const auto& g : groups) params{}.text(channel_of(g)).send(c, notify_sql);
@@ -1003,6 +1032,17 @@ void pg_store::impl::enqueue_batch(const enqueue_batcher::batch& batch) {
       seen[i] = col_int(row, 0, 0);
       created[i] = col_int(row, 0, 1) == 1;
     }
+  } catch (const db_error& e) {
+    failed(e);
+    if (!(e.broken && commit_sent && committed_after_all(ids, created))) {
+      for (auto* x : batch) {
+        x->out.result = enqueue_result::kind::unavailable;
+        x->out.error = e.what();
+        x->answered = true;
+      }
+      return;
+    }
+    std::fill(seen.begin(), seen.end(), -1);  // the counts were not read: count again later
   } catch (const std::exception& e) {
     failed(e);
     for (auto* x : batch) {

@@ -4,10 +4,18 @@
 // from the server's clock, so tests move a job's time there (run_at) instead of sleeping.
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -95,6 +103,108 @@ class insert_blocker {
   }
   PGconn* conn_;
   bool held_ = true;
+};
+
+// Relays connections to the cluster's unix socket. Once armed, the first connection on which
+// the server acknowledges a COMMIT is closed instead of passing that acknowledgement on: the
+// transaction committed, and the client sees its connection break (a lost acknowledgement).
+class ack_dropping_proxy {
+ public:
+  explicit ack_dropping_proxy(const std::string& cluster_conninfo) {
+    const auto host = cluster_conninfo.find("host=") + 5;
+    server_ =
+        cluster_conninfo.substr(host, cluster_conninfo.find(' ', host) - host) + "/.s.PGSQL.5432";
+    char tmpl[] = "/tmp/qos-pg-proxy-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    listen_ = unix_socket(dir_ + "/.s.PGSQL.5432", true);
+    accepting_ = std::thread([this] { accept_loop(); });
+  }
+  ack_dropping_proxy(const ack_dropping_proxy&) = delete;
+  ack_dropping_proxy& operator=(const ack_dropping_proxy&) = delete;
+  ~ack_dropping_proxy() {
+    stop_ = true;
+    accepting_.join();
+    for (auto& t : relays_) t.join();
+    ::close(listen_);
+    std::filesystem::remove_all(dir_);
+  }
+  std::string conninfo(const std::string& db) const {
+    return "host=" + dir_ + " port=5432 user=postgres dbname=" + db +
+           " sslmode=disable gssencmode=disable connect_timeout=5";
+  }
+  void arm() { armed_ = true; }
+  int dropped() const { return dropped_; }
+
+ private:
+  static int unix_socket(const std::string& path, bool listen) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    const auto* sa = reinterpret_cast<const sockaddr*>(&a);
+    const bool ok = listen ? ::bind(fd, sa, sizeof a) == 0 && ::listen(fd, 16) == 0
+                           : ::connect(fd, sa, sizeof a) == 0;
+    if (!ok) ADD_FAILURE() << path << ": " << std::strerror(errno);
+    return fd;
+  }
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{listen_, POLLIN, 0};
+      if (::poll(&p, 1, 50) != 1) continue;
+      const int client = ::accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) continue;
+      const int server = unix_socket(server_, false);
+      relays_.emplace_back([this, client, server] { relay(client, server); });
+    }
+  }
+  // Client to server: bytes as they come. Server to client: whole messages (a type byte and a
+  // length that counts itself), so an acknowledgement is either passed on whole or not at all.
+  void relay(int client, int server) {
+    std::string pending;
+    char buf[65536];
+    bool open = true;
+    while (open && !stop_) {
+      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      if (::poll(p, 2, 50) <= 0) continue;
+      if (p[0].revents != 0) {
+        const auto n = ::read(client, buf, sizeof buf);
+        open = n > 0 && ::write(server, buf, static_cast<std::size_t>(n)) == n;
+      }
+      if (open && p[1].revents != 0) {
+        const auto n = ::read(server, buf, sizeof buf);
+        open = n > 0;
+        if (open) pending.append(buf, static_cast<std::size_t>(n));
+        std::size_t whole = 0;
+        while (open && pending.size() - whole >= 5) {
+          std::uint32_t len = 0;
+          std::memcpy(&len, pending.data() + whole + 1, 4);
+          len = ntohl(len);
+          if (pending.size() - whole < 1 + std::size_t{len}) break;
+          if (pending[whole] == 'C' && pending.compare(whole + 5, 6, "COMMIT") == 0 &&
+              armed_.exchange(false)) {
+            ++dropped_;
+            open = false;
+            break;
+          }
+          whole += 1 + len;
+        }
+        if (whole > 0 && ::write(client, pending.data(), whole) != static_cast<ssize_t>(whole))
+          open = false;
+        pending.erase(0, whole);
+      }
+    }
+    ::close(client);
+    ::close(server);
+  }
+
+  std::string server_;
+  std::string dir_;
+  int listen_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> armed_{false};
+  std::atomic<int> dropped_{0};
+  std::thread accepting_;
+  std::vector<std::thread> relays_;  // touched by accepting_ only until it is joined
 };
 
 job_request order(std::string body = "{}", int priority = 0) {
@@ -457,6 +567,27 @@ TEST_F(PgStore, AFailedBatchAnswersUnavailableToEveryCallerAndStoresNothing) {
 // caller gets its answer, and the jobs are stored. (Destroying a store that callers still use
 // is their bug; this is the safety net. The pause only makes it likely that the destructor is
 // already waiting when the inserts go on; the assertions hold either way.)
+TEST_F(PgStore, ABatchWhoseCommitAcknowledgementIsLostAnswersFromWhatWasStored) {
+  const std::string db = conninfo_.substr(
+      conninfo_.find("dbname=") + 7,
+      conninfo_.find(' ', conninfo_.find("dbname=")) - conninfo_.find("dbname=") - 7);
+  ack_dropping_proxy proxy(cluster_env::cluster->conninfo());
+  pg_store through(qos::jobs::pg_store_options{.conninfo = proxy.conninfo(db), .pool_size = 2});
+  ASSERT_EQ(through.enqueue(order("warm"), {}).result, kind::created);
+  proxy.arm();
+  // A cap of 2 with one row already there: the first row of this batch is stored, none after.
+  qos::jobs::enqueue_options capped{.max_depth = 2};
+  const auto e = through.enqueue(order("lost-ack"), capped);
+  EXPECT_EQ(proxy.dropped(), 1) << "the proxy never saw the COMMIT";
+  // Committed: a 202 with the stored id, not a 503 for a job that will run all the same.
+  ASSERT_EQ(e.result, kind::created) << e.error;
+  EXPECT_EQ(q("SELECT convert_from(body, 'UTF8') FROM qos_jobs WHERE id = $1", {e.id}), "lost-ack");
+  EXPECT_FALSE(through.last_error().empty());
+  // The store goes on through a fresh connection; the cap now refuses.
+  EXPECT_EQ(through.enqueue(order("full"), capped).result, kind::full);
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs"), "2");
+}
+
 TEST_F(PgStore, DestroyingTheStoreAnswersTheEnqueuesStillWaiting) {
   auto grouped = std::make_unique<pg_store>(
       qos::jobs::pg_store_options{.conninfo = conninfo_, .pool_size = 2, .enqueue_batches = 1});

@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
-#include <libpq-fe.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,7 +27,7 @@
 
 #include "qos/jobs/pg_store.hpp"
 #include "support/eventually.hpp"
-#include "support/pg_cluster.hpp"
+#include "support/pg_env.hpp"
 
 extern char** environ;
 
@@ -37,35 +36,9 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::eventually;
+using test::sql;
 
-class cluster_env : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (test::pg_cluster::available()) cluster = std::make_unique<test::pg_cluster>();
-  }
-  void TearDown() override { cluster.reset(); }
-  static inline std::unique_ptr<test::pg_cluster> cluster;
-};
-[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
-
-std::string sql(const std::string& conninfo, const std::string& query) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  std::string out;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult* r = PQexec(c, query.c_str());
-    const auto st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
-    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
-      out = PQgetvalue(r, 0, 0);
-    }
-    PQclear(r);
-  } else {
-    ADD_FAILURE() << PQerrorMessage(c);
-  }
-  PQfinish(c);
-  return out;
-}
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new test::pg_cluster_env);
 
 // One job_worker process, its stdout on a pipe; SIGKILLed and reaped on destruction.
 class worker {
@@ -205,15 +178,9 @@ std::size_t most_at_once(const std::vector<run>& runs) {
 class JobsProcess : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!test::pg_cluster::available()) {
-      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << test::pg_cluster::bin
-                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
-    }
-    ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
-    static int next = 0;
-    const std::string db = "p" + std::to_string(++next);
-    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
-    conninfo_ = cluster_env::cluster->conninfo(db);
+    if (!test::pg_cluster::available()) GTEST_SKIP() << test::pg_missing_reason();
+    ASSERT_TRUE(test::pg_cluster_env::cluster) << "the test cluster did not start";
+    conninfo_ = test::fresh_database("p");
     store_ = std::make_unique<pg_store>(pg_store_options{.conninfo = conninfo_, .pool_size = 2});
     char dir[] = "/tmp/qos-jobs-proc-XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);

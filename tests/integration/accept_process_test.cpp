@@ -28,7 +28,6 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 using qos::test::child_process;
-
 using qos::test::public_port;
 
 class accept_process_test : public ::testing::Test {

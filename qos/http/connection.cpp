@@ -46,8 +46,15 @@ constexpr std::size_t parser_slack = 64;
 // dispatched, never on input), so they cut long handlers and spare slow headers (defect 12).
 // Resetting the idle parser this often keeps them from ever firing under this layer.
 constexpr auto parser_refresh = std::chrono::seconds(1);
-// A draining connection whose marker has not come back after this long gets another.
-constexpr auto marker_overdue = std::chrono::seconds(1);
+
+// How often a clone sweeps its connections: an eighth of the shortest timeout, between 10 and
+// 250 ms. A marker not back after one period is overdue (Pistache defect 16, in sweep()).
+std::chrono::milliseconds sweep_period_of(const connection_options& o) {
+  const auto shortest = std::min(
+      {o.header_timeout, o.body_timeout, o.keepalive_timeout, o.send_timeout, o.linger_timeout});
+  return std::clamp<std::chrono::milliseconds>(shortest / 8, std::chrono::milliseconds(10),
+                                               std::chrono::milliseconds(250));
+}
 
 // IMF-fixdate of now (RFC 9110 5.6.7), made once per second per thread. No stdio: this runs on
 // fiber stacks, inside Pistache's serialization of a response.
@@ -101,6 +108,7 @@ class date_header : public http::Header::Header {
 struct connection_handler::shared {
   std::atomic<std::size_t> open{0};
   std::atomic<std::uint64_t> closed{0};  // ever: a listener's count is its accepted - closed
+  std::atomic<std::uint64_t> overdue_markers{0};
 };
 
 // One client connection, owned by its Peer's data (it dies with the Peer) and by the sentinel
@@ -177,7 +185,9 @@ struct connection_handler::connection {
   bool close_after = false;            // the request in flight is the connection's last
   bool overflow = false;               // more bytes came behind it than we hold: close after it
   std::size_t unsent = 0;              // responses queued since the last confirmed write
-  steady::time_point marker_posted{};  // draining: when its marker went out
+  steady::time_point marker_posted{};  // draining or closing: when its last marker went out
+  std::uint64_t markers = 0;           // markers posted
+  std::uint64_t awaited_marker = 0;    // the first marker posted for the current wait
   bool fin_sent = false;
   bool torn_down = false;
   bool closed = false;  // Pistache saw the end of it (onDisconnection)
@@ -251,7 +261,10 @@ connection_options connection_options_of(const config::server_config& s) {
 
 connection_handler::connection_handler(std::shared_ptr<http::Handler> inner,
                                        connection_options options)
-    : inner_(std::move(inner)), options_(options), shared_(std::make_shared<shared>()) {
+    : inner_(std::move(inner)),
+      options_(std::move(options)),
+      shared_(std::make_shared<shared>()),
+      sweep_period_(sweep_period_of(options_)) {
   if (!inner_) throw std::invalid_argument("connection_handler: no inner handler");
 }
 
@@ -259,7 +272,8 @@ connection_handler::connection_handler(const connection_handler& other)
     : http::Handler(other),
       inner_(std::static_pointer_cast<http::Handler>(other.inner_->clone())),
       options_(other.options_),
-      shared_(other.shared_) {
+      shared_(other.shared_),
+      sweep_period_(other.sweep_period_) {
   // The inner handler's parser (made in its onConnection) gets our whole request, re-framed.
   inner_->setMaxRequestSize(getMaxRequestSize() + parser_slack);
   inner_->setMaxResponseSize(getMaxResponseSize());
@@ -284,6 +298,10 @@ std::size_t connection_handler::connections() const noexcept {
 
 std::uint64_t connection_handler::closed_connections() const noexcept {
   return shared_->closed.load(std::memory_order_acquire);
+}
+
+std::uint64_t connection_handler::overdue_markers() const noexcept {
+  return shared_->overdue_markers.load(std::memory_order_relaxed);
 }
 
 void connection_handler::onConnection(const std::shared_ptr<tcp::Peer>& peer) {
@@ -359,7 +377,7 @@ void connection_handler::serve(const std::shared_ptr<connection>& c) {
       c->kind = connection::timer::send;
       c->deadline = steady::now() + options_.send_timeout;
       c->marker_posted = steady::now();
-      post_marker(c);
+      c->awaited_marker = post_marker(c);
       return;
     }
     const std::string_view data = std::string_view(c->in).substr(c->in_off);
@@ -550,7 +568,8 @@ void connection_handler::close_after_writes(const std::shared_ptr<connection>& c
   c->state = connection::phase::closing;
   c->kind = connection::timer::linger;
   c->deadline = steady::now() + options_.linger_timeout;
-  post_marker(c);
+  c->marker_posted = steady::now();
+  c->awaited_marker = post_marker(c);
 }
 
 // On the reactor thread. `flight` 0: a marker of the reactor's own (post_marker), and every
@@ -589,20 +608,27 @@ void connection_handler::after_writes(const std::shared_ptr<connection>& c, std:
 // Reactor thread: queues an empty write behind everything queued for the connection so far;
 // its completion brings after_writes, on the reactor thread (a write queued there cannot
 // complete before this returns to the event loop). Pistache offers no other way to learn that
-// a response was written.
-void connection_handler::post_marker(const std::shared_ptr<connection>& c) {
+// a response was written. A marker older than the wait it comes back to (one posted again by
+// the sweep, defect 16, whose completion came after the original's) says nothing of the
+// responses queued since, and is ignored.
+std::uint64_t connection_handler::post_marker(const std::shared_ptr<connection>& c) {
+  const std::uint64_t number = ++c->markers;
   auto peer = c->peer.lock();  // for this call only (trap 2)
-  if (!peer) return;
+  if (!peer) return number;
   try {
     peer->send(Pistache::RawBuffer(std::string(), 0))
         .then(
-            [c](ssize_t) {
-              if (std::this_thread::get_id() == c->reactor) c->owner->after_writes(c, 0);
+            [c, number](ssize_t) {
+              if (std::this_thread::get_id() != c->reactor || number < c->awaited_marker) return;
+              const auto& drop = c->owner->options_.drop_marker;
+              if (drop && drop()) return;
+              c->owner->after_writes(c, 0);
             },
             [](std::exception_ptr) {});
   } catch (...) {
     // The peer lost its transport (shutting down): nothing left to do for it.
   }
+  return number;
 }
 
 // The same from another thread. There the write may complete before then() is attached (the
@@ -669,11 +695,7 @@ void connection_handler::arm_sweep() {
     logger()->warn("qos: no timer for connection timeouts (timerfd_create failed)");
     return;  // tried again at the next connection
   }
-  const auto shortest =
-      std::min({options_.header_timeout, options_.body_timeout, options_.keepalive_timeout,
-                options_.send_timeout, options_.linger_timeout});
-  const auto period = std::clamp<std::chrono::milliseconds>(
-      shortest / 8, std::chrono::milliseconds(10), std::chrono::milliseconds(250));
+  const auto period = sweep_period_;
   sweep_armed_ = true;
   sweep_fd_ = fd;
   try {
@@ -699,6 +721,28 @@ void connection_handler::arm_sweep() {
     ::close(fd);
     logger()->warn("qos: connection timer not armed: {}", e.what());
   }
+}
+
+// Pistache 0.0.5, defect 16: Transport::onReady handles a peer's event as readable *or*
+// writable; with edge-triggered polling, an event that is both (the client's next request
+// arriving as a queued write is registered) loses its write edge, and what Pistache holds for
+// the connection, the marker behind it included, waits for a next write. A draining or closing
+// connection makes none (about once in a million responses at 15,000/s the request behind it
+// waited 60 s). Another marker registers the write again, for one empty write. Only with
+// nothing left in the socket's send queue: then the client read everything the kernel had,
+// the marker is overdue and the client is not the reason; while bytes wait there, a client
+// that reads them brings a write edge of its own, and one that does not meets send_timeout.
+// A marker posted a sweep period ago has had every turn of the event loop since to come back.
+void connection_handler::repost_overdue_marker(const std::shared_ptr<connection>& c,
+                                               steady::time_point now) {
+  int unsent_bytes = -1;
+  if (!c->owns_fd() || ::ioctl(c->fd, SIOCOUTQ, &unsent_bytes) != 0 || unsent_bytes != 0) return;
+  shared_->overdue_markers.fetch_add(1, std::memory_order_relaxed);
+  logger()->warn(
+      "qos: a connection's write marker is {} ms overdue; posting another",
+      std::chrono::duration_cast<std::chrono::milliseconds>(now - c->marker_posted).count());
+  c->marker_posted = now;
+  post_marker(c);
 }
 
 void connection_handler::sweep() {
@@ -733,27 +777,10 @@ void connection_handler::sweep() {
         }
         break;
       case connection::phase::draining:
-        if (now < c->deadline && now - c->marker_posted >= marker_overdue) {
-          // Pistache 0.0.5, defect 16: Transport::onReady handles a peer's event as readable
-          // *or* writable; with edge-triggered polling, an event that is both (the client's
-          // next request arriving as the marker's write is registered) loses its write edge,
-          // and the marker waits in Pistache's queue for a next write that a draining
-          // connection never makes (about once in a million responses at 15,000/s). Another
-          // marker registers the write again; it costs one empty write. With nothing left in
-          // the socket's send queue the client is not the reason.
-          int unsent_bytes = -1;
-          if (c->owns_fd()) ::ioctl(c->fd, SIOCOUTQ, &unsent_bytes);
-          if (unsent_bytes == 0) {
-            logger()->warn(
-                "qos: a connection's write marker is {} ms overdue; posting another",
-                std::chrono::duration_cast<std::chrono::milliseconds>(now - c->marker_posted)
-                    .count());
-          }
-          c->marker_posted = now;
-          post_marker(c);
-        }
-        [[fallthrough]];
       case connection::phase::closing:
+        if (!c->fin_sent && now < c->deadline && now - c->marker_posted >= sweep_period_) {
+          repost_overdue_marker(c, now);
+        }
         if (now >= c->deadline) {
           // The client neither read its responses nor closed: end it. Pistache sees the end
           // of the stream and removes the peer; we never close a descriptor it owns.

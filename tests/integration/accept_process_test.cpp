@@ -28,12 +28,7 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 using qos::test::child_process;
-
-std::uint16_t public_port(child_process& c) {
-  const auto text = c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
-  EXPECT_TRUE(text) << c.output;
-  return text ? static_cast<std::uint16_t>(std::stoi(*text)) : 0;
-}
+using qos::test::public_port;
 
 class accept_process_test : public ::testing::Test {
  protected:

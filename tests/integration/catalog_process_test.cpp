@@ -44,12 +44,9 @@ child spawn(const std::vector<std::string>& args, std::optional<rlim_t> address_
   return c;
 }
 
-// The ports the child prints in its startup message.
-std::uint16_t public_port(child& c) {
-  const auto text = c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);
-  EXPECT_TRUE(text) << c.output;
-  return text ? static_cast<std::uint16_t>(std::stoi(*text)) : 0;
-}
+using qos::test::public_port;
+
+// The admin port the child prints in its startup message.
 std::uint16_t admin_port(child& c) {
   const auto text =
       c.read_until(std::regex("Admin listener:\n  curl http://127\\.0\\.0\\.1:([0-9]+)/"), 30s);

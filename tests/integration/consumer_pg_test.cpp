@@ -3,7 +3,6 @@
 // admission. The N bound across both, counted in the table while they work; and a consumer
 // dropped mid-job whose job runs again after its lease expired, with attempts + 1.
 #include <gtest/gtest.h>
-#include <libpq-fe.h>
 
 #include <atomic>
 #include <chrono>
@@ -15,43 +14,16 @@
 #include "qos/jobs/consumer.hpp"
 #include "qos/jobs/pg_store.hpp"
 #include "support/eventually.hpp"
-#include "support/pg_cluster.hpp"
+#include "support/pg_env.hpp"
 
 namespace qos::jobs {
 namespace {
 
 using namespace std::chrono_literals;
 using test::eventually;
+using test::sql;
 
-class cluster_env : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (test::pg_cluster::available()) cluster = std::make_unique<test::pg_cluster>();
-  }
-  void TearDown() override { cluster.reset(); }
-  static inline std::unique_ptr<test::pg_cluster> cluster;
-};
-[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
-
-// One statement on a connection of its own; its first value ("" when none).
-std::string sql(const std::string& conninfo, const std::string& query) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  std::string out;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult* r = PQexec(c, query.c_str());
-    const auto st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
-    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
-      out = PQgetvalue(r, 0, 0);
-    }
-    PQclear(r);
-  } else {
-    ADD_FAILURE() << PQerrorMessage(c);
-  }
-  PQfinish(c);
-  return out;
-}
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new test::pg_cluster_env);
 
 job_request order(std::string body) {
   return {.route = "orders",
@@ -91,15 +63,9 @@ struct process {
 class ConsumerPg : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!test::pg_cluster::available()) {
-      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << test::pg_cluster::bin
-                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
-    }
-    ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
-    static int next = 0;  // not reset by --gtest_repeat: every database name is fresh
-    const std::string db = "c" + std::to_string(++next);
-    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
-    conninfo_ = cluster_env::cluster->conninfo(db);
+    if (!test::pg_cluster::available()) GTEST_SKIP() << test::pg_missing_reason();
+    ASSERT_TRUE(test::pg_cluster_env::cluster) << "the test cluster did not start";
+    conninfo_ = test::fresh_database("c");
   }
   int count(const std::string& state) {
     return std::stoi(sql(conninfo_, "SELECT count(*) FROM qos_jobs WHERE state = '" + state + "'"));

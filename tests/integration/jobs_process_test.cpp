@@ -6,15 +6,10 @@
 // others before a clean exit; a worker whose listener connection was killed still finding a
 // job that was never notified. Each run of a job is measured by the worker itself: a start and
 // an end line on the system-wide monotonic clock in a shared log file.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
-#include <libpq-fe.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,124 +23,41 @@
 
 #include "qos/jobs/pg_store.hpp"
 #include "support/eventually.hpp"
-#include "support/pg_cluster.hpp"
-
-extern char** environ;
+#include "support/line_process.hpp"
+#include "support/pg_env.hpp"
 
 namespace qos::jobs {
 namespace {
 
 using namespace std::chrono_literals;
 using test::eventually;
+using test::sql;
 
-class cluster_env : public ::testing::Environment {
+[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new test::pg_cluster_env);
+
+// One job_worker process: "ready" when it consumes, its counters when SIGTERM ends it.
+class worker : public test::line_process {
  public:
-  void SetUp() override {
-    if (test::pg_cluster::available()) cluster = std::make_unique<test::pg_cluster>();
-  }
-  void TearDown() override { cluster.reset(); }
-  static inline std::unique_ptr<test::pg_cluster> cluster;
-};
-[[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
+  worker(const std::string& conninfo, const std::string& log, const std::vector<std::string>& extra)
+      : line_process(JOB_WORKER, args(conninfo, log, extra)) {}
 
-std::string sql(const std::string& conninfo, const std::string& query) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  std::string out;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult* r = PQexec(c, query.c_str());
-    const auto st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
-    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
-      out = PQgetvalue(r, 0, 0);
-    }
-    PQclear(r);
-  } else {
-    ADD_FAILURE() << PQerrorMessage(c);
-  }
-  PQfinish(c);
-  return out;
-}
-
-// One job_worker process, its stdout on a pipe; SIGKILLed and reaped on destruction.
-class worker {
- public:
-  worker(const std::string& conninfo, const std::string& log, std::vector<std::string> extra) {
-    std::vector<std::string> args = {JOB_WORKER, "--conninfo", conninfo, "--log", log};
-    args.insert(args.end(), extra.begin(), extra.end());
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid_, JOB_WORKER, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    out_ = fds[0];
-    if (rc != 0) {
-      ::close(out_);
-      throw std::runtime_error("posix_spawn failed");
-    }
-  }
-  ~worker() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
-  worker(const worker&) = delete;
-  worker& operator=(const worker&) = delete;
-
-  pid_t pid() const { return pid_; }
-  void signal(int sig) const { ::kill(pid_, sig); }
-
-  // The next stdout line, or nothing at EOF or after 20 s of silence.
-  std::optional<std::string> line() {
-    for (;;) {
-      const auto nl = buffer_.find('\n');
-      if (nl != std::string::npos) {
-        std::string l = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return l;
-      }
-      pollfd p{.fd = out_, .events = POLLIN, .revents = 0};
-      if (::poll(&p, 1, 20000) <= 0) return std::nullopt;
-      char chunk[4096];
-      const ssize_t n = ::read(out_, chunk, sizeof chunk);
-      if (n <= 0) return std::nullopt;
-      buffer_.append(chunk, static_cast<std::size_t>(n));
-    }
-  }
   bool ready() { return line() == "ready"; }
 
-  // SIGKILL and reap; true when it died of that signal.
-  bool kill9() {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-  }
   // SIGTERM, then its counters line and its exit status (-1: killed by a signal, or no exit
   // within 20 s).
   std::pair<std::string, int> terminate() {
-    ::kill(pid_, SIGTERM);
+    signal(SIGTERM);
     std::string counters = line().value_or("");
-    int status = 0;
-    const bool exited = eventually([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, 20s);
-    if (!exited) return {counters, -1};
-    pid_ = -1;
-    return {counters, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+    return {counters, wait_exit(20s)};
   }
 
  private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buffer_;
+  static std::vector<std::string> args(const std::string& conninfo, const std::string& log,
+                                       const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"--conninfo", conninfo, "--log", log};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
 };
 
 // "key=value" out of the worker's counters line.
@@ -205,15 +117,9 @@ std::size_t most_at_once(const std::vector<run>& runs) {
 class JobsProcess : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!test::pg_cluster::available()) {
-      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << test::pg_cluster::bin
-                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
-    }
-    ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
-    static int next = 0;
-    const std::string db = "p" + std::to_string(++next);
-    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
-    conninfo_ = cluster_env::cluster->conninfo(db);
+    if (!test::pg_cluster::available()) GTEST_SKIP() << test::pg_missing_reason();
+    ASSERT_TRUE(test::pg_cluster_env::cluster) << "the test cluster did not start";
+    conninfo_ = test::fresh_database("p");
     store_ = std::make_unique<pg_store>(pg_store_options{.conninfo = conninfo_, .pool_size = 2});
     char dir[] = "/tmp/qos-jobs-proc-XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);

@@ -1,6 +1,7 @@
 // A program run as a child process by a test: its stdout and stderr merged into one pipe the
 // test reads, waits bounded by deadlines, and a SIGKILL when the test ends with it still running
-// (a failed assertion midway must not leave it behind). Header-only; POSIX.
+// (a failed assertion midway must not leave it behind); public_port() reads the port a qos
+// service announces. Header-only; POSIX.
 #pragma once
 
 #include <poll.h>
@@ -9,7 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <regex>
 #include <string>
@@ -146,6 +150,15 @@ inline child_process spawn_process(const std::string& program, const std::vector
   }
   c.out = fds[0];
   return c;
+}
+
+// The public port a qos service prints in its startup message ("curl http://127.0.0.1:PORT/"),
+// read within 30 s; 0 (and a failed expectation showing the output so far) without one.
+inline std::uint16_t public_port(child_process& c) {
+  const auto text =
+      c.read_until(std::regex("curl http://127\\.0\\.0\\.1:([0-9]+)/"), std::chrono::seconds(30));
+  EXPECT_TRUE(text) << c.output;
+  return text ? static_cast<std::uint16_t>(std::stoi(*text)) : 0;
 }
 
 }  // namespace qos::test

@@ -3,13 +3,6 @@
 // printed (no 202 without a commit); a consumer killed -9 holding a lease has its job re-run
 // after the lease with attempts + 1 and its token void; a failing disk (writes past a file size
 // limit) makes enqueue unavailable with nothing stored; a live owner's file is refused.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -20,8 +13,7 @@
 #include "job_test_support.hpp"
 #include "qos/jobs/job_id.hpp"
 #include "qos/jobs/sqlite_store.hpp"
-
-extern char** environ;
+#include "support/line_process.hpp"
 
 namespace qos::jobs {
 namespace {
@@ -30,77 +22,10 @@ using namespace std::chrono_literals;
 using kind = enqueue_result::kind;
 using test::status_only;
 
-// The child process with its stdout on a pipe; killed and reaped on destruction.
-class child {
- public:
-  child(const std::string& mode, const std::string& path) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    std::vector<std::string> args = {SQLITE_STORE_CHILD, mode, path};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int rc =
-        ::posix_spawn(&pid_, SQLITE_STORE_CHILD, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    out_ = fds[0];
-    if (rc != 0) {
-      ::close(out_);
-      throw std::runtime_error("posix_spawn failed");
-    }
-  }
-  ~child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
-  child(const child&) = delete;
-  child& operator=(const child&) = delete;
-
-  // The next line, or nothing at EOF or after 20 s of silence (a hung child fails the test
-  // instead of hanging it).
-  std::optional<std::string> line() {
-    for (;;) {
-      const auto nl = buffer_.find('\n');
-      if (nl != std::string::npos) {
-        std::string l = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return l;
-      }
-      pollfd p{.fd = out_, .events = POLLIN, .revents = 0};
-      if (::poll(&p, 1, 20000) <= 0) return std::nullopt;
-      char chunk[4096];
-      const ssize_t n = ::read(out_, chunk, sizeof chunk);
-      if (n <= 0) return std::nullopt;
-      buffer_.append(chunk, static_cast<std::size_t>(n));
-    }
-  }
-
-  // SIGKILL and reap; true when the child died of that signal (and not before it).
-  bool kill9() {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-  }
-  int wait_exit() {
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buffer_;
+// The child process (sqlite_store_child) in `mode` on the database at `path`.
+struct child : qos::test::line_process {
+  child(const std::string& mode, const std::string& path)
+      : line_process(SQLITE_STORE_CHILD, {mode, path}) {}
 };
 
 TEST(sqlite_store_crash, a_writer_killed_mid_stream_loses_no_acknowledged_job) {

@@ -16,7 +16,10 @@
 //   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
 //   exponential backoff, dead after max_attempts). The store is told only once the handler
 //   really ended (admission's done()), so a job is never queued again while its handler still
-//   runs here; its permit is back by then.
+//   runs here; its permit is back by then. Every job that ended since the loop's last round and
+//   the claim of the permits free now go to the store in one call (settle_and_claim(): one
+//   transaction and one commit in both stores), so a freed slot waits for one commit before its
+//   next job, however many ended with it.
 // - Fallbacks (no permit within max_wait, queue full, shutdown, executor refused, or stopping
 //   before the handler started): the job did not run, and is given back with fail() under a
 //   retry policy that never makes it dead (max_attempts unlimited, a fixed `fallback_delay`).

@@ -47,8 +47,12 @@
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
 //   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
-//   Processes sharing a store are not served fairly: one that ends a job claims again at once,
-//   while another finds the group's leases free only when its poll comes at the right moment.
+//   Processes sharing a store are not served fairly: one that ends a job settles it and claims
+//   the freed slot in the same transaction, so while it has work and free permits, a lease it
+//   holds never shows as free to another process. Another finds a slot only when a holder ends
+//   a job without claiming its slot again (its permits taken by synchronous traffic, its token
+//   bucket empty, stopping) or the queue runs dry. The group's N across processes holds all
+//   the same; it is the spread of the work over processes that is not even.
 // - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
 //   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
 //   Jobs still running after it are left to lease expiry, not failed back: failing one back

@@ -275,7 +275,7 @@ void consumer::loop() {
     int attempt = 1;
     time_point next_beat{};
     bool fenced = false;  // a heartbeat was refused: counted and logged already
-    // The handler ended but the store could not be told (store_error): kept and retried.
+    // The handler ended: kept until the store took it (retried after a store_error).
     std::optional<verdict> ended{};
     time_point retry_at{};
     time_point give_up_at{};  // a lease after the first failed try
@@ -305,8 +305,9 @@ void consumer::loop() {
         "again elsewhere); this run's result is not stored",
         options_.group, id, what);
   };
-  // Store calls never throw out of the loop. For claim and requeue_expired a throw is "nothing
-  // this time"; the lease calls go through ask() instead, where it is no answer, not a refusal.
+  // Store calls never throw out of the loop. For requeue_expired, status and the claim a throw
+  // is "nothing this time"; for the lease calls (settlements too) it is no answer, not a
+  // refusal (ask(), and the settle_and_claim call below).
   auto guarded = [&](const char* what, auto&& call) -> decltype(call()) {
     try {
       return call();

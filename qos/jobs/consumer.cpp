@@ -275,7 +275,7 @@ void consumer::loop() {
     int attempt = 1;
     time_point next_beat{};
     bool fenced = false;  // a heartbeat was refused: counted and logged already
-    // The handler ended but the store could not be told (store_error): kept and retried.
+    // The handler ended: kept until the store took it (retried after a store_error).
     std::optional<verdict> ended{};
     time_point retry_at{};
     time_point give_up_at{};  // a lease after the first failed try
@@ -305,8 +305,9 @@ void consumer::loop() {
         "again elsewhere); this run's result is not stored",
         options_.group, id, what);
   };
-  // Store calls never throw out of the loop. For claim and requeue_expired a throw is "nothing
-  // this time"; the lease calls go through ask() instead, where it is no answer, not a refusal.
+  // Store calls never throw out of the loop. For requeue_expired, status and the claim a throw
+  // is "nothing this time"; for the lease calls (settlements too) it is no answer, not a
+  // refusal (ask(), and the settle_and_claim call below).
   auto guarded = [&](const char* what, auto&& call) -> decltype(call()) {
     try {
       return call();
@@ -337,44 +338,31 @@ void consumer::loop() {
     --c.held;
   };
 
-  // Tells the store how a job ended. Refused: fenced out. No answer: the result is kept and
-  // retried every retry_every while the lease is heartbeaten, for one lease at most; then it is
-  // left to lease expiry, as if this process had crashed.
-  auto store_result = [&](std::map<job_id, held_job>::iterator it, time_point t) {
+  auto what_of = [](const verdict& v) {
+    switch (v.what) {
+      case verdict::kind::succeeded:
+        return "complete";
+      case verdict::kind::failed:
+        return "fail";
+      case verdict::kind::given_back:
+        break;
+    }
+    return "give back";
+  };
+  // What the store answered for an ended job. Refused: fenced out. No answer: the result is
+  // kept and retried every retry_every while the lease is heartbeaten, for one lease at most;
+  // then it is left to lease expiry, as if this process had crashed.
+  auto settled = [&](std::map<job_id, held_job>::iterator it, answer a, time_point t) {
     const job_id& id = it->first;
     held_job& j = it->second;
     const verdict& v = *j.ended;
-    const char* what = "complete";
-    answer a = answer::unknown;
-    switch (v.what) {
-      case verdict::kind::succeeded:
-        a = ask(what, id, [&] { return store_.complete(id, j.fence, v.result); });
-        break;
-      case verdict::kind::failed:
-        what = "fail";
-        a = ask(what, id, [&] { return store_.fail(id, j.fence, v.error, options_.retry); });
-        break;
-      case verdict::kind::given_back:
-        what = "give back";
-        a = ask(what, id, [&] { return store_.fail(id, j.fence, v.error, give_back); });
-        break;
-    }
-    if (a == answer::no && j.uncertain) {
-      // An earlier try may have committed with its acknowledgement lost (a connection that
-      // broke after COMMIT). Nobody re-claimed the job if its attempts are still this run's.
-      const auto st = guarded("status", [&] { return store_.status(id); });
-      const bool ours = st && st->attempts == j.attempt &&
-                        (v.what == verdict::kind::succeeded ? st->state == job_state::succeeded
-                                                            : st->state != job_state::running);
-      if (ours) a = answer::yes;
-    }
     switch (a) {
       case answer::yes:
         if (v.what == verdict::kind::succeeded) ++c.succeeded;
         drop(it);
         return;
       case answer::no:
-        fenced_out(id, j, what);
+        fenced_out(id, j, what_of(v));
         drop(it);
         return;
       case answer::unknown:
@@ -395,10 +383,55 @@ void consumer::loop() {
     }
     j.retry_at = t + retry_every;
   };
+  // How an ended job is told to the store.
+  auto settlement_of = [&](const job_id& id, const held_job& j) {
+    const verdict& v = *j.ended;
+    settlement out{.id = id, .fence = j.fence};
+    switch (v.what) {
+      case verdict::kind::succeeded:
+        out.what = settlement::kind::complete;
+        out.result = v.result;
+        break;
+      case verdict::kind::failed:
+        out.what = settlement::kind::fail;
+        out.error = v.error;
+        out.retry = options_.retry;
+        break;
+      case verdict::kind::given_back:
+        out.what = settlement::kind::fail;
+        out.error = v.error;
+        out.retry = give_back;
+        break;
+    }
+    return out;
+  };
 
-  auto finish = [&](verdict& v, time_point t) {
+  // A retry of a result that got no answer before: a call of its own. When the retry is
+  // refused, the store's status() says whether that earlier try committed after all (its
+  // acknowledgement lost): nobody re-claimed the job if its attempts are still this run's.
+  auto store_result = [&](std::map<job_id, held_job>::iterator it, time_point t) {
+    const job_id& id = it->first;
+    held_job& j = it->second;
+    const verdict& v = *j.ended;
+    const settlement s = settlement_of(id, j);
+    answer a = ask(what_of(v), id, [&] {
+      return s.what == settlement::kind::complete ? store_.complete(id, s.fence, s.result)
+                                                  : store_.fail(id, s.fence, s.error, s.retry);
+    });
+    if (a == answer::no && j.uncertain) {
+      const auto st = guarded("status", [&] { return store_.status(id); });
+      const bool ours = st && st->attempts == j.attempt &&
+                        (v.what == verdict::kind::succeeded ? st->state == job_state::succeeded
+                                                            : st->state != job_state::running);
+      if (ours) a = answer::yes;
+    }
+    settled(it, a, t);
+  };
+
+  // A verdict in: counted, and kept with its job until the store took it.
+  auto finish = [&](verdict& v) {
     auto it = jobs.find(v.id);
-    if (it == jobs.end()) return;
+    if (it == jobs.end()) return it;
     switch (v.what) {
       case verdict::kind::succeeded:
         break;
@@ -411,7 +444,55 @@ void consumer::loop() {
         break;
     }
     it->second.ended = std::move(v);
-    store_result(it, t);
+    return it;
+  };
+
+  // How many jobs to claim now: free permits of the group here over the routes' cost, within
+  // the token bucket. Sets `next_wake` when the bucket is what holds claims back.
+  auto claimable = [&](time_point t, const group_stats& st, time_point& next_wake) {
+    const std::size_t busy = st.in_use + st.waiting + st.reserved;
+    const std::size_t free_units = st.limit > busy ? st.limit - busy : 0;
+    std::uint32_t cost = 1;
+    for (const auto& [name, r] : s.routes) {
+      if (const auto* route = adm_.find_route(name)) cost = std::max(cost, route->policy()->cost);
+    }
+    std::size_t k = free_units / cost;
+    if (bucket && k != 0) {
+      const std::size_t tokens = bucket->available(t);
+      if (tokens < k) {
+        k = tokens;
+        if (k == 0) next_wake = std::min(next_wake, t + bucket->until_one(t));
+      }
+    }
+    return k;
+  };
+
+  // Claimed jobs to admission, as requests of their routes.
+  auto start = [&](std::vector<claimed_job>& got, time_point t) {
+    for (auto& job : got) {
+      ++c.claimed;
+      const auto route_it = s.routes.find(job.request.route);
+      const auto* route = adm_.find_route(job.request.route);
+      if (route_it == s.routes.end() || route == nullptr) {
+        // Claimed by group, but this process has no handler for it (a route added by a
+        // newer deployment): fail it, so a process that has one may run it after backoff.
+        ++c.failed;
+        const std::string why = "no handler for route '" + job.request.route + "' here";
+        logger()->warn("jobs consumer {}: job {}: {}", options_.group, job.id, why);
+        guarded("fail", [&] { return store_.fail(job.id, job.fence, why, options_.retry); });
+        continue;
+      }
+      jobs.emplace(
+          job.id,
+          held_job{.fence = job.fence, .attempt = job.attempt, .next_beat = t + beat_every});
+      ++c.held;
+      const request_info info{
+          .level = static_cast<priority>(std::clamp(job.request.priority, 0, int{max_priority})),
+          .arrival = clock::now()};
+      const handler_kind kind = route_it->second.kind;
+      adm_.submit(*route, info, kind,
+                  std::make_unique<job_transport>(shared_, route_it->second, std::move(job)));
+    }
   };
 
   for (;;) {
@@ -426,18 +507,60 @@ void consumer::loop() {
       grace_until = s.grace_until;
     }
     time_point t = now();
-    for (auto& v : ended) finish(v, t);
+    time_point next_wake = t + options_.poll_interval;
+
+    // Every job that ended since the last round, then the claim of the slots free now, in one
+    // store call: a freed slot waits for one commit before its next job, not one per job that
+    // ended plus the claim's. The store applies the settlements before the claim counts the
+    // group's leases, so the bound holds as with separate calls.
+    std::vector<std::map<job_id, held_job>::iterator> fresh;
+    for (auto& v : ended) {
+      if (const auto it = finish(v); it != jobs.end()) fresh.push_back(it);
+    }
+    const group_stats st = group.stats();
+    const std::size_t k = stopping ? 0 : claimable(t, st, next_wake);
+    bool again = false;  // a full claim: there may be more work and permits
+    if (!fresh.empty() || k != 0) {
+      std::vector<settlement> batch;
+      batch.reserve(fresh.size());
+      for (const auto it : fresh) batch.push_back(settlement_of(it->first, it->second));
+      const claim_request next{
+          .group = options_.group, .limit = k, .group_limit = st.limit, .lease = options_.lease};
+      std::optional<settle_result> got;
+      try {
+        got = store_.settle_and_claim(batch, next);
+      } catch (const std::exception& e) {
+        logger()->warn("jobs consumer {}: settle and claim ({} ended) got no answer: {}",
+                       options_.group, batch.size(), e.what());
+      } catch (...) {
+        logger()->warn("jobs consumer {}: settle and claim ({} ended) got no answer",
+                       options_.group, batch.size());
+      }
+      for (std::size_t i = 0; i < fresh.size(); ++i) {
+        // No answer (or none for this one): the lease may still be ours; retried alone.
+        answer a = answer::unknown;
+        if (got && i < got->accepted.size()) a = got->accepted[i] ? answer::yes : answer::no;
+        settled(fresh[i], a, t);
+      }
+      if (got) {
+        if (bucket) bucket->take(got->claimed.size(), t);
+        again = k != 0 && got->claimed.size() == k;
+        start(got->claimed, t);
+      }
+    }
     if (stopping && (jobs.empty() || std::chrono::steady_clock::now() >= grace_until)) break;
 
     if (!stopping && t >= next_requeue) {
       const std::size_t n =
           guarded("requeue_expired", [&] { return store_.requeue_expired(options_.retry); });
       c.requeued += n;
-      if (n != 0) logger()->info("jobs consumer {}: requeued {} expired leases", options_.group, n);
+      if (n != 0) {
+        logger()->info("jobs consumer {}: requeued {} expired leases", options_.group, n);
+        again = true;  // claim them at once
+      }
       next_requeue = t + options_.requeue_interval;
     }
 
-    time_point next_wake = t + options_.poll_interval;
     for (auto it = jobs.begin(); it != jobs.end();) {
       const auto here = it++;         // store_result() and a refusal may erase `here`
       const job_id id = here->first;  // a copy: `here` may be erased
@@ -470,54 +593,6 @@ void consumer::loop() {
     }
     if (!stopping) next_wake = std::min(next_wake, next_requeue);
 
-    bool again = false;  // a full claim: there may be more work and permits
-    if (!stopping) {
-      const group_stats st = group.stats();
-      const std::size_t busy = st.in_use + st.waiting + st.reserved;
-      std::size_t free_units = st.limit > busy ? st.limit - busy : 0;
-      std::uint32_t cost = 1;
-      for (const auto& [name, r] : s.routes) {
-        if (const auto* route = adm_.find_route(name)) cost = std::max(cost, route->policy()->cost);
-      }
-      std::size_t k = free_units / cost;
-      if (bucket && k != 0) {
-        const std::size_t tokens = bucket->available(t);
-        if (tokens < k) {
-          k = tokens;
-          if (k == 0) next_wake = std::min(next_wake, t + bucket->until_one(t));
-        }
-      }
-      if (k != 0) {
-        std::vector<claimed_job> got = guarded(
-            "claim", [&] { return store_.claim(options_.group, k, st.limit, options_.lease); });
-        if (bucket) bucket->take(got.size(), t);
-        again = got.size() == k;
-        for (auto& job : got) {
-          ++c.claimed;
-          const auto route_it = s.routes.find(job.request.route);
-          const auto* route = adm_.find_route(job.request.route);
-          if (route_it == s.routes.end() || route == nullptr) {
-            // Claimed by group, but this process has no handler for it (a route added by a
-            // newer deployment): fail it, so a process that has one may run it after backoff.
-            ++c.failed;
-            const std::string why = "no handler for route '" + job.request.route + "' here";
-            logger()->warn("jobs consumer {}: job {}: {}", options_.group, job.id, why);
-            guarded("fail", [&] { return store_.fail(job.id, job.fence, why, options_.retry); });
-            continue;
-          }
-          jobs.emplace(
-              job.id,
-              held_job{.fence = job.fence, .attempt = job.attempt, .next_beat = t + beat_every});
-          ++c.held;
-          const request_info info{.level = static_cast<priority>(
-                                      std::clamp(job.request.priority, 0, int{max_priority})),
-                                  .arrival = clock::now()};
-          const handler_kind kind = route_it->second.kind;
-          adm_.submit(*route, info, kind,
-                      std::make_unique<job_transport>(shared_, route_it->second, std::move(job)));
-        }
-      }
-    }
     if (again) continue;
 
     const time_point after = now();

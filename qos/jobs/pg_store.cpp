@@ -19,6 +19,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -818,6 +819,15 @@ struct pg_store::impl {
     }
   }
 
+  // Runs fn(conn) on a pooled connection outside any transaction (fn sends its own, e.g. in
+  // one pipeline). Not retried: once a statement was sent, a broken connection cannot say
+  // whether it committed. Throws db_error.
+  template <class F>
+  auto run_plain(F&& fn) {
+    auto conn = connections.take();
+    return fn(conn.get());
+  }
+
   // Whether an enqueue of `route` must count the route's depth in the database. Counting is
   // O(depth) (up to max_depth index entries, on every enqueue when the queue is long: the
   // moment bursts happen), so a count is reused while it is younger than depth_reuse and this
@@ -1216,6 +1226,108 @@ claimed_job read_claimed(PGresult* r, int row) {
   return j;
 }
 
+// The claimed rows of a claim statement, in claim order (RETURNING has none).
+std::vector<claimed_job> claimed_in_order(PGresult* r) {
+  std::vector<std::pair<std::int64_t, claimed_job>> rows;
+  for (int i = 0; i < PQntuples(r); ++i) rows.emplace_back(col_int(r, i, 14), read_claimed(r, i));
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    if (a.second.request.priority != b.second.request.priority) {
+      return a.second.request.priority > b.second.request.priority;
+    }
+    if (a.first != b.first) return a.first < b.first;
+    return a.second.id < b.second.id;
+  });
+  std::vector<claimed_job> out;
+  out.reserve(rows.size());
+  for (auto& [_, j] : rows) out.push_back(std::move(j));
+  return out;
+}
+
+// Count-and-claim is atomic per group across processes: without the lock two claimers could
+// both count N-1 leases and both take one. One lock per group, held for the claim's short
+// transaction only (never while a job runs, so a crashed consumer holds nothing), and taken in
+// its own statement: READ COMMITTED gives the claim statement a snapshot that includes the
+// previous holder's committed claims. Parameters: the group.
+params group_lock(const std::string& group) {
+  return std::move(params{}.num(lock_class).text(group));
+}
+constexpr const char* sql_group_lock = "SELECT pg_advisory_xact_lock($1::int, hashtext($2))";
+
+// Leases up to $2 of group $1's runnable jobs for $3 ms, but no more than bring the group's
+// leases to $4: the count and the pick share the statement's snapshot, taken under the group's
+// lock. Leases past their expiry still count until requeue_expired() takes them back (their
+// worker may still be running); a lease this transaction released before (a settlement) no
+// longer does.
+const std::string& claim_sql() {
+  static const std::string sql =
+      std::string(
+          "UPDATE qos_jobs j SET state = 'running', fence = j.fence + 1,"
+          " attempts = j.attempts + 1,"
+          " lease_until = now() + $3::bigint * interval '1 millisecond'"
+          " FROM (SELECT id FROM qos_jobs WHERE grp = $1 AND state = 'queued'"
+          " AND run_at <= now() ORDER BY priority DESC, run_at, id"
+          " LIMIT least($2::bigint, greatest(0, $4::bigint - (SELECT count(*) FROM qos_jobs"
+          " WHERE grp = $1 AND state = 'running')))"
+          " FOR UPDATE SKIP LOCKED) picked"
+          " WHERE j.id = picked.id RETURNING ") +
+      claimed_columns;
+  return sql;
+}
+params claim_params(const std::string& group, std::size_t limit, std::size_t group_limit,
+                    std::chrono::milliseconds lease) {
+  return std::move(params{}
+                       .text(group)
+                       .num(static_cast<std::int64_t>(limit))
+                       .num(lease.count())
+                       .num(static_cast<std::int64_t>(group_limit)));
+}
+
+// One row changed: the lease was this token's.
+constexpr const char* sql_complete =
+    "UPDATE qos_jobs SET state = 'succeeded', finished = now(),"
+    " lease_until = NULL, last_error = '', result_status = $3::int,"
+    " result_headers = $4, result_body = $5"
+    " WHERE id = $1 AND fence = $2::bigint AND state = 'running'";
+params complete_params(const job_id& id, std::uint64_t fence, const job_result& res) {
+  return std::move(params{}
+                       .text(id)
+                       .num(static_cast<std::int64_t>(fence))
+                       .num(res.status)
+                       .bytes(detail::encode_headers(res.headers))
+                       .bytes(res.body));
+}
+
+// A retry after retry_delay(), or dead after the last attempt, in one statement (so that it can
+// be pipelined): the attempt number is the row's, so the delays of attempts 1..n (n up to 64,
+// where retry_delay() stops doubling) are bound, all with one jitter draw, and the row picks its
+// own. One row changed: the lease was this token's.
+constexpr const char* sql_fail =
+    "UPDATE qos_jobs SET"
+    " state = CASE WHEN attempts >= $3::int THEN 'dead' ELSE 'queued' END,"
+    " finished = CASE WHEN attempts >= $3::int THEN now() ELSE finished END,"
+    " run_at = CASE WHEN attempts >= $3::int THEN run_at ELSE now() +"
+    " ($5::bigint[])[greatest(1, least(attempts, cardinality($5::bigint[])))]"
+    " * interval '1 millisecond' END,"
+    " lease_until = NULL, last_error = $4"
+    " WHERE id = $1 AND fence = $2::bigint AND state = 'running'";
+params fail_params(const job_id& id, std::uint64_t fence, const std::string& error,
+                   const retry_policy& retry) {
+  const double unit = unit_random();
+  const int n = std::clamp(retry.max_attempts, 2, 65) - 1;  // the delays a retry may use
+  std::string delays = "{";
+  for (int attempt = 1; attempt <= n; ++attempt) {
+    if (attempt > 1) delays += ',';
+    delays += std::to_string(retry_delay(retry, attempt, unit).count());
+  }
+  delays += '}';
+  return std::move(params{}
+                       .text(id)
+                       .num(static_cast<std::int64_t>(fence))
+                       .num(retry.max_attempts)
+                       .bytes(error)
+                       .text(std::move(delays)));
+}
+
 }  // namespace
 
 std::vector<claimed_job> pg_store::claim(const std::string& group, std::size_t limit,
@@ -1223,56 +1335,10 @@ std::vector<claimed_job> pg_store::claim(const std::string& group, std::size_t l
   if (limit == 0 || group_limit == 0) return {};
   try {
     return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
-      std::vector<claimed_job> out;
-      // Count-and-claim is atomic per group across processes: without the lock two claimers
-      // could both count N-1 leases and both take one. One lock per group, held for this short
-      // transaction only (never while a job runs, so a crashed consumer holds nothing), and
-      // taken in its own statement: READ COMMITTED gives the next statement a snapshot that
-      // includes the previous holder's committed claims.
-      params{}
-          .num(lock_class)
-          .text(group)
-          .exec(c, "SELECT pg_advisory_xact_lock($1::int, hashtext($2))");
-      // Leases past their expiry still count until requeue_expired() takes them back: their
-      // worker may still be running.
-      result running = params{}.text(group).exec(
-          c, "SELECT count(*) FROM qos_jobs WHERE grp = $1 AND state = 'running'");
-      const auto held = static_cast<std::size_t>(col_int(running.get(), 0, 0));
-      if (held >= group_limit) {
-        t.commit();
-        return out;
-      }
-      const std::size_t k = std::min(limit, group_limit - held);
-      const std::string sql =
-          std::string(
-              "UPDATE qos_jobs j SET state = 'running', fence = j.fence + 1,"
-              " attempts = j.attempts + 1,"
-              " lease_until = now() + $3::bigint * interval '1 millisecond'"
-              " FROM (SELECT id FROM qos_jobs WHERE grp = $1 AND state = 'queued'"
-              " AND run_at <= now() ORDER BY priority DESC, run_at, id"
-              " LIMIT $2::bigint FOR UPDATE SKIP LOCKED) picked"
-              " WHERE j.id = picked.id RETURNING ") +
-          claimed_columns;
-      result r = params{}
-                     .text(group)
-                     .num(static_cast<std::int64_t>(k))
-                     .num(lease.count())
-                     .exec(c, sql.c_str());
+      group_lock(group).exec(c, sql_group_lock);
+      result r = claim_params(group, limit, group_limit, lease).exec(c, claim_sql().c_str());
       t.commit();
-      std::vector<std::pair<std::int64_t, claimed_job>> rows;
-      for (int i = 0; i < PQntuples(r.get()); ++i) {
-        rows.emplace_back(col_int(r.get(), i, 14), read_claimed(r.get(), i));
-      }
-      // RETURNING has no order: hand them out in claim order.
-      std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
-        if (a.second.request.priority != b.second.request.priority) {
-          return a.second.request.priority > b.second.request.priority;
-        }
-        if (a.first != b.first) return a.first < b.first;
-        return a.second.id < b.second.id;
-      });
-      for (auto& [_, j] : rows) out.push_back(std::move(j));
-      return out;
+      return claimed_in_order(r.get());
     });
   } catch (const std::exception& e) {
     impl_->raise(e);
@@ -1303,17 +1369,7 @@ bool pg_store::heartbeat(const job_id& id, std::uint64_t fence, std::chrono::mil
 bool pg_store::complete(const job_id& id, std::uint64_t fence, const job_result& res) {
   try {
     return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
-      result r = params{}
-                     .text(id)
-                     .num(static_cast<std::int64_t>(fence))
-                     .num(res.status)
-                     .bytes(detail::encode_headers(res.headers))
-                     .bytes(res.body)
-                     .exec(c,
-                           "UPDATE qos_jobs SET state = 'succeeded', finished = now(),"
-                           " lease_until = NULL, last_error = '', result_status = $3::int,"
-                           " result_headers = $4, result_body = $5"
-                           " WHERE id = $1 AND fence = $2::bigint AND state = 'running'");
+      result r = complete_params(id, fence, res).exec(c, sql_complete);
       t.commit();
       return affected(r.get()) == 1;
     });
@@ -1326,33 +1382,58 @@ bool pg_store::fail(const job_id& id, std::uint64_t fence, const std::string& er
                     const retry_policy& retry) {
   try {
     return impl_->run(retry_on::begin, [&](PGconn* c, transaction& t) {
-      result row = params{}
-                       .text(id)
-                       .num(static_cast<std::int64_t>(fence))
-                       .exec(c,
-                             "SELECT attempts FROM qos_jobs WHERE id = $1 AND fence = $2::bigint"
-                             " AND state = 'running' FOR UPDATE");
-      if (PQntuples(row.get()) == 0) {
-        t.rollback();
-        return false;
-      }
-      const int attempts = static_cast<int>(col_int(row.get(), 0, 0));
-      if (attempts >= retry.max_attempts) {
-        params{}.text(id).bytes(error).exec(
-            c,
-            "UPDATE qos_jobs SET state = 'dead', finished = now(), lease_until = NULL,"
-            " last_error = $2 WHERE id = $1");
-      } else {
-        params{}
-            .text(id)
-            .bytes(error)
-            .num(retry_delay(retry, attempts, unit_random()).count())
-            .exec(c,
-                  "UPDATE qos_jobs SET state = 'queued', lease_until = NULL, last_error = $2,"
-                  " run_at = now() + $3::bigint * interval '1 millisecond' WHERE id = $1");
-      }
+      result r = fail_params(id, fence, error, retry).exec(c, sql_fail);
       t.commit();
-      return true;
+      return affected(r.get()) == 1;
+    });
+  } catch (const std::exception& e) {
+    impl_->raise(e);
+  }
+}
+
+settle_result pg_store::settle_and_claim(std::span<const settlement> ended,
+                                         const claim_request& next) {
+  const bool claiming = next.limit != 0 && next.group_limit != 0;
+  if (ended.empty() && !claiming) return {};
+  try {
+    return impl_->run_plain([&](PGconn* c) {
+      // One pipeline, one sync: BEGIN, the settlements, the group's lock, the claim, COMMIT.
+      // The server runs them in order without waiting for us between them. Not retried on a
+      // fresh connection: once sent, a broken connection cannot say whether COMMIT ran.
+      if (PQenterPipelineMode(c) != 1) throw db_error(PQerrorMessage(c), false);
+      params{}.send(c, "BEGIN");
+      for (const settlement& s : ended) {
+        if (s.what == settlement::kind::complete) {
+          complete_params(s.id, s.fence, s.result).send(c, sql_complete);
+        } else {
+          fail_params(s.id, s.fence, s.error, s.retry).send(c, sql_fail);
+        }
+      }
+      if (claiming) {
+        group_lock(next.group).send(c, sql_group_lock);
+        claim_params(next.group, next.limit, next.group_limit, next.lease)
+            .send(c, claim_sql().c_str());
+      }
+      params{}.send(c, "COMMIT");
+      if (PQpipelineSync(c) != 1) throw db_error(PQerrorMessage(c), true);
+      std::vector<result> got =
+          std::move(read_segments(c, 1, 2 + ended.size() + (claiming ? 2 : 0)).front());
+      PQexitPipelineMode(c);  // fails only with results unread: the pool then drops it
+      // A failed statement made the server skip the rest, COMMIT too, and left the
+      // transaction aborted: end it, so that the connection can serve again.
+      if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        result{PQexec(c, "ROLLBACK")};
+      }
+      for (const result& r : got) params::check(c, r.get());  // the first failure throws
+      const std::size_t settled = 1 + ended.size();           // after BEGIN's
+      if (got.size() != settled + (claiming ? 3 : 1)) {
+        throw db_error("pipeline: results missing", true);
+      }
+      settle_result out;
+      out.accepted.reserve(ended.size());
+      for (std::size_t i = 1; i < settled; ++i) out.accepted.push_back(affected(got[i].get()) == 1);
+      if (claiming) out.claimed = claimed_in_order(got[settled + 1].get());
+      return out;
     });
   } catch (const std::exception& e) {
     impl_->raise(e);

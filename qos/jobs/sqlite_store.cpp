@@ -16,6 +16,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
@@ -588,42 +589,47 @@ struct sqlite_store::impl {
 
   std::vector<claimed_job> claim(const std::string& group, std::size_t limit,
                                  std::size_t group_limit, std::chrono::milliseconds lease) {
-    return write([&] {
-      std::vector<claimed_job> out;
-      query running = writer.prepare(sql_running);
-      running.bind(1, group);
-      running.step();
-      const auto held = static_cast<std::size_t>(running.i64(0));
-      const std::size_t room = group_limit > held ? std::min(limit, group_limit - held) : 0;
-      if (room == 0) return out;
-      const std::int64_t now = now_ms();
-      std::vector<std::int64_t> rows;
-      {
-        query runnable = writer.prepare(sql_runnable);
-        runnable.bind(1, group).bind(2, now).bind(3, static_cast<std::int64_t>(room));
-        while (runnable.step()) rows.push_back(runnable.i64(0));
-      }
-      const std::int64_t until = now + lease.count();
-      for (const std::int64_t row : rows) {
-        query leased = writer.prepare(sql_lease);
-        leased.bind(1, row).bind(2, until);
-        if (!leased.step()) continue;
-        claimed_job& job = out.emplace_back();
-        job.id = leased.text(0);
-        job.fence = static_cast<std::uint64_t>(leased.i64(1));
-        job.attempt = static_cast<int>(leased.i64(2));
-        job.lease_until = from_ms(until);
-        job.request.route = leased.text(3);
-        job.request.group = leased.text(4);
-        job.request.tenant = leased.text(5);
-        job.request.method = leased.text(6);
-        job.request.target = leased.text(7);
-        job.request.headers = decode_headers(leased.text(8));
-        job.request.body = leased.text(9);
-        job.request.priority = static_cast<int>(leased.i64(10));
-      }
-      return out;
-    });
+    return write([&] { return claim_now(group, limit, group_limit, lease); });
+  }
+
+  // claim_now, complete_now, fail_now: the bodies of those writes, on the writer thread inside
+  // its transaction.
+  std::vector<claimed_job> claim_now(const std::string& group, std::size_t limit,
+                                     std::size_t group_limit, std::chrono::milliseconds lease) {
+    std::vector<claimed_job> out;
+    query running = writer.prepare(sql_running);
+    running.bind(1, group);
+    running.step();
+    const auto held = static_cast<std::size_t>(running.i64(0));
+    const std::size_t room = group_limit > held ? std::min(limit, group_limit - held) : 0;
+    if (room == 0) return out;
+    const std::int64_t now = now_ms();
+    std::vector<std::int64_t> rows;
+    {
+      query runnable = writer.prepare(sql_runnable);
+      runnable.bind(1, group).bind(2, now).bind(3, static_cast<std::int64_t>(room));
+      while (runnable.step()) rows.push_back(runnable.i64(0));
+    }
+    const std::int64_t until = now + lease.count();
+    for (const std::int64_t row : rows) {
+      query leased = writer.prepare(sql_lease);
+      leased.bind(1, row).bind(2, until);
+      if (!leased.step()) continue;
+      claimed_job& job = out.emplace_back();
+      job.id = leased.text(0);
+      job.fence = static_cast<std::uint64_t>(leased.i64(1));
+      job.attempt = static_cast<int>(leased.i64(2));
+      job.lease_until = from_ms(until);
+      job.request.route = leased.text(3);
+      job.request.group = leased.text(4);
+      job.request.tenant = leased.text(5);
+      job.request.method = leased.text(6);
+      job.request.target = leased.text(7);
+      job.request.headers = decode_headers(leased.text(8));
+      job.request.body = leased.text(9);
+      job.request.priority = static_cast<int>(leased.i64(10));
+    }
+    return out;
   }
 
   bool heartbeat(const job_id& id, std::uint64_t fence, std::chrono::milliseconds lease) {
@@ -637,16 +643,18 @@ struct sqlite_store::impl {
   }
 
   bool complete(const job_id& id, std::uint64_t fence, const job_result& result) {
-    return write([&] {
-      return writer.prepare(sql_complete)
-                 .bind(1, id)
-                 .bind(2, static_cast<std::int64_t>(fence))
-                 .bind(3, now_ms())
-                 .bind(4, std::int64_t{result.status})
-                 .bind_blob(5, encode_headers(result.headers))
-                 .bind_blob(6, result.body)
-                 .run() == 1;
-    });
+    return write([&] { return complete_now(id, fence, result); });
+  }
+
+  bool complete_now(const job_id& id, std::uint64_t fence, const job_result& result) {
+    return writer.prepare(sql_complete)
+               .bind(1, id)
+               .bind(2, static_cast<std::int64_t>(fence))
+               .bind(3, now_ms())
+               .bind(4, std::int64_t{result.status})
+               .bind_blob(5, encode_headers(result.headers))
+               .bind_blob(6, result.body)
+               .run() == 1;
   }
 
   // A failed (or lost) run whose attempt number is `attempts`: another try, or dead.
@@ -662,16 +670,36 @@ struct sqlite_store::impl {
 
   bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
             const retry_policy& retry) {
+    return write([&] { return fail_now(id, fence, error, retry); });
+  }
+
+  bool fail_now(const job_id& id, std::uint64_t fence, const std::string& error,
+                const retry_policy& retry) {
+    int attempts = 0;
+    {
+      query leased = writer.prepare(sql_leased_attempts);
+      leased.bind(1, id).bind(2, static_cast<std::int64_t>(fence));
+      if (!leased.step()) return false;
+      attempts = static_cast<int>(leased.i64(0));
+    }
+    retry_or_bury(id, attempts, error, retry, now_ms());
+    return true;
+  }
+
+  // One write, so one savepoint: a failure anywhere undoes every settlement with the claim.
+  settle_result settle_and_claim(std::span<const settlement> ended, const claim_request& next) {
     return write([&] {
-      int attempts = 0;
-      {
-        query leased = writer.prepare(sql_leased_attempts);
-        leased.bind(1, id).bind(2, static_cast<std::int64_t>(fence));
-        if (!leased.step()) return false;
-        attempts = static_cast<int>(leased.i64(0));
+      settle_result out;
+      out.accepted.reserve(ended.size());
+      for (const settlement& s : ended) {
+        out.accepted.push_back(s.what == settlement::kind::complete
+                                   ? complete_now(s.id, s.fence, s.result)
+                                   : fail_now(s.id, s.fence, s.error, s.retry));
       }
-      retry_or_bury(id, attempts, error, retry, now_ms());
-      return true;
+      if (next.limit != 0) {
+        out.claimed = claim_now(next.group, next.limit, next.group_limit, next.lease);
+      }
+      return out;
     });
   }
 
@@ -796,6 +824,11 @@ bool sqlite_store::complete(const job_id& id, std::uint64_t fence, const job_res
 bool sqlite_store::fail(const job_id& id, std::uint64_t fence, const std::string& error,
                         const retry_policy& retry) {
   return impl_->fail(id, fence, error, retry);
+}
+
+settle_result sqlite_store::settle_and_claim(std::span<const settlement> ended,
+                                             const claim_request& next) {
+  return impl_->settle_and_claim(ended, next);
 }
 
 std::optional<job_status> sqlite_store::status(const job_id& id) {

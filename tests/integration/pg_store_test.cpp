@@ -1,7 +1,8 @@
 // The PostgreSQL job store against a private PostgreSQL 15 cluster (tests/support/pg_cluster):
 // the job_store contract, the N bound across connections claiming at once, LISTEN/NOTIFY with
-// its fallback poll, and a stopped server. Each test gets a database of its own. Times come
-// from the server's clock, so tests move a job's time there (run_at) instead of sleeping.
+// its fallback poll, settle_and_claim() (its single transaction and the bound), and a stopped
+// server. Each test gets a database of its own. Times come from the server's clock, so tests
+// move a job's time there (run_at) instead of sleeping.
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 #include <arpa/inet.h>
@@ -839,6 +840,194 @@ TEST_F(PgStore, TheGroupBoundHoldsAcrossConnectionsClaimingConcurrently) {
   EXPECT_EQ(q("SELECT count(*) FROM qos_jobs WHERE state = 'succeeded'"), std::to_string(jobs));
 }
 
+// The settlements first, each against its own token, then the claim, which counts the group's
+// leases as the settlements left them; one transaction.
+TEST_F(PgStore, SettleAndClaimSettlesByTokenThenClaimsWithinTheGroupLimit) {
+  using qos::jobs::settlement;
+  const qos::jobs::retry_policy retry{
+      .max_attempts = 3, .base = 60000ms, .cap = 100000ms, .jitter = 0.2};
+  std::vector<std::string> ids;
+  for (int p = 9; p > 3; --p) ids.push_back(created(order(std::to_string(p), p)));
+  const auto held = store_->claim("db", 3, 3, 10s);
+  ASSERT_EQ(held.size(), 3u);
+  const std::vector<settlement> ended{
+      {.what = settlement::kind::complete,
+       .id = ids[0],
+       .fence = held[0].fence,
+       .result = {.status = 201, .headers = {{"location", "/orders/9"}}, .body = "ok"}},
+      {.what = settlement::kind::fail,
+       .id = ids[1],
+       .fence = held[1].fence,
+       .error = "boom",
+       .retry = retry},
+      {.what = settlement::kind::complete,
+       .id = ids[2],
+       .fence = held[2].fence + 1,  // not the lease's token
+       .result = {.status = 500}},
+  };
+  const auto r =
+      store_->settle_and_claim(ended, {.group = "db", .limit = 5, .group_limit = 3, .lease = 10s});
+  EXPECT_EQ(r.accepted, (std::vector<bool>{true, true, false}));
+  // The refused one still holds its lease: room for two once the others released theirs.
+  ASSERT_EQ(r.claimed.size(), 2u);
+  EXPECT_EQ(r.claimed[0].id, ids[3]);
+  EXPECT_EQ(r.claimed[1].id, ids[4]);
+  EXPECT_EQ(r.claimed[0].attempt, 1);
+  EXPECT_EQ(r.claimed[0].request.body, "6");
+  EXPECT_EQ(running("db"), 3);
+  const auto done = store_->status(ids[0]);
+  ASSERT_TRUE(done && done->result);
+  EXPECT_EQ(done->state, job_state::succeeded);
+  EXPECT_EQ(done->result->status, 201);
+  EXPECT_EQ(done->result->body, "ok");
+  EXPECT_EQ(done->result->headers.at(0).second, "/orders/9");
+  const auto retried = store_->status(ids[1]);
+  ASSERT_TRUE(retried);
+  EXPECT_EQ(retried->state, job_state::queued);
+  EXPECT_EQ(retried->last_error, "boom");
+  const double delay = std::stod(
+      q("SELECT extract(epoch FROM run_at - now()) FROM qos_jobs WHERE id = $1", {ids[1]}));
+  EXPECT_GE(delay, 47.0);  // attempt 1: 60 s ± 20 %
+  EXPECT_LE(delay, 72.0);
+  EXPECT_EQ(store_->status(ids[2])->state, job_state::running);
+
+  // A second attempt's delay is the row's own (120 s capped at 100 s, ± 20 %); the last
+  // attempt dies; limit 0 settles only.
+  due_now(ids[1]);
+  q("UPDATE qos_jobs SET priority = 15 WHERE id = $1", {ids[1]});
+  const auto again = store_->claim("db", 1, 4, 10s);
+  ASSERT_EQ(again.size(), 1u);
+  ASSERT_EQ(again[0].id, ids[1]);
+  ASSERT_EQ(again[0].attempt, 2);
+  const auto last =
+      store_->settle_and_claim(std::vector<settlement>{{.what = settlement::kind::fail,
+                                                        .id = ids[1],
+                                                        .fence = again[0].fence,
+                                                        .error = "again",
+                                                        .retry = retry},
+                                                       {.what = settlement::kind::fail,
+                                                        .id = ids[2],
+                                                        .fence = held[2].fence,
+                                                        .error = "fatal",
+                                                        .retry = {.max_attempts = 1}}},
+                               {.group = "db", .limit = 0, .group_limit = 3, .lease = 10s});
+  EXPECT_EQ(last.accepted, (std::vector<bool>{true, true}));
+  EXPECT_TRUE(last.claimed.empty());
+  const double second = std::stod(
+      q("SELECT extract(epoch FROM run_at - now()) FROM qos_jobs WHERE id = $1", {ids[1]}));
+  EXPECT_GE(second, 79.0);
+  EXPECT_LE(second, 120.5);
+  const auto dead = store_->status(ids[2]);
+  ASSERT_TRUE(dead);
+  EXPECT_EQ(dead->state, job_state::dead);
+  EXPECT_EQ(dead->last_error, "fatal");
+  EXPECT_GE(dead->finished, dead->created);
+  EXPECT_EQ(store_->status(ids[5])->state, job_state::queued);
+  EXPECT_EQ(running("db"), 2);
+}
+
+// A failure anywhere in the transaction (here the claim's update, refused by a trigger) undoes
+// the settlements too: no answer for any of them, every lease still its token's, and the
+// connection serves the next call.
+TEST_F(PgStore, AFailureInSettleAndClaimAppliesNoneOfIt) {
+  using qos::jobs::settlement;
+  const auto a = created(order("a", 3));
+  const auto b = created(order("b", 2));
+  const auto c = created(order("c", 1));
+  const auto held = store_->claim("db", 2, 10, 10s);
+  ASSERT_EQ(held.size(), 2u);
+  q("CREATE FUNCTION refuse_claims() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION 'claims refused'; END $$");
+  q("CREATE TRIGGER refuse_claims BEFORE UPDATE ON qos_jobs FOR EACH ROW"
+    " WHEN (OLD.state = 'queued' AND NEW.state = 'running') EXECUTE FUNCTION refuse_claims()");
+  const std::vector<settlement> ended{
+      {.what = settlement::kind::complete, .id = a, .fence = held[0].fence, .result = {}},
+      {.what = settlement::kind::fail, .id = b, .fence = held[1].fence, .error = "x", .retry = {}},
+  };
+  const qos::jobs::claim_request next{.group = "db", .limit = 5, .group_limit = 10, .lease = 10s};
+  EXPECT_THROW(store_->settle_and_claim(ended, next), qos::jobs::store_error);
+  EXPECT_NE(store_->last_error().find("claims refused"), std::string::npos);
+  EXPECT_EQ(store_->status(a)->state, job_state::running);
+  EXPECT_EQ(store_->status(b)->state, job_state::running);
+  EXPECT_EQ(store_->status(c)->state, job_state::queued);
+  EXPECT_TRUE(store_->heartbeat(a, held[0].fence, 10s));
+  EXPECT_TRUE(store_->heartbeat(b, held[1].fence, 10s));
+
+  q("DROP TRIGGER refuse_claims ON qos_jobs");
+  const auto r = store_->settle_and_claim(ended, next);
+  EXPECT_EQ(r.accepted, (std::vector<bool>{true, true}));
+  ASSERT_EQ(r.claimed.size(), 1u);  // b waits for its backoff
+  EXPECT_EQ(r.claimed[0].id, c);
+  EXPECT_EQ(store_->status(a)->state, job_state::succeeded);
+  EXPECT_EQ(store_->status(b)->state, job_state::queued);
+}
+
+// As above, with consumers that settle what they ran and claim again in one call: the count
+// of running rows never exceeds N, and no job runs twice.
+TEST_F(PgStore, TheGroupBoundHoldsWhenSettlingAndClaimingInOneCall) {
+  constexpr int n = 3;
+  constexpr int jobs = 60;
+  for (int i = 0; i < jobs; ++i) created(order(std::to_string(i), i % 4));
+  std::vector<std::unique_ptr<pg_store>> stores;
+  stores.push_back(make_store(2));
+  stores.push_back(make_store(2));
+  std::atomic<int> in_flight{0}, max_in_flight{0}, completed{0}, db_max{0};
+  std::atomic<bool> done{false};
+  std::mutex m;
+  std::multiset<std::string> ran;
+  std::thread monitor([&] {
+    while (!done) {
+      const int r = running("db");
+      int seen = db_max.load();
+      while (r > seen && !db_max.compare_exchange_weak(seen, r)) {
+      }
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      auto& store = *stores[w % 2];
+      const auto until = std::chrono::steady_clock::now() + 60s;
+      std::vector<qos::jobs::settlement> ended;
+      while (completed < jobs && std::chrono::steady_clock::now() < until) {
+        const auto r = store.settle_and_claim(
+            ended, {.group = "db", .limit = 2, .group_limit = n, .lease = 30s});
+        EXPECT_EQ(r.accepted, std::vector<bool>(ended.size(), true));
+        completed += static_cast<int>(ended.size());
+        ended.clear();
+        for (const auto& j : r.claimed) {
+          const int now = ++in_flight;
+          int seen = max_in_flight.load();
+          while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
+          }
+          std::lock_guard lock(m);
+          ran.insert(j.id);
+        }
+        std::this_thread::sleep_for(2ms);  // the jobs' work
+        for (const auto& j : r.claimed) {
+          --in_flight;  // before the settlement: the database still counts it as running
+          ended.push_back({.id = j.id, .fence = j.fence, .result = {}});
+        }
+        if (r.claimed.empty()) std::this_thread::sleep_for(1ms);
+      }
+      if (!ended.empty()) {
+        const auto r = store.settle_and_claim(ended, {});
+        completed += static_cast<int>(std::count(r.accepted.begin(), r.accepted.end(), true));
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  done = true;
+  monitor.join();
+  EXPECT_EQ(completed.load(), jobs);
+  EXPECT_LE(max_in_flight.load(), n);
+  EXPECT_LE(db_max.load(), n);
+  EXPECT_GE(max_in_flight.load(), 2);  // they did overlap: the bound was exercised
+  std::set<std::string> unique(ran.begin(), ran.end());
+  EXPECT_EQ(unique.size(), ran.size());
+  EXPECT_EQ(q("SELECT count(*) FROM qos_jobs WHERE state = 'succeeded'"), std::to_string(jobs));
+}
+
 TEST_F(PgStore, AnEnqueueWakesAWaitingConsumer) {
   store_->wait_for_work("db", 0ms);  // registers the group
   ASSERT_TRUE(eventually([&] { return store_->listener_connects() >= 1; }));
@@ -915,6 +1104,11 @@ TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {
   const bool status_threw = no_answer([&] { store_->status(job.id); });
   const bool depth_threw = no_answer([&] { store_->depth("orders"); });
   const bool requeue_threw = no_answer([&] { store_->requeue_expired({}); });
+  const bool settle_threw = no_answer([&] {
+    store_->settle_and_claim(
+        std::vector<qos::jobs::settlement>{{.id = job.id, .fence = job.fence, .result = {}}},
+        {.group = "db", .limit = 1, .group_limit = 1, .lease = 10s});
+  });
   cluster_env::cluster->start();  // before any assertion can return
   EXPECT_EQ(e.result, kind::unavailable);
   EXPECT_FALSE(e.error.empty());
@@ -926,6 +1120,7 @@ TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {
   EXPECT_TRUE(status_threw);
   EXPECT_TRUE(depth_threw);
   EXPECT_TRUE(requeue_threw);
+  EXPECT_TRUE(settle_threw);
   EXPECT_FALSE(store_->last_error().empty());
   // The pool's connections died with the server: the next calls reconnect. The lease is still
   // the token's: only a lost lease is refused.

@@ -16,7 +16,10 @@
 //   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
 //   exponential backoff, dead after max_attempts). The store is told only once the handler
 //   really ended (admission's done()), so a job is never queued again while its handler still
-//   runs here; its permit is back by then.
+//   runs here; its permit is back by then. Every job that ended since the loop's last round and
+//   the claim of the permits free now go to the store in one call (settle_and_claim(): one
+//   transaction and one commit in both stores), so a freed slot waits for one commit before its
+//   next job, however many ended with it.
 // - Fallbacks (no permit within max_wait, queue full, shutdown, executor refused, or stopping
 //   before the handler started): the job did not run, and is given back with fail() under a
 //   retry policy that never makes it dead (max_attempts unlimited, a fixed `fallback_delay`).
@@ -44,8 +47,12 @@
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
 //   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
-//   Processes sharing a store are not served fairly: one that ends a job claims again at once,
-//   while another finds the group's leases free only when its poll comes at the right moment.
+//   Processes sharing a store are not served fairly: one that ends a job settles it and claims
+//   the freed slot in the same transaction, so while it has work and free permits, a lease it
+//   holds never shows as free to another process. Another finds a slot only when a holder ends
+//   a job without claiming its slot again (its permits taken by synchronous traffic, its token
+//   bucket empty, stopping) or the queue runs dry. The group's N across processes holds all
+//   the same; it is the spread of the work over processes that is not even.
 // - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
 //   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
 //   Jobs still running after it are left to lease expiry, not failed back: failing one back

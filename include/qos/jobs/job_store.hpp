@@ -12,6 +12,10 @@
 //   priority first, then oldest run_at. A claim is a lease with a fencing token: heartbeat()
 //   extends it, and complete()/fail() are accepted only with the current token (a worker paused
 //   past its lease cannot overwrite the result of the re-claimed run).
+// - settle_and_claim() is complete()/fail() of every job that ended, then claim(), in one call
+//   and, where the store has them, one transaction: a slot freed by a settlement is claimed
+//   again without a round trip of its own, and the claim counts the group's leases after the
+//   settlements (never before their release is committed, or the bound could be passed).
 // - requeue_expired() returns expired leases to the queue (attempt counted), so a crashed
 //   worker's job runs again; any live process may call it.
 // - fail() retries with capped exponential backoff and jitter (retry_policy); after
@@ -34,9 +38,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -101,6 +107,34 @@ struct retry_policy {
   double jitter = 0.2;  // ± this fraction, uniformly (capped delays too, so they do not bunch)
 };
 
+// How a held job ended, for settle_and_claim(): complete(id, fence, result) or
+// fail(id, fence, error, retry).
+struct settlement {
+  enum class kind : std::uint8_t { complete, fail };
+  kind what = kind::complete;
+  job_id id;
+  std::uint64_t fence = 0;
+  job_result result{};   // complete
+  std::string error{};   // fail
+  retry_policy retry{};  // fail
+};
+
+// The claim that follows the settlements: claim(group, limit, group_limit, lease). limit 0:
+// settle only.
+struct claim_request {
+  std::string group;
+  std::size_t limit = 0;
+  std::size_t group_limit = 0;
+  std::chrono::milliseconds lease{30000};
+};
+
+struct settle_result {
+  // One per settlement, in order: what complete()/fail() would have answered (false: refused,
+  // the lease is no longer that token's).
+  std::vector<bool> accepted;
+  std::vector<claimed_job> claimed;
+};
+
 struct job_status {
   job_id id;
   job_state state = job_state::queued;
@@ -131,6 +165,26 @@ class job_store {
   // Schedules a retry per `retry`, or makes the job dead after its last attempt.
   virtual bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
                     const retry_policy& retry) = 0;
+
+  // The settlements in order, then the claim, which counts the group's leases as the
+  // settlements left them. Throws store_error: no answer for any of them (neither accepted nor
+  // refused; stores that override this apply all or nothing, or the acknowledgement of all was
+  // lost). This default makes the calls one by one, so a store_error may follow settlements
+  // that were applied: to a caller that is the same lost acknowledgement.
+  virtual settle_result settle_and_claim(std::span<const settlement> ended,
+                                         const claim_request& next) {
+    settle_result out;
+    out.accepted.reserve(ended.size());
+    for (const settlement& s : ended) {
+      out.accepted.push_back(s.what == settlement::kind::complete
+                                 ? complete(s.id, s.fence, s.result)
+                                 : fail(s.id, s.fence, s.error, s.retry));
+    }
+    if (next.limit != 0) {
+      out.claimed = claim(next.group, next.limit, next.group_limit, next.lease);
+    }
+    return out;
+  }
 
   virtual std::optional<job_status> status(const job_id& id) = 0;
   // Expired leases back to queued (or dead when that was the last attempt). Returns how many.

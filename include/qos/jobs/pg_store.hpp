@@ -104,6 +104,11 @@ class pg_store final : public job_store {
   bool complete(const job_id& id, std::uint64_t fence, const job_result& result) override;
   bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
             const retry_policy& retry) override;
+  // One transaction in one round trip (a libpq pipeline with one sync): BEGIN, the
+  // settlements, the group's lock and the claim, COMMIT. A failure anywhere rolls all of it
+  // back (store_error); a broken connection is not retried, since COMMIT may have run.
+  settle_result settle_and_claim(std::span<const settlement> ended,
+                                 const claim_request& next) override;
   std::optional<job_status> status(const job_id& id) override;
   std::size_t requeue_expired(const retry_policy& retry) override;
   // Returns how many jobs it deleted (keys are not counted). Deletes in batches, one short

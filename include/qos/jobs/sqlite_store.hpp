@@ -82,6 +82,10 @@ class sqlite_store final : public job_store {
   bool complete(const job_id& id, std::uint64_t fence, const job_result& result) override;
   bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
             const retry_policy& retry) override;
+  // One call to the writer thread: the settlements and the claim share one savepoint, so a
+  // failure undoes all of them (store_error), and one commit.
+  settle_result settle_and_claim(std::span<const settlement> ended,
+                                 const claim_request& next) override;
   std::optional<job_status> status(const job_id& id) override;
   std::size_t requeue_expired(const retry_policy& retry) override;
   std::size_t prune(std::chrono::seconds jobs) override;

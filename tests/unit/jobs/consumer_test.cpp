@@ -1,16 +1,24 @@
 // The job consumer against an in-memory store and a real admission (executor, limit group,
 // blocking pool): the shared N bound with synchronous requests, results, failures, fallbacks,
-// heartbeats and fencing on a manual clock, the token bucket, and stop(grace).
+// heartbeats and fencing on a manual clock, the token bucket, and stop(grace); and the store
+// calls of the loop counted on their way to a real SQLite store.
 #include "qos/jobs/consumer.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstddef>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
+#include "job_test_support.hpp"
+#include "qos/jobs/sqlite_store.hpp"
 #include "support/eventually.hpp"
 #include "support/memory_job_store.hpp"
 
@@ -18,8 +26,8 @@ namespace qos::jobs {
 namespace {
 
 using namespace std::chrono_literals;
-using test::eventually;
-using test::memory_job_store;
+using qos::test::eventually;
+using qos::test::memory_job_store;
 
 // The clock the consumer's heartbeat schedule and token bucket read: moves only when told.
 struct shared_clock {
@@ -148,6 +156,181 @@ TEST(consumer_test, never_more_than_n_jobs_at_once) {
   EXPECT_GE(g.most.load(), 2);  // it does run them side by side
   EXPECT_LE(f.store.max_leased, 3u);
   EXPECT_EQ(c.succeeded(), 30u);
+}
+
+// Counts the store calls on their way to another store, keeps the group's lease count as the
+// answers change it (one consumer, no expiry: every lease is its), and can hold
+// requeue_expired() (the loop's call when nothing else is due) until the test lets it go.
+class counting_store final : public job_store {
+ public:
+  struct settle_call {
+    std::size_t ended = 0;
+    std::size_t limit = 0;
+    std::size_t claimed = 0;
+  };
+
+  explicit counting_store(job_store& inner) : inner_(inner) {}
+
+  settle_result settle_and_claim(std::span<const settlement> ended,
+                                 const claim_request& next) override {
+    settle_result r = inner_.settle_and_claim(ended, next);
+    const std::lock_guard lock(m_);
+    calls_.push_back({ended.size(), next.limit, r.claimed.size()});
+    leases_ -= static_cast<std::size_t>(std::count(r.accepted.begin(), r.accepted.end(), true));
+    leased(r.claimed.size());
+    return r;
+  }
+  std::vector<claimed_job> claim(const std::string& group, std::size_t limit,
+                                 std::size_t group_limit,
+                                 std::chrono::milliseconds lease) override {
+    auto r = inner_.claim(group, limit, group_limit, lease);
+    const std::lock_guard lock(m_);
+    ++separate_;
+    leased(r.size());
+    return r;
+  }
+  bool complete(const job_id& id, std::uint64_t fence, const job_result& result) override {
+    const bool ok = inner_.complete(id, fence, result);
+    const std::lock_guard lock(m_);
+    ++separate_;
+    if (ok) --leases_;
+    return ok;
+  }
+  bool fail(const job_id& id, std::uint64_t fence, const std::string& error,
+            const retry_policy& retry) override {
+    const bool ok = inner_.fail(id, fence, error, retry);
+    const std::lock_guard lock(m_);
+    ++separate_;
+    if (ok) --leases_;
+    return ok;
+  }
+  std::size_t requeue_expired(const retry_policy& retry) override {
+    {
+      std::unique_lock lock(m_);
+      if (hold_) {
+        held_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !hold_; });
+        held_ = false;
+      }
+    }
+    return inner_.requeue_expired(retry);
+  }
+  enqueue_result enqueue(const job_request& job, const enqueue_options& options) override {
+    return inner_.enqueue(job, options);
+  }
+  bool heartbeat(const job_id& id, std::uint64_t fence, std::chrono::milliseconds lease) override {
+    return inner_.heartbeat(id, fence, lease);
+  }
+  std::optional<job_status> status(const job_id& id) override { return inner_.status(id); }
+  std::size_t prune(std::chrono::seconds jobs) override { return inner_.prune(jobs); }
+  bool requeue_dead(const job_id& id) override { return inner_.requeue_dead(id); }
+  bool purge(const job_id& id) override { return inner_.purge(id); }
+  std::size_t depth(const std::string& route) override { return inner_.depth(route); }
+
+  // The next requeue_expired() waits for release().
+  void hold() {
+    const std::lock_guard lock(m_);
+    hold_ = true;
+  }
+  // Whether the loop is waiting in requeue_expired() (within 10 s).
+  bool wait_held() {
+    std::unique_lock lock(m_);
+    return cv_.wait_for(lock, 10s, [&] { return held_; });
+  }
+  void release() {
+    {
+      const std::lock_guard lock(m_);
+      hold_ = false;
+    }
+    cv_.notify_all();
+  }
+
+  std::vector<settle_call> calls() {
+    const std::lock_guard lock(m_);
+    return calls_;
+  }
+  std::size_t separate_calls() {
+    const std::lock_guard lock(m_);
+    return separate_;
+  }
+  std::size_t max_leases() {
+    const std::lock_guard lock(m_);
+    return max_leases_;
+  }
+
+ private:
+  void leased(std::size_t n) {
+    leases_ += n;
+    max_leases_ = std::max(max_leases_, leases_);
+  }
+
+  job_store& inner_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<settle_call> calls_;  // guarded by m_, and so is everything below
+  std::size_t separate_ = 0;        // claim(), complete() and fail() calls
+  std::size_t leases_ = 0;
+  std::size_t max_leases_ = 0;
+  bool hold_ = false;
+  bool held_ = false;
+};
+
+// N jobs that end together cost one store call: their settlements and the claim of the N
+// slots they freed, not N completions and a claim. The loop is held inside a store call while
+// they end, so that their verdicts are all waiting when it comes back.
+TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_one_store_call) {
+  constexpr std::size_t n = 4;
+  fixture f(n);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  counting_store store(db);
+  for (std::size_t i = 0; i < 3 * n; ++i) {
+    ASSERT_EQ(store.enqueue(test::order(std::to_string(i)), {}).result,
+              enqueue_result::kind::created);
+  }
+  shared_clock clk;
+  gauge g;
+  std::atomic<bool> hold{true};
+  auto o = f.options([&](const claimed_job&) {
+    g.enter();
+    const auto until = clock::now() + 10s;
+    while (hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    g.leave();
+    return response{.body = "done"};
+  });
+  o.now = [&] { return clk.now(); };
+  o.requeue_interval = 10ms;  // on clk: due only when the test moves it
+  consumer c(store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return g.now.load() == static_cast<int>(n); }));
+
+  store.hold();
+  clk.advance(10ms);
+  c.poke();
+  ASSERT_TRUE(store.wait_held());
+  const std::size_t before = store.calls().size();
+  hold = false;
+  // Every job's admission has ended (its task is done): its verdict is posted.
+  ASSERT_TRUE(eventually([&] { return f.exec.live() == 0; }));
+  store.release();
+
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 3 * n; }));
+  EXPECT_TRUE(c.stop(1s));
+  const auto calls = store.calls();
+  ASSERT_GT(calls.size(), before);
+  EXPECT_EQ(calls[before].ended, n);
+  EXPECT_EQ(calls[before].limit, n);
+  EXPECT_EQ(calls[before].claimed, n);
+  std::size_t settled = 0;
+  for (const auto& call : calls) settled += call.ended;
+  EXPECT_EQ(settled, 3 * n);
+  EXPECT_EQ(store.separate_calls(), 0u);  // no complete(), fail() or claim() of their own
+  EXPECT_LE(g.most.load(), static_cast<int>(n));
+  EXPECT_EQ(g.most.load(), static_cast<int>(n));  // the bound was reached, and held
+  EXPECT_LE(store.max_leases(), n);
+  EXPECT_EQ(db.depth("orders"), 0u);
+  EXPECT_EQ(c.claimed(), 3 * n);
+  EXPECT_EQ(c.fenced_out(), 0u);
 }
 
 // A synchronous request of the same route, as the HTTP gate submits it, holding its permit.

@@ -1,7 +1,7 @@
 // The SQLite job store's contract with a manual wall clock: the state machine and its answers,
 // idempotency under concurrency, claim order and the group limit, leases and fencing, retries,
-// retention, group commit, the schema version and the process lock. Real files in a temporary
-// folder; no sleeping (only the group-commit window is real time).
+// retention, group commit, the schema version and the process lock, settle_and_claim(). Real files
+// in a temporary folder; no sleeping (only the group-commit window is real time).
 #include "qos/jobs/sqlite_store.hpp"
 
 #include <gtest/gtest.h>
@@ -401,6 +401,111 @@ TEST_F(sqlite_store_test, a_locked_database_throws_store_error_and_only_a_lost_l
   EXPECT_FALSE(store_->complete(id, job.fence, status_only(500)));  // finished: refused
   EXPECT_FALSE(store_->fail(id, job.fence, "late", retry));
   EXPECT_EQ(store_->status(id)->result->status, 201);
+}
+
+// The settlements first, each against its own token, then the claim, which counts the group's
+// leases as the settlements left them.
+TEST_F(sqlite_store_test, settle_and_claim_settles_by_token_then_claims_within_the_group_limit) {
+  open();
+  std::vector<job_id> ids;
+  for (int p = 9; p > 3; --p) ids.push_back(created(order(std::to_string(p), std::nullopt, p)));
+  const auto held = store_->claim("db", 3, 3, lease);
+  ASSERT_EQ(held.size(), 3U);
+  clock_.advance(milliseconds(250));
+  const std::vector<settlement> ended{
+      {.what = settlement::kind::complete,
+       .id = ids[0],
+       .fence = held[0].fence,
+       .result = {.status = 201, .body = "ok"}},
+      {.what = settlement::kind::fail,
+       .id = ids[1],
+       .fence = held[1].fence,
+       .error = "boom",
+       .retry = retry},
+      {.what = settlement::kind::complete,
+       .id = ids[2],
+       .fence = held[2].fence + 1,  // not the lease's token
+       .result = status_only(500)},
+  };
+  const settle_result r = store_->settle_and_claim(
+      ended, {.group = "db", .limit = 5, .group_limit = 3, .lease = lease});
+  EXPECT_EQ(r.accepted, (std::vector<bool>{true, true, false}));
+  // The refused one still holds its lease: room for two once the others released theirs.
+  ASSERT_EQ(r.claimed.size(), 2U);
+  EXPECT_EQ(r.claimed[0].id, ids[3]);
+  EXPECT_EQ(r.claimed[1].id, ids[4]);
+  EXPECT_EQ(r.claimed[0].attempt, 1);
+  EXPECT_EQ(r.claimed[0].lease_until, clock_.now() + lease);
+  EXPECT_EQ(r.claimed[0].request.body, "6");
+  const auto done = store_->status(ids[0]);
+  ASSERT_TRUE(done && done->result);
+  EXPECT_EQ(done->state, job_state::succeeded);
+  EXPECT_EQ(done->result->status, 201);
+  EXPECT_EQ(done->result->body, "ok");
+  const auto retried = store_->status(ids[1]);
+  ASSERT_TRUE(retried);
+  EXPECT_EQ(retried->state, job_state::queued);
+  EXPECT_EQ(retried->run_at, clock_.now() + milliseconds(1000));
+  EXPECT_EQ(retried->last_error, "boom");
+  EXPECT_EQ(state_of(ids[2]), job_state::running);
+  EXPECT_EQ(state_of(ids[5]), job_state::queued);
+
+  // The last attempt dies; limit 0 settles only.
+  const settle_result last =
+      store_->settle_and_claim(std::vector<settlement>{{.what = settlement::kind::fail,
+                                                        .id = ids[2],
+                                                        .fence = held[2].fence,
+                                                        .error = "fatal",
+                                                        .retry = {.max_attempts = 1}}},
+                               {.group = "db", .limit = 0, .group_limit = 3, .lease = lease});
+  EXPECT_EQ(last.accepted, (std::vector<bool>{true}));
+  EXPECT_TRUE(last.claimed.empty());
+  EXPECT_EQ(state_of(ids[2]), job_state::dead);
+  EXPECT_EQ(state_of(ids[5]), job_state::queued);
+}
+
+// A failure anywhere in the call (here the claim's update, refused by a trigger) undoes the
+// settlements too: no answer for any of them, and every lease is still its token's.
+TEST_F(sqlite_store_test, a_failure_in_settle_and_claim_applies_none_of_it) {
+  const sqlite_options o = options();
+  open(o);
+  const job_id a = created(order("a"));
+  const job_id b = created(order("b"));
+  const job_id c = created(order("c"));
+  const auto held = store_->claim("db", 2, 10, lease);
+  ASSERT_EQ(held.size(), 2U);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(o.path.c_str(), &other), SQLITE_OK);
+  auto run = [&](const char* sql) {
+    EXPECT_EQ(sqlite3_exec(other, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sql;
+  };
+  run("CREATE TRIGGER refuse_claims BEFORE UPDATE OF fence ON jobs "
+      "BEGIN SELECT RAISE(ABORT, 'claims refused'); END");
+  const std::vector<settlement> ended{
+      {.what = settlement::kind::complete, .id = a, .fence = held[0].fence, .result = {}},
+      {.what = settlement::kind::fail,
+       .id = b,
+       .fence = held[1].fence,
+       .error = "x",
+       .retry = retry},
+  };
+  const claim_request next{.group = "db", .limit = 5, .group_limit = 10, .lease = lease};
+  EXPECT_THROW(store_->settle_and_claim(ended, next), store_error);
+  EXPECT_EQ(state_of(a), job_state::running);
+  EXPECT_EQ(state_of(b), job_state::running);
+  EXPECT_EQ(state_of(c), job_state::queued);
+  EXPECT_FALSE(store_->status(a)->result);
+  EXPECT_TRUE(store_->heartbeat(a, held[0].fence, lease));
+  EXPECT_TRUE(store_->heartbeat(b, held[1].fence, lease));
+
+  run("DROP TRIGGER refuse_claims");
+  sqlite3_close(other);
+  const settle_result r = store_->settle_and_claim(ended, next);
+  EXPECT_EQ(r.accepted, (std::vector<bool>{true, true}));
+  ASSERT_EQ(r.claimed.size(), 1U);  // b waits for its backoff
+  EXPECT_EQ(r.claimed[0].id, c);
+  EXPECT_EQ(state_of(a), job_state::succeeded);
+  EXPECT_EQ(state_of(b), job_state::queued);
 }
 
 TEST_F(sqlite_store_test, requeue_expired_reruns_with_one_more_attempt_and_says_why) {

@@ -12,6 +12,12 @@
 // - normal: the WAL is fsynced only at checkpoints: a 202 survives a crash or kill -9 of the
 //   process (the commit is in the OS page cache), but a power loss or kernel panic may lose the
 //   last commits. Several times faster per commit.
+// - With full, the consumers' lease writes (claim, heartbeat, complete, fail, requeue_expired,
+//   settle_and_claim) commit in transactions of their own as with normal: a freed slot's next
+//   job then waits for no fsync (under a stream of enqueues it waited for theirs, and the
+//   group ran below N / service time). A power loss may forget the last of them: those jobs
+//   run again (attempts + 1, as after a crash), none is lost, and every 202 still waited for
+//   its fsync. Operator writes (requeue_dead, purge, prune) stay full.
 //
 // Where the contract leaves room, this store:
 // - counts every running row of a group against claim()'s group_limit, an expired lease too
@@ -98,6 +104,9 @@ class sqlite_store final : public job_store {
   // Transactions that committed enqueues (created or duplicate) so far: with group commit,
   // fewer than the enqueue() calls that made them.
   std::uint64_t enqueue_commits() const noexcept;
+  // Transactions of lease writes alone committed without waiting for an fsync (synchronous
+  // full only; see "Durability").
+  std::uint64_t lease_commits_without_fsync() const noexcept;
 
   // The schema this build writes (PRAGMA user_version).
   static constexpr int schema_version = 2;

@@ -201,11 +201,12 @@ TEST_F(sqlite_store_test, concurrent_enqueues_share_transactions_and_all_commit)
   for (const auto& id : ids) EXPECT_EQ(state_of(id), job_state::queued);
 }
 
-TEST_F(sqlite_store_test, other_writes_share_the_commit_of_waiting_enqueues) {
+TEST_F(sqlite_store_test, other_writes_release_the_enqueues_waiting_for_their_window) {
   sqlite_options o = options();
-  // A window far longer than the test: only a shared commit can release the enqueue in time.
-  // (Writes used to run in their own transactions while the window was open, and under a
-  // stream of enqueues they waited for a gap between batches: consumers starved.)
+  // A window far longer than the test: only another write's commit (shared, or the one right
+  // after a lease write's own) can release the enqueue in time. (Writes used to run in their
+  // own transactions while the window was open, and under a stream of enqueues they waited
+  // for a gap between batches: consumers starved.)
   o.group_commit = std::chrono::seconds(60);
   open(o);
   auto pending = std::async(std::launch::async, [&] { return store_->enqueue(order("a"), {}); });
@@ -220,6 +221,32 @@ TEST_F(sqlite_store_test, other_writes_share_the_commit_of_waiting_enqueues) {
   ASSERT_EQ(r.result, kind::created) << r.error;
   EXPECT_EQ(claim_one().id, r.id);
   EXPECT_EQ(store_->enqueue_commits(), 1U);
+}
+
+TEST_F(sqlite_store_test, with_synchronous_full_only_lease_writes_skip_the_fsync) {
+  open();  // synchronous full: the default
+  const enqueue_result e = store_->enqueue(order("a"), {});
+  ASSERT_EQ(e.result, kind::created) << e.error;
+  EXPECT_EQ(store_->lease_commits_without_fsync(), 0U) << "an enqueue's commit waits for its fsync";
+  const claimed_job c = claim_one();
+  EXPECT_EQ(store_->lease_commits_without_fsync(), 1U);
+  ASSERT_TRUE(store_->heartbeat(c.id, c.fence, std::chrono::seconds(30)));
+  ASSERT_TRUE(store_->fail(c.id, c.fence, "boom", {.max_attempts = 1}));
+  EXPECT_EQ(store_->lease_commits_without_fsync(), 3U);
+  // Operator writes stay durable before they answer.
+  ASSERT_TRUE(store_->requeue_dead(c.id));
+  EXPECT_EQ(store_->lease_commits_without_fsync(), 3U);
+  // What the relaxed commits wrote is there for the next transaction and for readers.
+  const auto st = store_->status(c.id);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->state, job_state::queued);
+  EXPECT_EQ(st->last_error, "boom");
+
+  sqlite_options o = options();
+  o.synchronous = sqlite_options::sync_mode::normal;  // nothing to relax: every commit is so
+  open(o);
+  claim_one();
+  EXPECT_EQ(store_->lease_commits_without_fsync(), 0U);
 }
 
 TEST_F(sqlite_store_test, a_batch_holds_at_most_max_batch_enqueues) {

@@ -11,10 +11,10 @@
 //   postgres pool 32 closed C=32          default settings), with the pool jobs.pool defaults
 //                                         to and with one connection per enqueuer
 //
-// What moves the PostgreSQL line: callers beyond pool_size queue for a connection (served in
-// arrival order), and only commits on distinct connections share one WAL flush, so pool 8
-// caps the commits per fsync at 8; each keyless enqueue is one round trip (insert pipelined
-// with the wake-up). With a pool per caller, 32 backends compete for the CPUs instead.
+// What moves the PostgreSQL line: keyless enqueues are committed in batches (every caller
+// waiting when a batch starts shares its transaction, one round trip and one WAL flush; two
+// batches in flight, see pg_store_options), so callers beyond one batch wait for the next;
+// with a pool per caller, more backends compete for the CPUs.
 //
 // Run it (Release build, a quiet machine, the folder on the disk being measured: fsync on a
 // tmpfs costs nothing):

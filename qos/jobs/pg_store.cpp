@@ -213,6 +213,21 @@ class params {
   std::vector<bool> null_;
 };
 
+// A new job's first nine columns ($1 id .. $9 priority), as both enqueue statements bind them.
+params job_params(const std::string& id, const job_request& job) {
+  params p;
+  p.text(id)
+      .text(job.route)
+      .text(job.group)
+      .bytes(job.tenant)
+      .bytes(job.method)
+      .bytes(job.target)
+      .bytes(detail::encode_headers(job.headers))
+      .bytes(job.body)
+      .num(std::clamp(job.priority, 0, 15));
+  return p;
+}
+
 result exec(PGconn* c, const char* sql) {
   return params{}.exec(c, sql);
 }
@@ -991,16 +1006,7 @@ void pg_store::impl::enqueue_batch(const enqueue_batcher::batch& batch) {
     params{}.send(c, "BEGIN");
     for (std::size_t i = 0; i < n; ++i) {
       const auto& job = batch[i]->job;
-      params{}
-          .text(ids[i])
-          .text(job.route)
-          .text(job.group)
-          .bytes(job.tenant)
-          .bytes(job.method)
-          .bytes(job.target)
-          .bytes(detail::encode_headers(job.headers))
-          .bytes(job.body)
-          .num(std::clamp(job.priority, 0, 15))
+      job_params(ids[i], job)
           .bytes(job.payload_hash)
           .num(static_cast<std::int64_t>(batch[i]->options.max_depth))
           .text(count[i] ? "true" : "false")
@@ -1169,16 +1175,7 @@ enqueue_result pg_store::enqueue(const job_request& job, const enqueue_options& 
           return r;
         }
       }
-      params p;
-      p.text(id)
-          .text(job.route)
-          .text(job.group)
-          .bytes(job.tenant)
-          .bytes(job.method)
-          .bytes(job.target)
-          .bytes(detail::encode_headers(job.headers))
-          .bytes(job.body)
-          .num(std::clamp(job.priority, 0, 15));
+      params p = job_params(id, job);
       if (job.idempotency_key) {
         p.bytes(*job.idempotency_key);
       } else {

@@ -3,9 +3,9 @@
 // its fallback poll, settle_and_claim() (its single transaction and the bound), and a stopped
 // server. Each test gets a database of its own. Times come from the server's clock, so tests
 // move a job's time there (run_at) instead of sleeping.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -28,6 +28,7 @@
 #include "qos/jobs/pg_store.hpp"
 #include "support/eventually.hpp"
 #include "support/pg_cluster.hpp"
+#include "support/pg_env.hpp"
 
 namespace {
 
@@ -40,40 +41,9 @@ using qos::test::eventually;
 using kind = enqueue_result::kind;
 
 // One cluster per test process, stopped at exit whatever the tests did.
-class cluster_env : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (qos::test::pg_cluster::available()) cluster = std::make_unique<qos::test::pg_cluster>();
-  }
-  void TearDown() override { cluster.reset(); }
-  static inline std::unique_ptr<qos::test::pg_cluster> cluster;
-};
+using cluster_env = qos::test::pg_cluster_env;
 [[maybe_unused]] auto* const env = ::testing::AddGlobalTestEnvironment(new cluster_env);
-
-// One statement through a connection of its own; its first value ("" when none). Values bound.
-std::string sql(const std::string& conninfo, const std::string& query,
-                const std::vector<std::string>& args = {}) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  std::string out;
-  if (PQstatus(c) != CONNECTION_OK) {
-    ADD_FAILURE() << PQerrorMessage(c);
-    PQfinish(c);
-    return out;
-  }
-  std::vector<const char*> values;
-  for (const auto& a : args) values.push_back(a.c_str());
-  PGresult* r = PQexecParams(c, query.c_str(), static_cast<int>(values.size()), nullptr,
-                             values.data(), nullptr, nullptr, 0);
-  const auto st = PQresultStatus(r);
-  if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-    ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);
-  } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
-    out = PQgetvalue(r, 0, 0);
-  }
-  PQclear(r);
-  PQfinish(c);
-  return out;
-}
+using qos::test::sql;
 
 // Holds a lock on the queue table that blocks every insert (SHARE: reads go on) until
 // released or destroyed: enqueues then pile up behind the transactions it holds, which makes
@@ -230,15 +200,9 @@ job_request keyed(std::string key, std::string hash, std::string tenant = "") {
 class PgStore : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!qos::test::pg_cluster::available()) {
-      GTEST_SKIP() << "PostgreSQL 15 server binaries (" << qos::test::pg_cluster::bin
-                   << "/initdb) are not installed: scripts/install-deps.sh installs them";
-    }
+    if (!qos::test::pg_cluster::available()) GTEST_SKIP() << qos::test::pg_missing_reason();
     ASSERT_TRUE(cluster_env::cluster) << "the test cluster did not start";
-    static int next = 0;  // not reset by --gtest_repeat: every database name is fresh
-    const std::string db = "t" + std::to_string(++next);
-    sql(cluster_env::cluster->conninfo(), "CREATE DATABASE " + db);
-    conninfo_ = cluster_env::cluster->conninfo(db);
+    conninfo_ = qos::test::fresh_database("t");
     store_ = make_store();
   }
 

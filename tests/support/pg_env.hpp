@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "support/pg_cluster.hpp"
 
@@ -26,13 +27,17 @@ class pg_cluster_env : public ::testing::Environment {
   static inline std::unique_ptr<pg_cluster> cluster;
 };
 
-// One statement on a connection of its own; its first value ("" when none). A failure (to
-// connect, or of the statement) fails the test.
-inline std::string sql(const std::string& conninfo, const std::string& query) {
+// One statement on a connection of its own, `args` bound as text ($1, $2, ...); its first value
+// ("" when none). A failure (to connect, or of the statement) fails the test.
+inline std::string sql(const std::string& conninfo, const std::string& query,
+                       const std::vector<std::string>& args = {}) {
   PGconn* c = PQconnectdb(conninfo.c_str());
   std::string out;
   if (PQstatus(c) == CONNECTION_OK) {
-    PGresult* r = PQexec(c, query.c_str());
+    std::vector<const char*> values;
+    for (const auto& a : args) values.push_back(a.c_str());
+    PGresult* r = PQexecParams(c, query.c_str(), static_cast<int>(values.size()), nullptr,
+                               values.data(), nullptr, nullptr, 0);
     const auto st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
       ADD_FAILURE() << query << ": " << PQresultErrorMessage(r);

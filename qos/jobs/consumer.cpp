@@ -449,13 +449,20 @@ void consumer::loop() {
 
   // How many jobs to claim now: free permits of the group here over the routes' cost, within
   // the token bucket. Sets `next_wake` when the bucket is what holds claims back.
+  // `ahead`: the jobs leased beyond the limit (prefetch), waiting in admission.
+  const bool prefetching =
+      store_.exclusive_to_process() && !options_.rate && options_.prefetch.value_or(1) != 0;
+  auto ahead_of = [&](const group_stats& st) -> std::size_t {
+    return prefetching ? options_.prefetch.value_or(st.limit) : 0;
+  };
   auto claimable = [&](time_point t, const group_stats& st, time_point& next_wake) {
-    const std::size_t busy = st.in_use + st.waiting + st.reserved;
-    const std::size_t free_units = st.limit > busy ? st.limit - busy : 0;
     std::uint32_t cost = 1;
     for (const auto& [name, r] : s.routes) {
       if (const auto* route = adm_.find_route(name)) cost = std::max(cost, route->policy()->cost);
     }
+    const std::size_t busy = st.in_use + st.waiting + st.reserved;
+    const std::size_t room = st.limit + ahead_of(st) * cost;
+    const std::size_t free_units = room > busy ? room - busy : 0;
     std::size_t k = free_units / cost;
     if (bucket && k != 0) {
       const std::size_t tokens = bucket->available(t);
@@ -524,8 +531,10 @@ void consumer::loop() {
       std::vector<settlement> batch;
       batch.reserve(fresh.size());
       for (const auto it : fresh) batch.push_back(settlement_of(it->first, it->second));
-      const claim_request next{
-          .group = options_.group, .limit = k, .group_limit = st.limit, .lease = options_.lease};
+      const claim_request next{.group = options_.group,
+                               .limit = k,
+                               .group_limit = st.limit + ahead_of(st),
+                               .lease = options_.lease};
       std::optional<settle_result> got;
       try {
         got = store_.settle_and_claim(batch, next);

@@ -198,6 +198,11 @@ class job_store {
 
   // queued + running jobs of a route.
   virtual std::size_t depth(const std::string& route) = 0;
+
+  // True when no other process can claim from this store while it is open (sqlite_store locks
+  // its file): the process's own admission bound is then the group's bound everywhere, and a
+  // consumer may lease jobs beyond group_limit to have them ready (consumer_options::prefetch).
+  virtual bool exclusive_to_process() const noexcept { return false; }
 };
 
 }  // namespace qos::jobs

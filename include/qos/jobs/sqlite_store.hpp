@@ -98,6 +98,8 @@ class sqlite_store final : public job_store {
   bool requeue_dead(const job_id& id) override;
   bool purge(const job_id& id) override;
   std::size_t depth(const std::string& route) override;
+  // The store's file lock keeps every other process out.
+  bool exclusive_to_process() const noexcept override { return true; }
 
   // wal_checkpoint(TRUNCATE) now, on the writer thread. Throws store_error.
   void checkpoint();

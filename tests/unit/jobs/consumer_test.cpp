@@ -169,10 +169,16 @@ class counting_store final : public job_store {
     std::size_t claimed = 0;
   };
 
-  explicit counting_store(job_store& inner) : inner_(inner) {}
+  // `exclusive`: says it is this process's alone, as sqlite_store does (the consumer leases
+  // ahead then).
+  explicit counting_store(job_store& inner, bool exclusive = false)
+      : inner_(inner), exclusive_(exclusive) {}
+
+  bool exclusive_to_process() const noexcept override { return exclusive_; }
 
   settle_result settle_and_claim(std::span<const settlement> ended,
                                  const claim_request& next) override {
+    wait_if(held_call::settle_and_claim);
     settle_result r = inner_.settle_and_claim(ended, next);
     const std::lock_guard lock(m_);
     calls_.push_back({ended.size(), next.limit, r.claimed.size()});
@@ -205,15 +211,7 @@ class counting_store final : public job_store {
     return ok;
   }
   std::size_t requeue_expired(const retry_policy& retry) override {
-    {
-      std::unique_lock lock(m_);
-      if (hold_) {
-        held_ = true;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return !hold_; });
-        held_ = false;
-      }
-    }
+    wait_if(held_call::requeue_expired);
     return inner_.requeue_expired(retry);
   }
   enqueue_result enqueue(const job_request& job, const enqueue_options& options) override {
@@ -228,12 +226,13 @@ class counting_store final : public job_store {
   bool purge(const job_id& id) override { return inner_.purge(id); }
   std::size_t depth(const std::string& route) override { return inner_.depth(route); }
 
-  // The next requeue_expired() waits for release().
-  void hold() {
+  enum class held_call : std::uint8_t { none, requeue_expired, settle_and_claim };
+  // The next call of that kind waits for release().
+  void hold(held_call which = held_call::requeue_expired) {
     const std::lock_guard lock(m_);
-    hold_ = true;
+    hold_ = which;
   }
-  // Whether the loop is waiting in requeue_expired() (within 10 s).
+  // Whether the loop is waiting in the held call (within 10 s).
   bool wait_held() {
     std::unique_lock lock(m_);
     return cv_.wait_for(lock, 10s, [&] { return held_; });
@@ -241,7 +240,7 @@ class counting_store final : public job_store {
   void release() {
     {
       const std::lock_guard lock(m_);
-      hold_ = false;
+      hold_ = held_call::none;
     }
     cv_.notify_all();
   }
@@ -260,21 +259,39 @@ class counting_store final : public job_store {
   }
 
  private:
+  void wait_if(held_call which) {
+    std::unique_lock lock(m_);
+    if (hold_ != which) return;
+    held_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return hold_ != which; });
+    held_ = false;
+  }
   void leased(std::size_t n) {
     leases_ += n;
     max_leases_ = std::max(max_leases_, leases_);
   }
 
   job_store& inner_;
+  const bool exclusive_;
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<settle_call> calls_;  // guarded by m_, and so is everything below
   std::size_t separate_ = 0;        // claim(), complete() and fail() calls
   std::size_t leases_ = 0;
   std::size_t max_leases_ = 0;
-  bool hold_ = false;
+  held_call hold_ = held_call::none;
   bool held_ = false;
 };
+
+// `n` orders in the store; false when one was not created.
+bool enqueue_orders(job_store& store, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (store.enqueue(test::order(std::to_string(i)), {}).result != enqueue_result::kind::created)
+      return false;
+  }
+  return true;
+}
 
 // N jobs that end together cost one store call: their settlements and the claim of the N
 // slots they freed, not N completions and a claim. The loop is held inside a store call while
@@ -285,10 +302,7 @@ TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_on
   test::temp_dir dir;
   sqlite_store db({.path = dir.file("jobs.db")});
   counting_store store(db);
-  for (std::size_t i = 0; i < 3 * n; ++i) {
-    ASSERT_EQ(store.enqueue(test::order(std::to_string(i)), {}).result,
-              enqueue_result::kind::created);
-  }
+  ASSERT_TRUE(enqueue_orders(store, 3 * n));
   shared_clock clk;
   gauge g;
   std::atomic<bool> hold{true};
@@ -331,6 +345,62 @@ TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_on
   EXPECT_EQ(db.depth("orders"), 0u);
   EXPECT_EQ(c.claimed(), 3 * n);
   EXPECT_EQ(c.fenced_out(), 0u);
+}
+
+// With a store no other process can claim from, the consumer leases one round ahead: the job
+// after the one that holds the permit waits in admission, and starts when that one ends, while
+// the store is still settling it. Never more than N run; leases stay within N + prefetch.
+TEST(consumer_test, with_a_store_of_its_own_the_next_job_starts_before_the_store_answers) {
+  fixture f(1);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  counting_store store(db, /*exclusive=*/true);
+  ASSERT_TRUE(enqueue_orders(store, 3));
+  gauge g;
+  std::atomic<int> started{0};
+  std::atomic<bool> hold{true};
+  consumer c(store, f.adm, f.options([&](const claimed_job&) {
+    g.enter();
+    const int nth = ++started;
+    const auto until = clock::now() + 10s;
+    while (nth == 1 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    g.leave();
+    return response{.body = "done"};
+  }));
+  // The first runs; the second is leased too, waiting for the one permit.
+  ASSERT_TRUE(eventually([&] { return started.load() == 1 && store.max_leases() == 2; }));
+  EXPECT_EQ(f.group.stats().in_use, 1u);
+
+  store.hold(counting_store::held_call::settle_and_claim);
+  hold = false;
+  ASSERT_TRUE(store.wait_held());  // settling the first: no answer until release()
+  ASSERT_TRUE(eventually([&] { return started.load() == 2; }));
+  store.release();
+
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 3; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(g.most.load(), 1);
+  EXPECT_LE(store.max_leases(), 2u);
+  EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// prefetch 0, or a store other processes share: leases never exceed N.
+TEST(consumer_test, without_prefetch_leases_stay_within_n) {
+  fixture f(2);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  counting_store store(db, /*exclusive=*/true);
+  ASSERT_TRUE(enqueue_orders(store, 12));
+  auto o = f.options([&](const claimed_job&) {
+    std::this_thread::sleep_for(2ms);
+    return response{.body = "done"};
+  });
+  o.prefetch = 0;
+  consumer c(store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 12; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_LE(store.max_leases(), 2u);
+  EXPECT_EQ(store.max_leases(), 2u);
 }
 
 // A synchronous request of the same route, as the HTTP gate submits it, holding its permit.

@@ -16,7 +16,7 @@ pkgs=(
 )
 # Load tools for the benchmark harness only.
 if [[ "${QOS_BENCH_DEPS:-0}" == 1 ]]; then
-  pkgs+=(wrk gnuplot-nox procps)
+  pkgs+=(wrk gnuplot-nox procps sqlite3)
 fi
 # Doxygen for the API reference (cmake --build build --target docs) only: it brings LLVM along,
 # and neither the tests nor CI need it.

@@ -77,9 +77,11 @@ table() {
         echo "per minute) are copied from the seed's text. 2xx/min and accepted/min: 2xx answered within the"
         echo "window; latency of the 2xx answers; failures: requests without a 2xx (503 after max_wait 1 s,"
         echo "timeouts, errors) plus connect errors; completed/min: jobs the consumers finished during the"
-        echo "point (qos_jobs_finished_total{result=\"succeeded\"}; the peer's jobsCompleted), whose ceiling"
+        echo "point (ours: the store's succeeded jobs with their finish time in the point, read with sqlite3;"
+        echo "the peer's jobsCompleted), whose ceiling"
         echo "is N / 50 ms = 9,600/min; depth: ours qos_jobs_depth (queued + running), the peer's queueDepth"
-        echo "(waiting jobs), at the end and at most; max running: ours qos_jobs_held, the peer's tasksRunning"
+        echo "(waiting jobs), at the end and at most; max running: ours qos_group_in_use of db (permits held;"
+        echo "qos_jobs_held also counts the jobs leased ahead, waiting for a permit), the peer's tasksRunning"
         echo "(both sampled every SAMPLE s; csv/a_depth.csv has the whole series; must stay <= N)."
         echo
         echo "### Synchronous: ours POST /orders/sync (guarded, 201) vs .NET submitordersync vs node-queue"

@@ -15,8 +15,9 @@
 #     does the work later). For every C in CONCS and each route: a fresh server and job store, a
 #     warm-up of the sync route, then the closed-loop client (bench/loadgen.cpp, POST of a small
 #     JSON order) for D seconds. Recorded: accepted/min (2xx answered in the window), the 2xx
-#     latency (mean, p50, p99), completed/min (qos_jobs_finished_total{result="succeeded"} over
-#     the run; for the sync route its 2xx), failures (requests without a 2xx, plus connect
+#     latency (mean, p50, p99), completed/min (jobs the store marked succeeded during the point,
+#     read from its file with sqlite3; without sqlite3 qos_jobs_finished_total{result=
+#     "succeeded"}, which lags by up to a second; for the sync route its 2xx), failures (requests without a 2xx, plus connect
 #     errors), and the queue depth, jobs held and jobs finished every SAMPLE s (csv/a_depth.csv).
 #     The node-queue peer (../shared/peers/node-queue: Node gateway, graphile-worker, its own
 #     PostgreSQL 15 cluster) runs the same points with the same client, its queue purged before
@@ -170,9 +171,11 @@ log "mode $MODE, part $PART; systems: $SYSTEMS; C: $CONCS; D=${D}s; output $OUT"
 build || { log "build failed"; exit 1; }
 
 # ---- metrics --------------------------------------------------------------------------------
-# jobs_metrics ADMIN_URL: "depth,held,succeeded,created" of our service: qos_jobs_depth of route
-# orders, qos_jobs_held of group db, qos_jobs_finished_total{result="succeeded"} of group db,
-# qos_jobs_enqueued_total{result="created"} of route orders (empty fields when absent).
+# jobs_metrics ADMIN_URL: "depth,held,succeeded,created,running" of our service: qos_jobs_depth
+# of route orders, qos_jobs_held of group db (running, and leased ahead waiting for a permit),
+# qos_jobs_finished_total{result="succeeded"} of group db, qos_jobs_enqueued_total{result=
+# "created"} of route orders, qos_group_in_use of group db (permits held: handlers running)
+# (empty fields when absent).
 jobs_metrics() {
     curl -s --max-time 2 "$1/metrics" 2>/dev/null |
         awk 'function label(k) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
@@ -180,19 +183,20 @@ jobs_metrics() {
              /^qos_jobs_held\{/ && label("group") == "db" { h += $NF; hh = 1 }
              /^qos_jobs_finished_total\{/ && label("group") == "db" && label("result") == "succeeded" { s += $NF; hs = 1 }
              /^qos_jobs_enqueued_total\{/ && label("route") == "orders" && label("result") == "created" { c += $NF; hc = 1 }
-             END { printf "%s,%s,%s,%s\n", hd ? d : "", hh ? h : "", hs ? s : "", hc ? c : "" }' || echo ",,,"
+             /^qos_group_in_use\{/ && label("group") == "db" { u += $NF; hu = 1 }
+             END { printf "%s,%s,%s,%s,%s\n", hd ? d : "", hh ? h : "", hs ? s : "", hc ? c : "", hu ? u : "" }' || echo ",,,,"
 }
-# peer_metrics URL: the same four from the node-queue peer's /stats (queueDepth, tasksRunning,
-# jobsCompleted, accepted).
+# peer_metrics URL: the same five from the node-queue peer's /stats (queueDepth, tasksRunning,
+# jobsCompleted, accepted, tasksRunning).
 peer_metrics() {
     local f=$WORK/peer-stats.json
     curl -s --max-time 2 "$1/stats" > "$f" 2>/dev/null || : > "$f"
-    echo "$(json_num queueDepth "$f"),$(json_num tasksRunning "$f"),$(json_num jobsCompleted "$f"),$(json_num accepted "$f")"
+    echo "$(json_num queueDepth "$f"),$(json_num tasksRunning "$f"),$(json_num jobsCompleted "$f"),$(json_num accepted "$f"),$(json_num tasksRunning "$f")"
 }
 
 now_s() { date +%s.%N; }
 
-# sampler FILE PREFIX FN ARG: appends "PREFIX,t_s,depth,held,succeeded,created" every SAMPLE s
+# sampler FILE PREFIX FN ARG: appends "PREFIX,t_s,depth,held,succeeded,created,running" every SAMPLE s
 # until killed; t_s from the sampler's start. Sets SAMPLER.
 sampler() {
     local file=$1 prefix=$2 fn=$3 arg=$4
@@ -228,19 +232,28 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
         --timeout "$TIMEOUT" --drain "$DRAIN" --label "$tag" --cdf "$RAW/$tag.cdf" $(pid_args) $LG_EXTRA
     m1=$($fn "$murl") t1=$(now_s)
     sampler_stop "$s"
+    # Ours: the jobs the store itself marked succeeded within [t0, t1] (the finished column, wall
+    # clock ms). qos_jobs_finished_total is refreshed about once a second, so m1 - m0 misses up
+    # to a second of completions (a tenth of a 10 s point); it stays the fallback without sqlite3.
+    local store_done=""
+    if [ "$sys" = ours ] && [ "$route" = orders ] && command -v sqlite3 > /dev/null; then
+        store_done=$(sqlite3 -readonly "$WORK/jobs-a.db" \
+            "SELECT count(*) FROM jobs WHERE state = 2 AND finished >= $(awk -v t="$t0" 'BEGIN { printf "%d", t * 1000 }') AND finished < $(awk -v t="$t1" 'BEGIN { printf "%d", t * 1000 }')" 2> /dev/null || true)
+    fi
     cat "$f.err" >&2 || true
     # depth/held maxima from the samples of this point
     local dmax hmax
     dmax=$(awk -F, -v p="$sys,/$route,$c" 'index($0, p ",") == 1 && $5 != "" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }' "$A_DEPTH")
-    hmax=$(awk -F, -v p="$sys,/$route,$c" 'index($0, p ",") == 1 && $6 != "" && $6 + 0 > m { m = $6 + 0 } END { print m + 0 }' "$A_DEPTH")
+    hmax=$(awk -F, -v p="$sys,/$route,$c" 'index($0, p ",") == 1 && $9 != "" && $9 + 0 > m { m = $9 + 0 } END { print m + 0 }' "$A_DEPTH")
     awk -v sys="$sys" -v route="/$route" -v c="$c" -v d="$D" -v m0="$m0" -v m1="$m1" -v t0="$t0" -v t1="$t1" \
-        -v dmax="$dmax" -v hmax="$hmax" -v line="$(grep '^LOADGEN' "$f" || true)" 'BEGIN {
+        -v dmax="$dmax" -v hmax="$hmax" -v store_done="$store_done" -v line="$(grep '^LOADGEN' "$f" || true)" 'BEGIN {
         n = split(line, kv, " "); for (i = 2; i <= n; i++) { split(kv[i], p, "="); v[p[1]] = p[2] }
         split(m0, a, ","); split(m1, b, ",")
         if (b[1] != "" && b[1] + 0 > dmax) dmax = b[1] + 0
         sent = v["sent"] + 0; ok = v["s2xx"] + 0
         fail = sent - ok + v["err_connect"]
         if (route ~ /sync/) { done = ok; dpm = v["ok_rps"] * 60 }
+        else if (store_done != "") { done = store_done + 0; dpm = done / (t1 - t0) * 60 }
         else if (b[3] != "" && a[3] != "") { done = b[3] - a[3]; dpm = done / (t1 - t0) * 60 }
         else { done = ""; dpm = "" }
         printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%.0f,%s,%s,%s,%s,%s,%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%.2f\n",
@@ -250,7 +263,7 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
             v["timeouts"], v["s503"], v["s4xx"] + v["s5xx_other"] + v["s_other"], v["err_connect"],
             v["err_lost"] + v["err_parse"], v["unanswered"], t1 - t0 }' >> "$A_CSV"
     tail -1 "$A_CSV" >&2
-    if [ "$sys" = ours ] && [ "$hmax" -gt "$N" ]; then anomaly "ours /$route C=$c: qos_jobs_held reached $hmax > N=$N"; fi
+    if [ "$sys" = ours ] && [ "$hmax" -gt "$N" ]; then anomaly "ours /$route C=$c: qos_group_in_use reached $hmax > N=$N"; fi
 }
 
 SYS_PIDS=()
@@ -340,8 +353,8 @@ part_a_peer() {
 }
 
 part_a() {
-    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,held_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s" > "$A_CSV"
-    echo "system,route,conc,t_s,depth,held,succeeded,created" > "$A_DEPTH"
+    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,running_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s" > "$A_CSV"
+    echo "system,route,conc,t_s,depth,held,succeeded,created,running" > "$A_DEPTH"
     local s
     for s in $SYSTEMS; do
         case "$s" in

@@ -238,7 +238,7 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
     local store_done=""
     if [ "$sys" = ours ] && [ "$route" = orders ] && command -v sqlite3 > /dev/null; then
         store_done=$(sqlite3 -readonly "$WORK/jobs-a.db" \
-            "SELECT count(*) FROM jobs WHERE state = 2 AND finished >= $(awk -v t="$t0" 'BEGIN { printf "%d", t * 1000 }') AND finished < $(awk -v t="$t1" 'BEGIN { printf "%d", t * 1000 }')" 2> /dev/null || true)
+            "SELECT count(*) FROM jobs WHERE state = 2 AND finished >= $(awk -v t="$t0" 'BEGIN { printf "%.0f", t * 1000 }') AND finished < $(awk -v t="$t1" 'BEGIN { printf "%.0f", t * 1000 }')" 2> /dev/null || true)
     fi
     cat "$f.err" >&2 || true
     # depth/held maxima from the samples of this point

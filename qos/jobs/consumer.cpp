@@ -447,21 +447,30 @@ void consumer::loop() {
     return it;
   };
 
-  // How many jobs to claim now: free permits of the group here over the routes' cost, within
-  // the token bucket. Sets `next_wake` when the bucket is what holds claims back.
-  // `ahead`: the jobs leased beyond the limit (prefetch), waiting in admission.
+  // How many jobs to lease beyond the group's limit (prefetch), to wait in admission. A job
+  // leased ahead waits about one service time for its permit, so none while a route's max_wait
+  // is under two of them (it would time out and be given back, spending an attempt), nor before
+  // the group has measured its service time.
   const bool prefetching =
       store_.exclusive_to_process() && !options_.rate && options_.prefetch.value_or(1) != 0;
   auto ahead_of = [&](const group_stats& st) -> std::size_t {
-    return prefetching ? options_.prefetch.value_or(st.limit) : 0;
+    if (!prefetching || st.service_time <= duration::zero()) return 0;
+    for (const auto& [name, r] : s.routes) {
+      const auto* route = adm_.find_route(name);
+      if (route == nullptr || route->policy()->max_wait < 2 * st.service_time) return 0;
+    }
+    return options_.prefetch.value_or(st.limit);
   };
-  auto claimable = [&](time_point t, const group_stats& st, time_point& next_wake) {
+  // How many jobs to claim now: free permits of the group here (and `ahead` more) over the
+  // routes' cost, within the token bucket. Sets `next_wake` when the bucket holds claims back.
+  auto claimable = [&](time_point t, const group_stats& st, std::size_t ahead,
+                       time_point& next_wake) {
     std::uint32_t cost = 1;
     for (const auto& [name, r] : s.routes) {
       if (const auto* route = adm_.find_route(name)) cost = std::max(cost, route->policy()->cost);
     }
     const std::size_t busy = st.in_use + st.waiting + st.reserved;
-    const std::size_t room = st.limit + ahead_of(st) * cost;
+    const std::size_t room = st.limit + ahead * cost;
     const std::size_t free_units = room > busy ? room - busy : 0;
     std::size_t k = free_units / cost;
     if (bucket && k != 0) {
@@ -525,7 +534,8 @@ void consumer::loop() {
       if (const auto it = finish(v); it != jobs.end()) fresh.push_back(it);
     }
     const group_stats st = group.stats();
-    const std::size_t k = stopping ? 0 : claimable(t, st, next_wake);
+    const std::size_t ahead = ahead_of(st);
+    const std::size_t k = stopping ? 0 : claimable(t, st, ahead, next_wake);
     bool again = false;  // a full claim: there may be more work and permits
     if (!fresh.empty() || k != 0) {
       std::vector<settlement> batch;
@@ -533,7 +543,7 @@ void consumer::loop() {
       for (const auto it : fresh) batch.push_back(settlement_of(it->first, it->second));
       const claim_request next{.group = options_.group,
                                .limit = k,
-                               .group_limit = st.limit + ahead_of(st),
+                               .group_limit = st.limit + ahead,
                                .lease = options_.lease};
       std::optional<settle_result> got;
       try {

@@ -20,7 +20,9 @@
 //   the job that ended and claim another (about 2 ms per job when the cores are busy: 4 % of a
 //   50 ms job's rate). They show as running in the store meanwhile (about one round at most),
 //   and synchronous requests that arrive meanwhile queue behind them (FIFO within a priority).
-//   Off with a rate (the bucket paces claims) or prefetch = 0.
+//   None before the group has measured its service time, nor while a route's max_wait is
+//   under two service times (the job would time out waiting and be given back, spending an
+//   attempt). Off with a rate (the bucket paces claims) or prefetch = 0.
 // - Results. The handler's response (any status) is the job's result: complete(). A handler
 //   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
 //   exponential backoff, dead after max_attempts). The store is told only once the handler
@@ -120,8 +122,9 @@ struct consumer_options {
   std::optional<steady_rate> rate{};
   // Jobs leased ahead of the group's free permits, waiting in admission for one, so that a
   // job's end starts the next at once instead of after a store round trip (settle and claim).
-  // Used only with a store exclusive to this process (sqlite_store) and no rate; nullopt: as
-  // many as the group's current limit; 0: none.
+  // Used only with a store exclusive to this process (sqlite_store), no rate, and routes whose
+  // max_wait is at least two of the group's service times; nullopt: as many as the group's
+  // current limit; 0: none.
   std::optional<std::size_t> prefetch{};
   // Blocks until work for the group is announced (true) or the timeout passes; called on a
   // thread of its own in a loop, with timeouts of at most 200 ms so that stop() is prompt.

@@ -347,15 +347,15 @@ TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_on
   EXPECT_EQ(c.fenced_out(), 0u);
 }
 
-// With a store no other process can claim from, the consumer leases one round ahead: the job
-// after the one that holds the permit waits in admission, and starts when that one ends, while
-// the store is still settling it. Never more than N run; leases stay within N + prefetch.
+// With a store no other process can claim from, the consumer leases one round ahead (once the
+// group has a service time): the job after the one that holds the permit waits in admission,
+// and starts when that one ends, while the store is still settling it. Never more than N run;
+// leases stay within N + prefetch.
 TEST(consumer_test, with_a_store_of_its_own_the_next_job_starts_before_the_store_answers) {
   fixture f(1);
   test::temp_dir dir;
   sqlite_store db({.path = dir.file("jobs.db")});
   counting_store store(db, /*exclusive=*/true);
-  ASSERT_TRUE(enqueue_orders(store, 3));
   gauge g;
   std::atomic<int> started{0};
   std::atomic<bool> hold{true};
@@ -363,25 +363,50 @@ TEST(consumer_test, with_a_store_of_its_own_the_next_job_starts_before_the_store
     g.enter();
     const int nth = ++started;
     const auto until = clock::now() + 10s;
-    while (nth == 1 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    while (nth == 2 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
     g.leave();
     return response{.body = "done"};
   }));
-  // The first runs; the second is leased too, waiting for the one permit.
-  ASSERT_TRUE(eventually([&] { return started.load() == 1 && store.max_leases() == 2; }));
+  // The first job gives the group its service time; nothing was leased ahead before it.
+  ASSERT_TRUE(enqueue_orders(store, 1));
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_EQ(store.max_leases(), 1u);
+
+  ASSERT_TRUE(enqueue_orders(store, 3));
+  // The second runs; the third is leased too, waiting for the one permit.
+  ASSERT_TRUE(eventually([&] { return started.load() == 2 && store.max_leases() == 2; }));
   EXPECT_EQ(f.group.stats().in_use, 1u);
 
   store.hold(counting_store::held_call::settle_and_claim);
   hold = false;
-  ASSERT_TRUE(store.wait_held());  // settling the first: no answer until release()
-  ASSERT_TRUE(eventually([&] { return started.load() == 2; }));
+  ASSERT_TRUE(store.wait_held());  // settling the second: no answer until release()
+  ASSERT_TRUE(eventually([&] { return started.load() == 3; }));
   store.release();
 
-  ASSERT_TRUE(eventually([&] { return c.succeeded() == 3; }));
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 4; }));
   EXPECT_TRUE(c.stop(1s));
   EXPECT_EQ(g.most.load(), 1);
   EXPECT_LE(store.max_leases(), 2u);
+  EXPECT_EQ(c.given_back(), 0u);
   EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// A job leased ahead waits about one service time: with a max_wait under two of them it would
+// time out and be given back, so nothing is leased ahead.
+TEST(consumer_test, no_job_is_leased_ahead_when_max_wait_is_under_two_service_times) {
+  fixture f(1, 20ms);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  counting_store store(db, /*exclusive=*/true);
+  ASSERT_TRUE(enqueue_orders(store, 6));
+  consumer c(store, f.adm, f.options([&](const claimed_job&) {
+    std::this_thread::sleep_for(15ms);
+    return response{.body = "done"};
+  }));
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 6; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(store.max_leases(), 1u);
+  EXPECT_EQ(c.given_back(), 0u);
 }
 
 // prefetch 0, or a store other processes share: leases never exceed N.

@@ -171,11 +171,13 @@ log "mode $MODE, part $PART; systems: $SYSTEMS; C: $CONCS; D=${D}s; output $OUT"
 build || { log "build failed"; exit 1; }
 
 # ---- metrics --------------------------------------------------------------------------------
-# jobs_metrics ADMIN_URL: "depth,held,succeeded,created,running" of our service: qos_jobs_depth
+# jobs_metrics ADMIN_URL: "depth,held,succeeded,created,running,..." of our service: qos_jobs_depth
 # of route orders, qos_jobs_held of group db (running, and leased ahead waiting for a permit),
 # qos_jobs_finished_total{result="succeeded"} of group db, qos_jobs_enqueued_total{result=
-# "created"} of route orders, qos_group_in_use of group db (permits held: handlers running)
-# (empty fields when absent).
+# "created"} of route orders, qos_group_in_use of group db (permits held: handlers running);
+# then "h_orders_sum,h_orders_n,h_sync_sum,h_sync_n": qos_handler_seconds' sum and count of the
+# routes orders and orders_sync (the time handlers held their permit: the service time the
+# backend really gave, which the loaded machine stretches beyond DB_MS) (empty when absent).
 jobs_metrics() {
     curl -s --max-time 2 "$1/metrics" 2>/dev/null |
         awk 'function label(k) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
@@ -184,19 +186,23 @@ jobs_metrics() {
              /^qos_jobs_finished_total\{/ && label("group") == "db" && label("result") == "succeeded" { s += $NF; hs = 1 }
              /^qos_jobs_enqueued_total\{/ && label("route") == "orders" && label("result") == "created" { c += $NF; hc = 1 }
              /^qos_group_in_use\{/ && label("group") == "db" { u += $NF; hu = 1 }
-             END { printf "%s,%s,%s,%s,%s\n", hd ? d : "", hh ? h : "", hs ? s : "", hc ? c : "", hu ? u : "" }' || echo ",,,,"
+             /^qos_handler_seconds_sum\{/ { hsum[label("route")] += $NF; hh2[label("route")] = 1 }
+             /^qos_handler_seconds_count\{/ { hn[label("route")] += $NF }
+             END { printf "%s,%s,%s,%s,%s,%s,%s,%s,%s\n", hd ? d : "", hh ? h : "", hs ? s : "", hc ? c : "", hu ? u : "",
+                           ("orders" in hh2) ? hsum["orders"] : "", ("orders" in hh2) ? hn["orders"] : "",
+                           ("orders_sync" in hh2) ? hsum["orders_sync"] : "", ("orders_sync" in hh2) ? hn["orders_sync"] : "" }' || echo ",,,,,,,,"
 }
 # peer_metrics URL: the same five from the node-queue peer's /stats (queueDepth, tasksRunning,
-# jobsCompleted, accepted, tasksRunning).
+# jobsCompleted, accepted, tasksRunning), no handler times.
 peer_metrics() {
     local f=$WORK/peer-stats.json
     curl -s --max-time 2 "$1/stats" > "$f" 2>/dev/null || : > "$f"
-    echo "$(json_num queueDepth "$f"),$(json_num tasksRunning "$f"),$(json_num jobsCompleted "$f"),$(json_num accepted "$f"),$(json_num tasksRunning "$f")"
+    echo "$(json_num queueDepth "$f"),$(json_num tasksRunning "$f"),$(json_num jobsCompleted "$f"),$(json_num accepted "$f"),$(json_num tasksRunning "$f"),,,,"
 }
 
 now_s() { date +%s.%N; }
 
-# sampler FILE PREFIX FN ARG: appends "PREFIX,t_s,depth,held,succeeded,created,running" every SAMPLE s
+# sampler FILE PREFIX FN ARG: appends "PREFIX,t_s," and the fields of FN every SAMPLE s
 # until killed; t_s from the sampler's start. Sets SAMPLER.
 sampler() {
     local file=$1 prefix=$2 fn=$3 arg=$4
@@ -252,16 +258,19 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
         if (b[1] != "" && b[1] + 0 > dmax) dmax = b[1] + 0
         sent = v["sent"] + 0; ok = v["s2xx"] + 0
         fail = sent - ok + v["err_connect"]
+        # the mean time a handler of the route held its permit during the point
+        hs = (route ~ /sync/) ? 8 : 6
+        hm = (b[hs + 1] != "" && a[hs + 1] != "" && b[hs + 1] - a[hs + 1] > 0) ? sprintf("%.2f", 1000 * (b[hs] - a[hs]) / (b[hs + 1] - a[hs + 1])) : ""
         if (route ~ /sync/) { done = ok; dpm = v["ok_rps"] * 60 }
         else if (store_done != "") { done = store_done + 0; dpm = done / (t1 - t0) * 60 }
         else if (b[3] != "" && a[3] != "") { done = b[3] - a[3]; dpm = done / (t1 - t0) * 60 }
         else { done = ""; dpm = "" }
-        printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%.0f,%s,%s,%s,%s,%s,%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%.2f\n",
+        printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%.0f,%s,%s,%s,%s,%s,%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%.2f,%s\n",
             sys, route, c, d, sent, ok, v["s201"], v["s202"], fail, v["ok_rps"] * 60,
             v["ok_mean_ms"], v["ok_p50_ms"], v["ok_p99_ms"], v["ok_max_ms"],
             done, (dpm == "" ? "" : sprintf("%.0f", dpm)), b[1], dmax, hmax,
             v["timeouts"], v["s503"], v["s4xx"] + v["s5xx_other"] + v["s_other"], v["err_connect"],
-            v["err_lost"] + v["err_parse"], v["unanswered"], t1 - t0 }' >> "$A_CSV"
+            v["err_lost"] + v["err_parse"], v["unanswered"], t1 - t0, hm }' >> "$A_CSV"
     tail -1 "$A_CSV" >&2
     if [ "$sys" = ours ] && [ "$hmax" -gt "$N" ]; then anomaly "ours /$route C=$c: qos_group_in_use reached $hmax > N=$N"; fi
 }
@@ -353,8 +362,8 @@ part_a_peer() {
 }
 
 part_a() {
-    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,running_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s" > "$A_CSV"
-    echo "system,route,conc,t_s,depth,held,succeeded,created,running" > "$A_DEPTH"
+    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,running_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s,handler_mean_ms" > "$A_CSV"
+    echo "system,route,conc,t_s,depth,held,succeeded,created,running,h_orders_sum,h_orders_n,h_sync_sum,h_sync_n" > "$A_DEPTH"
     local s
     for s in $SYSTEMS; do
         case "$s" in

@@ -1085,7 +1085,7 @@ jobs_config parse_jobs(const field& f, const std::vector<group_config>& groups) 
   using std::chrono::seconds;
   const map_view map(f, {"store", "sqlite_path", "synchronous", "group_commit", "conninfo",
                          "conninfo_env", "pool", "consume", "store_threads", "max_pending",
-                         "retention", "prune_interval", "poll_interval", "rates"});
+                         "retention", "prune_interval", "poll_interval", "rates", "prefetch"});
   jobs_config out;
   out.line = f.mark.line + 1;
   if (auto v = map.get("store")) out.store = read_choice(*v, job_stores, "store");
@@ -1113,6 +1113,18 @@ jobs_config parse_jobs(const field& f, const std::vector<group_config>& groups) 
     if (out.group_commit > std::chrono::milliseconds(100)) {
       v->fail("must be between 0 and 100ms, got " + std::to_string(out.group_commit.count()) +
               "us");
+    }
+  }
+  // Up to 65,536 jobs per group held in memory ahead of their permits: beyond any sane limit.
+  if (auto v = only("prefetch", job_store_kind::sqlite)) {
+    const bool scalar = v->node.IsScalar();
+    if (scalar && !is_quoted(v->node) && v->node.Scalar() == "auto") {
+      out.prefetch = std::nullopt;
+    } else if (!scalar || is_quoted(v->node) || !is_decimal_integer(v->node.Scalar())) {
+      v->fail("expected an integer or auto, got " +
+              (scalar && is_quoted(v->node) ? std::string("a string") : describe(v->node)));
+    } else {
+      out.prefetch = read_count(*v, 0, 65536);
     }
   }
   const auto conninfo = only("conninfo", job_store_kind::postgres);

@@ -166,6 +166,12 @@ void emit_jobs(YAML::Emitter& e, const jobs_config& j) {
     e << std::string(name(j.synchronous));
     key(e, "group_commit");
     e << us(j.group_commit);
+    key(e, "prefetch");
+    if (j.prefetch) {
+      e << *j.prefetch;
+    } else {
+      e << "auto";
+    }
   } else {
     if (!j.conninfo_env.empty()) {
       key(e, "conninfo_env");
@@ -544,7 +550,8 @@ std::string summary(const app_config& cfg) {
     o << "jobs: store " << name(j.store) << " ";
     if (j.store == job_store_kind::sqlite) {
       o << j.sqlite_path << " (synchronous " << name(j.synchronous) << ", group_commit "
-        << us(j.group_commit) << ")";
+        << us(j.group_commit) << ", prefetch "
+        << (j.prefetch ? std::to_string(*j.prefetch) : std::string("auto")) << ")";
     } else {
       o << (j.conninfo_env.empty() ? std::string("(conninfo in the file)")
                                    : "(conninfo from environment variable " + j.conninfo_env + ")")

@@ -48,6 +48,10 @@ std::string text(const std::vector<std::string>& names) {
   for (const auto& n : names) out += (out.size() == 1 ? "" : ", ") + n;
   return out + "]";
 }
+// jobs.prefetch: a count, or auto.
+std::string text(const std::optional<std::size_t>& n) {
+  return n ? std::to_string(*n) : std::string("auto");
+}
 std::string text(const job_rate_config& r) {
   return "per_second " + text(r.per_second) + ", burst " + text(r.burst);
 }
@@ -198,6 +202,7 @@ void diff_jobs(std::vector<std::string>& out, const std::optional<jobs_config>& 
       d("jobs.sqlite_path", a->sqlite_path, b->sqlite_path);
       d("jobs.synchronous", a->synchronous, b->synchronous);
       d("jobs.group_commit", a->group_commit, b->group_commit);
+      d("jobs.prefetch", a->prefetch, b->prefetch);
     } else {
       d("jobs.conninfo_env", a->conninfo_env, b->conninfo_env);
       if (a->conninfo != b->conninfo) d.line("jobs.conninfo changed");

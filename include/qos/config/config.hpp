@@ -226,13 +226,16 @@ struct job_rate_config {
 // The durable job store of the accept routes and this process's part in it (`jobs:`; needed
 // when a route has mode accept). Every key is restart-needed on reload. Bounds: group_commit
 // 0..100ms, pool 1..256, store_threads 1..1024, max_pending 1..2^20, retention 1m..365d,
-// prune_interval 1s..1d, poll_interval 10ms..1m.
+// prune_interval 1s..1d, poll_interval 10ms..1m, prefetch auto or 0..65536.
 struct jobs_config {
   job_store_kind store = job_store_kind::sqlite;
   // sqlite: the database file (relative: against the config file's folder) and durability.
   std::string sqlite_path = "qos-jobs.db";
   sqlite_sync synchronous = sqlite_sync::full;
   std::chrono::microseconds group_commit{0};
+  // sqlite: jobs a consumer leases ahead of its group's free permits (consumer_options::
+  // prefetch). nullopt: auto (the group's limit); 0: none.
+  std::optional<std::size_t> prefetch;
   // postgres: a libpq connection string, given inline or read at load from the variable
   // conninfo_env (the file sets exactly one of the two; conninfo holds the string either way,
   // conninfo_env only the variable's name); pool: connections this process opens. Never

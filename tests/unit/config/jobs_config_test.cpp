@@ -96,6 +96,7 @@ TEST(jobs_config_load, an_empty_jobs_section_and_an_accept_route_take_the_defaul
   EXPECT_EQ(j.sqlite_path, "/etc/qos/qos-jobs.db") << "the default resolves like a given path";
   EXPECT_EQ(j.synchronous, sqlite_sync::full);
   EXPECT_EQ(j.group_commit, 0us);
+  EXPECT_FALSE(j.prefetch.has_value()) << "auto";
   EXPECT_EQ(j.conninfo, "");
   EXPECT_EQ(j.pool, 8u);
   EXPECT_TRUE(j.consume);
@@ -131,6 +132,7 @@ TEST(jobs_config_load, every_sqlite_and_accept_key) {
   sqlite_path: data/jobs.db
   synchronous: normal
   group_commit: 250us
+  prefetch: 3
   consume: false
   store_threads: 4
   max_pending: 100
@@ -161,6 +163,7 @@ TEST(jobs_config_load, every_sqlite_and_accept_key) {
   EXPECT_EQ(j.sqlite_path, "/etc/qos/data/jobs.db");
   EXPECT_EQ(j.synchronous, sqlite_sync::normal);
   EXPECT_EQ(j.group_commit, 250us);
+  EXPECT_EQ(j.prefetch, 3u);
   EXPECT_FALSE(j.consume);
   EXPECT_EQ(j.store_threads, 4u);
   EXPECT_EQ(j.max_pending, 100u);
@@ -279,6 +282,8 @@ TEST(jobs_config_errors, name_file_line_column_and_key) {
        "test.yaml:1:51: jobs.synchronous: applies only to store sqlite"},
       {"jobs: {store: postgres, conninfo: x, group_commit: 1ms}\n", "",
        "test.yaml:1:52: jobs.group_commit: applies only to store sqlite"},
+      {"jobs: {store: postgres, conninfo: x, prefetch: 2}\n", "",
+       "test.yaml:1:48: jobs.prefetch: applies only to store sqlite"},
       // postgres: exactly one of conninfo and conninfo_env, the variable set and not empty.
       {"jobs: {store: postgres}\n", "",
        "test.yaml:1:7: jobs.conninfo: store postgres needs conninfo or conninfo_env"},
@@ -297,6 +302,12 @@ TEST(jobs_config_errors, name_file_line_column_and_key) {
       {"jobs: {group_commit: 101ms}\n", "",
        "test.yaml:1:22: jobs.group_commit: must be between 0 and 100ms, got 101000us"},
       {"jobs: {group_commit: -1ms}\n", "", "test.yaml:1:22: jobs.group_commit: invalid duration"},
+      {"jobs: {prefetch: 65537}\n", "",
+       "test.yaml:1:18: jobs.prefetch: must be <= 65536, got 65537"},
+      {"jobs: {prefetch: -1}\n", "", "test.yaml:1:18: jobs.prefetch: must be >= 0, got -1"},
+      {"jobs: {prefetch: 'auto'}\n", "",
+       "test.yaml:1:18: jobs.prefetch: expected an integer or auto, got a string"},
+      {"jobs: {prefetch: [1]}\n", "", "test.yaml:1:18: jobs.prefetch: expected an integer or auto"},
       {"jobs: {store: postgres, conninfo: x, pool: 0}\n", "",
        "test.yaml:1:44: jobs.pool: must be > 0, got 0"},
       {"jobs: {store: postgres, conninfo: x, pool: 257}\n", "",
@@ -412,6 +423,7 @@ std::string every_key_sqlite() {
   sqlite_path: "weird: name.db"
   synchronous: normal
   group_commit: 1.25ms
+  prefetch: 0
   consume: false
   store_threads: 3
   max_pending: 9
@@ -485,6 +497,7 @@ TEST(jobs_config_effective, prints_the_defaults) {
                           "sqlite_path: \"/etc/qos/qos-jobs.db\"",
                           "synchronous: full",
                           "group_commit: 0us",
+                          "prefetch: auto",
                           "consume: true",
                           "store_threads: 32",
                           "max_pending: 4096",
@@ -656,6 +669,7 @@ TEST(jobs_config_reload, every_jobs_key_needs_a_restart) {
        "jobs.sqlite_path '/etc/qos/weird: name.db' -> '/etc/qos/other.db'"},
       {"synchronous: normal", "synchronous: full", "jobs.synchronous normal -> full"},
       {"group_commit: 1.25ms", "group_commit: 2ms", "jobs.group_commit 1250us -> 2ms"},
+      {"prefetch: 0", "prefetch: auto", "jobs.prefetch 0 -> auto"},
       {"consume: false", "consume: true", "jobs.consume false -> true"},
       {"store_threads: 3", "store_threads: 4", "jobs.store_threads 3 -> 4"},
       {"max_pending: 9", "max_pending: 10", "jobs.max_pending 9 -> 10"},

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -234,6 +235,46 @@ TEST_F(accept_fixture, a_202_comes_after_the_commit_and_the_job_walks_to_its_res
   EXPECT_EQ(send(port, "GET", "/jobs/" + std::string(32, 'a')).status, 404);
   EXPECT_EQ(send(port, "GET", "/jobs/not-an-id").status, 404);
   EXPECT_EQ(send(port, "GET", "/jobs/" + std::string(32, 'A')).status, 404);
+}
+
+// jobs.prefetch through the server: N = 1, one job holds the permit; is the next one leased
+// ahead (running while it waits for the permit) or left queued? A first job gives the group
+// its service time, without which nothing is leased ahead.
+struct prefetch_fixture : accept_fixture {
+  std::string state_of_the_job_behind(std::optional<std::size_t> prefetch) {
+    auto cfg = make_config(dir.file("jobs.db"));
+    cfg.jobs->prefetch = prefetch;
+    start(std::move(cfg), [&](const jobs::claimed_job& job) {
+      if (job.request.body != "{\"warm\":1}") release.wait();
+      return response{.status = 201, .body = "{}"};
+    });
+    const std::string warm = json_field(post(port, "/orders", "{\"warm\":1}").body, "id");
+    EXPECT_TRUE(eventually([&] { return status_of(warm) == "succeeded"; }));
+    const std::string first = json_field(post(port, "/orders", "{\"sku\":1}").body, "id");
+    EXPECT_TRUE(eventually([&] { return release.waiting() == 1; }));
+    const std::string next = json_field(post(port, "/orders", "{\"sku\":2}").body, "id");
+    // Leased ahead: at the consumer's next round (poll_interval 50 ms). Else it stays queued:
+    // ten rounds are given to it.
+    if (prefetch != std::size_t{0}) {
+      EXPECT_TRUE(eventually([&] { return status_of(next) == "running"; }));
+    } else {
+      std::this_thread::sleep_for(500ms);
+    }
+    const std::string state = status_of(next);
+    EXPECT_EQ(release.waiting(), 1) << "one permit: the first job's";
+    release.open();
+    EXPECT_TRUE(eventually([&] { return status_of(next) == "succeeded"; }));
+    EXPECT_EQ(status_of(first), "succeeded");
+    return state;
+  }
+};
+
+TEST_F(prefetch_fixture, by_default_the_job_behind_is_leased_ahead_of_its_permit) {
+  EXPECT_EQ(state_of_the_job_behind(std::nullopt), "running");
+}
+
+TEST_F(prefetch_fixture, with_prefetch_0_the_job_behind_stays_queued) {
+  EXPECT_EQ(state_of_the_job_behind(0), "queued");
 }
 
 TEST_F(accept_fixture, a_job_that_keeps_failing_is_dead_and_the_admin_requeues_or_purges_it) {

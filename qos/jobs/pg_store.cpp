@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -308,6 +309,116 @@ PGconn* connect(const std::string& conninfo, const char* app_name, std::string& 
       c, [](void*, const char*) {}, nullptr);
   return c;
 }
+
+// --- Run slots: session-level advisory locks on a connection of their own ---
+
+// A group's slot i is the two-int advisory lock (hashtext('qos.slot:' || group), i), held at
+// session level on the holder's own connection: it lives exactly as long as that session, so
+// a process that dies, or whose connection breaks, frees its slots at once. The session's
+// idle_session_timeout is the lease: a holder that makes no call for that long (a stopped
+// process) is disconnected by the server, and its slots freed. Two-int keys whose first half
+// is a hash, unlike the store's other locks (lock_class): an application's own two-int
+// advisory locks could collide with them, one-bigint locks cannot.
+constexpr const char* sql_slots_take =
+    "SELECT i FROM generate_series(0, $2::int - 1) AS i"
+    " WHERE CASE WHEN i = ANY($3::int[]) THEN false"  // a session lock is re-entrant
+    " ELSE pg_try_advisory_lock(hashtext('qos.slot:' || $1), i) END"
+    " LIMIT $4::int";  // the filter runs row by row: no lock is taken past the limit
+constexpr const char* sql_slots_give =
+    "SELECT count(*) FILTER (WHERE pg_advisory_unlock(hashtext('qos.slot:' || $1), i))"
+    " FROM unnest($2::int[]) AS i";
+
+std::string int_array(const std::vector<int>& v) {
+  std::string out = "{";
+  for (std::size_t k = 0; k < v.size(); ++k) {
+    if (k) out += ',';
+    out += std::to_string(v[k]);
+  }
+  return out + '}';
+}
+
+class pg_run_slots final : public run_slots {
+ public:
+  pg_run_slots(std::string conninfo, std::string group, std::chrono::milliseconds lease)
+      : conninfo_(std::move(conninfo)), group_(std::move(group)), lease_(lease) {}
+  pg_run_slots(const pg_run_slots&) = delete;
+  pg_run_slots& operator=(const pg_run_slots&) = delete;
+  ~pg_run_slots() override { drop(); }  // the session's end frees every slot
+
+  std::size_t acquire(std::size_t n, std::size_t want) override {
+    if (want == 0 || n == 0) return 0;
+    try {
+      open();
+      result r = params{}
+                     .text(group_)
+                     .num(static_cast<std::int64_t>(std::min<std::size_t>(n, INT_MAX)))
+                     .text(int_array(held_))
+                     .num(static_cast<std::int64_t>(std::min<std::size_t>(want, INT_MAX)))
+                     .exec(c_, sql_slots_take);
+      const int rows = PQntuples(r.get());
+      for (int row = 0; row < rows; ++row)
+        held_.push_back(static_cast<int>(col_int(r.get(), row, 0)));
+      return static_cast<std::size_t>(rows);
+    } catch (const std::exception& e) {
+      lost(e);
+    }
+  }
+
+  void release(std::size_t count) override {
+    count = std::min(count, held_.size());
+    if (count == 0) return;
+    std::sort(held_.begin(), held_.end());
+    const std::vector<int> give(held_.end() - static_cast<std::ptrdiff_t>(count), held_.end());
+    try {
+      params{}.text(group_).text(int_array(give)).exec(c_, sql_slots_give);
+      held_.resize(held_.size() - count);
+    } catch (const std::exception& e) {
+      lost(e);
+    }
+  }
+
+  bool alive() override {
+    if (c_ == nullptr) return held_.empty();
+    try {
+      exec(c_, "SELECT 1");
+      return true;
+    } catch (const std::exception&) {
+      drop();
+      return false;
+    }
+  }
+
+  std::size_t held() const noexcept override { return held_.size(); }
+
+ private:
+  void open() {
+    if (c_ != nullptr && PQstatus(c_) == CONNECTION_OK) return;
+    drop();
+    std::string error;
+    c_ = connect(conninfo_, "qos-jobs-slots", error);
+    if (c_ == nullptr) throw db_error(error, true);
+    // The server's own watch over a holder that stopped calling: its slots go with it.
+    const auto timeout = std::max<std::chrono::milliseconds>(lease_, std::chrono::seconds(1));
+    const std::string set = "SET idle_session_timeout = " + std::to_string(timeout.count());
+    exec(c_, set.c_str());
+  }
+  void drop() noexcept {
+    if (c_ != nullptr) PQfinish(c_);
+    c_ = nullptr;
+    held_.clear();
+  }
+  [[noreturn]] void lost(const std::exception& e) {
+    // Whatever failed, ending the session is the one way to know what is held: nothing.
+    drop();
+    throw store_error(std::string("job store: run slots: ") + e.what());
+  }
+
+  const std::string conninfo_;
+  const std::string group_;
+  const std::chrono::milliseconds lease_;
+  PGconn* c_ = nullptr;
+  std::vector<int> held_;
+};
 
 // Connections for the calls: at most `max` open; callers beyond wait for one in arrival order.
 // First come, first served on purpose: with more callers than connections (32 enqueuing
@@ -1591,6 +1702,11 @@ std::uint64_t pg_store::listener_connects() const {
 std::string pg_store::last_error() const {
   std::lock_guard lock(impl_->error_mutex);
   return impl_->error;
+}
+
+std::unique_ptr<run_slots> pg_store::slots(const std::string& group,
+                                           std::chrono::milliseconds lease) {
+  return std::make_unique<pg_run_slots>(impl_->options.conninfo, group, lease);
 }
 
 pg_store_stats pg_store::stats() const {

@@ -1042,6 +1042,55 @@ TEST_F(PgStore, ALostNotificationIsCoveredByThePollAndTheListenerReconnects) {
   EXPECT_TRUE(store_->wait_for_work("db", 20s));  // notified again
 }
 
+// Run slots are session-level advisory locks: shared by every holder of the group, not by
+// another group; a holder's slots are freed when its session ends (killed, or destroyed).
+TEST_F(PgStore, RunSlotsAreSharedByHoldersAndFreedWithTheirSession) {
+  auto a = store_->slots("db", 10s);
+  auto b = make_store(1)->slots("db", 10s);
+  auto other = store_->slots("mail", 10s);
+  ASSERT_TRUE(a && b && other);
+  EXPECT_EQ(a->acquire(3, 2), 2u);
+  EXPECT_EQ(a->acquire(3, 2), 1u);  // its own are not taken twice
+  EXPECT_EQ(a->held(), 3u);
+  EXPECT_EQ(b->acquire(3, 3), 0u);
+  EXPECT_EQ(other->acquire(3, 3), 3u);  // another group's slots
+  a->release(1);
+  EXPECT_EQ(a->held(), 2u);
+  EXPECT_EQ(b->acquire(3, 3), 1u);  // the one a gave back
+  EXPECT_EQ(b->acquire(4, 3), 1u);  // the group's limit grew here
+  EXPECT_TRUE(a->alive());
+
+  // a's session ends: it learns at its next call, and its slots are free for b.
+  const std::string pid =
+      q("SELECT pid FROM pg_stat_activity WHERE application_name = 'qos-jobs-slots'"
+        " AND datname = current_database() ORDER BY backend_start LIMIT 1");
+  ASSERT_FALSE(pid.empty());
+  EXPECT_EQ(q("SELECT pg_terminate_backend($1::int)", {pid}), "t");
+  ASSERT_TRUE(eventually([&] {
+    b->acquire(4, 4);
+    return b->held() == 4u;
+  }));
+  EXPECT_FALSE(a->alive());
+  EXPECT_EQ(a->held(), 0u);
+  EXPECT_EQ(a->acquire(4, 4), 0u);  // a fresh session, nothing free
+
+  b.reset();  // destroyed: its slots are back at once
+  EXPECT_EQ(a->acquire(4, 4), 4u);
+}
+
+// A holder that makes no call for its lease (a stopped process) loses its session, and with it
+// its slots: they cannot be held forever by a process that does not run.
+TEST_F(PgStore, RunSlotsOfAHolderSilentForItsLeaseAreFreed) {
+  auto a = store_->slots("db", 1s);
+  auto b = store_->slots("db", 10s);
+  ASSERT_EQ(a->acquire(2, 2), 2u);
+  EXPECT_EQ(b->acquire(2, 2), 0u);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(b->acquire(2, 2), 2u);
+  EXPECT_FALSE(a->alive());
+  EXPECT_EQ(a->held(), 0u);
+}
+
 TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {
   ASSERT_EQ(store_->enqueue(order("before"), {}).result, kind::created);
   const auto held = store_->claim("db", 1, 1, 60s);

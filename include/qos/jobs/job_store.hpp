@@ -8,8 +8,9 @@
 //   returns the first job's id (`duplicate`), with another payload `conflict`; a key is
 //   forgotten after its retention. Concurrent duplicates create exactly one job.
 // - claim() hands out at most `limit` jobs of a group, counting every lease of that group held
-//   by any process sharing the store, so at most N run at once across all of them. Higher
-//   priority first, then oldest run_at. A claim is a lease with a fencing token: heartbeat()
+//   by any process sharing the store, so at most N run at once across all of them (a store
+//   with run slots may be asked for N plus the jobs leased ahead: the slots bound what runs).
+//   Higher priority first, then oldest run_at. A claim is a lease with a fencing token: heartbeat()
 //   extends it, and complete()/fail() are accepted only with the current token (a worker paused
 //   past its lease cannot overwrite the result of the re-claimed run).
 // - settle_and_claim() is complete()/fail() of every job that ended, then claim(), in one call
@@ -41,6 +42,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -146,6 +148,28 @@ struct job_status {
   wall_time finished{};  // succeeded, dead
 };
 
+// A group's N as N numbered run slots, for a store that processes share: a holder (one per
+// consumer) takes slots, runs one job per slot it holds, and hands a slot from a job that ended
+// straight to the next without asking the store, so the bound across processes does not have
+// to count leases and a consumer may lease jobs ahead of its slots. Slots are tied to the
+// holder's session with the store: when it ends (the process died, the connection broke, or
+// the holder made no call for `lease`, as a stopped process would not), the store frees them.
+// Every call may block on I/O; one thread at a time per holder.
+class run_slots {
+ public:
+  virtual ~run_slots() = default;  // gives back every slot held
+  // Takes up to `want` more of the slots numbered 0..n-1 that no holder holds; returns how
+  // many it took. Throws store_error: it took none, and every slot it held is lost (held() 0).
+  virtual std::size_t acquire(std::size_t n, std::size_t want) = 0;
+  // Gives back `count` of the slots held, the highest numbers first. Throws store_error: every
+  // slot held is lost (held() 0), which frees them as well.
+  virtual void release(std::size_t count) = 0;
+  // Whether the slots held are still this holder's, and keeps the session alive: call it more
+  // often than every `lease`. False: all are lost (held() 0).
+  virtual bool alive() = 0;
+  virtual std::size_t held() const noexcept = 0;
+};
+
 class job_store {
  public:
   virtual ~job_store() = default;
@@ -203,6 +227,16 @@ class job_store {
   // its file): the process's own admission bound is then the group's bound everywhere, and a
   // consumer may lease jobs beyond group_limit to have them ready (consumer_options::prefetch).
   virtual bool exclusive_to_process() const noexcept { return false; }
+
+  // A holder of `group`'s run slots for one consumer, or nullptr when the store has none (an
+  // exclusive store needs none; without slots a shared store's bound is its leases). `lease`:
+  // how long the holder may go without a call before its slots are freed.
+  virtual std::unique_ptr<run_slots> slots(const std::string& group,
+                                           std::chrono::milliseconds lease) {
+    (void)group;
+    (void)lease;
+    return nullptr;
+  }
 };
 
 }  // namespace qos::jobs

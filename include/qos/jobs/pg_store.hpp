@@ -27,6 +27,11 @@
 //   may then pass the cap unseen (by what they enqueue in that second).
 // - claim() serializes count-and-claim per group with a transaction-level advisory lock, so the
 //   group_limit bound holds across every process sharing the database.
+// - Run slots (slots()): the group's N as N session-level advisory locks, each holder on a
+//   connection of its own, so a consumer can hand a slot from one job to the next without a
+//   round trip and lease jobs ahead of it (consumer.hpp). The server frees a holder's slots
+//   when its session ends: the process died, the connection broke, or it was silent for its
+//   lease (idle_session_timeout), as a stopped process is.
 // - On a lost connection (or any failed statement) enqueue() answers `unavailable` and every
 //   other call throws store_error, as the contract says (a broken connection is retried once
 //   on a fresh one when nothing of the call reached the server). heartbeat()/complete()/fail()
@@ -118,6 +123,10 @@ class pg_store final : public job_store {
   bool requeue_dead(const job_id& id) override;  // attempts start again from 0
   bool purge(const job_id& id) override;         // the dead job and its idempotency keys
   std::size_t depth(const std::string& route) override;
+  // Session-level advisory locks on a connection of the holder's own (opened at its first
+  // acquire()), with idle_session_timeout = max(lease, 1 s). See job_store.hpp.
+  std::unique_ptr<run_slots> slots(const std::string& group,
+                                   std::chrono::milliseconds lease) override;
 
   // Blocks until an enqueue into `group` is notified (true) or `timeout` passes (false). The
   // notification is a hint, never the only way work is found: callers claim() after every

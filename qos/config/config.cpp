@@ -1116,7 +1116,8 @@ jobs_config parse_jobs(const field& f, const std::vector<group_config>& groups) 
     }
   }
   // Up to 65,536 jobs per group held in memory ahead of their permits: beyond any sane limit.
-  if (auto v = only("prefetch", job_store_kind::sqlite)) {
+  // Either store: sqlite's file is this process's alone, postgres bounds runs by run slots.
+  if (auto v = map.get("prefetch")) {
     const bool scalar = v->node.IsScalar();
     if (scalar && !is_quoted(v->node) && v->node.Scalar() == "auto") {
       out.prefetch = std::nullopt;

@@ -166,12 +166,6 @@ void emit_jobs(YAML::Emitter& e, const jobs_config& j) {
     e << std::string(name(j.synchronous));
     key(e, "group_commit");
     e << us(j.group_commit);
-    key(e, "prefetch");
-    if (j.prefetch) {
-      e << *j.prefetch;
-    } else {
-      e << "auto";
-    }
   } else {
     if (!j.conninfo_env.empty()) {
       key(e, "conninfo_env");
@@ -196,6 +190,12 @@ void emit_jobs(YAML::Emitter& e, const jobs_config& j) {
   e << ms(j.prune_interval);
   key(e, "poll_interval");
   e << ms(j.poll_interval);
+  key(e, "prefetch");
+  if (j.prefetch) {
+    e << *j.prefetch;
+  } else {
+    e << "auto";
+  }
   key(e, "rates");
   if (j.rates.empty()) e << YAML::Flow;
   e << YAML::BeginMap;
@@ -550,13 +550,13 @@ std::string summary(const app_config& cfg) {
     o << "jobs: store " << name(j.store) << " ";
     if (j.store == job_store_kind::sqlite) {
       o << j.sqlite_path << " (synchronous " << name(j.synchronous) << ", group_commit "
-        << us(j.group_commit) << ", prefetch "
-        << (j.prefetch ? std::to_string(*j.prefetch) : std::string("auto")) << ")";
+        << us(j.group_commit) << ")";
     } else {
       o << (j.conninfo_env.empty() ? std::string("(conninfo in the file)")
                                    : "(conninfo from environment variable " + j.conninfo_env + ")")
         << ", pool " << j.pool;
     }
+    o << ", prefetch " << (j.prefetch ? std::to_string(*j.prefetch) : std::string("auto"));
     o << ", " << (j.consume ? "consumers here" : "no consumer here (gateway only)")
       << "\n  store_threads " << j.store_threads << ", max_pending " << j.max_pending
       << ", retention " << secs(j.retention) << " (pruned every " << ms(j.prune_interval)

@@ -103,7 +103,7 @@ void runtime::start_jobs() {
       o.group = group;
       o.lease = first.lease;
       o.poll_interval = jc.poll_interval;
-      o.prefetch = jc.prefetch;  // used only by a store of this process's own (sqlite)
+      o.prefetch = jc.prefetch;
       o.retry = jobs::retry_policy{
           .max_attempts = first.max_attempts, .base = first.backoff_base, .cap = first.backoff_cap};
       for (const auto* r : routes) {

@@ -73,9 +73,34 @@ std::string describe(std::exception_ptr e) {
 
 }  // namespace
 
+namespace {
+class job_transport;
+}  // namespace
+
 struct consumer::shared {
   std::map<std::string, job_route, std::less<>> routes;  // const after construction
   std::atomic<bool> stopping{false};                     // read by transports' connected()
+  admission* adm = nullptr;                              // const after construction
+
+  // With run slots (a store shared by processes): a job leased beyond the slots held waits
+  // here, and the end of a job hands its slot to the first of them (slot_back()) on the
+  // thread that ended it, with no store call in between.
+  struct pending {
+    const admission::route* route = nullptr;
+    request_info info{};
+    handler_kind kind = handler_kind::blocking;
+    std::unique_ptr<job_transport> job;
+  };
+  std::uint64_t slot_gen = 1;  // guarded by mutex; a new one once the slots held were lost
+  std::size_t slots_held = 0;  // guarded by mutex
+  std::size_t slots_used = 0;  // guarded by mutex: jobs of this generation in admission
+  std::size_t slot_cap = 0;    // guarded by mutex: the group's limit at the loop's last round
+  std::deque<pending> ready;   // guarded by mutex
+
+  // A job that held a slot of generation `gen` ended (any thread, no lock held).
+  void slot_back(std::uint64_t gen) noexcept;
+  // To admission with a slot of generation `gen` (no lock held).
+  void launch(pending p, std::uint64_t gen) noexcept;
 
   std::mutex mutex;
   std::condition_variable cv;
@@ -154,10 +179,16 @@ class job_transport final : public transport {
 
   void done(const request_report&) noexcept override { post(); }
 
+  // It runs on a run slot of this generation, handed on when it ends.
+  void hold_slot(std::uint64_t gen) noexcept { slot_ = gen; }
+
  private:
   void post() noexcept {
     if (posted_) return;
     posted_ = true;
+    // The slot first: the next job starts now, and the loop woken below sees the slots as
+    // they are after it.
+    if (slot_ != 0) s_->slot_back(slot_);
     try {
       s_->post(std::move(v_));
     } catch (...) {
@@ -170,6 +201,7 @@ class job_transport final : public transport {
   claimed_job job_;
   verdict v_;
   bool posted_ = false;
+  std::uint64_t slot_ = 0;  // 0: none (no run slots, or not started)
 };
 
 time_point real_now() {
@@ -177,6 +209,28 @@ time_point real_now() {
 }
 
 }  // namespace
+
+void consumer::shared::slot_back(std::uint64_t gen) noexcept {
+  std::optional<pending> next;
+  {
+    const std::lock_guard lock(mutex);
+    if (gen != slot_gen) return;  // lost meanwhile: nothing of it is left to hand on
+    --slots_used;
+    if (!ready.empty() && !stopping.load(std::memory_order_relaxed) &&
+        slots_used < std::min(slots_held, slot_cap)) {
+      next.emplace(std::move(ready.front()));
+      ready.pop_front();
+      ++slots_used;
+    }
+  }
+  if (next) launch(std::move(*next), gen);
+}
+
+void consumer::shared::launch(pending p, std::uint64_t gen) noexcept {
+  p.job->hold_slot(gen);
+  p.info.arrival = clock::now();  // its wait for a permit starts now
+  adm->submit(*p.route, p.info, p.kind, std::move(p.job));
+}
 
 // ---------------------------------------------------------------------------- consumer
 
@@ -186,6 +240,7 @@ consumer::consumer(job_store& store, admission& adm, consumer_options options)
       options_(std::move(options)),
       counters_(std::make_shared<counters>()),
       shared_(std::make_shared<shared>()) {
+  shared_->adm = &adm_;
   auto* group = adm_.find_group(options_.group);
   if (group == nullptr)
     throw std::invalid_argument("consumer: unknown group '" + options_.group + "'");
@@ -451,8 +506,46 @@ void consumer::loop() {
   // leased ahead waits about one service time for its permit, so none while a route's max_wait
   // is under two of them (it would time out and be given back, spending an attempt), nor before
   // the group has measured its service time.
-  const bool prefetching =
-      store_.exclusive_to_process() && !options_.rate && options_.prefetch.value_or(1) != 0;
+  // A store shared by processes bounds the group by its leases, unless it has run slots: then
+  // the slots are the bound, and this process may lease ahead of the ones it holds.
+  const bool may_prefetch = !options_.rate && options_.prefetch.value_or(1) != 0;
+  std::unique_ptr<run_slots> slots;
+  if (may_prefetch && !store_.exclusive_to_process()) {
+    slots = guarded("run slots", [&] { return store_.slots(options_.group, options_.lease); });
+  }
+  const bool slotted = slots != nullptr;
+  const bool prefetching = may_prefetch && (store_.exclusive_to_process() || slotted);
+  time_point next_probe = now() + beat_every;
+  bool slots_lost_logged = false;
+  // The slots held are gone (the store's session ended): the jobs still running on them end
+  // without handing them on, and the ready ones wait for slots taken again.
+  auto lose_slots = [&](const char* what) {
+    {
+      const std::lock_guard lock(s.mutex);
+      ++s.slot_gen;
+      s.slots_held = 0;
+      s.slots_used = 0;
+    }
+    if (!slots_lost_logged) {
+      slots_lost_logged = true;
+      logger()->warn(
+          "jobs consumer {}: run slots lost ({}): jobs running on them finish, others wait for "
+          "slots taken again",
+          options_.group, what);
+    }
+  };
+  // Ready jobs into the slots free now (under s.mutex), to be launched after it.
+  auto fill = [&](std::vector<shared::pending>& out) {
+    while (!s.ready.empty() && s.slots_used < std::min(s.slots_held, s.slot_cap)) {
+      out.push_back(std::move(s.ready.front()));
+      s.ready.pop_front();
+      ++s.slots_used;
+    }
+  };
+  auto launch_all = [&](std::vector<shared::pending>& go, std::uint64_t gen) {
+    for (auto& p : go) s.launch(std::move(p), gen);
+    go.clear();
+  };
   auto ahead_of = [&](const group_stats& st) -> std::size_t {
     if (!prefetching || st.service_time <= duration::zero()) return 0;
     for (const auto& [name, r] : s.routes) {
@@ -483,8 +576,10 @@ void consumer::loop() {
     return k;
   };
 
-  // Claimed jobs to admission, as requests of their routes.
+  // Claimed jobs to admission, as requests of their routes (with run slots: those that find
+  // a slot free; the others wait for one in `ready`).
   auto start = [&](std::vector<claimed_job>& got, time_point t) {
+    std::vector<shared::pending> go;
     for (auto& job : got) {
       ++c.claimed;
       const auto route_it = s.routes.find(job.request.route);
@@ -506,9 +601,111 @@ void consumer::loop() {
           .level = static_cast<priority>(std::clamp(job.request.priority, 0, int{max_priority})),
           .arrival = clock::now()};
       const handler_kind kind = route_it->second.kind;
-      adm_.submit(*route, info, kind,
-                  std::make_unique<job_transport>(shared_, route_it->second, std::move(job)));
+      auto t = std::make_unique<job_transport>(shared_, route_it->second, std::move(job));
+      if (!slotted) {
+        adm_.submit(*route, info, kind, std::move(t));
+        continue;
+      }
+      const std::lock_guard lock(s.mutex);
+      s.ready.push_back({.route = route, .info = info, .kind = kind, .job = std::move(t)});
     }
+    if (slotted) {
+      std::uint64_t gen = 0;
+      {
+        const std::lock_guard lock(s.mutex);
+        fill(go);
+        gen = s.slot_gen;
+      }
+      launch_all(go, gen);
+    }
+  };
+
+  // With run slots, before the claim: gives the ready jobs back when stopping, checks that the
+  // slots held are still ours, takes those worth holding (one per job here or ready and one
+  // per free permit, up to the group's limit), and returns how many jobs to claim: one per free
+  // slot, plus `ahead` (at most one per slot held), less the jobs ready already.
+  auto slotted_round = [&](time_point t, const group_stats& st, std::size_t ahead, bool stopping,
+                           time_point& next_wake) -> std::size_t {
+    std::deque<shared::pending> back;
+    std::size_t held = 0, used = 0, waiting = 0;
+    {
+      const std::lock_guard lock(s.mutex);
+      s.slot_cap = st.limit;
+      if (stopping) back.swap(s.ready);
+      held = s.slots_held;
+      used = s.slots_used;
+      waiting = s.ready.size();
+    }
+    back.clear();  // given back: each transport tells the loop "not run"
+    if (stopping) return 0;
+    if (held != 0 && t >= next_probe) {
+      bool ok = false;
+      try {
+        ok = slots->alive();
+      } catch (...) {
+      }
+      if (!ok) lose_slots("the store's session ended");
+      next_probe = t + beat_every;
+    }
+    const std::size_t room = claimable(t, st, 0, next_wake);
+    const std::size_t want = std::min<std::size_t>(st.limit, used + waiting + room);
+    {
+      const std::lock_guard lock(s.mutex);
+      held = s.slots_held;
+    }
+    if (want > held) {
+      std::size_t got = 0;
+      try {
+        got = slots->acquire(st.limit, want - held);
+      } catch (const std::exception& e) {
+        lose_slots(e.what());
+      }
+      next_probe = t + beat_every;
+      std::vector<shared::pending> go;
+      std::uint64_t gen = 0;
+      {
+        const std::lock_guard lock(s.mutex);
+        s.slots_held += got;
+        fill(go);
+        gen = s.slot_gen;
+      }
+      launch_all(go, gen);
+    }
+    {
+      const std::lock_guard lock(s.mutex);
+      held = s.slots_held;
+      used = s.slots_used;
+      waiting = s.ready.size();
+    }
+    const std::size_t ahead_here = std::min(ahead, held);
+    const std::size_t slots_for = (held > used ? held - used : 0) + ahead_here;
+    const std::size_t k = slots_for > waiting ? slots_for - waiting : 0;
+    return std::min(k, claimable(t, st, ahead_here, next_wake));
+  };
+  // With run slots, after the claim: the slots no job will use now go back to the store (all
+  // idle ones when no job is ready; beyond the group's limit when it fell).
+  auto release_idle = [&](time_point t, time_point& next_wake) {
+    std::size_t give = 0, held = 0;
+    {
+      const std::lock_guard lock(s.mutex);
+      const std::size_t idle = s.slots_held > s.slots_used ? s.slots_held - s.slots_used : 0;
+      if (s.ready.empty()) {
+        give = idle;
+      } else if (s.slots_held > s.slot_cap) {
+        give = std::min(idle, s.slots_held - s.slot_cap);
+      }
+      s.slots_held -= give;
+      held = s.slots_held;
+    }
+    if (give != 0) {
+      try {
+        slots->release(give);
+      } catch (const std::exception& e) {
+        lose_slots(e.what());
+      }
+      next_probe = t + beat_every;
+    }
+    if (held != 0) next_wake = std::min(next_wake, next_probe);
   };
 
   for (;;) {
@@ -535,7 +732,12 @@ void consumer::loop() {
     }
     const group_stats st = group.stats();
     const std::size_t ahead = ahead_of(st);
-    const std::size_t k = stopping ? 0 : claimable(t, st, ahead, next_wake);
+    std::size_t k = 0;
+    if (!slotted) {
+      k = stopping ? 0 : claimable(t, st, ahead, next_wake);
+    } else {
+      k = slotted_round(t, st, ahead, stopping, next_wake);
+    }
     bool again = false;  // a full claim: there may be more work and permits
     if (!fresh.empty() || k != 0) {
       std::vector<settlement> batch;
@@ -567,6 +769,7 @@ void consumer::loop() {
         start(got->claimed, t);
       }
     }
+    if (slotted) release_idle(t, next_wake);
     if (stopping && (jobs.empty() || std::chrono::steady_clock::now() >= grace_until)) break;
 
     if (!stopping && t >= next_requeue) {
@@ -623,6 +826,7 @@ void consumer::loop() {
     });
   }
 
+  slots.reset();  // gives back what is still held (the slots of jobs left running, too)
   all_done_ = jobs.empty();
   if (!jobs.empty()) {
     c.abandoned += jobs.size();

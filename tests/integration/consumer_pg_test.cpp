@@ -73,7 +73,13 @@ class ConsumerPg : public ::testing::Test {
   std::string conninfo_;
 };
 
-TEST_F(ConsumerPg, two_consumers_on_two_stores_never_run_more_than_n) {
+// Both lease ahead on run slots (the default): never more than N handlers at once across both,
+// and the table shows at most N running plus one round leased ahead. With prefetch 0 the
+// leases are the bound: at most N rows running.
+class ConsumerPgBound : public ConsumerPg, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
+  const bool ahead = GetParam();
   constexpr int jobs = 40;
   process a(conninfo_, 3), b(conninfo_, 3);
   std::vector<job_id> ids;
@@ -102,8 +108,10 @@ TEST_F(ConsumerPg, two_consumers_on_two_stores_never_run_more_than_n) {
       std::this_thread::sleep_for(2ms);
     }
   });
-  consumer ca(a.store, a.adm, a.options(handler));
-  consumer cb(b.store, b.adm, b.options(handler));
+  auto oa = a.options(handler), ob = b.options(handler);
+  if (!ahead) oa.prefetch = ob.prefetch = 0;
+  consumer ca(a.store, a.adm, oa);
+  consumer cb(b.store, b.adm, ob);
   const bool all = eventually([&] { return count("succeeded") == jobs; }, 60s);
   sampling = false;
   sampler.join();
@@ -111,7 +119,7 @@ TEST_F(ConsumerPg, two_consumers_on_two_stores_never_run_more_than_n) {
   EXPECT_TRUE(ca.stop(5s));
   EXPECT_TRUE(cb.stop(5s));
   EXPECT_LE(most.load(), 3);
-  EXPECT_LE(most_rows, 3);
+  EXPECT_LE(most_rows, ahead ? 6 : 3);
   EXPECT_GT(samples, 10);
   EXPECT_GE(most.load(), 2);  // they did run side by side
   EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));
@@ -122,6 +130,39 @@ TEST_F(ConsumerPg, two_consumers_on_two_stores_never_run_more_than_n) {
     EXPECT_EQ(s->state, job_state::succeeded);
     EXPECT_EQ(s->attempts, 1);
   }
+}
+
+INSTANTIATE_TEST_SUITE_P(leases, ConsumerPgBound, ::testing::Values(true, false),
+                         [](const auto& info) {
+                           return info.param ? std::string("ahead_on_run_slots")
+                                             : std::string("leases_only");
+                         });
+
+// The server ends the session that holds a consumer's run slots (a restart, an operator's
+// pg_terminate_backend): the consumer takes slots again on a new one and every job still ends,
+// once.
+TEST_F(ConsumerPg, a_consumer_whose_run_slots_session_was_killed_ends_every_job) {
+  constexpr int jobs = 30;
+  process a(conninfo_, 2);
+  for (int i = 0; i < jobs; ++i) {
+    ASSERT_EQ(a.store.enqueue(order(std::to_string(i)), {}).result, enqueue_result::kind::created);
+  }
+  auto o = a.options([](const claimed_job&) {
+    std::this_thread::sleep_for(20ms);
+    return response{.body = "ok"};
+  });
+  o.lease = 600ms;  // its slots' session is checked every 200 ms
+  consumer c(a.store, a.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.succeeded() >= 5; }, 30s));
+  EXPECT_EQ(sql(conninfo_,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'qos-jobs-slots' AND datname = current_database()"),
+            "1");
+  ASSERT_TRUE(eventually([&] { return count("succeeded") == jobs; }, 60s))
+      << count("succeeded") << " of " << jobs;
+  EXPECT_TRUE(c.stop(5s));
+  EXPECT_EQ(c.succeeded(), static_cast<std::uint64_t>(jobs));
+  EXPECT_EQ(c.fenced_out(), 0u);
 }
 
 TEST_F(ConsumerPg, a_dropped_consumers_job_runs_again_after_its_lease_with_one_more_attempt) {

@@ -233,8 +233,8 @@ struct jobs_config {
   std::string sqlite_path = "qos-jobs.db";
   sqlite_sync synchronous = sqlite_sync::full;
   std::chrono::microseconds group_commit{0};
-  // sqlite: jobs a consumer leases ahead of its group's free permits (consumer_options::
-  // prefetch). nullopt: auto (the group's limit); 0: none.
+  // Jobs a consumer leases ahead of its group's free permits (consumer_options::prefetch;
+  // with postgres, ahead of the run slots it holds). nullopt: auto (the group's limit); 0: none.
   std::optional<std::size_t> prefetch;
   // postgres: a libpq connection string, given inline or read at load from the variable
   // conninfo_env (the file sets exactly one of the two; conninfo holds the string either way,

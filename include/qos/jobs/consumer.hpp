@@ -8,7 +8,8 @@
 //   it. A claimed job is then submitted to admission under its route's policy (its priority is
 //   the request's level), takes a permit like a request, and runs its handler on a fiber or the
 //   group's blocking pool, within max_exec. So synchronous requests and jobs of one group never
-//   run more than N at once here, and jobs never hold more than N leases across processes.
+//   run more than N at once here, and jobs never hold more than N leases across processes
+//   (unless they lease ahead, below).
 //   Queued work runs in the group's spare capacity: a permit released to a parked synchronous
 //   request is never free for a claim, so a burst of synchronous traffic has precedence and the
 //   queue waits (polled every poll_interval, and at once whenever one of its jobs ends).
@@ -23,6 +24,20 @@
 //   None before the group has measured its service time, nor while a route's max_wait is
 //   under two service times (the job would time out waiting and be given back, spending an
 //   attempt). Off with a rate (the bucket paces claims) or prefetch = 0.
+// - Run slots. With a store that processes share and that has run slots (store.slots():
+//   pg_store), leases are no longer the bound: the group's N is N slots that the processes'
+//   consumers hold, and a job enters admission only on a slot held here. The consumer takes
+//   slots when it has work and free permits, gives back those no job will use at the end of
+//   each round, and leases up to `prefetch` jobs (at most one per slot held) ahead: they wait
+//   here, not in admission, and the end of a job hands its slot straight to the first of them
+//   on the thread where it ended, so across processes at most N handlers run while the next
+//   jobs are already leased (group_limit = N + prefetch counts the leases). The slots' session
+//   is checked every lease/3; when the store ended it (a restart, a broken connection, or this
+//   process silent for a whole lease, e.g. stopped), the slots are lost: jobs running on them
+//   finish without handing them on, and the ready ones wait for slots taken again. Until the
+//   loss is noticed (lease/3 at most) jobs that end still hand their slots on, so another
+//   process that took the freed slots may run up to N more meanwhile. Without run slots (or
+//   prefetch = 0, or a rate) the leases are the bound, as above.
 // - Results. The handler's response (any status) is the job's result: complete(). A handler
 //   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
 //   exponential backoff, dead after max_attempts). The store is told only once the handler
@@ -58,12 +73,13 @@
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
 //   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
-//   Processes sharing a store are not served fairly: one that ends a job settles it and claims
-//   the freed slot in the same transaction, so while it has work and free permits, a lease it
-//   holds never shows as free to another process. Another finds a slot only when a holder ends
-//   a job without claiming its slot again (its permits taken by synchronous traffic, its token
-//   bucket empty, stopping) or the queue runs dry. The group's N across processes holds all
-//   the same; it is the spread of the work over processes that is not even.
+//   Processes sharing a store are not served fairly: one that ends a job hands its run slot to
+//   the next job it leased ahead (without run slots: settles it and claims the freed lease in
+//   the same transaction), so while it has work and free permits, a slot it holds never shows
+//   as free to another process. Another finds one only when a holder has no job for it (its
+//   permits taken by synchronous traffic, its token bucket empty, stopping) or the queue runs
+//   dry. The group's N across processes holds all the same; it is the spread of the work over
+//   processes that is not even.
 // - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
 //   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
 //   Jobs still running after it are left to lease expiry, not failed back: failing one back
@@ -120,11 +136,12 @@ struct consumer_options {
   retry_policy retry{};
   std::chrono::milliseconds fallback_delay{1000};  // a job given back runs again after this
   std::optional<steady_rate> rate{};
-  // Jobs leased ahead of the group's free permits, waiting in admission for one, so that a
-  // job's end starts the next at once instead of after a store round trip (settle and claim).
-  // Used only with a store exclusive to this process (sqlite_store), no rate, and routes whose
-  // max_wait is at least two of the group's service times; nullopt: as many as the group's
-  // current limit; 0: none.
+  // Jobs leased ahead of the group's free permits (with run slots: of the slots held), so that
+  // a job's end starts the next at once instead of after a store round trip (settle and
+  // claim). Used only with a store exclusive to this process (sqlite_store) or one with run
+  // slots (pg_store), no rate, and routes whose max_wait is at least two of the group's service
+  // times; nullopt: as many as the group's current limit; 0: none (a shared store's leases are
+  // then the bound).
   std::optional<std::size_t> prefetch{};
   // Blocks until work for the group is announced (true) or the timeout passes; called on a
   // thread of its own in a loop, with timeouts of at most 200 ms so that stop() is prompt.

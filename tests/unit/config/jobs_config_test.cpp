@@ -218,6 +218,9 @@ TEST(jobs_config_load, postgres_with_an_inline_or_an_environment_conninfo) {
       "jobs: {store: postgres, conninfo: 'host=/run/postgresql dbname=qos', pool: 3}\n", ""));
   EXPECT_EQ(inline_cfg.jobs->store, job_store_kind::postgres);
   EXPECT_EQ(inline_cfg.jobs->conninfo, "host=/run/postgresql dbname=qos");
+  EXPECT_FALSE(inline_cfg.jobs->prefetch.has_value()) << "auto: ahead of the run slots";
+  const auto ahead = load(config_with("jobs: {store: postgres, conninfo: x, prefetch: 2}\n", ""));
+  EXPECT_EQ(ahead.jobs->prefetch, 2u);
   EXPECT_EQ(inline_cfg.jobs->conninfo_env, "");
   EXPECT_EQ(inline_cfg.jobs->pool, 3u);
 
@@ -282,8 +285,6 @@ TEST(jobs_config_errors, name_file_line_column_and_key) {
        "test.yaml:1:51: jobs.synchronous: applies only to store sqlite"},
       {"jobs: {store: postgres, conninfo: x, group_commit: 1ms}\n", "",
        "test.yaml:1:52: jobs.group_commit: applies only to store sqlite"},
-      {"jobs: {store: postgres, conninfo: x, prefetch: 2}\n", "",
-       "test.yaml:1:48: jobs.prefetch: applies only to store sqlite"},
       // postgres: exactly one of conninfo and conninfo_env, the variable set and not empty.
       {"jobs: {store: postgres}\n", "",
        "test.yaml:1:7: jobs.conninfo: store postgres needs conninfo or conninfo_env"},

@@ -11,6 +11,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <stdexcept>
@@ -158,6 +160,94 @@ TEST(consumer_test, never_more_than_n_jobs_at_once) {
   EXPECT_EQ(c.succeeded(), 30u);
 }
 
+// Run slots in memory, shared by the holders of one test as a database's sessions would share
+// its advisory locks. kill() ends a holder's "session": its slots are free at once, and it
+// learns of it at its next call.
+class slot_table {
+ public:
+  class holder final : public run_slots {
+   public:
+    explicit holder(slot_table& t) : t_(t) {
+      const std::lock_guard lock(t_.m_);
+      t_.holders_.push_back(this);
+    }
+    ~holder() override {
+      const std::lock_guard lock(t_.m_);
+      free_all();
+      std::erase(t_.holders_, this);
+    }
+    std::size_t acquire(std::size_t n, std::size_t want) override {
+      const std::lock_guard lock(t_.m_);
+      if (dead_) reconnect();
+      std::size_t got = 0;
+      for (std::size_t i = 0; i < n && got < want; ++i) {
+        if (t_.taken_.emplace(i, this).second) {
+          held_.push_back(i);
+          ++got;
+        }
+      }
+      t_.most_ = std::max(t_.most_, t_.taken_.size());
+      return got;
+    }
+    void release(std::size_t count) override {
+      const std::lock_guard lock(t_.m_);
+      if (dead_) {
+        reconnect();
+        throw store_error("run slots: session ended");
+      }
+      std::sort(held_.begin(), held_.end());
+      for (; count != 0 && !held_.empty(); --count) {
+        t_.taken_.erase(held_.back());
+        held_.pop_back();
+      }
+    }
+    bool alive() override {
+      const std::lock_guard lock(t_.m_);
+      if (!dead_) return true;
+      reconnect();
+      return false;
+    }
+    std::size_t held() const noexcept override {
+      const std::lock_guard lock(t_.m_);
+      return held_.size();
+    }
+
+   private:
+    friend class slot_table;
+    void free_all() {
+      for (const std::size_t i : held_) t_.taken_.erase(i);
+      held_.clear();
+    }
+    void reconnect() { dead_ = false; }
+    slot_table& t_;
+    std::vector<std::size_t> held_;
+    bool dead_ = false;
+  };
+
+  // Every holder's session ends.
+  void kill_all() {
+    const std::lock_guard lock(m_);
+    for (holder* h : holders_) {
+      h->free_all();
+      h->dead_ = true;
+    }
+  }
+  std::size_t taken() const {
+    const std::lock_guard lock(m_);
+    return taken_.size();
+  }
+  std::size_t most() const {
+    const std::lock_guard lock(m_);
+    return most_;
+  }
+
+ private:
+  mutable std::mutex m_;
+  std::map<std::size_t, holder*> taken_;  // slot → its holder
+  std::vector<holder*> holders_;
+  std::size_t most_ = 0;
+};
+
 // Counts the store calls on their way to another store, keeps the group's lease count as the
 // answers change it (one consumer, no expiry: every lease is its), and can hold
 // requeue_expired() (the loop's call when nothing else is due) until the test lets it go.
@@ -171,10 +261,15 @@ class counting_store final : public job_store {
 
   // `exclusive`: says it is this process's alone, as sqlite_store does (the consumer leases
   // ahead then).
-  explicit counting_store(job_store& inner, bool exclusive = false)
-      : inner_(inner), exclusive_(exclusive) {}
+  // `slots`: offers run slots from it, as a store that processes share (pg_store) does.
+  explicit counting_store(job_store& inner, bool exclusive = false, slot_table* slots = nullptr)
+      : inner_(inner), exclusive_(exclusive), slots_(slots) {}
 
   bool exclusive_to_process() const noexcept override { return exclusive_; }
+  std::unique_ptr<run_slots> slots(const std::string&, std::chrono::milliseconds) override {
+    if (slots_ == nullptr) return nullptr;
+    return std::make_unique<slot_table::holder>(*slots_);
+  }
 
   settle_result settle_and_claim(std::span<const settlement> ended,
                                  const claim_request& next) override {
@@ -274,6 +369,7 @@ class counting_store final : public job_store {
 
   job_store& inner_;
   const bool exclusive_;
+  slot_table* const slots_;
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<settle_call> calls_;  // guarded by m_, and so is everything below
@@ -426,6 +522,108 @@ TEST(consumer_test, without_prefetch_leases_stay_within_n) {
   EXPECT_TRUE(c.stop(1s));
   EXPECT_LE(store.max_leases(), 2u);
   EXPECT_EQ(store.max_leases(), 2u);
+}
+
+// With a store other processes share, run slots are the bound: the job behind a running one is
+// leased ahead and starts when that one ends, on the slot it hands on, before the store has
+// answered the loop's settle-and-claim.
+TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers) {
+  fixture f(1);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  slot_table slots;
+  counting_store store(db, /*exclusive=*/false, &slots);
+  gauge g;
+  std::atomic<int> started{0};
+  std::atomic<bool> hold{true};
+  consumer c(store, f.adm, f.options([&](const claimed_job&) {
+    g.enter();
+    const int nth = ++started;
+    const auto until = clock::now() + 10s;
+    while (nth == 2 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+    g.leave();
+    return response{.body = "done"};
+  }));
+  ASSERT_TRUE(enqueue_orders(store, 1));
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
+  EXPECT_EQ(store.max_leases(), 1u);
+  // Idle, the process gives its slot back for others to take.
+  ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
+
+  ASSERT_TRUE(enqueue_orders(store, 3));
+  ASSERT_TRUE(eventually([&] { return started.load() == 2 && store.max_leases() == 2; }));
+  EXPECT_EQ(slots.taken(), 1u);
+
+  store.hold(counting_store::held_call::settle_and_claim);
+  hold = false;
+  ASSERT_TRUE(store.wait_held());  // settling the second: no answer until release()
+  ASSERT_TRUE(eventually([&] { return started.load() == 3; }));
+  store.release();
+
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 4; }));
+  ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(g.most.load(), 1);
+  EXPECT_EQ(slots.most(), 1u);
+  EXPECT_LE(store.max_leases(), 2u);
+  EXPECT_EQ(c.given_back(), 0u);
+  EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// Two processes' consumers (two admissions of N each) sharing a store and its slots: each
+// leases ahead, and never more than N run at once across both.
+TEST(consumer_test, consumers_sharing_run_slots_never_run_more_than_n_together) {
+  constexpr std::size_t n = 3;
+  constexpr std::size_t jobs = 60;
+  fixture a(n), b(n);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  slot_table slots;
+  counting_store store_a(db, false, &slots), store_b(db, false, &slots);
+  ASSERT_TRUE(enqueue_orders(db, jobs));
+  gauge g;
+  auto handler = [&](const claimed_job&) {
+    g.enter();
+    std::this_thread::sleep_for(3ms);
+    g.leave();
+    return response{.body = "done"};
+  };
+  consumer ca(store_a, a.adm, a.options(handler));
+  consumer cb(store_b, b.adm, b.options(handler));
+  ASSERT_TRUE(eventually([&] { return ca.succeeded() + cb.succeeded() == jobs; }, 30s));
+  ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
+  EXPECT_TRUE(ca.stop(1s));
+  EXPECT_TRUE(cb.stop(1s));
+  EXPECT_LE(g.most.load(), static_cast<int>(n));
+  EXPECT_GE(g.most.load(), 2);
+  EXPECT_LE(slots.most(), n);
+  EXPECT_EQ(ca.given_back() + cb.given_back(), 0u);
+  EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
+  EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// The store ended the holder's session (a database restart): the consumer notices at its next
+// call, takes slots again, and every job still ends.
+TEST(consumer_test, jobs_go_on_after_the_run_slots_were_lost) {
+  fixture f(2);
+  test::temp_dir dir;
+  sqlite_store db({.path = dir.file("jobs.db")});
+  slot_table slots;
+  counting_store store(db, false, &slots);
+  ASSERT_TRUE(enqueue_orders(store, 20));
+  std::atomic<int> done{0};
+  auto o = f.options([&](const claimed_job&) {
+    std::this_thread::sleep_for(5ms);
+    if (++done == 5) slots.kill_all();
+    return response{.body = "done"};
+  });
+  o.lease = 300ms;  // its session is checked every 100 ms
+  consumer c(store, f.adm, o);
+  ASSERT_TRUE(eventually([&] { return c.succeeded() == 20; }, 20s));
+  ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
+  EXPECT_TRUE(c.stop(1s));
+  EXPECT_EQ(c.fenced_out(), 0u);
+  EXPECT_EQ(db.depth("orders"), 0u);
 }
 
 // A synchronous request of the same route, as the HTTP gate submits it, holding its permit.

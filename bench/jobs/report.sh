@@ -124,9 +124,10 @@ table() {
         echo
         echo "Gateways (jobs.consume false) took the load; consumers (consume true) took none. From the"
         echo "recorded state changes of qos_jobs (bench/jobs/audit.sql, check_runs.sql): completed jobs/s"
-        echo "against N / service time, runs (claim to completion: run_ms includes the claim's and the"
-        echo "completion's commits), the most running at once, and jobs claimed more than once; the"
-        echo "consumers' counters (consumers_*) were read from their /metrics before they were stopped."
+        echo "against N / service time, runs (claim to completion: run_ms includes the wait of a job"
+        echo "leased ahead and the claim's and the completion's commits), the most leased at once, and"
+        echo "jobs claimed more than once; the consumers' counters (consumers_*) were read from their"
+        echo "/metrics before they were stopped. Handlers running and run slots held are sampled."
         echo
         echo "| gateway | sent | 202 | failures | accepted/s | p50 ms | p99 ms |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -138,16 +139,22 @@ table() {
         if [ -f "$CSV/c_samples.csv" ]; then
             # c1 and c2 are read one after the other, some milliseconds apart: their sum is no
             # instant (8 jobs turn over every 50 ms), so each is given alone
-            awk -F, 'NR > 1 { if ($3 + 0 > r) r = $3 + 0; if ($6 + 0 > h1) h1 = $6 + 0; if ($7 + 0 > h2) h2 = $7 + 0 }
-                END { printf "| max running, sampled from the table | %d |\n| max qos_jobs_held of c1, of c2, sampled | %d, %d |\n", r, h1, h2 }' "$CSV/c_samples.csv"
+            # in_use: handlers holding the group's permits (running), per consumer; slots_held:
+            # the run slots held across processes, from pg_locks (one query: an instant)
+            awk -F, 'NR > 1 { if ($3 + 0 > r) r = $3 + 0; if ($6 + 0 > h1) h1 = $6 + 0; if ($7 + 0 > h2) h2 = $7 + 0
+                              if ($12 + 0 > u1) u1 = $12 + 0; if ($13 + 0 > u2) u2 = $13 + 0; if ($14 + 0 > sl) sl = $14 + 0 }
+                END { printf "| max leased (state running), sampled from the table | %d |\n| max qos_jobs_held of c1, of c2, sampled | %d, %d |\n", r, h1, h2
+                      printf "| max handlers running (qos_group_in_use) of c1, of c2, sampled | %d, %d |\n| max run slots held across processes, sampled (pg_locks) | %d |\n", u1, u2, sl }' "$CSV/c_samples.csv"
         fi
         echo
         awk -F, '{ v[$1] = $2 }
             END {
                 t = v["target_per_s"] + 0; r = v["completed_per_s_under_load"] + 0; b = v["completed_per_s_backlog_only"] + 0
                 if (t > 0) printf "- completed/s under load %.1f = %.1f %% of %.0f/s; backlog only %.1f = %.1f %% (target >= 99 %%)\n", r, 100 * r / t, t, b, 100 * b / t
-                printf "- most running at once (exact, from the recorded transitions): %s, N = %s: %s\n", v["max_running_exact"], v["n"],
-                    (v["max_running_exact"] + 0 <= v["n"] + 0 ? "within N" : "**above N**")
+                # leases, not handlers: a consumer leases up to one round (N) ahead of its run
+                # slots, and the slots bound the handlers (sampled above)
+                printf "- most leased at once (exact, from the recorded transitions): %s, N = %s: %s\n", v["max_running_exact"], v["n"],
+                    (v["max_running_exact"] + 0 <= 2 * v["n"] ? "within N + one round ahead" : "**above 2 N**")
                 printf "- jobs claimed more than once: %s; runs taken back by the store before the stop: %s (given back at the stop: %s); runs still open after it: %s; consumers fenced_out: %s%s\n",
                     v["jobs_claimed_more_than_once"], v["runs_taken_back"], v["runs_given_back_at_stop"], v["runs_unfinished"], v["consumers_fenced_out"],
                     (v["jobs_claimed_more_than_once"] + 0 == 0 ? " (no job ran twice, so none twice at once)" : (v["consumers_fenced_out"] + 0 == 0 ? " (re-runs, none while the first still ran)" : " (**a job ran twice at once**)"))

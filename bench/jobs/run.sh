@@ -42,6 +42,7 @@
 #
 # Settings (environment; the mode sets the defaults): SYSTEMS="ours node-queue" CONCS D DRAIN
 #   TIMEOUT WARMUP PAUSE SAMPLE N DB_MS LG_THREADS BODY LG_EXTRA SCALE_C SCALE_D SCALE_TAIL SCALE_SKIP
+#   PREFETCH (part c: jobs.prefetch of the four processes; unset: the config's, auto)
 #   BUILD (default build-bench) SHARED (default <repo>/../shared) PIN=1 (client on CPU 0,
 #   servers on CPU 1)
 set -euo pipefail
@@ -163,7 +164,7 @@ CONCS="$CONCS"
 N=$N DB_MS=$DB_MS D=$D DRAIN=$DRAIN WARMUP=$WARMUP PAUSE=$PAUSE TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS SAMPLE=$SAMPLE
 BODY='$BODY'
 LG_EXTRA='$LG_EXTRA'
-SCALE_C=$SCALE_C SCALE_D=$SCALE_D SCALE_TAIL=$SCALE_TAIL SCALE_SKIP=$SCALE_SKIP
+SCALE_C=$SCALE_C SCALE_D=$SCALE_D SCALE_TAIL=$SCALE_TAIL SCALE_SKIP=$SCALE_SKIP PREFETCH=${PREFETCH:-config}
 PIN=${PIN:-0} FD_LIMIT=$FD_LIMIT NPROC=$(nproc)
 COMMIT=$(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . 2>/dev/null || echo "+dirty")
 EOF
@@ -405,12 +406,17 @@ pgq() { "${PSQL[@]}" "$QOS_BENCH_JOBS_PG" "$@"; }
 
 # c_metrics: "running_in_table,held_gw1,held_gw2,held_c1,held_c2,succeeded_in_table,queued"
 c_metrics() {
-    local row h="" p
-    row=$(pgq -F ' ' -c "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'queued') FROM qos_jobs" 2>/dev/null || echo "")
-    for p in $C_ADMIN_PORTS; do h="$h,$(jobs_metrics "http://127.0.0.1:$p" | cut -d, -f2)"; done
+    local row h="" u="" p m
+    # slots: the run slots held across processes (session advisory locks of qos.slot:db)
+    row=$(pgq -F ' ' -c "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'queued'), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::int = hashtext('qos.slot:db')) FROM qos_jobs" 2>/dev/null || echo "")
+    for p in $C_ADMIN_PORTS; do
+        m=$(jobs_metrics "http://127.0.0.1:$p")
+        h="$h,$(echo "$m" | cut -d, -f2)"
+        u="$u,$(echo "$m" | cut -d, -f5)"
+    done
     # shellcheck disable=SC2086
     set -- $row
-    echo "${1:-}$h,${2:-},${3:-}"
+    echo "${1:-}$h,${2:-},${3:-}$u,${4:-}"
 }
 
 part_c() {
@@ -433,6 +439,10 @@ part_c() {
         read -r name port admin consume <<< "$spec"
         sed -e "s/^  port: 19280$/  port: $port/" -e "s/^  port: 19283$/  port: $admin/" \
             -e "s/^  consume: true$/  consume: $consume/" "$cfg" > "$WORK/qos-jobs-pg-$name.yaml"
+        # PREFETCH=0: leases are the bound (no run slots), as before run slots existed
+        if [ -n "${PREFETCH:-}" ]; then
+            sed -i "s/^  consume: $consume$/  consume: $consume\n  prefetch: $PREFETCH/" "$WORK/qos-jobs-pg-$name.yaml"
+        fi
         rm -f "$WORK/catalog-$name.db"*
         start_bg "c-$name" "$CATALOG" --config "$WORK/qos-jobs-pg-$name.yaml" --port "$port" \
             --db "$WORK/catalog-$name.db" --db-latency-ms "$DB_MS" --db-time total
@@ -453,7 +463,7 @@ part_c() {
         return 0
     fi
     local C_CSV=$CSV/c_samples.csv
-    echo "phase,t_s,running_table,held_gw1,held_gw2,held_c1,held_c2,succeeded_table,queued_table" > "$C_CSV"
+    echo "phase,t_s,running_table,held_gw1,held_gw2,held_c1,held_c2,succeeded_table,queued_table,in_use_gw1,in_use_gw2,in_use_c1,in_use_c2,slots_held" > "$C_CSV"
     local t_load t_end t_tail
     t_load=$(pgq -c "SELECT extract(epoch FROM clock_timestamp())")
     (
@@ -502,8 +512,15 @@ part_c() {
     } > "$CSV/c_gateways.csv"
     cat "$CSV/c_consumers.csv" >> "$CSV/c_check.csv"
     cat "$CSV/c_check.csv" >&2
-    awk -F, -v n="$N" '{ v[$1] = $2 }
-        END { if (v["max_running_exact"] + 0 > n) print "(c): " v["max_running_exact"] " jobs ran at once, N = " n
+    # Leases may run one round (N) ahead of the run slots (PREFETCH=0: none); the handlers
+    # (qos_group_in_use, per consumer, sampled) and the slots held (pg_locks) stay within N.
+    local lease_bound=$((2 * N))
+    [ "${PREFETCH:-}" = 0 ] && lease_bound=$N
+    awk -F, -v n="$N" 'NR > 1 { if ($12 + $13 > n) print "(c): " $12 + $13 " handlers ran at once at t=" $2 " s (c1 + c2, sampled), N = " n
+                                if ($14 + 0 > n) print "(c): " $14 " run slots held at t=" $2 " s, N = " n }' "$C_CSV" |
+        while read -r line; do anomaly "$line"; done
+    awk -F, -v n="$lease_bound" '{ v[$1] = $2 }
+        END { if (v["max_running_exact"] + 0 > n) print "(c): " v["max_running_exact"] " jobs leased at once, at most " n " expected"
               if (v["consumers_fenced_out"] + 0 > 0) print "(c): " v["consumers_fenced_out"] " runs were fenced out (a job ran twice at once)"
               if (v["jobs_dead"] + 0 > 0) print "(c): " v["jobs_dead"] " jobs dead" }' "$CSV/c_check.csv" |
         while read -r line; do anomaly "$line"; done

@@ -347,20 +347,30 @@ class pg_run_slots final : public run_slots {
 
   std::size_t acquire(std::size_t n, std::size_t want) override {
     if (want == 0 || n == 0) return 0;
-    try {
-      open();
-      result r = params{}
-                     .text(group_)
-                     .num(static_cast<std::int64_t>(std::min<std::size_t>(n, INT_MAX)))
-                     .text(int_array(held_))
-                     .num(static_cast<std::int64_t>(std::min<std::size_t>(want, INT_MAX)))
-                     .exec(c_, sql_slots_take);
-      const int rows = PQntuples(r.get());
-      for (int row = 0; row < rows; ++row)
-        held_.push_back(static_cast<int>(col_int(r.get(), row, 0)));
-      return static_cast<std::size_t>(rows);
-    } catch (const std::exception& e) {
-      lost(e);
+    for (int attempt = 0;; ++attempt) {
+      try {
+        open();
+        result r = params{}
+                       .text(group_)
+                       .num(static_cast<std::int64_t>(std::min<std::size_t>(n, INT_MAX)))
+                       .text(int_array(held_))
+                       .num(static_cast<std::int64_t>(std::min<std::size_t>(want, INT_MAX)))
+                       .exec(c_, sql_slots_take);
+        const int rows = PQntuples(r.get());
+        for (int row = 0; row < rows; ++row)
+          held_.push_back(static_cast<int>(col_int(r.get(), row, 0)));
+        return static_cast<std::size_t>(rows);
+      } catch (const db_error& e) {
+        // Holding nothing, a session the server closed meanwhile (idle for its lease while
+        // this process had no use for slots) is no loss: once more, on a fresh one.
+        if (e.broken && attempt == 0 && held_.empty()) {
+          drop();
+          continue;
+        }
+        lost(e);
+      } catch (const std::exception& e) {
+        lost(e);
+      }
     }
   }
 

@@ -1089,6 +1089,21 @@ TEST_F(PgStore, RunSlotsOfAHolderSilentForItsLeaseAreFreed) {
   EXPECT_EQ(b->acquire(2, 2), 2u);
   EXPECT_FALSE(a->alive());
   EXPECT_EQ(a->held(), 0u);
+
+  // Holding nothing, a holder whose session the server closed takes slots on a new one, with
+  // no error: it lost nothing.
+  b->release(2);
+  auto c = store_->slots("db", 10s);
+  ASSERT_EQ(c->acquire(2, 1), 1u);
+  c->release(1);
+  const std::string pid =
+      q("SELECT pid FROM pg_stat_activity WHERE application_name = 'qos-jobs-slots'"
+        " AND datname = current_database() ORDER BY backend_start DESC LIMIT 1");
+  EXPECT_EQ(q("SELECT pg_terminate_backend($1::int)", {pid}), "t");
+  ASSERT_TRUE(eventually([&] {
+    return q("SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int", {pid}) == "0";
+  }));
+  EXPECT_EQ(c->acquire(2, 2), 2u);
 }
 
 TEST_F(PgStore, AStoppedServerMeansUnavailableAndNothingStored) {

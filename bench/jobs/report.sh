@@ -151,6 +151,8 @@ table() {
             END {
                 t = v["target_per_s"] + 0; r = v["completed_per_s_under_load"] + 0; b = v["completed_per_s_backlog_only"] + 0
                 if (t > 0) printf "- completed/s under load %.1f = %.1f %% of %.0f/s; backlog only %.1f = %.1f %% (target >= 99 %%)\n", r, 100 * r / t, t, b, 100 * b / t
+                hm = v["consumers_handler_mean_ms"] + 0
+                if (hm > 0) printf "- handlers held their permits %.2f ms on average: N / that = %.1f/s; under load %.1f %% of it, backlog only %.1f %%\n", hm, v["n"] * 1000 / hm, 100 * r * hm / (v["n"] * 1000), 100 * b * hm / (v["n"] * 1000)
                 # leases, not handlers: a consumer leases up to one round (N) ahead of its run
                 # slots, and the slots bound the handlers (sampled above)
                 printf "- most leased at once (exact, from the recorded transitions): %s, N = %s: %s\n", v["max_running_exact"], v["n"],

@@ -495,8 +495,12 @@ part_c() {
     for p in $C_ADMIN_PORTS; do curl -s --max-time 3 "http://127.0.0.1:$p/metrics" 2>/dev/null; done |
         awk 'function label(k) { if (!match($0, k "=\"[^\"]+\"")) return ""; return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 3) }
              /^qos_jobs_finished_total\{/ { n[label("result")] += $NF }
+             /^qos_handler_seconds_sum\{/ && label("route") == "orders" { hs += $NF }
+             /^qos_handler_seconds_count\{/ && label("route") == "orders" { hn += $NF }
              END { split("succeeded failed given_back fenced_out requeued abandoned", r, " ")
-                   for (i = 1; i <= 6; i++) printf "consumers_%s,%d\n", r[i], n[r[i]] }' > "$CSV/c_consumers.csv"
+                   for (i = 1; i <= 6; i++) printf "consumers_%s,%d\n", r[i], n[r[i]]
+                   # how long handlers really held their permits (the backend wakes late on busy cores)
+                   if (hn > 0) printf "consumers_handler_mean_ms,%.2f\n", 1000 * hs / hn }' > "$CSV/c_consumers.csv"
     procs_stop scale-out   # SIGTERM: the consumers finish or give back what they hold
     pgq -v t_load="$t_load" -v t_end="$t_end" -v t_tail="$t_tail" -v skip="$SCALE_SKIP" -v n="$N" \
         -v service_ms="$DB_MS" -F ',' -P footer=off -f "$JOBS/check_runs.sql" > "$CSV/c_check.csv" 2> "$OUT/logs/check_runs.log" ||

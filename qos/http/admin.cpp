@@ -280,9 +280,15 @@ std::string admin::status_json() const {
       append(out, "{\"group\":");
       append_string(out, g.name);
       const std::pair<const char*, std::uint64_t> fields[] = {
-          {"claimed", g.claimed},       {"succeeded", g.succeeded},     {"failed", g.failed},
-          {"given_back", g.given_back}, {"fenced_out", g.fenced_out},   {"requeued", g.requeued},
-          {"abandoned", g.abandoned},   {"held", std::uint64_t{g.held}}};
+          {"claimed", g.claimed},
+          {"succeeded", g.succeeded},
+          {"failed", g.failed},
+          {"given_back", g.given_back},
+          {"fenced_out", g.fenced_out},
+          {"requeued", g.requeued},
+          {"abandoned", g.abandoned},
+          {"held", std::uint64_t{g.held}},
+          {"run_slots", std::uint64_t{g.run_slots}}};
       for (const auto& [name, value] : fields) {
         append(out, ",\"");
         append(out, name);

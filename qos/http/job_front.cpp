@@ -212,6 +212,12 @@ job_front::job_front(std::shared_ptr<jobs::job_store> store, const config::jobs_
                 .Help("Jobs this process's consumer of the group holds now (waiting for a "
                       "permit or running).")
                 .Register(*metrics.registry())),
+      run_slots_(prometheus::BuildGauge()
+                     .Name("qos_jobs_run_slots")
+                     .Help("Run slots this process's consumer of the group holds now: with the "
+                           "PostgreSQL store the group's N across processes is N slots, and a "
+                           "job runs only on one (0 with SQLite, or jobs.prefetch 0).")
+                     .Register(*metrics.registry())),
       depth_(prometheus::BuildGauge()
                  .Name("qos_jobs_depth")
                  .Help("Queued and running jobs of an accept route in the store (all "
@@ -443,6 +449,7 @@ void job_front::set_group(const jobs_snapshot::group& now) {
   bump("requeued", was.requeued, now.requeued);
   bump("abandoned", was.abandoned, now.abandoned);
   held_.Add({{"group", now.name}}).Set(static_cast<double>(now.held));
+  run_slots_.Add({{"group", now.name}}).Set(static_cast<double>(now.run_slots));
   was = now;
 }
 

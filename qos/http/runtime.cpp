@@ -169,7 +169,8 @@ void runtime::jobs_main() {
                         .fenced_out = c->fenced_out(),
                         .requeued = c->requeued(),
                         .abandoned = c->abandoned(),
-                        .held = c->held()});
+                        .held = c->held(),
+                        .run_slots = c->run_slots_held()});
     }
     if (std::chrono::steady_clock::now() >= next_prune) {
       next_prune = std::chrono::steady_clock::now() + jc.prune_interval;

@@ -526,6 +526,7 @@ void consumer::loop() {
       s.slots_held = 0;
       s.slots_used = 0;
     }
+    c.run_slots = 0;
     if (!slots_lost_logged) {
       slots_lost_logged = true;
       logger()->warn(
@@ -697,6 +698,7 @@ void consumer::loop() {
       s.slots_held -= give;
       held = s.slots_held;
     }
+    c.run_slots = held;
     if (give != 0) {
       try {
         slots->release(give);

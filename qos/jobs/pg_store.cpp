@@ -343,7 +343,17 @@ class pg_run_slots final : public run_slots {
       : conninfo_(std::move(conninfo)), group_(std::move(group)), lease_(lease) {}
   pg_run_slots(const pg_run_slots&) = delete;
   pg_run_slots& operator=(const pg_run_slots&) = delete;
-  ~pg_run_slots() override { drop(); }  // the session's end frees every slot
+  ~pg_run_slots() override {
+    // The session's end frees every slot too, but only once its backend has noticed: give
+    // them back first, so that another holder finds them free as soon as this returns.
+    if (c_ != nullptr && !held_.empty()) {
+      try {
+        exec(c_, "SELECT pg_advisory_unlock_all()");
+      } catch (...) {
+      }
+    }
+    drop();
+  }
 
   std::size_t acquire(std::size_t n, std::size_t want) override {
     if (want == 0 || n == 0) return 0;

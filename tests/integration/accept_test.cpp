@@ -332,6 +332,8 @@ TEST_F(accept_fixture, a_job_that_keeps_failing_is_dead_and_the_admin_requeues_o
             std::string::npos);
   EXPECT_NE(metrics.find("qos_jobs_depth{route=\"orders\"} 0"), std::string::npos);
   EXPECT_NE(metrics.find("qos_jobs_held{group=\"db\"} 0"), std::string::npos);
+  EXPECT_NE(metrics.find("qos_jobs_run_slots{group=\"db\"} 0"), std::string::npos)
+      << "SQLite: no run slots";
 }
 
 TEST_F(accept_fixture, a_failing_disk_answers_503_and_stores_nothing) {

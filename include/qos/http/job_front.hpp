@@ -90,6 +90,7 @@ struct jobs_snapshot {
     std::uint64_t claimed = 0, succeeded = 0, failed = 0, given_back = 0, fenced_out = 0,
                   requeued = 0, abandoned = 0;
     std::size_t held = 0;
+    std::size_t run_slots = 0;  // held by its consumer (PostgreSQL store)
   };
   std::vector<route> routes;
   std::vector<group> groups;  // one per consumer running here
@@ -167,6 +168,7 @@ class job_front {
   prometheus::Family<prometheus::Counter>& enqueued_;
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Gauge>& held_;
+  prometheus::Family<prometheus::Gauge>& run_slots_;
   prometheus::Family<prometheus::Gauge>& depth_;
 
   mutable std::mutex mutex_;  // guards what follows

@@ -195,11 +195,14 @@ class consumer {
   std::uint64_t abandoned() const noexcept { return counters_->abandoned; }
   // Jobs held now (waiting for a permit or running).
   std::size_t held() const noexcept { return counters_->held; }
+  // Run slots held now (a store with run slots; 0 otherwise), as of the loop's last round.
+  std::size_t run_slots_held() const noexcept { return counters_->run_slots; }
 
   struct counters {
     std::atomic<std::uint64_t> claimed{0}, succeeded{0}, failed{0}, given_back{0}, fenced_out{0},
         heartbeats{0}, requeued{0}, abandoned{0};
     std::atomic<std::size_t> held{0};
+    std::atomic<std::size_t> run_slots{0};
   };
   struct shared;  // what the jobs' transports share with the loop
 

@@ -553,6 +553,7 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
   ASSERT_TRUE(enqueue_orders(store, 3));
   ASSERT_TRUE(eventually([&] { return started.load() == 2 && store.max_leases() == 2; }));
   EXPECT_EQ(slots.taken(), 1u);
+  EXPECT_TRUE(eventually([&] { return c.run_slots_held() == 1; }));
 
   store.hold(counting_store::held_call::settle_and_claim);
   hold = false;
@@ -562,6 +563,7 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
 
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 4; }));
   ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
+  EXPECT_TRUE(eventually([&] { return c.run_slots_held() == 0; }));
   EXPECT_TRUE(c.stop(1s));
   EXPECT_EQ(g.most.load(), 1);
   EXPECT_EQ(slots.most(), 1u);

@@ -439,7 +439,7 @@ part_c() {
         read -r name port admin consume <<< "$spec"
         sed -e "s/^  port: 19280$/  port: $port/" -e "s/^  port: 19283$/  port: $admin/" \
             -e "s/^  consume: true$/  consume: $consume/" "$cfg" > "$WORK/qos-jobs-pg-$name.yaml"
-        # PREFETCH=0: leases are the bound (no run slots), as before run slots existed
+        # PREFETCH=0: nothing leased ahead (before e.g. 306d8e2: no run slots, leases the bound)
         if [ -n "${PREFETCH:-}" ]; then
             sed -i "s/^  consume: $consume$/  consume: $consume\n  prefetch: $PREFETCH/" "$WORK/qos-jobs-pg-$name.yaml"
         fi

@@ -216,7 +216,7 @@ job_front::job_front(std::shared_ptr<jobs::job_store> store, const config::jobs_
                      .Name("qos_jobs_run_slots")
                      .Help("Run slots this process's consumer of the group holds now: with the "
                            "PostgreSQL store the group's N across processes is N slots, and a "
-                           "job runs only on one (0 with SQLite, or jobs.prefetch 0).")
+                           "job runs only on one (0 with SQLite).")
                      .Register(*metrics.registry())),
       depth_(prometheus::BuildGauge()
                  .Name("qos_jobs_depth")

@@ -507,10 +507,12 @@ void consumer::loop() {
   // is under two of them (it would time out and be given back, spending an attempt), nor before
   // the group has measured its service time.
   // A store shared by processes bounds the group by its leases, unless it has run slots: then
-  // the slots are the bound, and this process may lease ahead of the ones it holds.
+  // the slots are the bound (in every process sharing it, whatever its prefetch or rate, so
+  // that all of them count the same way), and this process may lease ahead of the ones it
+  // holds.
   const bool may_prefetch = !options_.rate && options_.prefetch.value_or(1) != 0;
   std::unique_ptr<run_slots> slots;
-  if (may_prefetch && !store_.exclusive_to_process()) {
+  if (!store_.exclusive_to_process()) {
     slots = guarded("run slots", [&] { return store_.slots(options_.group, options_.lease); });
   }
   const bool slotted = slots != nullptr;
@@ -747,7 +749,11 @@ void consumer::loop() {
       for (const auto it : fresh) batch.push_back(settlement_of(it->first, it->second));
       const claim_request next{.group = options_.group,
                                .limit = k,
-                               .group_limit = st.limit + ahead,
+                               // with run slots every process leases at most one job
+                               // ahead per slot it holds: 2 N in all, whatever each one's
+                               // `ahead` is now (a smaller cap would keep a process that
+                               // holds a free slot from claiming a job for it)
+                               .group_limit = slotted ? 2 * st.limit : st.limit + ahead,
                                .lease = options_.lease};
       std::optional<settle_result> got;
       try {

@@ -74,8 +74,8 @@ class ConsumerPg : public ::testing::Test {
 };
 
 // Both lease ahead on run slots (the default): never more than N handlers at once across both,
-// and the table shows at most N running plus one round leased ahead. With prefetch 0 the
-// leases are the bound: at most N rows running.
+// and the table shows at most N running plus one round leased ahead. With prefetch 0 nothing is
+// leased ahead of the slots: at most N rows running.
 class ConsumerPgBound : public ConsumerPg, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
@@ -135,7 +135,7 @@ TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
 INSTANTIATE_TEST_SUITE_P(leases, ConsumerPgBound, ::testing::Values(true, false),
                          [](const auto& info) {
                            return info.param ? std::string("ahead_on_run_slots")
-                                             : std::string("leases_only");
+                                             : std::string("nothing_ahead");
                          });
 
 // The server ends the session that holds a consumer's run slots (a restart, an operator's

@@ -36,8 +36,9 @@
 //   process silent for a whole lease, e.g. stopped), the slots are lost: jobs running on them
 //   finish without handing them on, and the ready ones wait for slots taken again. Until the
 //   loss is noticed (lease/3 at most) jobs that end still hand their slots on, so another
-//   process that took the freed slots may run up to N more meanwhile. Without run slots (or
-//   prefetch = 0, or a rate) the leases are the bound, as above.
+//   process that took the freed slots may run up to N more meanwhile. Slots are the bound
+//   whatever `prefetch` and the rate say (so that every process sharing the store counts the
+//   same way); with prefetch = 0 or a rate nothing is leased ahead of them.
 // - Results. The handler's response (any status) is the job's result: complete(). A handler
 //   that throws, or that runs past max_exec, fails this attempt: fail() with `retry` (capped
 //   exponential backoff, dead after max_attempts). The store is told only once the handler
@@ -140,8 +141,7 @@ struct consumer_options {
   // a job's end starts the next at once instead of after a store round trip (settle and
   // claim). Used only with a store exclusive to this process (sqlite_store) or one with run
   // slots (pg_store), no rate, and routes whose max_wait is at least two of the group's service
-  // times; nullopt: as many as the group's current limit; 0: none (a shared store's leases are
-  // then the bound).
+  // times; nullopt: as many as the group's current limit; 0: none.
   std::optional<std::size_t> prefetch{};
   // Blocks until work for the group is announced (true) or the timeout passes; called on a
   // thread of its own in a loop, with timeouts of at most 200 ms so that stop() is prompt.

@@ -1,5 +1,6 @@
 #include "qos/http/admin.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <stdexcept>
 #include <string_view>
@@ -180,7 +181,10 @@ void admin::start() {
 }
 
 void admin::shutdown() {
-  if (listener_) listener_->shutdown();
+  if (!listener_) return;
+  // Its answers too may still be queued (listener::flush); they are small and local.
+  listener_->flush(std::chrono::steady_clock::now() + std::chrono::milliseconds(200));
+  listener_->shutdown();
 }
 
 std::string admin::status_json() const {

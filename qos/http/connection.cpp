@@ -631,6 +631,25 @@ std::uint64_t connection_handler::post_marker(const std::shared_ptr<connection>&
   return number;
 }
 
+void connection_handler::mark_queued_writes(tcp::Transport& transport,
+                                            const std::shared_ptr<void>& token) {
+  for (const auto& peer : transport.getAllPeer()) {
+    // Only where more can be written: after our FIN (or a teardown) a write fails with EPIPE,
+    // and Pistache then forgets the connection's write data but not its interest in writes;
+    // the write edge that follows finds no data and throws on the reactor thread.
+    if (auto data = peer->tryGetData(connection_key)) {
+      const auto c = std::static_pointer_cast<connection>(data);
+      if (c->fin_sent || c->torn_down || c->closed) continue;
+    }
+    try {
+      peer->send(Pistache::RawBuffer(std::string(), 0))
+          .then([token](ssize_t) {}, [token](std::exception_ptr) {});
+    } catch (...) {
+      // The peer lost its transport: nothing of it to wait for.
+    }
+  }
+}
+
 // The same from another thread. There the write may complete before then() is attached (the
 // reactor preempts the thread that woke it), and Pistache then runs the continuation at once
 // on the calling thread: never reactor work there, never a retry loop (on a fiber that

@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -278,6 +279,51 @@ void listener::stop_accepting() {
   if (accept_thread_.joinable()) accept_thread_.join();
   if (listen_fd_ >= 0) ::close(listen_fd_);
   listen_fd_ = -1;
+}
+
+// Pistache 0.0.5, defect 17: every response, from whatever thread, only enters the
+// transport's write queue; the reactor moves it to its connection at a later turn of its loop
+// and writes it at the write edge after that, and Reactor::shutdown() drops whatever is still
+// queued. A drain that ended with its last handler lost the answers of the last few (the
+// gate's fibers answer just before they end). Here each reactor, on its own thread (a
+// transport timer's continuation runs there), queues an empty write behind everything queued
+// for each of its connections (connection_handler::mark_queued_writes); such a write
+// completes only once every byte queued before it is in the socket, and its continuation dies
+// with it, written or dropped with a connection that went away. When no continuation holds
+// the token any more, every response is out.
+bool listener::flush(std::chrono::steady_clock::time_point until) {
+  {
+    std::lock_guard lock(stop_mutex_);
+    if (!reactor_running_) return true;
+  }
+  auto token = std::make_shared<char>(0);
+  const std::weak_ptr<char> watch = token;
+  for (const auto& handler : transports_) {
+    auto transport = std::static_pointer_cast<tcp::Transport>(handler);
+    const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (fd < 0) return false;
+    try {
+      Pistache::Async::Deferred<uint64_t> deferred;
+      Pistache::Async::Promise<uint64_t> tick(
+          [&](Pistache::Async::Deferred<uint64_t> d) { deferred = std::move(d); });
+      tick.then(
+          [transport, token, fd](uint64_t) {
+            ::close(fd);
+            connection_handler::mark_queued_writes(*transport, token);
+          },
+          [fd](std::exception_ptr) { ::close(fd); });
+      transport->armTimer(fd, std::chrono::milliseconds(1), std::move(deferred));
+    } catch (...) {
+      ::close(fd);
+      return false;
+    }
+  }
+  token.reset();
+  while (!watch.expired()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 void listener::shutdown() {

@@ -215,11 +215,23 @@ bool server::shutdown() {
     }
   }
   if (listener_) listener_->stop_accepting();
+  const auto grace_end = std::chrono::steady_clock::now() + s.shutdown_grace;
   drained_ = runtime_->drain(s.shutdown_grace, s.drain_parked, &hurry_);
   if (!drained_) {
     logger()->error("qos: request(s) still running after the {} ms shutdown grace",
                     s.shutdown_grace.count());
     return false;
+  }
+  // The last answers may still sit in the reactors' write queues (listener::flush): written
+  // out before the reactors stop, within what is left of the grace (at least write_time; only
+  // that after a hurry).
+  const auto write_time = std::chrono::milliseconds(200);
+  const auto now = std::chrono::steady_clock::now();
+  const auto written_by = hurry_.load(std::memory_order_acquire)
+                              ? now + write_time
+                              : std::max(grace_end, now + write_time);
+  if (listener_ && !listener_->flush(written_by)) {
+    logger()->warn("qos: stopping with responses unwritten to clients that do not read them");
   }
   if (admin_) admin_->shutdown();
   if (listener_) listener_->shutdown();

@@ -101,6 +101,7 @@ class operate_test : public ::testing::Test {
     rest::Routes::Get(
         router, "/guarded/:id",
         srv_->gate().guard("guarded", [this](const rest::Request& req, http::ResponseWriter& w) {
+          while (hold_.load()) boost::this_fiber::sleep_for(1ms);
           boost::this_fiber::sleep_for(std::chrono::milliseconds(work_ms_.load()));
           w.send(http::Code::Ok, req.param(":id").as<std::string>());
         }));
@@ -110,12 +111,17 @@ class operate_test : public ::testing::Test {
     admin_port_ = srv_->admin()->port();
   }
 
-  // Parks `n` guarded requests and waits until all but `limit` of them wait in the queue.
+  // Parks `n` guarded requests and waits until all but `limit` of them wait in the queue. The
+  // first `limit` hold their permits until then: a slow sender (a loaded machine) would
+  // otherwise see the first ones served before the last arrive, and never that count.
   void park(parked_batch& batch, int n, std::size_t limit) {
-    ASSERT_EQ(batch.send(port_, n, "/guarded/1"), n) << batch.error();
-    ASSERT_TRUE(eventually(
-        [&] { return srv_->admission().waiting() == static_cast<std::size_t>(n) - limit; }, 20s))
-        << srv_->admission().waiting() << " waiting";
+    hold_ = true;
+    const auto sent = batch.send(port_, n, "/guarded/1");
+    const bool parked = eventually(
+        [&] { return srv_->admission().waiting() == static_cast<std::size_t>(n) - limit; }, 20s);
+    hold_ = false;
+    ASSERT_EQ(sent, n) << batch.error();
+    ASSERT_TRUE(parked) << srv_->admission().waiting() << " waiting";
   }
 
   void TearDown() override {
@@ -139,6 +145,7 @@ class operate_test : public ::testing::Test {
   std::uint16_t port_ = 0;
   std::uint16_t admin_port_ = 0;
   std::atomic<int> work_ms_{1};
+  std::atomic<bool> hold_{false};  // guarded handlers wait (on their fibers) while true
   std::thread stopper_;
   bool drained_ = false;
 };

@@ -86,6 +86,13 @@ class connection_handler final : public Pistache::Http::Handler {
 
   const connection_options& options() const noexcept { return options_; }
 
+  // On `transport`'s reactor thread only: queues an empty write behind everything queued so far
+  // for each of its connections whose sending side is still open; each write's continuation
+  // holds a copy of `token` until the write completes (every byte before it is in the socket)
+  // or is dropped with its connection. qos::listener::flush waits on it.
+  static void mark_queued_writes(Pistache::Tcp::Transport& transport,
+                                 const std::shared_ptr<void>& token);
+
  private:
   void onConnection(const std::shared_ptr<Pistache::Tcp::Peer>& peer) override;
   void onInput(const char* buffer, std::size_t len,

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -73,6 +74,12 @@ class listener {
   // Closes the listen socket: new clients are refused by the kernel, established connections
   // are still served. Idempotent.
   void stop_accepting();
+  // Writes out every response queued on the connections so far, whatever thread answered it,
+  // before `until`: true when all of them reached their sockets (or their clients went away),
+  // false at `until` (a client that reads nothing keeps its own unwritten). Responses answered
+  // off the reactor threads are only queued there, and shutdown() drops what is still queued:
+  // call this between the end of the last handler and shutdown(). Any thread but a reactor's.
+  bool flush(std::chrono::steady_clock::time_point until);
   // stop_accepting(), then stops the reactor threads (connections are dropped). Idempotent.
   void shutdown();
 

@@ -6,7 +6,9 @@
 //   SIGTERM, SIGINT  drain: /readyz answers 503, server.drain_delay passes, the public listener
 //                    closes, parked requests get the shutdown fallback (server.drain_parked:
 //                    shed) or may still be served within shutdown_grace (serve), running
-//                    handlers get shutdown_grace to finish; exit 0, or 1 when they overran it
+//                    handlers get shutdown_grace to finish, their answers are written out
+//                    (listener::flush) before the reactors stop; exit 0, or 1 when they
+//                    overran it
 //   a second SIGTERM/SIGINT during the drain: parked requests are answered at once and the
 //                    wait for running handlers ends. For a service with its own
 // endpoint and router, use qos::runtime instead. With accept routes in the config, the router

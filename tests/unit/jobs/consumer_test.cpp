@@ -443,6 +443,33 @@ TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_on
   EXPECT_EQ(c.fenced_out(), 0u);
 }
 
+// A handler whose second job holds its permit until the test ends it: the job leased behind it
+// waits meanwhile. Counts the jobs started and the most running at once.
+struct second_job_held {
+  job_handler handler() {
+    return [this](const claimed_job&) {
+      g.enter();
+      const int nth = ++started;
+      const auto until = clock::now() + 10s;
+      while (nth == 2 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
+      g.leave();
+      return response{.body = "done"};
+    };
+  }
+  // Ends the second job while the store holds its settle-and-claim: the third starts before the
+  // store answers (on the permit, or the run slot, the second hands on).
+  void end_second_while_the_store_settles(counting_store& store) {
+    store.hold(counting_store::held_call::settle_and_claim);
+    hold = false;
+    ASSERT_TRUE(store.wait_held());  // settling the second: no answer until release()
+    ASSERT_TRUE(eventually([&] { return started.load() == 3; }));
+    store.release();
+  }
+  gauge g;
+  std::atomic<int> started{0};
+  std::atomic<bool> hold{true};
+};
+
 // With a store no other process can claim from, the consumer leases one round ahead (once the
 // group has a service time): the job after the one that holds the permit waits in admission,
 // and starts when that one ends, while the store is still settling it. Never more than N run;
@@ -452,17 +479,8 @@ TEST(consumer_test, with_a_store_of_its_own_the_next_job_starts_before_the_store
   test::temp_dir dir;
   sqlite_store db({.path = dir.file("jobs.db")});
   counting_store store(db, /*exclusive=*/true);
-  gauge g;
-  std::atomic<int> started{0};
-  std::atomic<bool> hold{true};
-  consumer c(store, f.adm, f.options([&](const claimed_job&) {
-    g.enter();
-    const int nth = ++started;
-    const auto until = clock::now() + 10s;
-    while (nth == 2 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
-    g.leave();
-    return response{.body = "done"};
-  }));
+  second_job_held jobs;
+  consumer c(store, f.adm, f.options(jobs.handler()));
   // The first job gives the group its service time; nothing was leased ahead before it.
   ASSERT_TRUE(enqueue_orders(store, 1));
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
@@ -470,18 +488,13 @@ TEST(consumer_test, with_a_store_of_its_own_the_next_job_starts_before_the_store
 
   ASSERT_TRUE(enqueue_orders(store, 3));
   // The second runs; the third is leased too, waiting for the one permit.
-  ASSERT_TRUE(eventually([&] { return started.load() == 2 && store.max_leases() == 2; }));
+  ASSERT_TRUE(eventually([&] { return jobs.started.load() == 2 && store.max_leases() == 2; }));
   EXPECT_EQ(f.group.stats().in_use, 1u);
-
-  store.hold(counting_store::held_call::settle_and_claim);
-  hold = false;
-  ASSERT_TRUE(store.wait_held());  // settling the second: no answer until release()
-  ASSERT_TRUE(eventually([&] { return started.load() == 3; }));
-  store.release();
+  jobs.end_second_while_the_store_settles(store);
 
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 4; }));
   EXPECT_TRUE(c.stop(1s));
-  EXPECT_EQ(g.most.load(), 1);
+  EXPECT_EQ(jobs.g.most.load(), 1);
   EXPECT_LE(store.max_leases(), 2u);
   EXPECT_EQ(c.given_back(), 0u);
   EXPECT_EQ(db.depth("orders"), 0u);
@@ -533,17 +546,8 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
   sqlite_store db({.path = dir.file("jobs.db")});
   slot_table slots;
   counting_store store(db, /*exclusive=*/false, &slots);
-  gauge g;
-  std::atomic<int> started{0};
-  std::atomic<bool> hold{true};
-  consumer c(store, f.adm, f.options([&](const claimed_job&) {
-    g.enter();
-    const int nth = ++started;
-    const auto until = clock::now() + 10s;
-    while (nth == 2 && hold.load() && clock::now() < until) std::this_thread::sleep_for(1ms);
-    g.leave();
-    return response{.body = "done"};
-  }));
+  second_job_held jobs;
+  consumer c(store, f.adm, f.options(jobs.handler()));
   ASSERT_TRUE(enqueue_orders(store, 1));
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 1; }));
   EXPECT_EQ(store.max_leases(), 1u);
@@ -551,21 +555,16 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
   ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
 
   ASSERT_TRUE(enqueue_orders(store, 3));
-  ASSERT_TRUE(eventually([&] { return started.load() == 2 && store.max_leases() == 2; }));
+  ASSERT_TRUE(eventually([&] { return jobs.started.load() == 2 && store.max_leases() == 2; }));
   EXPECT_EQ(slots.taken(), 1u);
   EXPECT_TRUE(eventually([&] { return c.run_slots_held() == 1; }));
-
-  store.hold(counting_store::held_call::settle_and_claim);
-  hold = false;
-  ASSERT_TRUE(store.wait_held());  // settling the second: no answer until release()
-  ASSERT_TRUE(eventually([&] { return started.load() == 3; }));
-  store.release();
+  jobs.end_second_while_the_store_settles(store);
 
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 4; }));
   ASSERT_TRUE(eventually([&] { return slots.taken() == 0; }));
   EXPECT_TRUE(eventually([&] { return c.run_slots_held() == 0; }));
   EXPECT_TRUE(c.stop(1s));
-  EXPECT_EQ(g.most.load(), 1);
+  EXPECT_EQ(jobs.g.most.load(), 1);
   EXPECT_EQ(slots.most(), 1u);
   EXPECT_LE(store.max_leases(), 2u);
   EXPECT_EQ(c.given_back(), 0u);

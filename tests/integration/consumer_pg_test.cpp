@@ -73,9 +73,11 @@ class ConsumerPg : public ::testing::Test {
   std::string conninfo_;
 };
 
-// Both lease ahead on run slots (the default): never more than N handlers at once across both,
-// and the table shows at most N running plus one round leased ahead. With prefetch 0 nothing is
-// leased ahead of the slots: at most N rows running.
+// Both lease ahead on run slots (the default), or with prefetch 0 lease nothing ahead: never
+// more than N handlers at once across both. The table shows at most 2 N rows running, the
+// claim's cap with run slots: besides the N running, rows leased ahead, and rows whose handler
+// ended while their settlement has not committed yet (their slot already runs the next job;
+// on a loaded machine that lasts, with prefetch 0 too).
 class ConsumerPgBound : public ConsumerPg, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
@@ -119,7 +121,7 @@ TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
   EXPECT_TRUE(ca.stop(5s));
   EXPECT_TRUE(cb.stop(5s));
   EXPECT_LE(most.load(), 3);
-  EXPECT_LE(most_rows, ahead ? 6 : 3);
+  EXPECT_LE(most_rows, 6);
   EXPECT_GT(samples, 10);
   EXPECT_GE(most.load(), 2);  // they did run side by side
   EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));

@@ -96,5 +96,27 @@ TEST(shutdown_flush, responses_queued_from_other_threads_reach_their_clients_bef
   }
 }
 
+// A client that reads nothing keeps its response unwritten: flush() says so at its bound
+// instead of waiting for it, and the stop goes on.
+TEST(shutdown_flush, a_client_that_reads_nothing_holds_the_flush_only_until_its_bound) {
+  holding_service svc;
+  raw_client reader(svc.server->port(), /*receive_buffer=*/4096);
+  ASSERT_TRUE(reader.connected());
+  ASSERT_TRUE(reader.send(get("/held/big")));
+  const auto until = steady::now() + 10s;
+  while (svc.held_count() < 1 && steady::now() < until) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(svc.held_count(), 1u);
+  {
+    std::lock_guard lock(svc.mutex);
+    // Far more than the socket buffers of both ends hold.
+    svc.held[0].first = std::string(8 << 20, 'x');
+  }
+  svc.answer_all();
+  const auto began = steady::now();
+  EXPECT_FALSE(svc.server->flush(began + 300ms));
+  EXPECT_GE(steady::now() - began, 300ms);
+  svc.server->shutdown();
+}
+
 }  // namespace
 }  // namespace qos::test

@@ -299,7 +299,10 @@ bool listener::flush(std::chrono::steady_clock::time_point until) {
   auto token = std::make_shared<char>(0);
   const std::weak_ptr<char> watch = token;
   for (const auto& handler : transports_) {
-    auto transport = std::static_pointer_cast<tcp::Transport>(handler);
+    // Not a shared_ptr: the reactor owns its transports and runs this continuation only while
+    // they live (or drops it with them); a shared one captured here kept the transport alive
+    // past the reactor when a flush write was still queued at the stop (LeakSanitizer).
+    auto* transport = static_cast<tcp::Transport*>(handler.get());
     const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (fd < 0) return false;
     try {

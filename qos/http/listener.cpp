@@ -291,7 +291,8 @@ void listener::stop_accepting() {
 // completes only once every byte queued before it is in the socket, and its continuation dies
 // with it, written or dropped with a connection that went away. When no continuation holds
 // the token any more, every response is out.
-bool listener::flush(std::chrono::steady_clock::time_point until) {
+bool listener::flush(std::chrono::steady_clock::time_point until,
+                     const std::function<bool()>& give_up) {
   {
     std::lock_guard lock(stop_mutex_);
     if (!reactor_running_) return true;
@@ -323,7 +324,7 @@ bool listener::flush(std::chrono::steady_clock::time_point until) {
   }
   token.reset();
   while (!watch.expired()) {
-    if (std::chrono::steady_clock::now() >= until) return false;
+    if (std::chrono::steady_clock::now() >= until || (give_up && give_up())) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return true;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
@@ -223,14 +224,19 @@ bool server::shutdown() {
     return false;
   }
   // The last answers may still sit in the reactors' write queues (listener::flush): written
-  // out before the reactors stop, within what is left of the grace (at least write_time; only
-  // that after a hurry).
+  // out before the reactors stop, within what is left of the grace (at least write_time), and
+  // at most write_time after a hurry.
   const auto write_time = std::chrono::milliseconds(200);
   const auto now = std::chrono::steady_clock::now();
-  const auto written_by = hurry_.load(std::memory_order_acquire)
-                              ? now + write_time
-                              : std::max(grace_end, now + write_time);
-  if (listener_ && !listener_->flush(written_by)) {
+  const auto written_by = std::max(grace_end, now + write_time);
+  std::optional<std::chrono::steady_clock::time_point> hurried;
+  const auto give_up = [&] {
+    if (!hurried && hurry_.load(std::memory_order_acquire)) {
+      hurried = std::chrono::steady_clock::now();
+    }
+    return hurried && std::chrono::steady_clock::now() >= *hurried + write_time;
+  };
+  if (listener_ && !listener_->flush(written_by, give_up)) {
     logger()->warn("qos: stopping with responses unwritten to clients that do not read them");
   }
   if (admin_) admin_->shutdown();

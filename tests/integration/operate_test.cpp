@@ -4,7 +4,8 @@
 //    server.drain_delay, then closed (ECONNREFUSED), every request answered exactly once;
 //  - drain_parked: serve: parked requests served within the grace, newcomers on kept-alive
 //    connections refused with the shutdown fallback, the rest answered when the grace is short;
-//  - hurry() cutting a long drain short with every parked request answered;
+//  - hurry() cutting a long drain short with every parked request answered, and the wait for
+//    an answer a client does not read;
 //  - POST /qos/reload on the admin listener: applied and listed, shown by /qos/status, an
 //    invalid file refused with file:line:col:key and counted, the token required, and nothing
 //    of it on the public port.
@@ -25,6 +26,7 @@
 
 #include "integration/parked_batch.hpp"
 #include "qos/qos.hpp"
+#include "robustness/raw_client.hpp"
 #include "support/eventually.hpp"
 #include "support/http_client.hpp"
 
@@ -105,6 +107,11 @@ class operate_test : public ::testing::Test {
           boost::this_fiber::sleep_for(std::chrono::milliseconds(work_ms_.load()));
           w.send(http::Code::Ok, req.param(":id").as<std::string>());
         }));
+    rest::Routes::Get(router, "/big",
+                      gate::plain([this](const rest::Request&, http::ResponseWriter& w) {
+                        ++big_answered_;
+                        w.send(http::Code::Ok, std::string(8 << 20, 'x'));
+                      }));
     srv_->start();
     ASSERT_NE(srv_->admin(), nullptr);
     port_ = srv_->port();
@@ -145,7 +152,8 @@ class operate_test : public ::testing::Test {
   std::uint16_t port_ = 0;
   std::uint16_t admin_port_ = 0;
   std::atomic<int> work_ms_{1};
-  std::atomic<bool> hold_{false};  // guarded handlers wait (on their fibers) while true
+  std::atomic<bool> hold_{false};     // guarded handlers wait (on their fibers) while true
+  std::atomic<int> big_answered_{0};  // /big answers 8 MiB, more than socket buffers hold
   std::thread stopper_;
   bool drained_ = false;
 };
@@ -261,6 +269,25 @@ TEST_F(operate_test, hurry_ends_a_long_drain_with_every_parked_request_answered)
   EXPECT_EQ(parked.extra(), 0);
   EXPECT_GE(parked.with_status(200), 1);
   EXPECT_GE(parked.shutdown_fallbacks(), 1) << "the queue was served in full: no hurry";
+}
+
+// The stop writes out queued answers within the grace, but a client that reads nothing cannot
+// hold it past a hurry.
+TEST_F(operate_test, hurry_ends_the_wait_for_a_client_that_reads_nothing) {
+  auto cfg = operate_config(1);
+  cfg.server.shutdown_grace = 60s;
+  start(cfg);
+  raw_client reader(port_, /*receive_buffer=*/4096);
+  ASSERT_TRUE(reader.connected());
+  ASSERT_TRUE(reader.send("GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+  ASSERT_TRUE(eventually([&] { return big_answered_.load() == 1; }, 5s));
+  shutdown_async();
+  ASSERT_TRUE(eventually([&] { return connect_errno(port_) == ECONNREFUSED; }, 5s));
+  const auto hurried = steady::now();
+  srv_->hurry();
+  EXPECT_TRUE(join_shutdown());  // every handler ended: a clean drain, one answer unwritten
+  // Far less than the 60 s grace the unread answer could otherwise hold the stop.
+  EXPECT_LT(steady::now() - hurried, 3s);
 }
 
 // The config as a file, reloaded through the admin listener.

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -79,7 +80,9 @@ class listener {
   // false at `until` (a client that reads nothing keeps its own unwritten). Responses answered
   // off the reactor threads are only queued there, and shutdown() drops what is still queued:
   // call this between the end of the last handler and shutdown(). Any thread but a reactor's.
-  bool flush(std::chrono::steady_clock::time_point until);
+  // `give_up`, when given, is asked every millisecond: true ends the wait (false returned).
+  bool flush(std::chrono::steady_clock::time_point until,
+             const std::function<bool()>& give_up = {});
   // stop_accepting(), then stops the reactor threads (connections are dropped). Idempotent.
   void shutdown();
 

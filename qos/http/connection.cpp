@@ -109,6 +109,7 @@ struct connection_handler::shared {
   std::atomic<std::size_t> open{0};
   std::atomic<std::uint64_t> closed{0};  // ever: a listener's count is its accepted - closed
   std::atomic<std::uint64_t> overdue_markers{0};
+  std::atomic<bool> keep_alive_ended{false};  // end_keep_alive(): every response is the last
 };
 
 // One client connection, owned by its Peer's data (it dies with the Peer) and by the sentinel
@@ -211,10 +212,20 @@ struct connection_label final : http::Header::Connection {
                                      : http::ConnectionControl::KeepAlive),
         conn(std::move(c)) {}
   void write(std::ostream& os) const override {
+    bool last = conn->last.load(std::memory_order_acquire);
+    if (!last && conn->counts->keep_alive_ended.load(std::memory_order_acquire)) {
+      // Keep-alive ended while the handler ran: this answer is the connection's last, and the
+      // reactor must hear of its end to close after it (running → watched: the writer's end
+      // then wakes it).
+      last = true;
+      conn->last.store(true, std::memory_order_release);
+      std::uint8_t running = connection_handler::connection::running;
+      conn->flight.compare_exchange_strong(running, connection_handler::connection::watched,
+                                           std::memory_order_acq_rel);
+    }
     // Pistache's own words ("Close", "Keep-Alive").
-    http::Header::Connection(conn->last.load(std::memory_order_acquire)
-                                 ? http::ConnectionControl::Close
-                                 : http::ConnectionControl::KeepAlive)
+    http::Header::Connection(last ? http::ConnectionControl::Close
+                                  : http::ConnectionControl::KeepAlive)
         .write(os);
   }
   const std::shared_ptr<connection_handler::connection> conn;
@@ -298,6 +309,10 @@ std::size_t connection_handler::connections() const noexcept {
 
 std::uint64_t connection_handler::closed_connections() const noexcept {
   return shared_->closed.load(std::memory_order_acquire);
+}
+
+void connection_handler::end_keep_alive() noexcept {
+  shared_->keep_alive_ended.store(true, std::memory_order_release);
 }
 
 std::uint64_t connection_handler::overdue_markers() const noexcept {
@@ -484,7 +499,8 @@ bool connection_handler::dispatch(const std::shared_ptr<connection>& c) {
   // leaves the socket open (defect 11): this layer decides, says so, and closes. A response
   // to HEAD carries the body Pistache's handlers write anyway: it ends the connection, so the
   // stray bytes cannot be read as the next response.
-  c->close_after = framed.close || framed.head_method;
+  c->close_after = framed.close || framed.head_method ||
+                   shared_->keep_alive_ended.load(std::memory_order_acquire);
   if (c->close_after) {
     // The handler sees the decision in the request (qos::gate::keep_alive then leaves the
     // response's Connection header alone); the raw headers keep what the client sent.
@@ -539,7 +555,10 @@ void connection_handler::finish_flight(const std::shared_ptr<connection>& c) {
     reject(c, 500, "the handler did not answer");
     return;
   }
-  if (c->close_after || c->overflow) close_after_writes(c);
+  // `last`: the response said close (keep-alive ended while its handler ran).
+  if (c->close_after || c->overflow || c->last.load(std::memory_order_acquire)) {
+    close_after_writes(c);
+  }
 }
 
 // An error of ours: the answer, then the close, as nginx does for bad requests.

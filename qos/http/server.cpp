@@ -205,6 +205,10 @@ int server::run() {
 bool server::shutdown() {
   if (stopped_.exchange(true)) return drained_;
   const auto& s = config().server;
+  // From the first moment of the drain each connection closes after its next answer, so a
+  // client reconnects (through its load balancer, elsewhere) instead of sending a request the
+  // stop would drop.
+  if (listener_) listener_->end_keep_alive();
   if (admin_) admin_->set_ready(false);
   if (listener_ && s.drain_delay.count() > 0) {
     // /readyz says 503 while the public listener still serves, so a load balancer stops

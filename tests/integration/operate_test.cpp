@@ -4,6 +4,7 @@
 //    server.drain_delay, then closed (ECONNREFUSED), every request answered exactly once;
 //  - drain_parked: serve: parked requests served within the grace, newcomers on kept-alive
 //    connections refused with the shutdown fallback, the rest answered when the grace is short;
+//  - from the drain's start, each connection closed after its next answer;
 //  - hurry() cutting a long drain short with every parked request answered, and the wait for
 //    an answer a client does not read;
 //  - POST /qos/reload on the admin listener: applied and listed, shown by /qos/status, an
@@ -269,6 +270,45 @@ TEST_F(operate_test, hurry_ends_a_long_drain_with_every_parked_request_answered)
   EXPECT_EQ(parked.extra(), 0);
   EXPECT_GE(parked.with_status(200), 1);
   EXPECT_GE(parked.shutdown_fallbacks(), 1) << "the queue was served in full: no hurry";
+}
+
+// From the start of a drain every answer says `Connection: close` and ends its connection, the
+// answer of a request already running included: a closed-loop client reconnects instead of
+// sending its next request into the stop.
+TEST_F(operate_test, a_drain_closes_each_connection_after_its_next_answer) {
+  auto cfg = operate_config(2);
+  cfg.server.drain_delay = 2s;
+  work_ms_ = 300;
+  start(cfg);
+  const auto get_line = [](const std::string& target) {
+    return "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  };
+  raw_client kept(port_);
+  ASSERT_TRUE(kept.send(get_line("/plain/1")));
+  const auto before = kept.read(1);
+  ASSERT_EQ(before.responses.size(), 1u);
+  EXPECT_TRUE(before.responses[0].keep_alive);
+  raw_client running(port_);
+  ASSERT_TRUE(running.send(get_line("/guarded/2")));  // on its fiber for 300 ms
+  ASSERT_TRUE(
+      eventually([&] { return srv_->admission().find_group("db")->stats().in_use == 1; }, 5s));
+
+  shutdown_async();
+  ASSERT_TRUE(eventually([&] { return call(admin_port_, "GET", "/readyz").status == 503; }, 5s));
+  // The listener still serves (drain_delay), each connection for one more answer.
+  ASSERT_TRUE(kept.send(get_line("/plain/3")));
+  const auto after = kept.read_until_closed();
+  ASSERT_EQ(after.responses.size(), 1u);
+  EXPECT_EQ(after.responses[0].body, "3");
+  EXPECT_FALSE(after.responses[0].keep_alive);
+  EXPECT_TRUE(after.closed);
+  const auto late = running.read_until_closed();
+  ASSERT_EQ(late.responses.size(), 1u);
+  EXPECT_EQ(late.responses[0].body, "2");
+  EXPECT_FALSE(late.responses[0].keep_alive);
+  EXPECT_TRUE(late.closed);
+  srv_->hurry();
+  EXPECT_TRUE(join_shutdown());
 }
 
 // The stop writes out queued answers within the grace, but a client that reads nothing cannot

@@ -86,6 +86,12 @@ class connection_handler final : public Pistache::Http::Handler {
 
   const connection_options& options() const noexcept { return options_; }
 
+  // From now on every response says `Connection: close` and ends its connection, those of
+  // requests already running included when they are written later (as nginx and Envoy do on a
+  // graceful stop): a client reconnects (elsewhere, or to a refusal) instead of sending its
+  // next request into the stop. Idle connections are left as they are. Thread-safe; for good.
+  void end_keep_alive() noexcept;
+
   // On `transport`'s reactor thread only: queues an empty write behind everything queued so far
   // for each of its connections whose sending side is still open; each write's continuation
   // holds a copy of `token` until the write completes (every byte before it is in the socket)

@@ -83,6 +83,8 @@ class listener {
   // `give_up`, when given, is asked every millisecond: true ends the wait (false returned).
   bool flush(std::chrono::steady_clock::time_point until,
              const std::function<bool()>& give_up = {});
+  // connection_handler::end_keep_alive(): each connection closes after its next response.
+  void end_keep_alive() noexcept { handler_->end_keep_alive(); }
   // stop_accepting(), then stops the reactor threads (connections are dropped). Idempotent.
   void shutdown();
 

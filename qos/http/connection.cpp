@@ -1,4 +1,5 @@
 #include "qos/http/connection.hpp"
+#include "qos/http/detail/reactor_call.hpp"
 
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
@@ -691,26 +692,34 @@ void connection_handler::wake(const std::shared_ptr<connection>& c, std::uint64_
   }
 }
 
-// A 1 ms transport timer whose continuation is attached before the timer is handed over, so
-// it always runs on the reactor thread. Slower than the marker; used when that one was late.
-void connection_handler::wake_by_timer(const std::shared_ptr<connection>& c, std::uint64_t flight) {
-  if (c->peer.expired()) return;
+bool detail::call_on_reactor(tcp::Transport& transport, std::function<void()> fn) {
   const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (fd < 0) return;  // the sweep finds the flight over
+  if (fd < 0) return false;
   try {
     Pistache::Async::Deferred<uint64_t> deferred;
     Pistache::Async::Promise<uint64_t> tick(
         [&](Pistache::Async::Deferred<uint64_t> d) { deferred = std::move(d); });
     tick.then(
-        [c, flight, fd](uint64_t) {
+        [fn = std::move(fn), fd](uint64_t) {
           ::close(fd);
-          if (std::this_thread::get_id() == c->reactor) c->owner->after_writes(c, flight);
+          fn();
         },
         [fd](std::exception_ptr) { ::close(fd); });
-    c->transport->armTimer(fd, std::chrono::milliseconds(1), std::move(deferred));
+    transport.armTimer(fd, std::chrono::milliseconds(1), std::move(deferred));
+    return true;
   } catch (...) {
     ::close(fd);
+    return false;
   }
+}
+
+// Slower than the marker; used when that one was late. Without a timer the sweep finds the
+// flight over.
+void connection_handler::wake_by_timer(const std::shared_ptr<connection>& c, std::uint64_t flight) {
+  if (c->peer.expired()) return;
+  detail::call_on_reactor(*c->transport, [c, flight] {
+    if (std::this_thread::get_id() == c->reactor) c->owner->after_writes(c, flight);
+  });
 }
 
 void connection_handler::send_continue(const std::shared_ptr<connection>& c) {

@@ -1,4 +1,5 @@
 #include "qos/http/listener.hpp"
+#include "qos/http/detail/reactor_call.hpp"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -8,7 +9,6 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -300,25 +300,11 @@ bool listener::flush(std::chrono::steady_clock::time_point until,
   auto token = std::make_shared<char>(0);
   const std::weak_ptr<char> watch = token;
   for (const auto& handler : transports_) {
-    // Not a shared_ptr: the reactor owns its transports and runs this continuation only while
-    // they live (or drops it with them); a shared one captured here kept the transport alive
-    // past the reactor when a flush write was still queued at the stop (LeakSanitizer).
+    // Not a shared_ptr: the reactor owns its transports and runs this only while they live.
     auto* transport = static_cast<tcp::Transport*>(handler.get());
-    const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (fd < 0) return false;
-    try {
-      Pistache::Async::Deferred<uint64_t> deferred;
-      Pistache::Async::Promise<uint64_t> tick(
-          [&](Pistache::Async::Deferred<uint64_t> d) { deferred = std::move(d); });
-      tick.then(
-          [transport, token, fd](uint64_t) {
-            ::close(fd);
-            connection_handler::mark_queued_writes(*transport, token);
-          },
-          [fd](std::exception_ptr) { ::close(fd); });
-      transport->armTimer(fd, std::chrono::milliseconds(1), std::move(deferred));
-    } catch (...) {
-      ::close(fd);
+    if (!detail::call_on_reactor(*transport, [transport, token] {
+          connection_handler::mark_queued_writes(*transport, token);
+        })) {
       return false;
     }
   }

@@ -2,6 +2,7 @@
 #include "qos/http/detail/reactor_call.hpp"
 
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -13,9 +14,11 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include <pistache/async.h>
@@ -111,6 +114,16 @@ struct connection_handler::shared {
   std::atomic<std::uint64_t> closed{0};  // ever: a listener's count is its accepted - closed
   std::atomic<std::uint64_t> overdue_markers{0};
   std::atomic<bool> keep_alive_ended{false};  // end_keep_alive(): every response is the last
+  // Every open connection's descriptor: its transport and the inode that names it. Pistache
+  // closes a descriptor only after onDisconnection, which takes the mutex first: under it, a
+  // listed descriptor is still its connection's (cut_stalled_writes).
+  struct socket_entry {
+    const tcp::Transport* transport;
+    dev_t dev;
+    ino_t ino;
+  };
+  std::mutex sockets_mutex;
+  std::unordered_map<int, socket_entry> sockets;
 };
 
 // One client connection, owned by its Peer's data (it dies with the Peer) and by the sentinel
@@ -312,6 +325,24 @@ std::uint64_t connection_handler::closed_connections() const noexcept {
   return shared_->closed.load(std::memory_order_acquire);
 }
 
+std::size_t connection_handler::cut_stalled_writes(const tcp::Transport* transport) {
+  std::size_t cut = 0;
+  std::lock_guard lock(shared_->sockets_mutex);
+  for (const auto& [fd, entry] : shared_->sockets) {
+    if (entry.transport != transport) continue;
+    pollfd p{fd, POLLOUT, 0};
+    if (::poll(&p, 1, 0) < 0 || (p.revents & POLLOUT) != 0) continue;  // room: not held there
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || st.st_ino != entry.ino || st.st_dev != entry.dev) continue;
+    // Both ways: the send in the busy loop fails (EPIPE) and ends it, and the end of the stream
+    // is readable, so Pistache removes the peer at its next turn (a write-only shutdown would
+    // leave it a write event it has no data for, which it throws on).
+    ::shutdown(fd, SHUT_RDWR);
+    ++cut;
+  }
+  return cut;
+}
+
 void connection_handler::end_keep_alive() noexcept {
   shared_->keep_alive_ended.store(true, std::memory_order_release);
 }
@@ -332,6 +363,10 @@ void connection_handler::onConnection(const std::shared_ptr<tcp::Peer>& peer) {
   c->parser = http::Handler::getParser(peer);
   c->deadline = steady::now() + options_.header_timeout;
   peer->putData(connection_key, c);
+  {
+    std::lock_guard lock(shared_->sockets_mutex);
+    shared_->sockets[c->fd] = {transport(), c->dev, c->ino};
+  }
   live_.push_back(c);
   arm_sweep();
 }
@@ -341,6 +376,11 @@ void connection_handler::onDisconnection(const std::shared_ptr<tcp::Peer>& peer)
     auto c = std::static_pointer_cast<connection>(data);
     c->closed = true;
     c->uncount();
+    std::lock_guard lock(shared_->sockets_mutex);
+    if (auto it = shared_->sockets.find(c->fd);
+        it != shared_->sockets.end() && it->second.ino == c->ino) {
+      shared_->sockets.erase(it);
+    }
   }
   static_cast<tcp::Handler&>(*inner_).onDisconnection(peer);
 }

@@ -167,7 +167,60 @@ void listener::start() {
 
   accepting_.store(true);
   accept_thread_ = std::thread([this] { accept_main(); });
+  if (options_.write_stall.count() > 0) {
+    watching_ = true;
+    watchdog_ = std::thread([this] { watch_main(); });
+  }
   started_ = true;
+}
+
+// Pistache 0.0.5, defect 18: Transport::asyncWriteImpl retries a send that failed with EAGAIN
+// at once, copying the rest of the response each time, instead of waiting for the socket's
+// write edge (fixed upstream in 2025, not in Debian 12's package). A response larger than the
+// socket takes, to a client that reads slowly or not at all, holds its reactor thread in that
+// loop, and every connection of the reactor waits, until the client reads it all. The watchdog
+// sends each reactor a probe (a timer continuation, run at its next turn) every quarter of
+// write_stall; a probe still out after write_stall means the reactor made no progress, and the
+// connections of that reactor whose sockets are full are cut: the send fails, the loop ends.
+void listener::watch_main() {
+  using steady = std::chrono::steady_clock;
+  const auto period = std::clamp<std::chrono::milliseconds>(
+      options_.write_stall / 4, std::chrono::milliseconds(10), std::chrono::milliseconds(250));
+  std::vector<std::shared_ptr<std::atomic<bool>>> out;  // a probe of that reactor is out
+  std::vector<steady::time_point> since(transports_.size());
+  for (std::size_t i = 0; i < transports_.size(); ++i) {
+    out.push_back(std::make_shared<std::atomic<bool>>(false));
+  }
+  std::unique_lock lock(watch_mutex_);
+  while (watching_) {
+    watch_cv_.wait_for(lock, period, [this] { return !watching_; });
+    if (!watching_) break;
+    lock.unlock();
+    const auto now = steady::now();
+    for (std::size_t i = 0; i < transports_.size(); ++i) {
+      auto* transport = static_cast<tcp::Transport*>(transports_[i].get());
+      if (!out[i]->load(std::memory_order_acquire)) {
+        out[i]->store(true, std::memory_order_release);
+        since[i] = now;
+        auto flag = out[i];
+        if (!detail::call_on_reactor(*transport,
+                                     [flag] { flag->store(false, std::memory_order_release); })) {
+          flag->store(false, std::memory_order_release);  // no timer now: try at the next tick
+        }
+      } else if (now - since[i] >= options_.write_stall) {
+        const std::size_t cut = handler_->cut_stalled_writes(transport);
+        if (cut != 0) {
+          stalled_cut_.fetch_add(cut, std::memory_order_relaxed);
+          logger()->warn(
+              "qos: a reactor made no progress for {} ms writing to a client that does not read; "
+              "cut {} connection(s) whose sockets were full",
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - since[i]).count(), cut);
+        }
+        since[i] = now;  // another write_stall before the next cut
+      }
+    }
+    lock.lock();
+  }
 }
 
 void listener::accept_main() {
@@ -318,7 +371,13 @@ bool listener::flush(std::chrono::steady_clock::time_point until,
 
 void listener::shutdown() {
   stop_accepting();
+  {
+    std::lock_guard lock(watch_mutex_);
+    watching_ = false;
+  }
+  watch_cv_.notify_all();
   std::lock_guard lock(stop_mutex_);
+  if (watchdog_.joinable()) watchdog_.join();
   if (reactor_running_) {
     reactor_.shutdown();
     reactor_running_ = false;

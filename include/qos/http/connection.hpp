@@ -86,6 +86,11 @@ class connection_handler final : public Pistache::Http::Handler {
 
   const connection_options& options() const noexcept { return options_; }
 
+  // Any thread: cuts (shuts down both ways) each connection of `transport` whose socket has no
+  // room to write, and returns how many. For a reactor held by Pistache 0.0.5's busy loop on a
+  // write the client does not read (defect 18; qos::listener's watchdog calls this).
+  std::size_t cut_stalled_writes(const Pistache::Tcp::Transport* transport);
+
   // From now on every response says `Connection: close` and ends its connection, those of
   // requests already running included when they are written later (as nginx and Envoy do on a
   // graceful stop): a client reconnects (elsewhere, or to a refusal) instead of sending its

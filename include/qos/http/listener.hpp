@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -44,6 +45,10 @@ struct listener_options {
   // Most connections open at once; 0 derives it from the descriptor limit (see
   // default_max_connections), which also caps a larger value (with a warning).
   std::size_t max_connections = 0;
+  // Pistache 0.0.5 (defect 18) busy-loops a reactor thread on a response its client does not
+  // read, and every connection of that reactor waits. A reactor that made no progress for this
+  // long has the connections whose sockets are full cut (0: no watchdog).
+  std::chrono::milliseconds write_stall{1000};
 };
 
 // The cap used when none is configured, for a descriptor limit of `nofile`: all but a tenth
@@ -71,6 +76,10 @@ class listener {
   std::size_t connections() const noexcept;
   // Connections closed at accept because the cap was reached, or descriptors ran out.
   std::uint64_t refused() const noexcept { return refused_.load(std::memory_order_relaxed); }
+  // Connections cut by the write-stall watchdog (listener_options::write_stall).
+  std::uint64_t stalled_writes_cut() const noexcept {
+    return stalled_cut_.load(std::memory_order_relaxed);
+  }
 
   // Closes the listen socket: new clients are refused by the kernel, established connections
   // are still served. Idempotent.
@@ -92,6 +101,7 @@ class listener {
   void accept_main();
   bool accept_batch();  // false: paused (descriptors ran out)
   void refuse(int fd) noexcept;
+  void watch_main();  // the write-stall watchdog's thread
 
   std::shared_ptr<connection_handler> handler_;
   listener_options options_;
@@ -111,6 +121,11 @@ class listener {
 
   std::atomic<std::uint64_t> accepted_{0};
   std::atomic<std::uint64_t> refused_{0};
+  std::atomic<std::uint64_t> stalled_cut_{0};
+  std::thread watchdog_;
+  std::mutex watch_mutex_;
+  std::condition_variable watch_cv_;
+  bool watching_ = false;  // guarded by watch_mutex_
   std::thread accept_thread_;
   bool started_ = false;
   std::atomic<bool> accepting_{false};

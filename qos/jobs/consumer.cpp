@@ -518,6 +518,11 @@ void consumer::loop() {
   const bool slotted = slots != nullptr;
   const bool prefetching = may_prefetch && (store_.exclusive_to_process() || slotted);
   time_point next_probe = now() + beat_every;
+  // This process's even part of the slots (run_slots::share), checked every share_every while
+  // it holds some: above it, slots go back as their jobs end, for a process that waits.
+  const duration share_every = std::min<duration>(beat_every, std::chrono::seconds(1));
+  time_point next_share = now() + share_every;
+  std::size_t part = SIZE_MAX;
   bool slots_lost_logged = false;
   // The slots held are gone (the store's session ended): the jobs still running on them end
   // without handing them on, and the ready ones wait for slots taken again.
@@ -624,39 +629,50 @@ void consumer::loop() {
   };
 
   // With run slots, before the claim: gives the ready jobs back when stopping, checks that the
-  // slots held are still ours, takes those worth holding (one per job here or ready and one
-  // per free permit, up to the group's limit), and returns how many jobs to claim: one per free
-  // slot, plus `ahead` (at most one per slot held), less the jobs ready already.
+  // slots held are still ours and what this process's part of them is, takes those worth
+  // holding (one per job here or ready and one per free permit, up to its part), and returns
+  // how many jobs to claim: one per free slot, plus `ahead` (at most one per slot held), less
+  // the jobs ready already.
   auto slotted_round = [&](time_point t, const group_stats& st, std::size_t ahead, bool stopping,
                            time_point& next_wake) -> std::size_t {
     std::deque<shared::pending> back;
     std::size_t held = 0, used = 0, waiting = 0;
     {
       const std::lock_guard lock(s.mutex);
-      s.slot_cap = st.limit;
       if (stopping) back.swap(s.ready);
+      held = s.slots_held;
+    }
+    back.clear();  // given back: each transport tells the loop "not run"
+    if (held == 0) {
+      part = st.limit;  // it takes what is free, and learns its part within share_every
+    } else if (t >= next_probe || t >= next_share) {
+      try {
+        part = std::max<std::size_t>(1, slots->share(st.limit));
+      } catch (const std::exception& e) {
+        lose_slots(e.what());
+        part = st.limit;
+      }
+      next_probe = t + beat_every;
+      next_share = t + share_every;
+    }
+    {
+      const std::lock_guard lock(s.mutex);
+      s.slot_cap = std::min<std::size_t>(st.limit, part);
       held = s.slots_held;
       used = s.slots_used;
       waiting = s.ready.size();
     }
-    back.clear();  // given back: each transport tells the loop "not run"
     if (stopping) return 0;
-    if (held != 0 && t >= next_probe) {
-      bool ok = false;
-      try {
-        ok = slots->alive();
-      } catch (...) {
-      }
-      if (!ok) lose_slots("the store's session ended");
-      next_probe = t + beat_every;
-    }
     const std::size_t room = claimable(t, st, 0, next_wake);
-    const std::size_t want = std::min<std::size_t>(st.limit, used + waiting + room);
-    {
-      const std::lock_guard lock(s.mutex);
-      held = s.slots_held;
-    }
-    if (want > held) {
+    const std::size_t want =
+        std::min<std::size_t>(std::min<std::size_t>(st.limit, part), used + waiting + room);
+    if (want <= held) {
+      try {
+        slots->acquire(st.limit, 0);  // no longer waiting for slots, if it was
+      } catch (const std::exception& e) {
+        lose_slots(e.what());
+      }
+    } else {
       std::size_t got = 0;
       try {
         got = slots->acquire(st.limit, want - held);
@@ -676,7 +692,7 @@ void consumer::loop() {
     }
     {
       const std::lock_guard lock(s.mutex);
-      held = s.slots_held;
+      held = std::min(s.slots_held, s.slot_cap);  // those above its part go back as jobs end
       used = s.slots_used;
       waiting = s.ready.size();
     }
@@ -686,7 +702,7 @@ void consumer::loop() {
     return std::min(k, claimable(t, st, ahead_here, next_wake));
   };
   // With run slots, after the claim: the slots no job will use now go back to the store (all
-  // idle ones when no job is ready; beyond the group's limit when it fell).
+  // idle ones when no job is ready; beyond its part, or the group's limit when it fell).
   auto release_idle = [&](time_point t, time_point& next_wake) {
     std::size_t give = 0, held = 0;
     {
@@ -709,7 +725,7 @@ void consumer::loop() {
       }
       next_probe = t + beat_every;
     }
-    if (held != 0) next_wake = std::min(next_wake, next_probe);
+    if (held != 0) next_wake = std::min({next_wake, next_probe, next_share});
   };
 
   for (;;) {

@@ -327,6 +327,21 @@ constexpr const char* sql_slots_take =
 constexpr const char* sql_slots_give =
     "SELECT count(*) FILTER (WHERE pg_advisory_unlock(hashtext('qos.slot:' || $1), i))"
     " FROM unnest($2::int[]) AS i";
+// A holder that got fewer slots than it asked for says so with a shared lock on the group's
+// key and -1 (no slot's number): share() counts it with the holders, so a holder above its
+// part gives slots back for it. Shared locks never wait for one another.
+constexpr const char* sql_slots_enlist =
+    "SELECT pg_try_advisory_lock_shared(hashtext('qos.slot:' || $1), -1)";
+constexpr const char* sql_slots_withdraw =
+    "SELECT pg_advisory_unlock_shared(hashtext('qos.slot:' || $1), -1)";
+// The sessions that hold one of the group's slots or wait for one, and whether this is one of
+// them. A two-int advisory lock shows its first key as classid (the same 32 bits as an oid)
+// and objsubid 2.
+constexpr const char* sql_slots_holders =
+    "SELECT count(DISTINCT pid), coalesce(bool_or(pid = pg_backend_pid()), false) FROM pg_locks"
+    " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid = hashtext('qos.slot:' || $1)::oid";
 
 std::string int_array(const std::vector<int>& v) {
   std::string out = "{";
@@ -346,7 +361,7 @@ class pg_run_slots final : public run_slots {
   ~pg_run_slots() override {
     // The session's end frees every slot too, but only once its backend has noticed: give
     // them back first, so that another holder finds them free as soon as this returns.
-    if (c_ != nullptr && !held_.empty()) {
+    if (c_ != nullptr && (!held_.empty() || enlisted_)) {
       try {
         exec(c_, "SELECT pg_advisory_unlock_all()");
       } catch (...) {
@@ -356,7 +371,10 @@ class pg_run_slots final : public run_slots {
   }
 
   std::size_t acquire(std::size_t n, std::size_t want) override {
-    if (want == 0 || n == 0) return 0;
+    if (want == 0 || n == 0) {
+      if (enlisted_) withdraw();
+      return 0;
+    }
     for (int attempt = 0;; ++attempt) {
       try {
         open();
@@ -369,7 +387,15 @@ class pg_run_slots final : public run_slots {
         const int rows = PQntuples(r.get());
         for (int row = 0; row < rows; ++row)
           held_.push_back(static_cast<int>(col_int(r.get(), row, 0)));
-        return static_cast<std::size_t>(rows);
+        const auto got = static_cast<std::size_t>(rows);
+        if (got < want && !enlisted_) {
+          params{}.text(group_).exec(c_, sql_slots_enlist);
+          enlisted_ = true;
+        } else if (got == want && enlisted_) {
+          params{}.text(group_).exec(c_, sql_slots_withdraw);
+          enlisted_ = false;
+        }
+        return got;
       } catch (const db_error& e) {
         // Holding nothing, a session the server closed meanwhile (idle for its lease while
         // this process had no use for slots) is no loss: once more, on a fresh one.
@@ -392,19 +418,25 @@ class pg_run_slots final : public run_slots {
     try {
       params{}.text(group_).text(int_array(give)).exec(c_, sql_slots_give);
       held_.resize(held_.size() - count);
+      if (enlisted_) withdraw();  // giving slots back, it wants no more
     } catch (const std::exception& e) {
       lost(e);
     }
   }
 
-  bool alive() override {
-    if (c_ == nullptr) return held_.empty();
+  std::size_t share(std::size_t n) override {
+    if (c_ == nullptr) return n;  // no session: it holds nothing, and knows of no other
     try {
-      exec(c_, "SELECT 1");
-      return true;
-    } catch (const std::exception&) {
-      drop();
-      return false;
+      result r = params{}.text(group_).exec(c_, sql_slots_holders);
+      std::size_t holders = static_cast<std::size_t>(col_int(r.get(), 0, 0));
+      if (col(r.get(), 0, 1) != "t") ++holders;  // itself, about to take its part
+      return (n + holders - 1) / holders;
+    } catch (const std::exception& e) {
+      if (held_.empty()) {
+        drop();  // the server closed an idle session: nothing held, nothing lost
+        return n;
+      }
+      lost(e);
     }
   }
 
@@ -422,10 +454,19 @@ class pg_run_slots final : public run_slots {
     const std::string set = "SET idle_session_timeout = " + std::to_string(timeout.count());
     exec(c_, set.c_str());
   }
+  void withdraw() {
+    try {
+      params{}.text(group_).exec(c_, sql_slots_withdraw);
+      enlisted_ = false;
+    } catch (const std::exception& e) {
+      lost(e);
+    }
+  }
   void drop() noexcept {
     if (c_ != nullptr) PQfinish(c_);
     c_ = nullptr;
     held_.clear();
+    enlisted_ = false;
   }
   [[noreturn]] void lost(const std::exception& e) {
     // Whatever failed, ending the session is the one way to know what is held: nothing.
@@ -438,6 +479,7 @@ class pg_run_slots final : public run_slots {
   const std::chrono::milliseconds lease_;
   PGconn* c_ = nullptr;
   std::vector<int> held_;
+  bool enlisted_ = false;  // holds the shared lock of a holder that wants more slots
 };
 
 // Connections for the calls: at most `max` open; callers beyond wait for one in arrival order.

@@ -1058,7 +1058,7 @@ TEST_F(PgStore, RunSlotsAreSharedByHoldersAndFreedWithTheirSession) {
   EXPECT_EQ(a->held(), 2u);
   EXPECT_EQ(b->acquire(3, 3), 1u);  // the one a gave back
   EXPECT_EQ(b->acquire(4, 3), 1u);  // the group's limit grew here
-  EXPECT_TRUE(a->alive());
+  EXPECT_EQ(a->share(4), 2u);       // a and b hold slots of "db"
 
   // a's session ends: it learns at its next call, and its slots are free for b.
   const std::string pid =
@@ -1070,12 +1070,49 @@ TEST_F(PgStore, RunSlotsAreSharedByHoldersAndFreedWithTheirSession) {
     b->acquire(4, 4);
     return b->held() == 4u;
   }));
-  EXPECT_FALSE(a->alive());
+  EXPECT_THROW(a->share(4), qos::jobs::store_error);
   EXPECT_EQ(a->held(), 0u);
   EXPECT_EQ(a->acquire(4, 4), 0u);  // a fresh session, nothing free
 
   b.reset();  // destroyed: its slots are back at once
   EXPECT_EQ(a->acquire(4, 4), 4u);
+}
+
+// The holders of a group's slots and those waiting for one share them evenly: a holder learns
+// its part from share(), and one that took all it asked for, or gave slots back, no longer
+// counts as waiting. Another group's holders are not counted.
+TEST_F(PgStore, RunSlotsAreSharedEvenlyByTheHoldersThatWantThem) {
+  auto a = store_->slots("db", 10s);
+  auto b = make_store(1)->slots("db", 10s);
+  auto c = store_->slots("db", 10s);
+  auto other = store_->slots("mail", 10s);
+  ASSERT_TRUE(a && b && c && other);
+  EXPECT_EQ(a->share(8), 8u);  // no session yet: nothing held, no other known
+  ASSERT_EQ(a->acquire(8, 8), 8u);
+  EXPECT_EQ(a->share(8), 8u);  // alone
+  ASSERT_EQ(other->acquire(8, 8), 8u);
+  EXPECT_EQ(a->share(8), 8u);       // another group's holder
+  EXPECT_EQ(b->acquire(8, 8), 0u);  // b waits for slots
+  EXPECT_EQ(a->share(8), 4u);
+  EXPECT_EQ(b->share(8), 4u);
+  EXPECT_EQ(c->acquire(8, 1), 0u);  // and c
+  EXPECT_EQ(a->share(8), 3u);
+  a->release(4);
+  EXPECT_EQ(b->acquire(8, 3), 3u);  // all it asked for: it holds, no longer waits
+  EXPECT_EQ(c->acquire(8, 1), 1u);
+  EXPECT_EQ(a->share(8), 3u);  // 4, 3 and 1 held
+  c->release(1);               // c neither holds nor waits
+  EXPECT_EQ(a->share(8), 4u);
+  EXPECT_EQ(c->share(8), 3u);       // counting itself, about to take its part
+  EXPECT_EQ(b->acquire(8, 2), 1u);  // the last one free, and it waits for another
+  b->release(4);                    // gives all back: no longer waiting either
+  EXPECT_EQ(a->share(8), 8u);
+  EXPECT_EQ(c->acquire(8, 2), 2u);
+  EXPECT_EQ(a->share(8), 4u);
+  EXPECT_EQ(c->acquire(8, 0), 0u);  // asks for none: still a holder
+  EXPECT_EQ(a->share(8), 4u);
+  c.reset();  // destroyed: counted no more
+  EXPECT_EQ(a->share(8), 8u);
 }
 
 // A holder that makes no call for its lease (a stopped process) loses its session, and with it
@@ -1087,7 +1124,7 @@ TEST_F(PgStore, RunSlotsOfAHolderSilentForItsLeaseAreFreed) {
   EXPECT_EQ(b->acquire(2, 2), 0u);
   std::this_thread::sleep_for(1500ms);
   EXPECT_EQ(b->acquire(2, 2), 2u);
-  EXPECT_FALSE(a->alive());
+  EXPECT_THROW(a->share(2), qos::jobs::store_error);
   EXPECT_EQ(a->held(), 0u);
 
   // Holding nothing, a holder whose session the server closed takes slots on a new one, with

@@ -32,10 +32,10 @@
 //   here, not in admission, and the end of a job hands its slot straight to the first of them
 //   on the thread where it ended, so across processes at most N handlers run while the next
 //   jobs are already leased (group_limit = N + prefetch counts the leases). The slots' session
-//   is checked every lease/3; when the store ended it (a restart, a broken connection, or this
-//   process silent for a whole lease, e.g. stopped), the slots are lost: jobs running on them
+//   is checked every min(lease/3, 1 s); when the store ended it (a restart, a broken connection, or
+//   this process silent for a whole lease, e.g. stopped), the slots are lost: jobs running on them
 //   finish without handing them on, and the ready ones wait for slots taken again. Until the
-//   loss is noticed (lease/3 at most) jobs that end still hand their slots on, so another
+//   loss is noticed (min(lease/3, 1 s) at most) jobs that end still hand their slots on, so another
 //   process that took the freed slots may run up to N more meanwhile. Slots are the bound
 //   whatever `prefetch` and the rate say (so that every process sharing the store counts the
 //   same way); with prefetch = 0 or a rate nothing is leased ahead of them.
@@ -74,13 +74,16 @@
 //   claiming (the store hands out higher priority first).
 // - Wake-ups. The loop claims again at once after a full claim or when a job ends, after
 //   poll_interval otherwise; `wait_for_work` (e.g. pg_store::wait_for_work) may wake it early.
-//   Processes sharing a store are not served fairly: one that ends a job hands its run slot to
-//   the next job it leased ahead (without run slots: settles it and claims the freed lease in
-//   the same transaction), so while it has work and free permits, a slot it holds never shows
-//   as free to another process. Another finds one only when a holder has no job for it (its
-//   permits taken by synchronous traffic, its token bucket empty, stopping) or the queue runs
-//   dry. The group's N across processes holds all the same; it is the spread of the work over
-//   processes that is not even.
+// - Spread over processes. One that ends a job hands its run slot to the next job it leased
+//   ahead, so a slot it holds never shows as free while it has work. With run slots, the
+//   processes that hold slots or wait for one share them evenly instead (run_slots::share):
+//   each checks its part every min(lease/3, 1 s) while it holds slots, and gives back those
+//   above it as their jobs end. A process that starts while another holds every slot runs
+//   its part within about a second; when it leaves, the others take its slots back within
+//   the same. Without run slots (a shared store that has none) a process settles an ended job
+//   and claims the freed lease in one transaction, so another finds a lease free only when a
+//   holder has no job for it or the queue runs dry: the group's N holds across processes, the
+//   spread of the work is not even.
 // - Stop. stop(grace) stops claiming; jobs not started yet are given back (as above); running
 //   handlers get `grace` to end, their results stored and their leases heartbeaten meanwhile.
 //   Jobs still running after it are left to lease expiry, not failed back: failing one back

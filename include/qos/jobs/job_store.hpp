@@ -154,19 +154,25 @@ struct job_status {
 // to count leases and a consumer may lease jobs ahead of its slots. Slots are tied to the
 // holder's session with the store: when it ends (the process died, the connection broke, or
 // the holder made no call for `lease`, as a stopped process would not), the store frees them.
+// Holders that want slots share them: share() is a holder's even part, and a holder above it
+// gives slots back as their jobs end, so that one holder with work cannot keep every slot.
 // Every call may block on I/O; one thread at a time per holder.
 class run_slots {
  public:
   virtual ~run_slots() = default;  // gives back every slot held
   // Takes up to `want` more of the slots numbered 0..n-1 that no holder holds; returns how
-  // many it took. Throws store_error: it took none, and every slot it held is lost (held() 0).
+  // many it took. Taking fewer than `want` makes this holder one that waits for slots (share()
+  // counts it) until an acquire() that takes all it asks for (`want` 0 included) or a
+  // release(). Throws store_error: it took none, and every slot it held is lost (held() 0).
   virtual std::size_t acquire(std::size_t n, std::size_t want) = 0;
   // Gives back `count` of the slots held, the highest numbers first. Throws store_error: every
   // slot held is lost (held() 0), which frees them as well.
   virtual void release(std::size_t count) = 0;
-  // Whether the slots held are still this holder's, and keeps the session alive: call it more
-  // often than every `lease`. False: all are lost (held() 0).
-  virtual bool alive() = 0;
+  // This holder's even part of n slots: n over the holders that hold slots or wait for one,
+  // itself included, rounded up. Keeps the session alive: call it more often than every
+  // `lease`. Throws store_error: the session ended and every slot held is lost (held() 0);
+  // holding none, it loses nothing and answers n.
+  virtual std::size_t share(std::size_t n) = 0;
   virtual std::size_t held() const noexcept = 0;
 };
 

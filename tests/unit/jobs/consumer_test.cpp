@@ -187,6 +187,7 @@ class slot_table {
         }
       }
       t_.most_ = std::max(t_.most_, t_.taken_.size());
+      waiting_ = got < want;
       return got;
     }
     void release(std::size_t count) override {
@@ -200,12 +201,19 @@ class slot_table {
         t_.taken_.erase(held_.back());
         held_.pop_back();
       }
+      waiting_ = false;
     }
-    bool alive() override {
+    std::size_t share(std::size_t n) override {
       const std::lock_guard lock(t_.m_);
-      if (!dead_) return true;
-      reconnect();
-      return false;
+      if (dead_) {
+        reconnect();
+        throw store_error("run slots: session ended");
+      }
+      std::size_t holders = 0;
+      for (const holder* h : t_.holders_) {
+        if (h == this || !h->held_.empty() || h->waiting_) ++holders;
+      }
+      return (n + holders - 1) / holders;
     }
     std::size_t held() const noexcept override {
       const std::lock_guard lock(t_.m_);
@@ -217,10 +225,12 @@ class slot_table {
     void free_all() {
       for (const std::size_t i : held_) t_.taken_.erase(i);
       held_.clear();
+      waiting_ = false;
     }
     void reconnect() { dead_ = false; }
     slot_table& t_;
     std::vector<std::size_t> held_;
+    bool waiting_ = false;  // took fewer than it asked for at its last acquire()
     bool dead_ = false;
   };
 
@@ -239,6 +249,14 @@ class slot_table {
   std::size_t most() const {
     const std::lock_guard lock(m_);
     return most_;
+  }
+  // How many slots each holder holds now, fewest first.
+  std::vector<std::size_t> split() const {
+    const std::lock_guard lock(m_);
+    std::vector<std::size_t> out;
+    for (const holder* h : holders_) out.push_back(h->held_.size());
+    std::sort(out.begin(), out.end());
+    return out;
   }
 
  private:
@@ -571,16 +589,24 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
   EXPECT_EQ(db.depth("orders"), 0u);
 }
 
+// Two processes, each with its admission of N and its view of one store, sharing run slots.
+struct two_processes {
+  explicit two_processes(std::size_t n) : a(n), b(n) {}
+  auto parts() { return std::tie(a, b, db, slots, store_a, store_b); }
+  fixture a, b;
+  test::temp_dir dir;
+  sqlite_store db{{.path = dir.file("jobs.db")}};
+  slot_table slots;
+  counting_store store_a{db, false, &slots}, store_b{db, false, &slots};
+};
+
 // Two processes' consumers (two admissions of N each) sharing a store and its slots: each
 // leases ahead, and never more than N run at once across both.
 TEST(consumer_test, consumers_sharing_run_slots_never_run_more_than_n_together) {
   constexpr std::size_t n = 3;
   constexpr std::size_t jobs = 60;
-  fixture a(n), b(n);
-  test::temp_dir dir;
-  sqlite_store db({.path = dir.file("jobs.db")});
-  slot_table slots;
-  counting_store store_a(db, false, &slots), store_b(db, false, &slots);
+  two_processes p(n);
+  auto [a, b, db, slots, store_a, store_b] = p.parts();  // references
   ASSERT_TRUE(enqueue_orders(db, jobs));
   gauge g;
   auto handler = [&](const claimed_job&) {
@@ -600,6 +626,51 @@ TEST(consumer_test, consumers_sharing_run_slots_never_run_more_than_n_together) 
   EXPECT_LE(slots.most(), n);
   EXPECT_EQ(ca.given_back() + cb.given_back(), 0u);
   EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
+  EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// A process that starts while another holds every slot gets its part: the first gives back
+// the slots above half as their jobs end, and both run jobs at once from then on.
+TEST(consumer_test, consumers_sharing_run_slots_split_them_evenly) {
+  constexpr std::size_t n = 4;
+  constexpr std::size_t jobs = 400;
+  two_processes p(n);
+  auto [a, b, db, slots, store_a, store_b] = p.parts();  // references
+  ASSERT_TRUE(enqueue_orders(db, jobs));
+  gauge g, in_a, in_b;
+  std::atomic<int> together{0};  // most jobs of a and of b running at one moment, the lesser
+  auto handler = [&](gauge& mine, gauge& theirs) {
+    return [&](const claimed_job&) {
+      g.enter();
+      mine.enter();
+      const int both = std::min(mine.now.load(), theirs.now.load());
+      for (int was = together.load(); both > was && !together.compare_exchange_weak(was, both);) {
+      }
+      std::this_thread::sleep_for(10ms);
+      mine.leave();
+      g.leave();
+      return response{.body = "done"};
+    };
+  };
+  auto oa = a.options(handler(in_a, in_b));
+  auto ob = b.options(handler(in_b, in_a));
+  oa.lease = ob.lease = 300ms;  // parts checked every 100 ms
+  consumer ca(store_a, a.adm, oa);
+  ASSERT_TRUE(eventually([&] { return ca.run_slots_held() == n; }));
+  consumer cb(store_b, b.adm, ob);
+  EXPECT_TRUE(eventually(
+      [&] {
+        return slots.split() == std::vector<std::size_t>{n / 2, n / 2};
+      },
+      10s));
+  EXPECT_TRUE(eventually([&] { return together.load() == static_cast<int>(n / 2); }, 10s));
+  ASSERT_TRUE(eventually([&] { return ca.succeeded() + cb.succeeded() == jobs; }, 30s));
+  EXPECT_TRUE(ca.stop(1s));
+  EXPECT_TRUE(cb.stop(1s));
+  EXPECT_LE(g.most.load(), static_cast<int>(n));
+  EXPECT_LE(slots.most(), n);
+  EXPECT_GT(cb.succeeded(), 0u);
+  EXPECT_EQ(ca.given_back() + cb.given_back(), 0u);
   EXPECT_EQ(db.depth("orders"), 0u);
 }
 

@@ -142,9 +142,11 @@ table() {
             # in_use: handlers holding the group's permits (running), per consumer; slots_held:
             # the run slots held across processes, from pg_locks (one query: an instant)
             awk -F, 'NR > 1 { if ($3 + 0 > r) r = $3 + 0; if ($6 + 0 > h1) h1 = $6 + 0; if ($7 + 0 > h2) h2 = $7 + 0
-                              if ($12 + 0 > u1) u1 = $12 + 0; if ($13 + 0 > u2) u2 = $13 + 0; if ($14 + 0 > sl) sl = $14 + 0 }
+                              if ($12 + 0 > u1) u1 = $12 + 0; if ($13 + 0 > u2) u2 = $13 + 0; if ($14 + 0 > sl) sl = $14 + 0
+                              s1 += $12; s2 += $13; k++ }
                 END { printf "| max leased (state running), sampled from the table | %d |\n| max qos_jobs_held of c1, of c2, sampled | %d, %d |\n", r, h1, h2
-                      printf "| max handlers running (qos_group_in_use) of c1, of c2, sampled | %d, %d |\n| max run slots held across processes, sampled (pg_locks) | %d |\n", u1, u2, sl }' "$CSV/c_samples.csv"
+                      printf "| max handlers running (qos_group_in_use) of c1, of c2, sampled | %d, %d |\n| max run slots held across processes, sampled (pg_locks) | %d |\n", u1, u2, sl
+                      if (k > 0) printf "| mean handlers running of c1, of c2, sampled | %.1f, %.1f |\n", s1 / k, s2 / k }' "$CSV/c_samples.csv"
         fi
         echo
         awk -F, '{ v[$1] = $2 }

@@ -501,6 +501,14 @@ part_c() {
                    for (i = 1; i <= 6; i++) printf "consumers_%s,%d\n", r[i], n[r[i]]
                    # how long handlers really held their permits (the backend wakes late on busy cores)
                    if (hn > 0) printf "consumers_handler_mean_ms,%.2f\n", 1000 * hs / hn }' > "$CSV/c_consumers.csv"
+    # the spread of the work over the two consumers (run slots are shared evenly)
+    local i=1
+    for p in $C_ADMIN_PORTS; do
+        curl -s --max-time 3 "http://127.0.0.1:$p/metrics" 2>/dev/null |
+            awk -v c="c$i" '/^qos_jobs_finished_total\{/ && /result="succeeded"/ { n += $NF }
+                            END { printf "succeeded_by_%s,%d\n", c, n }' >> "$CSV/c_consumers.csv"
+        i=$((i + 1))
+    done
     procs_stop scale-out   # SIGTERM: the consumers finish or give back what they hold
     pgq -v t_load="$t_load" -v t_end="$t_end" -v t_tail="$t_tail" -v skip="$SCALE_SKIP" -v n="$N" \
         -v service_ms="$DB_MS" -F ',' -P footer=off -f "$JOBS/check_runs.sql" > "$CSV/c_check.csv" 2> "$OUT/logs/check_runs.log" ||

@@ -528,10 +528,10 @@ bool iequals(std::string_view a, std::string_view b) {
 // Sections
 
 server_config parse_server(const field& f) {
-  const map_view map(
-      f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
-          "shutdown_grace", "backlog", "max_request_size", "header_timeout", "body_timeout",
-          "keepalive_timeout", "max_connections", "drain_delay", "drain_parked"});
+  const map_view map(f, {"address", "port", "reactor_threads", "fiber_threads", "max_pending_jobs",
+                         "shutdown_grace", "backlog", "max_request_size", "header_timeout",
+                         "body_timeout", "keepalive_timeout", "send_timeout", "max_connections",
+                         "write_stall", "drain_delay", "drain_parked"});
   server_config out;
   // Upper bounds, the same on every machine (a file accepted in CI is accepted in production).
   // Threads: beyond the cores, reactors only contend and fiber threads only help handlers
@@ -579,10 +579,24 @@ server_config parse_server(const field& f) {
   if (auto v = map.get("header_timeout")) out.header_timeout = read_timeout(*v);
   if (auto v = map.get("body_timeout")) out.body_timeout = read_timeout(*v);
   if (auto v = map.get("keepalive_timeout")) out.keepalive_timeout = read_timeout(*v);
+  if (auto v = map.get("send_timeout")) out.send_timeout = read_timeout(*v);
   // Each connection holds a descriptor and Pistache's buffers; a million is far past what one
   // process serves and what the usual hard descriptor limit (2^20) lets it open.
   constexpr long long max_connections = 1'000'000;
   if (auto v = map.get("max_connections")) out.max_connections = read_count(*v, 0, max_connections);
+  // 0 turns the watchdog off. The watchdog probes every write_stall / 4 (at most 250 ms, at
+  // least 10 ms): below 100 ms an ordinary busy moment of a reactor (an unguarded handler
+  // running on it, a large response serialized) would count as a stall and cut healthy
+  // clients; a reactor frozen for an hour has long failed every other client on it.
+  if (auto v = map.get("write_stall")) {
+    out.write_stall = read_duration(*v);
+    if (out.write_stall != std::chrono::milliseconds::zero() &&
+        (out.write_stall < std::chrono::milliseconds(100) ||
+         out.write_stall > std::chrono::hours(1))) {
+      v->fail("must be 0 (off) or between 100ms and 1h, got " +
+              std::to_string(out.write_stall.count()) + "ms");
+    }
+  }
   // A balancer notices a failing readiness check within a few probe intervals (AWS: 2 x 5..300
   // s, Kubernetes: 3 x 10 s by default); 5 minutes covers the slowest and still ends.
   constexpr auto max_drain_delay = std::chrono::minutes(5);

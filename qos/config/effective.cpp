@@ -110,6 +110,10 @@ void emit_server(YAML::Emitter& e, const server_config& s) {
   e << ms(s.body_timeout);
   key(e, "keepalive_timeout");
   e << ms(s.keepalive_timeout);
+  key(e, "send_timeout");
+  e << ms(s.send_timeout);
+  key(e, "write_stall");
+  e << ms(s.write_stall);
   e << YAML::EndMap;
 }
 
@@ -520,9 +524,11 @@ std::string summary(const app_config& cfg) {
                                : std::to_string(s.max_connections))
     << "\n  max_request_size " << s.max_request_size << " B, header_timeout "
     << ms(s.header_timeout) << ", body_timeout " << ms(s.body_timeout) << ", keepalive_timeout "
-    << ms(s.keepalive_timeout) << "\n  drain: drain_delay " << ms(s.drain_delay)
-    << ", parked requests " << (s.drain_parked == drain_mode::serve ? "served" : "shed")
-    << ", shutdown_grace " << ms(s.shutdown_grace) << "\n";
+    << ms(s.keepalive_timeout) << ", send_timeout " << ms(s.send_timeout) << ", write_stall "
+    << (s.write_stall == std::chrono::milliseconds::zero() ? std::string("off") : ms(s.write_stall))
+    << "\n  drain: drain_delay " << ms(s.drain_delay) << ", parked requests "
+    << (s.drain_parked == drain_mode::serve ? "served" : "shed") << ", shutdown_grace "
+    << ms(s.shutdown_grace) << "\n";
   if (cfg.admin) {
     const admin_config& a = *cfg.admin;
     o << "admin: " << a.address << ":" << a.port << ", token "
@@ -702,6 +708,14 @@ std::vector<config_warning> warnings(const app_config& cfg, const check_facts& f
             ", longer than Kubernetes waits by default (terminationGracePeriodSeconds 30s) "
             "before SIGKILL; raise the supervisor's stop timeout to match (systemd: "
             "TimeoutStopSec, 90s by default)");
+  }
+
+  // Nothing else ends Pistache 0.0.5's busy write loop (defect 18) but the client reading.
+  if (s.write_stall == std::chrono::milliseconds::zero()) {
+    w.add("server.write_stall", 0,
+          "0 turns the write-stall watchdog off: one client that does not read a large answer "
+          "holds its reactor thread in Pistache's busy write loop, and every other connection "
+          "of that reactor waits until the client reads it (README, \"Known limits\")");
   }
 
   if (cfg.admin && !cfg.admin->token_file.empty()) {

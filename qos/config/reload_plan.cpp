@@ -241,7 +241,9 @@ void diff_server(std::vector<std::string>& out, const server_config& a, const se
   d("server.header_timeout", a.header_timeout, b.header_timeout);
   d("server.body_timeout", a.body_timeout, b.body_timeout);
   d("server.keepalive_timeout", a.keepalive_timeout, b.keepalive_timeout);
+  d("server.send_timeout", a.send_timeout, b.send_timeout);
   d("server.max_connections", a.max_connections, b.max_connections);
+  d("server.write_stall", a.write_stall, b.write_stall);
   // The drain reads the config the server started with (server::shutdown).
   d("server.drain_delay", a.drain_delay, b.drain_delay);
   d("server.drain_parked", a.drain_parked, b.drain_parked);

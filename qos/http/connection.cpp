@@ -281,6 +281,7 @@ connection_options connection_options_of(const config::server_config& s) {
   o.header_timeout = s.header_timeout;
   o.body_timeout = s.body_timeout;
   o.keepalive_timeout = s.keepalive_timeout;
+  o.send_timeout = s.send_timeout;
   return o;
 }
 

@@ -144,6 +144,7 @@ void server::start() {
   lo.reactor_threads = s.reactor_threads;
   lo.backlog = static_cast<int>(s.backlog);
   lo.max_connections = s.max_connections;
+  lo.write_stall = s.write_stall;
   listener_ = std::make_unique<qos::listener>(std::move(handler), lo);
   // After the application's gate().accept() calls, before the first request.
   runtime_->start_jobs();

@@ -1,7 +1,8 @@
 // Slow and idle clients against a real server with 1 s timeouts: a client that does not finish
 // its head (or body) in time gets 408 and a close, before or after its first request; an idle
 // kept-alive connection is closed quietly; a request that takes longer than the timeouts to
-// answer is not cut. Each test is bounded; nothing asserts speed.
+// answer is not cut; every `server:` timeout reaches the connection layer. Each test is
+// bounded; nothing asserts speed.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -126,6 +127,21 @@ TEST_F(timeout_test, many_silent_connections_are_all_answered_and_closed) {
     if (r.closed && r.statuses() == std::vector<int>{408}) ++answered;
   }
   EXPECT_EQ(answered, 200);
+}
+
+// qos::server builds its connection layer's options from `server:` with this; a timeout left
+// out would silently keep connection_options' default.
+TEST(connection_options_of, takes_every_timeout_of_the_server_config) {
+  config::server_config s;
+  s.header_timeout = 2s;
+  s.body_timeout = 3s;
+  s.keepalive_timeout = 4s;
+  s.send_timeout = 5s;
+  const connection_options o = connection_options_of(s);
+  EXPECT_EQ(o.header_timeout, 2s);
+  EXPECT_EQ(o.body_timeout, 3s);
+  EXPECT_EQ(o.keepalive_timeout, 4s);
+  EXPECT_EQ(o.send_timeout, 5s);
 }
 
 }  // namespace

@@ -47,8 +47,8 @@ enum class drain_mode : std::uint8_t {
 // The loader bounds every number (config/qos.yaml gives the reasons): reactor_threads 1..255
 // (Pistache's own limit), fiber_threads 1..256, max_pending_jobs 1..2^20, shutdown_grace
 // <= 10m, drain_delay <= 5m, backlog 1..65535, max_connections 0..10^6, max_request_size
-// 512..2^30, the timeouts 1s..24h. Groups and routes are bounded by validate()
-// (admission/options.hpp, qos::bounds).
+// 512..2^30, the timeouts (send_timeout too) 1s..24h, write_stall 0 or 100ms..1h. Groups and
+// routes are bounded by validate() (admission/options.hpp, qos::bounds).
 struct server_config {
   std::string address = "127.0.0.1";
   std::uint16_t port = 9080;                       // 0: any free port
@@ -58,13 +58,22 @@ struct server_config {
   std::chrono::milliseconds shutdown_grace{5000};  // running handlers get this long on stop
   std::size_t backlog = 4096;                      // listen backlog (somaxconn caps it)
   // Pistache endpoint options (qos::server only; a service with its own endpoint sets its
-  // own). Defaults as nginx's client_header_timeout, client_body_timeout, keepalive_timeout.
+  // own). Defaults as nginx's client_header_timeout, client_body_timeout, keepalive_timeout,
+  // send_timeout.
   std::size_t max_request_size = 64 * 1024;            // bytes, head and body
   std::chrono::milliseconds header_timeout{60000};     // a complete request head within this
   std::chrono::milliseconds body_timeout{60000};       // the body within this, once the head is in
   std::chrono::milliseconds keepalive_timeout{75000};  // an idle keep-alive connection's life
+  // A client with 64 responses queued that reads none of them this long is torn down
+  // (connection_options::send_timeout).
+  std::chrono::milliseconds send_timeout{60000};
   // Open connections at most; 0: derived from the descriptor limit (RLIMIT_NOFILE) at start.
   std::size_t max_connections = 0;
+  // The listener's watchdog against Pistache 0.0.5's busy write loop (defect 18): a reactor
+  // that makes no progress this long has its connections whose socket is full shut down
+  // (listener_options::write_stall). 0: no watchdog, and one client that does not read a large
+  // answer freezes every connection of its reactor until it reads.
+  std::chrono::milliseconds write_stall{1000};
   // On SIGTERM, how long /readyz answers 503 before the listener closes, so that a load
   // balancer stops sending first.
   std::chrono::milliseconds drain_delay{0};

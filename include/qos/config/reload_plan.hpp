@@ -17,8 +17,9 @@
 // stays inert.
 // Left unchanged until a restart (listed in restart_needed):
 //   server.*  (listen address and port, reactor and fiber threads, the executor's inbox,
-//              backlog, request size and timeouts, max_connections, shutdown_grace, and
-//              drain_delay and drain_parked, which the drain reads from the startup config);
+//              backlog, request size and timeouts, max_connections, write_stall,
+//              shutdown_grace, and drain_delay and drain_parked, which the drain reads from
+//              the startup config);
 //   admin     (added, removed, address, port, token source or token: the listener is bound
 //              and the token read at startup; a changed token is reported, never printed);
 //   logging.* (level, format, sink, access log: the process's loggers are the application's);

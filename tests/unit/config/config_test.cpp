@@ -1931,8 +1931,9 @@ TEST(config_document, brackets_and_indentation_inside_scalars_are_not_nesting) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Operating keys: the admin listener, connection cap and drain. Loaded, bounded and refused at
-// their key like the others; their behaviour belongs to the server.
+// Operating keys: the admin listener, connection cap, drain, send_timeout and the write-stall
+// watchdog. Loaded, bounded and refused at their key like the others; their behaviour belongs
+// to the server.
 
 namespace {
 
@@ -2008,6 +2009,61 @@ TEST(config_operate, drain_and_connection_bounds_are_accepted_and_refused_at_the
     EXPECT_EQ(e.line(), c.line) << e.what();
     EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
     EXPECT_EQ(e.message(), c.message) << e.what();
+  }
+}
+
+TEST(config_server, send_timeout_and_write_stall_default_to_60s_and_1s) {
+  // connection_options::send_timeout and listener_options::write_stall, which qos::server used
+  // before the keys existed.
+  const app_config cfg = load_config_string(minimal);
+  EXPECT_EQ(cfg.server.send_timeout, 60s);
+  EXPECT_EQ(cfg.server.write_stall, 1s);
+}
+
+TEST(config_server, send_timeout_and_write_stall_load) {
+  const app_config cfg = load_config_string(server_with("send_timeout: 30s, write_stall: 500ms"));
+  EXPECT_EQ(cfg.server.send_timeout, 30s);
+  EXPECT_EQ(cfg.server.write_stall, 500ms);
+  EXPECT_EQ(load_config_string(server_with("write_stall: 2.5s")).server.write_stall, 2500ms);
+  EXPECT_EQ(load_config_string(server_with("write_stall: 0")).server.write_stall, 0ms) << "off";
+  EXPECT_EQ(load_config_string(server_with("write_stall: 0s")).server.write_stall, 0ms) << "off";
+}
+
+TEST(config_server, send_timeout_and_write_stall_bounds_are_accepted_and_refused_at_their_key) {
+  const app_config low = load_config_string(server_with("send_timeout: 1s, write_stall: 100ms"));
+  EXPECT_EQ(low.server.send_timeout, 1s);
+  EXPECT_EQ(low.server.write_stall, 100ms);
+  const app_config high = load_config_string(server_with("send_timeout: 24h, write_stall: 1h"));
+  EXPECT_EQ(high.server.send_timeout, 24h);
+  EXPECT_EQ(high.server.write_stall, 1h);
+  const std::string block = std::string("server:\n  port: 0\n  write_stall: 50ms\n") + minimal;
+  const std::vector<bound_case> cases = {
+      {server_with("send_timeout: 999ms"), 1, "999ms", "server.send_timeout",
+       "must be between 1s and 24h, got 999ms"},
+      {server_with("send_timeout: 25h"), 1, "25h", "server.send_timeout",
+       "must be between 1s and 24h, got 90000000ms"},
+      {server_with("send_timeout: 0"), 1, "0", "server.send_timeout",
+       "must be between 1s and 24h, got 0ms"},
+      {server_with("write_stall: 99ms"), 1, "99ms", "server.write_stall",
+       "must be 0 (off) or between 100ms and 1h, got 99ms"},
+      {server_with("write_stall: 61m"), 1, "61m", "server.write_stall",
+       "must be 0 (off) or between 100ms and 1h, got 3660000ms"},
+      // A positive duration below a millisecond stays positive: it is not 0, not off.
+      {server_with("write_stall: 100us"), 1, "100us", "server.write_stall",
+       "must be 0 (off) or between 100ms and 1h, got 1ms"},
+      {server_with("write_stall: -1s"), 1, "-1s", "server.write_stall",
+       "invalid duration '-1s': must not be negative"},
+      {block, 3, "50ms", "server.write_stall", "must be 0 (off) or between 100ms and 1h, got 50ms"},
+  };
+  for (const bound_case& c : cases) {
+    SCOPED_TRACE(c.yaml);
+    const config_error e = load_error(c.yaml);
+    EXPECT_EQ(e.key(), c.key) << e.what();
+    EXPECT_EQ(e.line(), c.line) << e.what();
+    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
+    EXPECT_EQ(e.message(), c.message) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("test.yaml:" + std::to_string(c.line) + ":", 0), 0u)
+        << e.what();
   }
 }
 

@@ -193,6 +193,8 @@ TEST(config_effective, a_config_using_every_key_round_trips) {
   header_timeout: 2s
   body_timeout: 3s
   keepalive_timeout: 4s
+  send_timeout: 5s
+  write_stall: 250ms
 logging:
   level: warn
   format: json
@@ -272,6 +274,8 @@ TEST(config_effective, prints_every_default) {
                           "header_timeout:",
                           "body_timeout:",
                           "keepalive_timeout:",
+                          "send_timeout: 60000ms",
+                          "write_stall: 1000ms",
                           "level:",
                           "format:",
                           "sink:",
@@ -293,6 +297,12 @@ TEST(config_effective, prints_every_default) {
     EXPECT_NE(yaml.find(key), std::string::npos) << key << "\n" << yaml;
   }
   EXPECT_EQ(yaml.find("admin:"), std::string::npos) << "no admin listener, no admin section";
+}
+
+TEST(config_effective, write_stall_0_round_trips_as_off) {
+  const app_config off = load_config_string("server: {write_stall: 0}\n" + std::string(minimal));
+  EXPECT_NE(effective_yaml(off).find("write_stall: 0ms"), std::string::npos) << effective_yaml(off);
+  expect_round_trip(off);
 }
 
 TEST(config_effective, never_prints_the_token) {
@@ -360,6 +370,16 @@ routes:
         "exec_timeout      504", "error             500", "timeout           503"}) {
     EXPECT_NE(s.find(part), std::string::npos) << part << "\n" << s;
   }
+}
+
+TEST(config_summary, shows_send_timeout_and_write_stall) {
+  EXPECT_NE(qos::config::summary(load_config_string(minimal))
+                .find("keepalive_timeout 75000ms, send_timeout 60000ms, write_stall 1000ms"),
+            std::string::npos)
+      << qos::config::summary(load_config_string(minimal));
+  const std::string set = qos::config::summary(
+      load_config_string("server: {send_timeout: 30s, write_stall: 0}\n" + std::string(minimal)));
+  EXPECT_NE(set.find("send_timeout 30000ms, write_stall off"), std::string::npos) << set;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,6 +489,13 @@ TEST(config_warnings, a_drain_longer_than_supervisors_wait) {
                   "server.shutdown_grace"));
   EXPECT_TRUE(
       warned("server: {drain_delay: 10s, shutdown_grace: 20s}\n" + std::string(minimal)).empty());
+}
+
+TEST(config_warnings, a_write_stall_watchdog_turned_off) {
+  EXPECT_TRUE(
+      has(warned("server: {write_stall: 0}\n" + std::string(minimal)), "server.write_stall"));
+  EXPECT_TRUE(warned("server: {write_stall: 100ms}\n" + std::string(minimal)).empty());
+  EXPECT_TRUE(warned(minimal).empty()) << "the default (1s) keeps the watchdog on";
 }
 
 TEST(config_warnings, a_token_file_others_can_read) {

@@ -114,6 +114,22 @@ TEST(reload_plan_test, connection_cap_and_drain_settings_need_a_restart_and_keep
   EXPECT_EQ(back.restart_needed, undo);
 }
 
+TEST(reload_plan_test, send_timeout_and_write_stall_need_a_restart_and_keep_their_values) {
+  const auto next = edit(base, "port: 9080, fiber_threads: 2",
+                         "port: 9080, fiber_threads: 2, send_timeout: 30s, write_stall: 0");
+  const auto plan = plan_reload(load(base), load(next), guarded);
+  EXPECT_TRUE(plan.changes.empty());
+  const std::vector<std::string> expected = {"server.send_timeout 60s -> 30s",
+                                             "server.write_stall 1s -> 0ms"};
+  EXPECT_EQ(plan.restart_needed, expected);
+  EXPECT_EQ(plan.effective.server.send_timeout, 60s);
+  EXPECT_EQ(plan.effective.server.write_stall, 1s);
+  const auto back = plan_reload(load(next), load(base), guarded);
+  const std::vector<std::string> undo = {"server.send_timeout 30s -> 60s",
+                                         "server.write_stall 0ms -> 1s"};
+  EXPECT_EQ(back.restart_needed, undo);
+}
+
 TEST(reload_plan_test, the_admin_section_needs_a_restart_and_its_token_is_never_printed) {
   ::setenv("QOS_RELOAD_PLAN_TOKEN_A", "first-secret", 1);
   ::setenv("QOS_RELOAD_PLAN_TOKEN_B", "second-secret", 1);

@@ -407,8 +407,9 @@ pgq() { "${PSQL[@]}" "$QOS_BENCH_JOBS_PG" "$@"; }
 # c_metrics: "running_in_table,held_gw1,held_gw2,held_c1,held_c2,succeeded_in_table,queued"
 c_metrics() {
     local row h="" u="" p m
-    # slots: the run slots held across processes (session advisory locks of qos.slot:db)
-    row=$(pgq -F ' ' -c "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'queued'), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::int = hashtext('qos.slot:db')) FROM qos_jobs" 2>/dev/null || echo "")
+    # slots: the run slots held across processes (session advisory locks of qos.slot:db; the
+    # key -1, 4294967295 as an oid, marks a process waiting for a slot, not a slot)
+    row=$(pgq -F ' ' -c "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'queued'), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::int = hashtext('qos.slot:db') AND objid <> 4294967295) FROM qos_jobs" 2>/dev/null || echo "")
     for p in $C_ADMIN_PORTS; do
         m=$(jobs_metrics "http://127.0.0.1:$p")
         h="$h,$(echo "$m" | cut -d, -f2)"
@@ -502,12 +503,12 @@ part_c() {
                    # how long handlers really held their permits (the backend wakes late on busy cores)
                    if (hn > 0) printf "consumers_handler_mean_ms,%.2f\n", 1000 * hs / hn }' > "$CSV/c_consumers.csv"
     # the spread of the work over the two consumers (run slots are shared evenly)
-    local i=1
+    local name
     for p in $C_ADMIN_PORTS; do
+        case $p in 19286) name=c1 ;; 19288) name=c2 ;; *) continue ;; esac
         curl -s --max-time 3 "http://127.0.0.1:$p/metrics" 2>/dev/null |
-            awk -v c="c$i" '/^qos_jobs_finished_total\{/ && /result="succeeded"/ { n += $NF }
-                            END { printf "succeeded_by_%s,%d\n", c, n }' >> "$CSV/c_consumers.csv"
-        i=$((i + 1))
+            awk -v c="$name" '/^qos_jobs_finished_total\{/ && /result="succeeded"/ { n += $NF }
+                              END { printf "succeeded_by_%s,%d\n", c, n }' >> "$CSV/c_consumers.csv"
     done
     procs_stop scale-out   # SIGTERM: the consumers finish or give back what they hold
     pgq -v t_load="$t_load" -v t_end="$t_end" -v t_tail="$t_tail" -v skip="$SCALE_SKIP" -v n="$N" \

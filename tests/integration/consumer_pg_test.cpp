@@ -140,6 +140,43 @@ INSTANTIATE_TEST_SUITE_P(leases, ConsumerPgBound, ::testing::Values(true, false)
                                              : std::string("nothing_ahead");
                          });
 
+// A consumer that starts while another holds every run slot gets its part within a few of its
+// checks: the first gives back the slots above half as their jobs end.
+TEST_F(ConsumerPg, a_second_consumer_gets_its_part_of_the_run_slots) {
+  constexpr int n = 4;
+  constexpr int jobs = 400;
+  process a(conninfo_, n), b(conninfo_, n);
+  for (int i = 0; i < jobs; ++i) {
+    ASSERT_EQ(a.store.enqueue(order(std::to_string(i)), {}).result, enqueue_result::kind::created);
+  }
+  std::atomic<int> now{0}, most{0};
+  auto handler = [&](const claimed_job&) {
+    const int k = ++now;
+    int m = most.load();
+    while (k > m && !most.compare_exchange_weak(m, k)) {
+    }
+    std::this_thread::sleep_for(20ms);
+    --now;
+    return response{.body = "ok"};
+  };
+  auto oa = a.options(handler), ob = b.options(handler);
+  oa.lease = ob.lease = 600ms;  // parts checked every 200 ms
+  consumer ca(a.store, a.adm, oa);
+  ASSERT_TRUE(eventually([&] { return ca.run_slots_held() == n; }, 30s));
+  consumer cb(b.store, b.adm, ob);
+  EXPECT_TRUE(
+      eventually([&] { return ca.run_slots_held() == n / 2 && cb.run_slots_held() == n / 2; }, 20s))
+      << ca.run_slots_held() << " and " << cb.run_slots_held() << " held";
+  ASSERT_TRUE(eventually([&] { return count("succeeded") == jobs; }, 60s))
+      << count("succeeded") << " of " << jobs;
+  EXPECT_TRUE(ca.stop(5s));
+  EXPECT_TRUE(cb.stop(5s));
+  EXPECT_LE(most.load(), n);
+  EXPECT_GE(cb.succeeded(), 20u);
+  EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));
+  EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
+}
+
 // The server ends the session that holds a consumer's run slots (a restart, an operator's
 // pg_terminate_backend): the consumer takes slots again on a new one and every job still ends,
 // once.

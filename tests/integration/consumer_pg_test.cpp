@@ -60,6 +60,22 @@ struct process {
   admission adm;
 };
 
+// The job handlers running at once, and the most of them; handler(d) works d per job.
+struct running_gauge {
+  std::atomic<int> now{0}, most{0};
+  auto handler(std::chrono::milliseconds d) {
+    return [this, d](const claimed_job&) {
+      const int k = ++now;
+      int m = most.load();
+      while (k > m && !most.compare_exchange_weak(m, k)) {
+      }
+      std::this_thread::sleep_for(d);
+      --now;
+      return response{.body = "ok"};
+    };
+  }
+};
+
 class ConsumerPg : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -90,16 +106,8 @@ TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
     ASSERT_EQ(e.result, enqueue_result::kind::created);
     ids.push_back(e.id);
   }
-  std::atomic<int> now{0}, most{0};
-  auto handler = [&](const claimed_job&) {
-    const int n = ++now;
-    int m = most.load();
-    while (n > m && !most.compare_exchange_weak(m, n)) {
-    }
-    std::this_thread::sleep_for(20ms);
-    --now;
-    return response{.body = "ok"};
-  };
+  running_gauge g;
+  const auto handler = g.handler(20ms);
   // The table's own count, sampled on a connection of its own while both consumers work.
   std::atomic<bool> sampling{true};
   int most_rows = 0, samples = 0;
@@ -120,10 +128,10 @@ TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
   ASSERT_TRUE(all) << count("succeeded") << " of " << jobs << " succeeded";
   EXPECT_TRUE(ca.stop(5s));
   EXPECT_TRUE(cb.stop(5s));
-  EXPECT_LE(most.load(), 3);
+  EXPECT_LE(g.most.load(), 3);
   EXPECT_LE(most_rows, 6);
   EXPECT_GT(samples, 10);
-  EXPECT_GE(most.load(), 2);  // they did run side by side
+  EXPECT_GE(g.most.load(), 2);  // they did run side by side
   EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));
   EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
   for (const auto& id : ids) {
@@ -149,16 +157,8 @@ TEST_F(ConsumerPg, a_second_consumer_gets_its_part_of_the_run_slots) {
   for (int i = 0; i < jobs; ++i) {
     ASSERT_EQ(a.store.enqueue(order(std::to_string(i)), {}).result, enqueue_result::kind::created);
   }
-  std::atomic<int> now{0}, most{0};
-  auto handler = [&](const claimed_job&) {
-    const int k = ++now;
-    int m = most.load();
-    while (k > m && !most.compare_exchange_weak(m, k)) {
-    }
-    std::this_thread::sleep_for(20ms);
-    --now;
-    return response{.body = "ok"};
-  };
+  running_gauge g;
+  const auto handler = g.handler(20ms);
   auto oa = a.options(handler), ob = b.options(handler);
   oa.lease = ob.lease = 600ms;  // parts checked every 200 ms
   consumer ca(a.store, a.adm, oa);
@@ -171,7 +171,7 @@ TEST_F(ConsumerPg, a_second_consumer_gets_its_part_of_the_run_slots) {
       << count("succeeded") << " of " << jobs;
   EXPECT_TRUE(ca.stop(5s));
   EXPECT_TRUE(cb.stop(5s));
-  EXPECT_LE(most.load(), n);
+  EXPECT_LE(g.most.load(), n);
   EXPECT_GE(cb.succeeded(), 20u);
   EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));
   EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);

@@ -1730,6 +1730,21 @@ std::string server_with(const std::string& keys) {
   return "server: {" + keys + "}\n" + std::string(minimal);
 }
 
+// Each file is refused with its message, at its key, line and column, and the error's text
+// starts with the file name and line.
+void expect_refused_at_their_keys(const std::vector<bound_case>& cases) {
+  for (const bound_case& c : cases) {
+    SCOPED_TRACE(c.yaml);
+    const config_error e = load_error(c.yaml);
+    EXPECT_EQ(e.key(), c.key) << e.what();
+    EXPECT_EQ(e.line(), c.line) << e.what();
+    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
+    EXPECT_EQ(e.message(), c.message) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("test.yaml:" + std::to_string(c.line) + ":", 0), 0u)
+        << e.what();
+  }
+}
+
 TEST(config_bounds, every_number_above_its_bound_is_refused_at_its_key) {
   const std::vector<bound_case> cases = {
       {server_with("reactor_threads: 256"), 1, "256", "server.reactor_threads",
@@ -1770,14 +1785,7 @@ TEST(config_bounds, every_number_above_its_bound_is_refused_at_its_key) {
       {with("    fallback: {retry_after: 86401}\n"), 7, "86401", "routes[0].fallback.retry_after",
        "must be between 0 and 86400, got 86401"},
   };
-  for (const bound_case& c : cases) {
-    SCOPED_TRACE(c.yaml);
-    const config_error e = load_error(c.yaml);
-    EXPECT_EQ(e.key(), c.key) << e.what();
-    EXPECT_EQ(e.line(), c.line) << e.what();
-    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
-    EXPECT_EQ(e.message(), c.message) << e.what();
-  }
+  expect_refused_at_their_keys(cases);
 }
 
 TEST(config_bounds, every_bound_itself_is_accepted) {
@@ -2002,14 +2010,7 @@ TEST(config_operate, drain_and_connection_bounds_are_accepted_and_refused_at_the
       {server_with("drain_parked: finish"), 1, "finish", "server.drain_parked",
        "invalid mode 'finish' (expected shed or serve)"},
   };
-  for (const bound_case& c : cases) {
-    SCOPED_TRACE(c.yaml);
-    const config_error e = load_error(c.yaml);
-    EXPECT_EQ(e.key(), c.key) << e.what();
-    EXPECT_EQ(e.line(), c.line) << e.what();
-    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
-    EXPECT_EQ(e.message(), c.message) << e.what();
-  }
+  expect_refused_at_their_keys(cases);
 }
 
 TEST(config_server, send_timeout_and_write_stall_default_to_60s_and_1s) {
@@ -2055,16 +2056,7 @@ TEST(config_server, send_timeout_and_write_stall_bounds_are_accepted_and_refused
        "invalid duration '-1s': must not be negative"},
       {block, 3, "50ms", "server.write_stall", "must be 0 (off) or between 100ms and 1h, got 50ms"},
   };
-  for (const bound_case& c : cases) {
-    SCOPED_TRACE(c.yaml);
-    const config_error e = load_error(c.yaml);
-    EXPECT_EQ(e.key(), c.key) << e.what();
-    EXPECT_EQ(e.line(), c.line) << e.what();
-    EXPECT_EQ(e.column(), column_of(c.yaml, c.line, c.value)) << e.what();
-    EXPECT_EQ(e.message(), c.message) << e.what();
-    EXPECT_EQ(std::string(e.what()).rfind("test.yaml:" + std::to_string(c.line) + ":", 0), 0u)
-        << e.what();
-  }
+  expect_refused_at_their_keys(cases);
 }
 
 TEST(config_operate, loopback_addresses) {

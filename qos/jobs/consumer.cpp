@@ -351,14 +351,17 @@ void consumer::loop() {
   if (options_.rate) bucket.emplace(*options_.rate, now());
   time_point next_requeue = now();
 
-  auto fenced_out = [&](const job_id& id, held_job& j, const char* what) {
-    if (j.fenced) return;
-    j.fenced = true;
+  auto fenced_out_of = [&](const job_id& id, const char* what) {
     ++c.fenced_out;
     logger()->warn(
         "jobs consumer {}: job {} fenced out ({} refused: its lease expired and it may have run "
         "again elsewhere); this run's result is not stored",
         options_.group, id, what);
+  };
+  auto fenced_out = [&](const job_id& id, held_job& j, const char* what) {
+    if (j.fenced) return;
+    j.fenced = true;
+    fenced_out_of(id, what);
   };
   // Store calls never throw out of the loop. For requeue_expired, status and the claim a throw
   // is "nothing this time"; for the lease calls (settlements too) it is no answer, not a
@@ -411,15 +414,22 @@ void consumer::loop() {
     const job_id& id = it->first;
     held_job& j = it->second;
     const verdict& v = *j.ended;
+    // held falls before an outcome counter rises: whoever sees the outcome sees the job gone.
     switch (a) {
-      case answer::yes:
-        if (v.what == verdict::kind::succeeded) ++c.succeeded;
+      case answer::yes: {
+        const bool succeeded = v.what == verdict::kind::succeeded;
         drop(it);
+        if (succeeded) ++c.succeeded;
         return;
-      case answer::no:
-        fenced_out(id, j, what_of(v));
+      }
+      case answer::no: {
+        const job_id gone = id;
+        const char* what = what_of(v);
+        const bool counted = !j.fenced;
         drop(it);
+        if (counted) fenced_out_of(gone, what);
         return;
+      }
       case answer::unknown:
         break;
     }
@@ -428,12 +438,12 @@ void consumer::loop() {
       j.give_up_at = t + options_.lease;
     }
     if (t >= j.give_up_at) {
-      ++c.abandoned;
       logger()->error(
           "jobs consumer {}: job {}: its result could not be stored for a whole lease; left to "
           "lease expiry (it runs again, and this run's result is refused if it comes late)",
           options_.group, id);
       drop(it);
+      ++c.abandoned;
       return;
     }
     j.retry_at = t + retry_every;
@@ -853,8 +863,8 @@ void consumer::loop() {
   slots.reset();  // gives back what is still held (the slots of jobs left running, too)
   all_done_ = jobs.empty();
   if (!jobs.empty()) {
-    c.abandoned += jobs.size();
     c.held -= jobs.size();
+    c.abandoned += jobs.size();
     logger()->warn(
         "jobs consumer {}: stopped with {} jobs still running; left to lease expiry (their late "
         "results will be refused)",

@@ -196,7 +196,8 @@ class consumer {
   std::uint64_t requeued() const noexcept { return counters_->requeued; }  // expired leases
   // Left at stop, or whose result the store could not take within a lease.
   std::uint64_t abandoned() const noexcept { return counters_->abandoned; }
-  // Jobs held now (waiting for a permit or running).
+  // Jobs held now (waiting for a permit, running, or ended and not yet settled in the store).
+  // A job leaves held() before succeeded(), fenced_out() or abandoned() counts it.
   std::size_t held() const noexcept { return counters_->held; }
   // Run slots held now (a store with run slots; 0 otherwise), as of the loop's last round.
   std::size_t run_slots_held() const noexcept { return counters_->run_slots; }

@@ -9,7 +9,9 @@
 //   the request's level), takes a permit like a request, and runs its handler on a fiber or the
 //   group's blocking pool, within max_exec. So synchronous requests and jobs of one group never
 //   run more than N at once here, and jobs never hold more than N leases across processes
-//   (unless they lease ahead, below).
+//   (unless they lease ahead, below). A job's lease lasts until the store settles it: its
+//   permit is free from the end of its handler, so a claim in between may lease one job more
+//   than the free permits while the store's count of leases keeps the N.
 //   Queued work runs in the group's spare capacity: a permit released to a parked synchronous
 //   request is never free for a claim, so a burst of synchronous traffic has precedence and the
 //   queue waits (polled every poll_interval, and at once whenever one of its jobs ends).

@@ -155,10 +155,10 @@ table() {
                 if (t > 0) printf "- completed/s under load %.1f = %.1f %% of %.0f/s; backlog only %.1f = %.1f %% (target >= 99 %%)\n", r, 100 * r / t, t, b, 100 * b / t
                 hm = v["consumers_handler_mean_ms"] + 0
                 if (hm > 0) printf "- handlers held their permits %.2f ms on average: N / that = %.1f/s; under load %.1f %% of it, backlog only %.1f %%\n", hm, v["n"] * 1000 / hm, 100 * r * hm / (v["n"] * 1000), 100 * b * hm / (v["n"] * 1000)
-                # leases, not handlers: a consumer leases up to one round (N) ahead of its run
-                # slots, and the slots bound the handlers (sampled above)
+                # leases, not handlers: a consumer leases up to two jobs per run slot it holds
+                # ahead of its slots (2 N in all), and the slots bound the handlers (sampled above)
                 printf "- most leased at once (exact, from the recorded transitions): %s, N = %s: %s\n", v["max_running_exact"], v["n"],
-                    (v["max_running_exact"] + 0 <= 2 * v["n"] ? "within N + one round ahead" : "**above 2 N**")
+                    (v["max_running_exact"] + 0 <= 3 * v["n"] ? "within N running + 2 N ahead" : "**above 3 N**")
                 printf "- jobs claimed more than once: %s; runs taken back by the store before the stop: %s (given back at the stop: %s); runs still open after it: %s; consumers fenced_out: %s%s\n",
                     v["jobs_claimed_more_than_once"], v["runs_taken_back"], v["runs_given_back_at_stop"], v["runs_unfinished"], v["consumers_fenced_out"],
                     (v["jobs_claimed_more_than_once"] + 0 == 0 ? " (no job ran twice, so none twice at once)" : (v["consumers_fenced_out"] + 0 == 0 ? " (re-runs, none while the first still ran)" : " (**a job ran twice at once**)"))

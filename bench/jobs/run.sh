@@ -525,9 +525,10 @@ part_c() {
     } > "$CSV/c_gateways.csv"
     cat "$CSV/c_consumers.csv" >> "$CSV/c_check.csv"
     cat "$CSV/c_check.csv" >&2
-    # Leases may run one round (N) ahead of the run slots (PREFETCH=0: none); the handlers
-    # (qos_group_in_use, per consumer, sampled) and the slots held (pg_locks) stay within N.
-    local lease_bound=$((2 * N))
+    # Leases may run up to two per run slot held ahead of the slots, 2 N in all (PREFETCH=0:
+    # none); the handlers (qos_group_in_use, per consumer, sampled) and the slots held
+    # (pg_locks) stay within N.
+    local lease_bound=$((3 * N))
     [ "${PREFETCH:-}" = 0 ] && lease_bound=$N
     awk -F, -v n="$N" 'NR > 1 { if ($12 + $13 > n) print "(c): " $12 + $13 " handlers ran at once at t=" $2 " s (c1 + c2, sampled), N = " n
                                 if ($14 + 0 > n) print "(c): " $14 " run slots held at t=" $2 " s, N = " n }' "$C_CSV" |

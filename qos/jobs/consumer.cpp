@@ -564,6 +564,7 @@ void consumer::loop() {
     for (auto& p : go) s.launch(std::move(p), gen);
     go.clear();
   };
+  constexpr std::size_t ahead_per_slot = 2;  // with run slots; see slotted_round
   auto ahead_of = [&](const group_stats& st) -> std::size_t {
     if (!prefetching || st.service_time <= duration::zero()) return 0;
     for (const auto& [name, r] : s.routes) {
@@ -641,8 +642,11 @@ void consumer::loop() {
   // With run slots, before the claim: gives the ready jobs back when stopping, checks that the
   // slots held are still ours and what this process's part of them is, takes those worth
   // holding (one per job here or ready and one per free permit, up to its part), and returns
-  // how many jobs to claim: one per free slot, plus `ahead` (at most one per slot held), less
-  // the jobs ready already.
+  // how many jobs to claim: one per free slot, plus `ahead` (at most two per slot held), less
+  // the jobs ready already. Two: a process holding its part of the slots (N / processes) then
+  // still has about one round of the group's N ahead. With one per slot, two processes with 4
+  // of 8 slots each completed 1-4 % fewer jobs under load (bench/RESULTS.md, "Sixth round"):
+  // their ready jobs could run out before a loaded machine answered their claims.
   auto slotted_round = [&](time_point t, const group_stats& st, std::size_t ahead, bool stopping,
                            time_point& next_wake) -> std::size_t {
     std::deque<shared::pending> back;
@@ -706,7 +710,7 @@ void consumer::loop() {
       used = s.slots_used;
       waiting = s.ready.size();
     }
-    const std::size_t ahead_here = std::min(ahead, held);
+    const std::size_t ahead_here = std::min(ahead, ahead_per_slot * held);
     const std::size_t slots_for = (held > used ? held - used : 0) + ahead_here;
     const std::size_t k = slots_for > waiting ? slots_for - waiting : 0;
     return std::min(k, claimable(t, st, ahead_here, next_wake));
@@ -773,14 +777,15 @@ void consumer::loop() {
       std::vector<settlement> batch;
       batch.reserve(fresh.size());
       for (const auto it : fresh) batch.push_back(settlement_of(it->first, it->second));
-      const claim_request next{.group = options_.group,
-                               .limit = k,
-                               // with run slots every process leases at most one job
-                               // ahead per slot it holds: 2 N in all, whatever each one's
-                               // `ahead` is now (a smaller cap would keep a process that
-                               // holds a free slot from claiming a job for it)
-                               .group_limit = slotted ? 2 * st.limit : st.limit + ahead,
-                               .lease = options_.lease};
+      const claim_request next{
+          .group = options_.group,
+          .limit = k,
+          // with run slots every process leases at most two jobs
+          // ahead per slot it holds: 3 N in all, whatever each one's
+          // `ahead` is now (a smaller cap would keep a process that
+          // holds a free slot from claiming a job for it)
+          .group_limit = slotted ? (1 + ahead_per_slot) * st.limit : st.limit + ahead,
+          .lease = options_.lease};
       std::optional<settle_result> got;
       try {
         got = store_.settle_and_claim(batch, next);

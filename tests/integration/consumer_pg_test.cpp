@@ -90,10 +90,10 @@ class ConsumerPg : public ::testing::Test {
 };
 
 // Both lease ahead on run slots (the default), or with prefetch 0 lease nothing ahead: never
-// more than N handlers at once across both. The table shows at most 2 N rows running, the
-// claim's cap with run slots: besides the N running, rows leased ahead, and rows whose handler
-// ended while their settlement has not committed yet (their slot already runs the next job;
-// on a loaded machine that lasts, with prefetch 0 too).
+// more than N handlers at once across both. The table shows at most 3 N rows running, the
+// claim's cap with run slots: besides the N running, rows leased ahead (at most two per slot
+// held), and rows whose handler ended while their settlement has not committed yet (their slot
+// already runs the next job; on a loaded machine that lasts, with prefetch 0 too).
 class ConsumerPgBound : public ConsumerPg, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
@@ -129,7 +129,7 @@ TEST_P(ConsumerPgBound, two_consumers_on_two_stores_never_run_more_than_n) {
   EXPECT_TRUE(ca.stop(5s));
   EXPECT_TRUE(cb.stop(5s));
   EXPECT_LE(g.most.load(), 3);
-  EXPECT_LE(most_rows, 6);
+  EXPECT_LE(most_rows, 9);
   EXPECT_GT(samples, 10);
   EXPECT_GE(g.most.load(), 2);  // they did run side by side
   EXPECT_EQ(ca.succeeded() + cb.succeeded(), static_cast<std::uint64_t>(jobs));

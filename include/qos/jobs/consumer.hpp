@@ -30,10 +30,11 @@
 //   pg_store), leases are no longer the bound: the group's N is N slots that the processes'
 //   consumers hold, and a job enters admission only on a slot held here. The consumer takes
 //   slots when it has work and free permits, gives back those no job will use at the end of
-//   each round, and leases up to `prefetch` jobs (at most one per slot held) ahead: they wait
-//   here, not in admission, and the end of a job hands its slot straight to the first of them
-//   on the thread where it ended, so across processes at most N handlers run while the next
-//   jobs are already leased (group_limit = N + prefetch counts the leases). The slots' session
+//   each round, and leases up to `prefetch` jobs (at most two per slot held: a process with
+//   its part of the slots keeps about one round of N ahead) ahead: they wait here, not in
+//   admission, and the end of a job hands its slot straight to the first of them on the thread
+//   where it ended, so across processes at most N handlers run while the next jobs are already
+//   leased (group_limit = 3 N counts the leases: N running, at most 2 N ahead). The slots' session
 //   is checked every min(lease/3, 1 s); when the store ended it (a restart, a broken connection, or
 //   this process silent for a whole lease, e.g. stopped), the slots are lost: jobs running on them
 //   finish without handing them on, and the ready ones wait for slots taken again. Until the

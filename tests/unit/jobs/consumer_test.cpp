@@ -370,6 +370,10 @@ class counting_store final : public job_store {
     const std::lock_guard lock(m_);
     return max_leases_;
   }
+  std::size_t leases() {
+    const std::lock_guard lock(m_);
+    return leases_;
+  }
 
  private:
   void wait_if(held_call which) {
@@ -672,6 +676,48 @@ TEST(consumer_test, consumers_sharing_run_slots_split_them_evenly) {
   EXPECT_GT(cb.succeeded(), 0u);
   EXPECT_EQ(ca.given_back() + cb.given_back(), 0u);
   EXPECT_EQ(db.depth("orders"), 0u);
+}
+
+// With its part of the slots (N / 2 each), a process still leases about one round of N
+// ahead: two jobs per slot it holds, not one (which left two processes short of ready jobs
+// under load).
+TEST(consumer_test, a_process_with_part_of_the_slots_leases_two_jobs_ahead_per_slot) {
+  constexpr std::size_t n = 4;
+  two_processes p(n);
+  auto [a, b, db, slots, store_a, store_b] = p.parts();  // references
+  ASSERT_TRUE(enqueue_orders(db, 400));
+  std::atomic<bool> hold{false};
+  gauge g;
+  auto handler = [&](const claimed_job&) {
+    g.enter();
+    const auto until = clock::now() + 10s;
+    do {
+      std::this_thread::sleep_for(2ms);
+    } while (hold.load() && clock::now() < until);
+    g.leave();
+    return response{.body = "done"};
+  };
+  auto oa = a.options(handler), ob = b.options(handler);
+  oa.lease = ob.lease = 300ms;  // parts checked every 100 ms
+  consumer ca(store_a, a.adm, oa);
+  consumer cb(store_b, b.adm, ob);
+  // Both have measured their service time (leasing ahead waits for it) and split the slots.
+  ASSERT_TRUE(eventually(
+      [&] {
+        return ca.succeeded() >= 5 && cb.succeeded() >= 5 &&
+               slots.split() == std::vector<std::size_t>{n / 2, n / 2};
+      },
+      10s));
+  hold = true;
+  // Each: 2 jobs running on its 2 slots, 2 x 2 leased ahead (prefetch auto: N = 4).
+  EXPECT_TRUE(eventually([&] { return store_a.leases() == 6 && store_b.leases() == 6; }, 10s))
+      << store_a.leases() << " and " << store_b.leases() << " leased";
+  EXPECT_TRUE(eventually([&] { return g.now.load() == static_cast<int>(n); }));
+  hold = false;
+  EXPECT_TRUE(ca.stop(1s));
+  EXPECT_TRUE(cb.stop(1s));
+  EXPECT_LE(g.most.load(), static_cast<int>(n));
+  EXPECT_EQ(ca.fenced_out() + cb.fenced_out(), 0u);
 }
 
 // The store ended the holder's session (a database restart): the consumer notices at its next

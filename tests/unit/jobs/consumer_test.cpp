@@ -588,7 +588,9 @@ TEST(consumer_test, with_run_slots_the_next_job_starts_before_the_store_answers)
   EXPECT_TRUE(c.stop(1s));
   EXPECT_EQ(jobs.g.most.load(), 1);
   EXPECT_EQ(slots.most(), 1u);
-  EXPECT_LE(store.max_leases(), 2u);
+  // The claim's cap with run slots, 3 N: one running, one leased ahead (prefetch auto: N), and
+  // one whose handler ended while its settlement had not reached the store yet.
+  EXPECT_LE(store.max_leases(), 3u);
   EXPECT_EQ(c.given_back(), 0u);
   EXPECT_EQ(db.depth("orders"), 0u);
 }

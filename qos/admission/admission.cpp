@@ -1,10 +1,14 @@
 // The life of one guarded request, top to bottom: submit (decide on the calling thread),
-// wait_and_run (wait on a fiber), run (the permit held), execute (the handler, where it runs,
-// max_exec). Exactly one answer per request on every path; permits and queue places are RAII.
+// wait_and_run (wait on a fiber), post_to_pool (a job's run handed whole to a pool thread),
+// run (the permit held), execute (the handler, where it runs, max_exec). Exactly one answer
+// per request on every path; permits and queue places are RAII.
 #include "qos/admission/admission.hpp"
 
 #include <algorithm>
 #include <cassert>
+#include <cstdint>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
 #include <utility>
@@ -78,6 +82,11 @@ admission::admission(const std::vector<group_options>& groups,
   }
 }
 
+admission::~admission() {
+  // A job's run on a pool thread uses its route and metrics: it must end before they go.
+  for (auto& [name, g] : groups_) g->pool().stop();
+}
+
 const admission::route* admission::find_route(const std::string& name) const {
   auto it = routes_.find(name);
   return it == routes_.end() ? nullptr : &it->second;
@@ -139,11 +148,41 @@ duration wait_budget(const admission::route& r, const route_policy& p, const req
   return budget;
 }
 
+// Where run() is called: on the submitting thread (a reactor handler with a free permit), on
+// the request's fiber, or on a thread of the group's blocking pool (a blocking handler whose
+// answer nobody awaits).
+enum class site : std::uint8_t { caller, fiber, pool };
+
+// On a pool thread: the handler runs here, and max_exec is judged when it returns. Nobody
+// awaits the answer before done(), so an overrun's result (or failure) is dropped for the
+// fallback, as a timer at max_exec would have done, and without one.
+outcome execute_here(const route_policy& p, transport& t) noexcept {
+  const time_point began = clock::now();
+  std::optional<response> result;
+  std::exception_ptr error;
+  try {
+    result = t.handle();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (p.max_exec && clock::now() - began > *p.max_exec) {
+    t.fallback(outcome::exec_timeout);
+    return outcome::exec_timeout;
+  }
+  if (error) {
+    t.fail(std::move(error));
+    return outcome::error;
+  }
+  if (result) t.answer(std::move(*result));
+  return outcome::admitted;
+}
+
 // Runs the handler where `kind` says, within max_exec, and answers through `t`. Returns
 // admitted, error (the handler failed; `t` answered 500) or exec_timeout (`t` answered the
 // fallback at max_exec, and the handler was waited for: its group slot is not free before).
 outcome execute(const admission::route& r, const route_policy& p, transport& t, handler_kind kind,
-                const request_context* ctx) noexcept {
+                const request_context* ctx, site where) noexcept {
+  if (where == site::pool) return execute_here(p, t);
   try {
     // Another thread or fiber carries the request's context with it.
     auto call = [&t, ctx] {
@@ -181,19 +220,20 @@ outcome execute(const admission::route& r, const route_policy& p, transport& t, 
 // the arrival of a request served inline at once (one clock read fewer on the cheapest path).
 void run(const admission::route& r, const route_policy& policy, transport& t, handler_kind kind,
          permit p, priority level, duration waited, const request_context& ctx, time_point start,
-         bool on_caller) noexcept {
+         site where) noexcept {
   if (!t.connected()) {
     p.reset();  // hand the permit on before anything else: nobody will use it here
     answer_now(r, t, outcome::client_gone, level, waited);
     return;
   }
   outcome o;
-  if (on_caller) {
-    inline_request_scope scope(&ctx);
-    o = execute(r, policy, t, kind, &ctx);
-  } else {
+  if (where == site::fiber) {
     request_scope scope(&ctx);
-    o = execute(r, policy, t, kind, &ctx);
+    o = execute(r, policy, t, kind, &ctx, where);
+  } else {
+    // Runs to its end on this thread: nothing else runs here meanwhile.
+    inline_request_scope scope(&ctx);
+    o = execute(r, policy, t, kind, &ctx, where);
   }
   const auto took = clock::now() - start;
   // Only requests that really ran are latency samples; an overrun says the backend is slow.
@@ -202,11 +242,60 @@ void run(const admission::route& r, const route_policy& policy, transport& t, ha
   report(r, t, {.result = o, .level = level, .waited = waited, .handled = took, .ran = true});
 }
 
+// Whether a request holding a permit runs from here to its end on a pool thread.
+bool to_pool(handler_kind kind, const transport& t) noexcept {
+  return kind == handler_kind::blocking && !t.answer_awaited();
+}
+
+// A request holding a permit, on its way to a pool thread.
+struct pool_run {
+  const admission::route* r = nullptr;
+  std::shared_ptr<const route_policy> policy;
+  std::unique_ptr<transport> t;
+  permit p;
+  priority level = 0;
+  duration waited{};
+  std::optional<time_point> deadline;
+  time_point start{};  // the permit is held from here: the hop to the pool is inside it
+};
+
+// Hands the request holding `p` to a thread of its group's pool, which runs it to its report:
+// no fiber waits for the handler, so neither the hop back to one nor a fiber wake-up is
+// inside the permit, and the thread that ends one job (and, with run slots, submits the next)
+// finds that job in the pool's queue without sleeping. False when the pool refused (it is
+// stopping): `t` and `p` are then the caller's again, as they were.
+bool post_to_pool(const admission::route& r, const std::shared_ptr<const route_policy>& policy,
+                  std::unique_ptr<transport>& t, permit& p, priority level, duration waited,
+                  std::optional<time_point> deadline) noexcept {
+  // Allocation failure here ends the process (noexcept), as in submit().
+  auto run_state = std::make_unique<pool_run>(pool_run{.r = &r,
+                                                       .policy = policy,
+                                                       .t = std::move(t),
+                                                       .p = std::move(p),
+                                                       .level = level,
+                                                       .waited = waited,
+                                                       .deadline = deadline,
+                                                       .start = clock::now()});
+  pool_run* const raw = run_state.get();
+  unique_task task([s = std::move(run_state)] {
+    const request_context ctx{s->deadline};
+    run(*s->r, *s->policy, *s->t, handler_kind::blocking, std::move(s->p), s->level, s->waited, ctx,
+        s->start, site::pool);
+  });
+  if (r.group->pool().try_submit(task)) return true;
+  // The task was left as it was: take the request back out of it.
+  t = std::move(raw->t);
+  p = std::move(raw->p);
+  return false;
+}
+
 // On a fiber: waits for a permit with the place `place` holds (none: it already has one, or
 // in shadow mode the place only stands for the queue it would have joined), then runs.
-void wait_and_run(const admission::route& r, const route_policy& policy, const request_info& info,
-                  duration budget, handler_kind kind, transport& t, permit p, ticket place,
-                  bool wait) noexcept {
+void wait_and_run(const admission::route& r, const std::shared_ptr<const route_policy>& policy_ptr,
+                  const request_info& info, duration budget, handler_kind kind,
+                  std::unique_ptr<transport>& t_ptr, permit p, ticket place, bool wait) noexcept {
+  const route_policy& policy = *policy_ptr;
+  transport& t = *t_ptr;
   const request_context ctx{info.deadline};
   duration waited = duration::zero();
   if (wait) {
@@ -221,8 +310,14 @@ void wait_and_run(const admission::route& r, const route_policy& policy, const r
       return;
     }
     p = std::move(got.permit);
+    // Granted after a wait: from here it needs no fiber. (A shadow run never waits: it keeps
+    // its fiber, which holds its queue place to the end.)
+    if (to_pool(kind, t) &&
+        post_to_pool(r, policy_ptr, t_ptr, p, info.level, waited, info.deadline)) {
+      return;
+    }
   }
-  run(r, policy, t, kind, std::move(p), info.level, waited, ctx, clock::now(), false);
+  run(r, policy, t, kind, std::move(p), info.level, waited, ctx, clock::now(), site::fiber);
 }
 
 }  // namespace
@@ -262,21 +357,30 @@ void admission::submit(const route& r, std::shared_ptr<const route_policy> polic
   // 2. A free permit and trivial code: run it here, no fiber, no hand-off.
   if (admit.permit && kind == handler_kind::reactor && !p.max_exec) {
     run(r, p, *t, kind, std::move(admit.permit), info.level, duration::zero(),
-        request_context{info.deadline}, info.arrival, true);
+        request_context{info.deadline}, info.arrival, site::caller);
     return;
   }
 
-  // 3. Anything else waits and runs on a fiber.
+  // Whatever comes next, the request leaves the submitting thread.
   try {
     t->detach();
   } catch (...) {
     return answer_now(r, *t, outcome::rejected, info.level, {});
   }
+
+  // 3. A free permit and a blocking handler whose answer nobody awaits (a job): straight to
+  // the pool, no fiber.
+  if (admit.kind == kind_t::granted && to_pool(kind, *t) &&
+      post_to_pool(r, policy, t, admit.permit, info.level, duration::zero(), info.deadline)) {
+    return;
+  }
+
+  // 4. Anything else waits and runs on a fiber.
   transport* raw = t.get();
   // Allocation failure here ends the process (noexcept): there is no sane answer to give.
   unique_task task([&r, policy = std::move(policy), info, budget, kind, wait, t = std::move(t),
                     held = std::move(admit.permit), place = std::move(admit.ticket)]() mutable {
-    wait_and_run(r, *policy, info, budget, kind, *t, std::move(held), std::move(place), wait);
+    wait_and_run(r, policy, info, budget, kind, t, std::move(held), std::move(place), wait);
   });
   if (!exec_.try_post(task)) {
     // Refused: the task still owns the request, its permit and its place; answer from here,

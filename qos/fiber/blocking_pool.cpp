@@ -19,6 +19,11 @@ std::size_t blocking_pool::threads() const {
   return threads_.size();
 }
 
+std::size_t blocking_pool::busy() const {
+  std::lock_guard lk(mutex_);
+  return queue_.size() + running_;
+}
+
 std::size_t blocking_pool::max_threads() const {
   std::lock_guard lk(mutex_);
   return max_threads_;
@@ -43,7 +48,15 @@ void blocking_pool::set_max_threads(std::size_t max_threads) {
   cv_.notify_all();
 }
 
-bool blocking_pool::submit(unique_task task) {
+bool blocking_pool::try_submit(unique_task& task) noexcept {
+  try {
+    return submit(task);
+  } catch (...) {
+    return false;  // no thread at all, or no memory for the queue: the task stays with its caller
+  }
+}
+
+bool blocking_pool::submit(unique_task& task) {
   {
     std::lock_guard lk(mutex_);
     if (stopping_) return false;
@@ -72,10 +85,12 @@ void blocking_pool::worker_main() {
     if (queue_.empty()) return;  // stopping, and nothing left to do
     unique_task task = std::move(queue_.front());
     queue_.pop_front();
+    ++running_;
     lk.unlock();
     task();
     task = unique_task{};  // the work's captures go before the lock is taken again
     lk.lock();
+    --running_;
   }
 }
 

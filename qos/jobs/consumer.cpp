@@ -144,6 +144,8 @@ class job_transport final : public transport {
   bool connected() noexcept override { return !s_->stopping.load(std::memory_order_acquire); }
 
   std::optional<response> handle() override { return route_.handler(job_); }
+  // The verdict is read at done(): a blocking job runs to its end on its pool thread.
+  bool answer_awaited() const noexcept override { return false; }
 
   void answer(response r) noexcept override {
     try {

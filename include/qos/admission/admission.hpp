@@ -92,6 +92,9 @@ class admission {
             executor& exec, metrics_sink& metrics = null_metrics());
   admission(const admission&) = delete;
   admission& operator=(const admission&) = delete;
+  // Stops the groups' pools first (their queued work runs): a job running on one uses its
+  // route. Requests on fibers are the executor's to wait for.
+  ~admission();
 
   const route* find_route(const std::string& name) const;
   limit_group* find_group(const std::string& name);
@@ -102,6 +105,9 @@ class admission {
   // request; runs a reactor handler at once on the calling thread when a permit is free;
   // otherwise the request is detached and moves to a fiber that waits at most the wait budget:
   // max_wait, or less when the client's deadline minus the expected service time comes first.
+  // A blocking handler whose answer nobody awaits (transport::answer_awaited() false: a job)
+  // runs with its permit from start to report on a pool thread, with no fiber once it holds
+  // one.
   void submit(const route& r, const request_info& info, handler_kind kind,
               std::unique_ptr<transport> t) noexcept;
   // The same under `policy`, a snapshot of r's policy the caller took on arrival (the HTTP

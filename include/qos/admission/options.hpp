@@ -66,7 +66,9 @@ struct route_policy {
   bool predictive_reject = false;  // answer at once when the estimated wait exceeds the budget
   // Execution timeout: the client gets the exec_timeout fallback at max_exec, the permit stays
   // held until the handler really ends, and its late result is discarded. Needs a handler
-  // that returns its response rather than writing it. > 0, <= bounds::longest.
+  // that returns its response rather than writing it. A blocking job, whose verdict is read
+  // only at its end, is judged when its handler returns (the same verdict, with no timer).
+  // > 0, <= bounds::longest.
   std::optional<duration> max_exec{};
 
   bool operator==(const route_policy&) const = default;

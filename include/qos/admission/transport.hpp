@@ -60,6 +60,12 @@ class transport {
   // Last call, once the request has been answered: what admission decided and measured (for
   // an access log). The default ignores it.
   virtual void done(const request_report& report) noexcept { (void)report; }
+  // True when a client waits for the answer as it is given (an HTTP request). False when the
+  // answer is read only at done() (a queue's job): a blocking handler then runs with its
+  // permit from start to done() on a thread of its group's pool, with no fiber waiting for
+  // it, and max_exec is judged when the handler returns (an overrun's result is dropped for
+  // fallback(exec_timeout), as at the deadline). Asked once a permit is held.
+  virtual bool answer_awaited() const noexcept { return true; }
 };
 
 }  // namespace qos

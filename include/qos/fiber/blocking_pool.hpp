@@ -37,10 +37,17 @@ class blocking_pool {
   template <class F>
   boost::fibers::future<std::invoke_result_t<F&>> post(F&& f);
 
+  // Queues `task` to run on a pool thread, with nothing waiting for it (it must not throw).
+  // False when the pool is stopped or no thread could be started at all: `task` is then left
+  // as it was, with its caller.
+  bool try_submit(unique_task& task) noexcept;
+
   // Finishes queued work, then joins the threads. Idempotent.
   void stop();
   // Threads started so far (never more than max_threads, unless it was lowered since).
   std::size_t threads() const;
+  // Work queued or running now; 0 once every task submitted so far has returned.
+  std::size_t busy() const;
   std::size_t max_threads() const;
   // Changes how many threads the pool may start (a config reload; 0 counts as 1). Raising it
   // lets queued work start at once; lowering it starts no more threads but stops none: the
@@ -48,7 +55,10 @@ class blocking_pool {
   void set_max_threads(std::size_t max_threads);
 
  private:
-  bool submit(unique_task task);
+  // Moves `task` into the queue, or leaves it and returns false (stopped). Throws
+  // std::system_error when no thread could be started at all, std::bad_alloc; `task` is then
+  // left as it was.
+  bool submit(unique_task& task);
   void worker_main();
 
   mutable std::mutex mutex_;
@@ -56,6 +66,7 @@ class blocking_pool {
   std::condition_variable cv_;
   std::deque<unique_task> queue_;     // guarded by mutex_
   std::size_t idle_ = 0;              // threads waiting for work; guarded by mutex_
+  std::size_t running_ = 0;           // tasks running now; guarded by mutex_
   bool stopping_ = false;             // guarded by mutex_
   std::vector<std::thread> threads_;  // guarded by mutex_
 };
@@ -65,7 +76,8 @@ boost::fibers::future<std::invoke_result_t<F&>> blocking_pool::post(F&& f) {
   using result = std::invoke_result_t<F&>;
   boost::fibers::packaged_task<result()> work(std::forward<F>(f));
   auto done = work.get_future();
-  if (!submit(unique_task([w = std::move(work)]() mutable { w(); }))) {
+  unique_task task([w = std::move(work)]() mutable { w(); });
+  if (!submit(task)) {
     throw std::runtime_error("blocking pool stopped");
   }
   return done;

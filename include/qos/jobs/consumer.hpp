@@ -7,7 +7,10 @@
 //   group_limit = the group's current limit, which the store counts over every process sharing
 //   it. A claimed job is then submitted to admission under its route's policy (its priority is
 //   the request's level), takes a permit like a request, and runs its handler on a fiber or the
-//   group's blocking pool, within max_exec. So synchronous requests and jobs of one group never
+//   group's blocking pool, within max_exec. A blocking job, whose verdict nobody awaits before
+//   its end, runs on its pool thread from its permit to its verdict with no fiber waiting for
+//   it, and is judged against max_exec when its handler returns (transport::answer_awaited).
+//   So synchronous requests and jobs of one group never
 //   run more than N at once here, and jobs never hold more than N leases across processes
 //   (unless they lease ahead, below). A job's lease lasts until the store settles it: its
 //   permit is free from the end of its handler, so a claim in between may lease one job more

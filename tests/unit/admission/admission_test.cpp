@@ -21,7 +21,8 @@ using test::eventually;
 using namespace std::chrono_literals;
 
 struct tally {
-  std::atomic<int> runs{0}, rejects{0}, answers{0}, failures{0}, responses{0};
+  std::atomic<int> runs{0}, rejects{0}, answers{0}, failures{0}, responses{0}, dones{0};
+  std::atomic<std::thread::id> handler_thread{}, done_thread{};
   std::atomic<int> by_outcome[outcome_count]{};
   int of(outcome o) const { return by_outcome[index(o)].load(); }
 };
@@ -32,6 +33,7 @@ struct fake_options {
   bool throw_on_detach = false;
   std::optional<response> result{};  // what the handler returns; none: it answered itself
   bool handler_throws = false;
+  bool awaited = true;  // answer_awaited(): false for a job, read only at done()
 };
 
 // A client of the gate as admission sees it; checks that it is answered exactly once.
@@ -48,6 +50,7 @@ class fake_transport final : public transport {
   }
   std::optional<response> handle() override {
     ++t_.runs;
+    t_.handler_thread = std::this_thread::get_id();
     const auto until = clock::now() + 10s;
     while (o_.hold != nullptr && o_.hold->load() && clock::now() < until) {
       boost::this_fiber::sleep_for(1ms);
@@ -69,6 +72,11 @@ class fake_transport final : public transport {
     ++t_.failures;
     answered();
   }
+  void done(const request_report&) noexcept override {
+    t_.done_thread = std::this_thread::get_id();
+    ++t_.dones;
+  }
+  bool answer_awaited() const noexcept override { return o_.awaited; }
 
   int detaches = 0;
 
@@ -239,6 +247,84 @@ TEST(admission_test, max_exec_answers_the_fallback_and_keeps_the_permit_until_th
   // Within max_exec the result is sent, from the blocking pool too.
   f.submit(t, {.result = response{.body = "on time"}}, 0, handler_kind::blocking);
   ASSERT_TRUE(eventually([&] { return t.responses == 1; }));
+}
+
+TEST(admission_test, an_unawaited_blocking_handler_runs_to_its_report_on_one_pool_thread) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.submit(t, {.hold = &hold, .result = response{.body = "kept"}, .awaited = false}, 0,
+           handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  // It runs holding its permit, and no fiber waits for it.
+  EXPECT_EQ(f.group.stats().in_use, 1u);
+  EXPECT_EQ(f.exec.live(), 0u);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.dones == 1; }));
+  EXPECT_EQ(t.responses.load(), 1);
+  EXPECT_NE(t.handler_thread.load(), std::this_thread::get_id());
+  EXPECT_EQ(t.done_thread.load(), t.handler_thread.load());  // reported where it ran
+  EXPECT_TRUE(f.idle());                                     // the permit was back before done()
+}
+
+TEST(admission_test, an_unawaited_blocking_handler_that_waited_leaves_its_fiber_once_granted) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> first{true}, second{true};
+  f.submit(t, {.hold = &first}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  f.submit(t, {.hold = &second, .result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 1; }));
+  EXPECT_EQ(f.exec.live(), 2u);  // the first waits for its handler, the second for a permit
+  first = false;
+  ASSERT_TRUE(eventually([&] { return t.runs == 2 && f.exec.live() == 0; }));
+  EXPECT_EQ(f.group.stats().in_use, 1u);  // the second runs on its pool thread alone
+  second = false;
+  ASSERT_TRUE(eventually([&] { return t.dones == 2 && f.idle(); }));
+  EXPECT_EQ(t.responses.load(), 1);
+  EXPECT_EQ(t.answers.load(), 2);
+}
+
+TEST(admission_test, an_unawaited_handler_is_judged_against_max_exec_when_it_returns) {
+  auto r = route_of(5s);
+  r.max_exec = 30ms;
+  fixture f(group_of(1, 10), r);
+  tally t;
+  std::atomic<bool> hold{true};
+  f.submit(t, {.hold = &hold, .result = response{.body = "late"}, .awaited = false}, 0,
+           handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  // Nobody awaits the answer, so no timer answers it at max_exec: the handler decides.
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(t.answers.load(), 0);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.dones == 1 && f.idle(); }));
+  EXPECT_EQ(t.of(outcome::exec_timeout), 1);
+  EXPECT_EQ(t.responses.load(), 0);  // the late result is dropped, as at the deadline
+  // A failure past max_exec is an overrun too; within it, a failure and a result.
+  hold = true;
+  f.submit(t, {.hold = &hold, .handler_throws = true, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.runs == 2; }));
+  std::this_thread::sleep_for(50ms);
+  hold = false;
+  ASSERT_TRUE(eventually([&] { return t.dones == 2 && f.idle(); }));
+  EXPECT_EQ(t.of(outcome::exec_timeout), 2);
+  EXPECT_EQ(t.failures.load(), 0);
+  f.submit(t, {.handler_throws = true, .awaited = false}, 0, handler_kind::blocking);
+  f.submit(t, {.result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.dones == 4 && f.idle(); }));
+  EXPECT_EQ(t.failures.load(), 1);
+  EXPECT_EQ(t.responses.load(), 1);
+}
+
+TEST(admission_test, an_unawaited_handler_refused_by_a_stopped_pool_fails_once_from_a_fiber) {
+  fixture f(1, 10, 5s);
+  f.group.pool().stop();
+  tally t;
+  f.submit(t, {.result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.dones == 1 && f.idle(); }));
+  EXPECT_EQ(t.failures.load(), 1);  // the blocking pool is stopped: a failure, not a hang
+  EXPECT_EQ(t.runs.load(), 0);
 }
 
 TEST(admission_test, shutdown_answers_waiters_and_newcomers) {

@@ -86,5 +86,30 @@ TEST(blocking_pool_test, starts_threads_on_demand_up_to_its_max_and_runs_everyth
   EXPECT_THROW(pool.run([] { return 0; }), std::runtime_error);
 }
 
+TEST(blocking_pool_test, try_submit_runs_a_task_apart_or_leaves_it_with_the_caller) {
+  blocking_pool pool(1);
+  std::atomic<bool> release{false};
+  std::atomic<int> ran{0};
+  unique_task first([&] {
+    const auto until = clock::now() + 10s;
+    while (!release && clock::now() < until) std::this_thread::sleep_for(1ms);
+    ++ran;
+  });
+  unique_task second([&] { ++ran; });
+  ASSERT_TRUE(pool.try_submit(first));
+  ASSERT_TRUE(pool.try_submit(second));
+  EXPECT_FALSE(first);                                        // taken by the pool
+  ASSERT_TRUE(eventually([&] { return pool.busy() == 2; }));  // one runs, one waits behind it
+  release = true;
+  ASSERT_TRUE(eventually([&] { return pool.busy() == 0; }));
+  EXPECT_EQ(ran.load(), 2);
+  pool.stop();
+  unique_task late([&] { ++ran; });
+  EXPECT_FALSE(pool.try_submit(late));
+  ASSERT_TRUE(late);  // still the caller's, to run or answer elsewhere
+  late();
+  EXPECT_EQ(ran.load(), 3);
+}
+
 }  // namespace
 }  // namespace qos

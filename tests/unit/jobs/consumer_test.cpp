@@ -14,10 +14,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <thread>
 #include <vector>
+
+#include <boost/fiber/operations.hpp>
 
 #include "job_test_support.hpp"
 #include "qos/jobs/sqlite_store.hpp"
@@ -39,10 +42,11 @@ struct shared_clock {
 };
 
 struct fixture {
-  explicit fixture(std::size_t n, duration max_wait = 5s)
+  explicit fixture(std::size_t n, duration max_wait = 5s,
+                   std::optional<duration> max_exec = std::nullopt)
       : exec({.threads = 2, .inbox = 1024}),
         adm({{.name = "db", .limiter = {.max_concurrent = n, .max_queue = 100}}},
-            {{.name = "orders", .group = "db", .max_wait = max_wait}}, exec),
+            {{.name = "orders", .group = "db", .max_wait = max_wait, .max_exec = max_exec}}, exec),
         group(*adm.find_group("db")) {}
   ~fixture() { exec.stop(); }
 
@@ -128,6 +132,35 @@ TEST(consumer_test, a_throw_fails_the_attempt_with_the_retry_policy_and_the_retr
   EXPECT_EQ(runs.load(), 2);
   EXPECT_EQ(c.failed(), 1u);
   EXPECT_EQ(c.succeeded(), 1u);
+}
+
+// A blocking job runs to its end on its pool thread and is judged against max_exec when it
+// returns; a fiber job has a timer. Either way an overrun is a failed attempt, retried.
+TEST(consumer_test, a_job_that_runs_past_max_exec_fails_its_attempt_on_either_kind) {
+  for (const handler_kind kind : {handler_kind::blocking, handler_kind::fiber}) {
+    SCOPED_TRACE(kind == handler_kind::blocking ? "blocking" : "fiber");
+    fixture f(1, 5s, 30ms);
+    const job_id id = f.add();
+    consumer c(f.store, f.adm,
+               f.options(
+                   [](const claimed_job& j) {
+                     if (j.attempt == 1) boost::this_fiber::sleep_for(120ms);
+                     return response{.body = "attempt " + std::to_string(j.attempt)};
+                   },
+                   kind));
+    ASSERT_TRUE(eventually([&] { return f.store.count(job_state::succeeded) == 1; }));
+    EXPECT_TRUE(c.stop(1s));
+    const auto fails = f.store.fail_calls();
+    ASSERT_EQ(fails.size(), 1u);
+    EXPECT_EQ(fails[0].error, "ran past max_exec");
+    const auto j = f.store.get(id);
+    EXPECT_EQ(j.attempts, 2);
+    ASSERT_TRUE(j.result.has_value());
+    EXPECT_EQ(j.result->body, "attempt 2");
+    EXPECT_EQ(c.failed(), 1u);
+    EXPECT_EQ(c.succeeded(), 1u);
+    EXPECT_EQ(f.group.stats().in_use, 0u);
+  }
 }
 
 TEST(consumer_test, a_job_that_always_throws_ends_dead_after_max_attempts) {
@@ -442,8 +475,8 @@ TEST(consumer_test, jobs_that_end_together_are_settled_with_the_next_claim_in_on
   ASSERT_TRUE(store.wait_held());
   const std::size_t before = store.calls().size();
   hold = false;
-  // Every job's admission has ended (its task is done): its verdict is posted.
-  ASSERT_TRUE(eventually([&] { return f.exec.live() == 0; }));
+  // Every job's admission has ended (its run on the pool returned): its verdict is posted.
+  ASSERT_TRUE(eventually([&] { return f.exec.live() == 0 && f.group.pool().busy() == 0; }));
   store.release();
 
   ASSERT_TRUE(eventually([&] { return c.succeeded() == 3 * n; }));

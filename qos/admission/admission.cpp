@@ -289,6 +289,28 @@ bool post_to_pool(const admission::route& r, const std::shared_ptr<const route_p
   return false;
 }
 
+// A job waiting on a fiber for its permit: the thread that grants the permit hands the job to
+// the pool itself. That thread is usually a pool thread whose job just gave its permit back;
+// it picks the next job from the pool's queue once it has reported its own, so no fiber and no
+// other thread has to wake inside the permit.
+class pool_on_grant final : public fiber_limiter::grant_hook {
+ public:
+  pool_on_grant(const admission::route& r, const std::shared_ptr<const route_policy>& policy,
+                const request_info& info, std::unique_ptr<transport>& t) noexcept
+      : r_(r), policy_(policy), info_(info), t_(t) {}
+  void on_grant(permit& granted) noexcept override {
+    // Refused (the pool is stopping): the request and the permit stay the fiber's.
+    (void)post_to_pool(r_, policy_, t_, granted, info_.level, clock::now() - info_.arrival,
+                       info_.deadline);
+  }
+
+ private:
+  const admission::route& r_;
+  const std::shared_ptr<const route_policy>& policy_;
+  const request_info& info_;
+  std::unique_ptr<transport>& t_;
+};
+
 // On a fiber: waits for a permit with the place `place` holds (none: it already has one, or
 // in shadow mode the place only stands for the queue it would have joined), then runs.
 void wait_and_run(const admission::route& r, const std::shared_ptr<const route_policy>& policy_ptr,
@@ -300,7 +322,10 @@ void wait_and_run(const admission::route& r, const std::shared_ptr<const route_p
   duration waited = duration::zero();
   if (wait) {
     const time_point until = info.arrival + budget;
-    auto got = r.group->limiter().acquire(std::move(place), info.level, until, policy.cost);
+    pool_on_grant hand_over(r, policy_ptr, info, t_ptr);
+    auto got = r.group->limiter().acquire(std::move(place), info.level, until, policy.cost,
+                                          to_pool(kind, t) ? &hand_over : nullptr);
+    if (got.taken) return;  // on its pool thread already
     waited = clock::now() - info.arrival;
     if (got.result != outcome::admitted) {
       // A wait cut short by the client's deadline is reported as such.
@@ -310,8 +335,8 @@ void wait_and_run(const admission::route& r, const std::shared_ptr<const route_p
       return;
     }
     p = std::move(got.permit);
-    // Granted after a wait: from here it needs no fiber. (A shadow run never waits: it keeps
-    // its fiber, which holds its queue place to the end.)
+    // Granted at once, or the pool refused the hook: from here it needs no fiber. (A shadow run
+    // never waits: it keeps its fiber, which holds its queue place to the end.)
     if (to_pool(kind, t) &&
         post_to_pool(r, policy_ptr, t_ptr, p, info.level, waited, info.deadline)) {
       return;

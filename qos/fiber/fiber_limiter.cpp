@@ -17,6 +17,8 @@ struct fiber_limiter::parked {
   std::mutex m;
   boost::fibers::condition_variable_any cv;
   bool signalled = false;  // guarded by m
+  grant_hook* hook = nullptr;
+  qos::permit granted;  // the waker's offer to `hook`; what it left goes to the fiber
 };
 
 fiber_limiter::fiber_limiter(limiter_options options, std::unique_ptr<limit_algorithm> algorithm)
@@ -61,21 +63,24 @@ void fiber_limiter::cancel_ticket() noexcept {
 }
 
 fiber_limiter::acquire_result fiber_limiter::acquire(ticket place, priority level,
-                                                     time_point deadline, std::uint32_t cost) {
+                                                     time_point deadline, std::uint32_t cost,
+                                                     grant_hook* hook) {
   // From here the place is this wait's: wait() turns it into a queue entry or gives it back.
   place.consume();
-  return wait(true, level, deadline, cost);
+  return wait(true, level, deadline, cost, hook);
 }
 
 fiber_limiter::acquire_result fiber_limiter::acquire(priority level, time_point deadline,
-                                                     std::uint32_t cost) {
-  return wait(false, level, deadline, cost);
+                                                     std::uint32_t cost, grant_hook* hook) {
+  return wait(false, level, deadline, cost, hook);
 }
 
 fiber_limiter::acquire_result fiber_limiter::wait(bool has_place, priority level,
-                                                  time_point deadline, std::uint32_t cost) {
+                                                  time_point deadline, std::uint32_t cost,
+                                                  grant_hook* hook) {
   parked p;
   p.node.context = &p;
+  p.hook = hook;
   {
     std::lock_guard lk(mutex_);
     auto& core = ctl_.limiter();
@@ -107,7 +112,10 @@ fiber_limiter::acquire_result fiber_limiter::wait(bool has_place, priority level
   // The waker changed the state under mutex_ before signalling under p.m: visible here.
   switch (p.node.state()) {
     case waiter_state::granted:
-      return {outcome::admitted, permit(*this, cost)};
+      if (p.hook == nullptr) return {outcome::admitted, permit(*this, cost)};
+      // The waker offered the grant to the hook before signalling; what it left is ours.
+      if (p.granted) return {outcome::admitted, std::move(p.granted)};
+      return {outcome::admitted, {}, true};
     case waiter_state::shed:
       return {outcome::shed, {}};
     default:
@@ -117,6 +125,11 @@ fiber_limiter::acquire_result fiber_limiter::wait(bool has_place, priority level
 
 void fiber_limiter::wake(waiter& w) noexcept {
   auto* p = static_cast<parked*>(w.context);
+  // Set under mutex_ by this thread, which has released it since: the state is final.
+  if (p->hook != nullptr && w.state() == waiter_state::granted) {
+    p->granted = permit(*this, w.cost());
+    p->hook->on_grant(p->granted);
+  }
   std::lock_guard lk(p->m);
   p->signalled = true;
   p->cv.notify_one();

@@ -107,7 +107,7 @@ class admission {
   // max_wait, or less when the client's deadline minus the expected service time comes first.
   // A blocking handler whose answer nobody awaits (transport::answer_awaited() false: a job)
   // runs with its permit from start to report on a pool thread, with no fiber once it holds
-  // one.
+  // one; if it had to wait, the thread that grants its permit hands it to the pool.
   void submit(const route& r, const request_info& info, handler_kind kind,
               std::unique_ptr<transport> t) noexcept;
   // The same under `policy`, a snapshot of r's policy the caller took on arrival (the HTTP

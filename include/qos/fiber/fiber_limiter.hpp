@@ -30,7 +30,23 @@ class fiber_limiter final : public permit_source, public ticket_source {
   };
   struct acquire_result {
     outcome result;      // admitted, timeout, queue_full, shed or shutdown
-    qos::permit permit;  // set when admitted
+    qos::permit permit;  // set when admitted, unless the grant hook took it
+    bool taken = false;  // admitted, and the grant hook took the permit
+  };
+
+  // Lets a waiter act on its grant where the grant happens. on_grant is called on the thread
+  // that hands the units over (one returning a permit, a reload), after the limiter's lock is
+  // released and before the parked fiber wakes, with a permit for them. Moving the permit out
+  // takes the grant: acquire then returns `admitted`, `taken` and no permit. Left where it is,
+  // it goes to the fiber as usual. It must not block or throw. The fiber stays parked
+  // meanwhile, so it may use what only that fiber touches. A grant found at once, without
+  // parking, does not call it.
+  class grant_hook {
+   public:
+    virtual void on_grant(qos::permit& granted) noexcept = 0;
+
+   protected:
+    ~grant_hook() = default;
   };
 
   explicit fiber_limiter(limiter_options options,
@@ -49,8 +65,11 @@ class fiber_limiter final : public permit_source, public ticket_source {
   // passes (timeout), the discipline sheds it (shed) or shutdown() (shutdown). Units granted
   // at the very instant of the deadline are kept: the request is admitted. The first form
   // uses the place `place` holds (and so cannot find the queue full); the second takes one.
-  acquire_result acquire(ticket place, priority level, time_point deadline, std::uint32_t cost = 1);
-  acquire_result acquire(priority level, time_point deadline, std::uint32_t cost = 1);
+  // With `hook`, a grant that comes after the fiber parked is offered to it first.
+  acquire_result acquire(ticket place, priority level, time_point deadline, std::uint32_t cost = 1,
+                         grant_hook* hook = nullptr);
+  acquire_result acquire(priority level, time_point deadline, std::uint32_t cost = 1,
+                         grant_hook* hook = nullptr);
 
   // A served request held its permit for `rtt`; call it before returning the permit.
   void on_served(duration rtt, bool dropped) noexcept;
@@ -76,10 +95,11 @@ class fiber_limiter final : public permit_source, public ticket_source {
 
  private:
   struct parked;
-  acquire_result wait(bool has_place, priority level, time_point deadline, std::uint32_t cost);
-  static void wake(waiter& w) noexcept;
-  static void wake_all(waiter_list& woken) noexcept {
-    woken.for_each([](waiter& w) { wake(w); });
+  acquire_result wait(bool has_place, priority level, time_point deadline, std::uint32_t cost,
+                      grant_hook* hook);
+  void wake(waiter& w) noexcept;
+  void wake_all(waiter_list& woken) noexcept {
+    woken.for_each([this](waiter& w) { wake(w); });
   }
 
   // Never held across a suspension point, so a plain mutex is right even though fibers

@@ -285,6 +285,34 @@ TEST(admission_test, an_unawaited_blocking_handler_that_waited_leaves_its_fiber_
   EXPECT_EQ(t.answers.load(), 2);
 }
 
+TEST(admission_test, a_waiting_unawaited_job_is_handed_to_the_pool_by_the_thread_that_grants_it) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> first{true}, fibers_blocked{true};
+  f.submit(t, {.hold = &first, .result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  f.submit(t, {.result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 1; }));
+  // Both fiber threads blocked: the waiting job's fiber cannot run until they are free.
+  std::atomic<int> blockers{0};
+  for (int i = 0; i < 2; ++i) {
+    unique_task block([&] {
+      ++blockers;
+      while (fibers_blocked) std::this_thread::sleep_for(1ms);
+    });
+    ASSERT_TRUE(f.exec.try_post(block));
+  }
+  ASSERT_TRUE(eventually([&] { return blockers == 2; }));
+  // The first job gives its permit back on its pool thread, which starts the second there.
+  first = false;
+  EXPECT_TRUE(eventually([&] { return t.dones == 2; }));
+  EXPECT_EQ(t.runs.load(), 2);
+  EXPECT_EQ(t.responses.load(), 2);
+  fibers_blocked = false;
+  ASSERT_TRUE(eventually([&] { return f.exec.live() == 0 && f.idle(); }));
+  EXPECT_EQ(t.answers.load(), 2);
+}
+
 TEST(admission_test, an_unawaited_handler_is_judged_against_max_exec_when_it_returns) {
   auto r = route_of(5s);
   r.max_exec = 30ms;

@@ -94,17 +94,21 @@ table() {
         echo
         echo "Ours against the ceiling, both routes: N / DB_MS is the nominal one; the mean time a handler held"
         echo "its permit (qos_handler_seconds over the point) is the service time the loaded machine really gave,"
-        echo "and N / that mean the ceiling it left (the sync route shows what the same backend allows):"
+        echo "and N / that mean the ceiling it left (the sync route shows what the same backend allows)."
+        echo "Steady: the accept route's jobs that ended from A_SKIP s into the point to its end (the"
+        echo "first jobs cannot end before one service time after the first accept into an empty store):"
         echo
         nn=$(sed -n 's/.*\bN=\([0-9]*\).*/\1/p' "$OUT/settings.env" 2>/dev/null | head -1)
         ms=$(sed -n 's/.*\bDB_MS=\([0-9]*\).*/\1/p' "$OUT/settings.env" 2>/dev/null | head -1)
-        echo "| route | C | done/min | of N / DB_MS | mean handler ms | N / mean handler, /min | done, of that |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
+        echo "| route | C | done/min | of N / DB_MS | mean handler ms | N / mean handler, /min | done, of that | steady done/min | of N / DB_MS |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         awk -F, -v n="${nn:-8}" -v ms="${ms:-50}" 'NR > 1 && $1 == "ours" {
             nominal = n * 60000 / ms
             line = sprintf("| %s | %s | %s | %.1f %% |", $2, $3, $16, 100 * $16 / nominal)
             if ($27 != "" && $27 + 0 > 0) { cap = n * 60000 / $27; line = line sprintf(" %s | %.0f | %.1f %% |", $27, cap, 100 * $16 / cap) }
             else line = line " | | |"
+            if ($28 != "") line = line sprintf(" %s | %.1f %% |", $28, 100 * $28 / nominal)
+            else line = line " | |"
             print line }' "$CSV/a_seed001.csv"
         if [ -f "$CSV/a_depth.csv" ]; then
             echo

@@ -17,7 +17,10 @@
 #     JSON order) for D seconds. Recorded: accepted/min (2xx answered in the window), the 2xx
 #     latency (mean, p50, p99), completed/min (jobs the store marked succeeded during the point,
 #     read from its file with sqlite3; without sqlite3 qos_jobs_finished_total{result=
-#     "succeeded"}, which lags by up to a second; for the sync route its 2xx), failures (requests without a 2xx, plus connect
+#     "succeeded"}, which lags by up to a second; for the sync route its 2xx), the steady
+#     completed/min (the same count from A_SKIP s into the point: the first jobs cannot end before
+#     a service time after the first accept into an empty store, as S1's "steady" and part (c)'s
+#     SCALE_SKIP leave out the start), failures (requests without a 2xx, plus connect
 #     errors), and the queue depth, jobs held and jobs finished every SAMPLE s (csv/a_depth.csv).
 #     The node-queue peer (../shared/peers/node-queue: Node gateway, graphile-worker, its own
 #     PostgreSQL 15 cluster) runs the same points with the same client, its queue purged before
@@ -72,7 +75,7 @@ else
 fi
 : "${SYSTEMS:=ours node-queue}"
 : "${LG_EXTRA:=}"   # more loadgen arguments for every measured load, e.g. --unique-idempotency-key
-: "${N:=8}" "${DB_MS:=50}" "${TIMEOUT:=10}" "${LG_THREADS:=2}" "${SAMPLE:=0.5}"
+: "${N:=8}" "${DB_MS:=50}" "${TIMEOUT:=10}" "${LG_THREADS:=2}" "${SAMPLE:=0.5}" "${A_SKIP:=1}"
 # the client waits up to DRAIN s for the answers still out when the window ends (it stops as soon
 # as none is left): as long as the timeout, so that a slow answer is late, not a failure
 : "${DRAIN:=$TIMEOUT}"
@@ -161,7 +164,7 @@ cat > "$OUT/settings.env" <<EOF
 MODE=$MODE PART=$PART
 SYSTEMS="$SYSTEMS"
 CONCS="$CONCS"
-N=$N DB_MS=$DB_MS D=$D DRAIN=$DRAIN WARMUP=$WARMUP PAUSE=$PAUSE TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS SAMPLE=$SAMPLE
+N=$N DB_MS=$DB_MS D=$D DRAIN=$DRAIN WARMUP=$WARMUP PAUSE=$PAUSE TIMEOUT=$TIMEOUT LG_THREADS=$LG_THREADS SAMPLE=$SAMPLE A_SKIP=$A_SKIP
 BODY='$BODY'
 LG_EXTRA='$LG_EXTRA'
 SCALE_C=$SCALE_C SCALE_D=$SCALE_D SCALE_TAIL=$SCALE_TAIL SCALE_SKIP=$SCALE_SKIP PREFETCH=${PREFETCH:-config}
@@ -242,10 +245,12 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
     # Ours: the jobs the store itself marked succeeded within [t0, t1] (the finished column, wall
     # clock ms). qos_jobs_finished_total is refreshed about once a second, so m1 - m0 misses up
     # to a second of completions (a tenth of a 10 s point); it stays the fallback without sqlite3.
-    local store_done=""
+    local store_done="" store_steady=""
     if [ "$sys" = ours ] && [ "$route" = orders ] && command -v sqlite3 > /dev/null; then
         store_done=$(sqlite3 -readonly "$WORK/jobs-a.db" \
             "SELECT count(*) FROM jobs WHERE state = 2 AND finished >= $(awk -v t="$t0" 'BEGIN { printf "%.0f", t * 1000 }') AND finished < $(awk -v t="$t1" 'BEGIN { printf "%.0f", t * 1000 }')" 2> /dev/null || true)
+        store_steady=$(sqlite3 -readonly "$WORK/jobs-a.db" \
+            "SELECT count(*) FROM jobs WHERE state = 2 AND finished >= $(awk -v t="$t0" -v k="$A_SKIP" 'BEGIN { printf "%.0f", (t + k) * 1000 }') AND finished < $(awk -v t="$t1" 'BEGIN { printf "%.0f", t * 1000 }')" 2> /dev/null || true)
     fi
     cat "$f.err" >&2 || true
     # depth/held maxima from the samples of this point
@@ -253,7 +258,7 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
     dmax=$(awk -F, -v p="$sys,/$route,$c" 'index($0, p ",") == 1 && $5 != "" && $5 + 0 > m { m = $5 + 0 } END { print m + 0 }' "$A_DEPTH")
     hmax=$(awk -F, -v p="$sys,/$route,$c" 'index($0, p ",") == 1 && $9 != "" && $9 + 0 > m { m = $9 + 0 } END { print m + 0 }' "$A_DEPTH")
     awk -v sys="$sys" -v route="/$route" -v c="$c" -v d="$D" -v m0="$m0" -v m1="$m1" -v t0="$t0" -v t1="$t1" \
-        -v dmax="$dmax" -v hmax="$hmax" -v store_done="$store_done" -v line="$(grep '^LOADGEN' "$f" || true)" 'BEGIN {
+        -v dmax="$dmax" -v hmax="$hmax" -v store_done="$store_done" -v store_steady="$store_steady" -v skip="$A_SKIP" -v line="$(grep '^LOADGEN' "$f" || true)" 'BEGIN {
         n = split(line, kv, " "); for (i = 2; i <= n; i++) { split(kv[i], p, "="); v[p[1]] = p[2] }
         split(m0, a, ","); split(m1, b, ",")
         if (b[1] != "" && b[1] + 0 > dmax) dmax = b[1] + 0
@@ -266,12 +271,13 @@ a_point() {   # a_point SYSTEM ROUTE C FN METRICS_URL BASE_URL
         else if (store_done != "") { done = store_done + 0; dpm = done / (t1 - t0) * 60 }
         else if (b[3] != "" && a[3] != "") { done = b[3] - a[3]; dpm = done / (t1 - t0) * 60 }
         else { done = ""; dpm = "" }
-        printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%.0f,%s,%s,%s,%s,%s,%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%.2f,%s\n",
+        spm = (store_steady != "" && t1 - t0 > skip) ? sprintf("%.0f", store_steady / (t1 - t0 - skip) * 60) : ""
+        printf "%s,%s,%d,%s,%d,%d,%d,%d,%d,%.0f,%s,%s,%s,%s,%s,%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%.2f,%s,%s\n",
             sys, route, c, d, sent, ok, v["s201"], v["s202"], fail, v["ok_rps"] * 60,
             v["ok_mean_ms"], v["ok_p50_ms"], v["ok_p99_ms"], v["ok_max_ms"],
             done, (dpm == "" ? "" : sprintf("%.0f", dpm)), b[1], dmax, hmax,
             v["timeouts"], v["s503"], v["s4xx"] + v["s5xx_other"] + v["s_other"], v["err_connect"],
-            v["err_lost"] + v["err_parse"], v["unanswered"], t1 - t0, hm }' >> "$A_CSV"
+            v["err_lost"] + v["err_parse"], v["unanswered"], t1 - t0, hm, spm }' >> "$A_CSV"
     tail -1 "$A_CSV" >&2
     if [ "$sys" = ours ] && [ "$hmax" -gt "$N" ]; then anomaly "ours /$route C=$c: qos_group_in_use reached $hmax > N=$N"; fi
 }
@@ -363,7 +369,7 @@ part_a_peer() {
 }
 
 part_a() {
-    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,running_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s,handler_mean_ms" > "$A_CSV"
+    echo "system,route,conc,dur_s,sent,s2xx,s201,s202,failures,accepted_per_min,lat_mean_ms,lat_p50_ms,lat_p99_ms,lat_max_ms,completed,completed_per_min,depth_end,depth_max,running_max,timeouts,s503,other_non2xx,err_connect,err_lost,unanswered,measured_s,handler_mean_ms,completed_steady_per_min" > "$A_CSV"
     echo "system,route,conc,t_s,depth,held,succeeded,created,running,h_orders_sum,h_orders_n,h_sync_sum,h_sync_n" > "$A_DEPTH"
     local s
     for s in $SYSTEMS; do

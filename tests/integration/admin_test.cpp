@@ -151,7 +151,7 @@ TEST_F(admin_fixture, readyz_turns_503_when_not_ready) {
 
 TEST(admin, beyond_loopback_a_token_is_required_for_everything) {
   runtime rt(small_config());
-  EXPECT_THROW(admin(rt, admin_options{.address = "0.0.0.0"}), std::invalid_argument);
+  EXPECT_THROW(admin(rt, admin_options{.address = "0.0.0.0", .token = {}}), std::invalid_argument);
   // Bound on all addresses (reached here through loopback): even reads need the token.
   admin a(rt, admin_options{.address = "0.0.0.0", .token = "t"});
   a.start();

@@ -130,7 +130,9 @@ class disconnect_storm_test : public ::testing::Test {
   }
   void TearDown() override {
     open_ = true;
-    if (srv_) EXPECT_TRUE(srv_->shutdown());
+    if (srv_) {
+      EXPECT_TRUE(srv_->shutdown());
+    }
   }
 
   limit_group& group() { return *srv_->admission().find_group("db"); }

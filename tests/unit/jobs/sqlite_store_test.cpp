@@ -443,7 +443,7 @@ TEST_F(sqlite_store_test, settle_and_claim_settles_by_token_then_claims_within_t
       {.what = settlement::kind::complete,
        .id = ids[0],
        .fence = held[0].fence,
-       .result = {.status = 201, .body = "ok"}},
+       .result = {.status = 201, .headers = {}, .body = "ok"}},
       {.what = settlement::kind::fail,
        .id = ids[1],
        .fence = held[1].fence,

@@ -319,12 +319,13 @@ void wait_and_run(const admission::route& r, const std::shared_ptr<const route_p
   const route_policy& policy = *policy_ptr;
   transport& t = *t_ptr;
   const request_context ctx{info.deadline};
+  const bool job = to_pool(kind, t);
   duration waited = duration::zero();
   if (wait) {
     const time_point until = info.arrival + budget;
     pool_on_grant hand_over(r, policy_ptr, info, t_ptr);
     auto got = r.group->limiter().acquire(std::move(place), info.level, until, policy.cost,
-                                          to_pool(kind, t) ? &hand_over : nullptr);
+                                          job ? &hand_over : nullptr);
     if (got.taken) return;  // on its pool thread already
     waited = clock::now() - info.arrival;
     if (got.result != outcome::admitted) {
@@ -337,8 +338,7 @@ void wait_and_run(const admission::route& r, const std::shared_ptr<const route_p
     p = std::move(got.permit);
     // Granted at once, or the pool refused the hook: from here it needs no fiber. (A shadow run
     // never waits: it keeps its fiber, which holds its queue place to the end.)
-    if (to_pool(kind, t) &&
-        post_to_pool(r, policy_ptr, t_ptr, p, info.level, waited, info.deadline)) {
+    if (job && post_to_pool(r, policy_ptr, t_ptr, p, info.level, waited, info.deadline)) {
       return;
     }
   }

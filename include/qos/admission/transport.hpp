@@ -64,7 +64,8 @@ class transport {
   // answer is read only at done() (a queue's job): a blocking handler then runs with its
   // permit from start to done() on a thread of its group's pool, with no fiber waiting for
   // it, and max_exec is judged when the handler returns (an overrun's result is dropped for
-  // fallback(exec_timeout), as at the deadline). Asked once a permit is held.
+  // fallback(exec_timeout), as at the deadline). Asked before the request waits for a permit,
+  // or once it holds one.
   virtual bool answer_awaited() const noexcept { return true; }
 };
 

@@ -355,6 +355,24 @@ TEST(admission_test, an_unawaited_handler_refused_by_a_stopped_pool_fails_once_f
   EXPECT_EQ(t.runs.load(), 0);
 }
 
+TEST(admission_test, a_waiting_job_granted_while_its_pool_is_stopped_fails_once_from_its_fiber) {
+  fixture f(1, 10, 5s);
+  tally t;
+  std::atomic<bool> first{true};
+  f.submit(t, {.hold = &first, .result = response{}});  // a fiber handler holds the permit
+  ASSERT_TRUE(eventually([&] { return t.runs == 1; }));
+  f.submit(t, {.result = response{}, .awaited = false}, 0, handler_kind::blocking);
+  ASSERT_TRUE(eventually([&] { return f.group.stats().waiting == 1; }));
+  f.group.pool().stop();
+  // The grant is offered to the pool, which refuses it: the job's fiber keeps its permit.
+  first = false;
+  ASSERT_TRUE(eventually([&] { return t.dones == 2 && f.exec.live() == 0 && f.idle(); }));
+  EXPECT_EQ(t.responses.load(), 1);
+  EXPECT_EQ(t.failures.load(), 1);
+  EXPECT_EQ(t.runs.load(), 1);  // the job's handler never ran
+  EXPECT_EQ(t.answers.load(), 2);
+}
+
 TEST(admission_test, shutdown_answers_waiters_and_newcomers) {
   fixture f(1, 10, 60s);
   tally t;

@@ -20,7 +20,11 @@
 // over S, as independent clients would arrive; closed-loop clients that start together stay in
 // synchronised waves).
 // Latency = from the first byte of the request written to the last byte of the answer read
-// (like wrk; time spent connecting is not included).
+// (like wrk; time spent connecting is not included). The s503sx class is the same 503s measured
+// to the kernel's receive timestamp of the answer's last segment (SO_TIMESTAMPNS; on loopback
+// taken as the server's send passes it to the receiving socket): without the time this client
+// takes to come round to reading it, which on a machine whose cores it shares with the server
+// is part of the first figure.
 //
 // Requests are GET without a body unless --method / --body / --body-size say otherwise (a body
 // gets Content-Length and --content-type, application/json by default). --unique-idempotency-key
@@ -40,6 +44,8 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +78,20 @@ using steady = std::chrono::steady_clock;
 std::int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(steady::now().time_since_epoch())
       .count();
+}
+
+std::int64_t us_of(const timespec& ts) {
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+// Kernel receive timestamps are CLOCK_REALTIME; latencies are on the steady clock. The offset is
+// taken again at every turn of a thread's loop, so a slewed or stepped wall clock moves no
+// latency by more than one turn's worth.
+std::int64_t realtime_minus_steady_us() {
+  timespec rt{}, mono{};
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  return us_of(rt) - us_of(mono);
 }
 
 struct options {
@@ -225,6 +245,7 @@ struct stats {
   std::uint64_t retry_after = 0;                            // answers carrying Retry-After
   std::vector<std::uint32_t> lat2xx, lat503, latother;      // microseconds
   std::vector<std::uint32_t> lat2xx_steady, lat503_steady;  // requests sent after --skip
+  std::vector<std::uint32_t> lat503_steady_rx;  // the same 503s, to their kernel receive time
   struct sample {
     std::uint32_t sent_us, lat_us;
     std::uint16_t status;
@@ -261,6 +282,8 @@ struct stats {
     latother.insert(latother.end(), s.latother.begin(), s.latother.end());
     lat2xx_steady.insert(lat2xx_steady.end(), s.lat2xx_steady.begin(), s.lat2xx_steady.end());
     lat503_steady.insert(lat503_steady.end(), s.lat503_steady.begin(), s.lat503_steady.end());
+    lat503_steady_rx.insert(lat503_steady_rx.end(), s.lat503_steady_rx.begin(),
+                            s.lat503_steady_rx.end());
     raw.insert(raw.end(), s.raw.begin(), s.raw.end());
   }
 };
@@ -286,6 +309,7 @@ struct conn {
   bool want_write = false;   // EPOLLOUT registered
   std::size_t out_off = 0;
   std::int64_t t_sent = 0;  // first byte written
+  std::int64_t t_rx = 0;    // kernel receive time of the last bytes read (steady clock; 0: none)
   std::int64_t t_connect = 0;
   std::int64_t retry_at = 0;  // reconnect not before (after a failed connect)
   int done = 0;               // answers on this logical connection (for --reqs-per-conn)
@@ -342,6 +366,7 @@ class worker {
       }
       const bool ramping = now_us() < ramp_end;
       const int n = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), ramping ? 1 : 20);
+      rt_offset_us_ = realtime_minus_steady_us();
       for (int i = 0; i < n; ++i) {
         auto& c = conns_[evs[i].data.u64];
         if (c.fd < 0) continue;
@@ -392,6 +417,7 @@ class worker {
     }
     int one = 1;
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c.fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
     c.t_connect = now_us();
     const int r = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_);
     if (r == 0) {
@@ -507,9 +533,24 @@ class worker {
 
   void read_some(conn& c) {
     char buf[16384];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
     for (int rounds = 0; rounds < 64; ++rounds) {
-      const ssize_t r = ::recv(c.fd, buf, sizeof buf, 0);
+      iovec iov{buf, sizeof buf};
+      msghdr m{};
+      m.msg_iov = &iov;
+      m.msg_iovlen = 1;
+      m.msg_control = control;
+      m.msg_controllen = sizeof control;
+      const ssize_t r = ::recvmsg(c.fd, &m, 0);
       if (r > 0) {
+        c.t_rx = 0;
+        for (cmsghdr* h = CMSG_FIRSTHDR(&m); h != nullptr; h = CMSG_NXTHDR(&m, h)) {
+          if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_TIMESTAMPNS) {
+            timespec ts{};
+            std::memcpy(&ts, CMSG_DATA(h), sizeof ts);
+            c.t_rx = us_of(ts) - rt_offset_us_;
+          }
+        }
         c.in.feed(std::string_view(buf, static_cast<std::size_t>(r)));
         if (!consume(c)) return;
         if (static_cast<std::size_t>(r) < sizeof buf) return;
@@ -585,7 +626,14 @@ class worker {
       ++st_.s503;
       if (in_window) ++st_.s503_in_window;
       st_.lat503.push_back(lat);
-      if (steady) st_.lat503_steady.push_back(lat);
+      if (steady) {
+        st_.lat503_steady.push_back(lat);
+        // Clamped into [0, lat]: the two clocks are read a few µs apart.
+        const std::int64_t rx = c.t_rx > 0 ? std::clamp(c.t_rx - c.t_sent, std::int64_t{0},
+                                                        static_cast<std::int64_t>(lat))
+                                           : lat;
+        st_.lat503_steady_rx.push_back(static_cast<std::uint32_t>(rx));
+      }
     } else {
       if (p.status >= 500)
         ++st_.s5xx_other;
@@ -644,6 +692,7 @@ class worker {
   int ep_ = -1;
   std::int64_t timeout_us_ = 0;
   int thread_ = 0;
+  std::int64_t rt_offset_us_ = realtime_minus_steady_us();
   stats st_;
 };
 
@@ -803,12 +852,13 @@ struct latency_class {
 
 // Sorts the latencies and names the classes, in report order; `all_classes` receives 2xx, 503
 // and the others together.
-std::array<latency_class, 5> latency_classes(stats& all, std::vector<std::uint32_t>& all_classes) {
+std::array<latency_class, 6> latency_classes(stats& all, std::vector<std::uint32_t>& all_classes) {
   std::sort(all.lat2xx.begin(), all.lat2xx.end());
   std::sort(all.lat503.begin(), all.lat503.end());
   std::sort(all.latother.begin(), all.latother.end());
   std::sort(all.lat2xx_steady.begin(), all.lat2xx_steady.end());
   std::sort(all.lat503_steady.begin(), all.lat503_steady.end());
+  std::sort(all.lat503_steady_rx.begin(), all.lat503_steady_rx.end());
   all_classes.reserve(all.lat2xx.size() + all.lat503.size() + all.latother.size());
   all_classes.insert(all_classes.end(), all.lat2xx.begin(), all.lat2xx.end());
   all_classes.insert(all_classes.end(), all.lat503.begin(), all.lat503.end());
@@ -818,12 +868,13 @@ std::array<latency_class, 5> latency_classes(stats& all, std::vector<std::uint32
            {"s503", &all.lat503},
            {"all", &all_classes},
            {"oks", &all.lat2xx_steady},
-           {"s503s", &all.lat503_steady}}};
+           {"s503s", &all.lat503_steady},
+           {"s503sx", &all.lat503_steady_rx}}};
 }
 
 // The "LOADGEN key=value ..." line bench/run.sh parses (its keys and their order are its API).
 void print_loadgen_line(const options& o, const stats& all, const window_report& w,
-                        const proc_sample& before, const std::array<latency_class, 5>& classes) {
+                        const proc_sample& before, const std::array<latency_class, 6>& classes) {
   const double d = o.duration_s;
   std::ostringstream out;
   out << "LOADGEN";
@@ -906,7 +957,7 @@ void print_summary(const options& o, stats& all) {
 }
 
 // --cdf: "class quantile latency_ms", 1000 steps plus the extreme tail, for gnuplot.
-void write_cdf(const std::string& file, const std::array<latency_class, 5>& classes) {
+void write_cdf(const std::string& file, const std::array<latency_class, 6>& classes) {
   std::ofstream f(file);
   f << "# class quantile latency_ms (n per class in the header below)\n";
   for (const auto& c : classes) f << "# " << c.name << " n=" << c.v->size() << "\n";

@@ -149,7 +149,7 @@ build_all
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 # ---- CSV headers ------------------------------------------------------------------------------
-S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rps,ok_rps_steady,ok_rpm,s2xx,s503,s5xx_other,s4xx,timeouts,err_connect,err_lost,unanswered,ok_p50_ms,ok_p99_ms,ok_max_ms,s503_min_ms,s503_p50_ms,s503_p99_ms,s503_max_ms,oks_p50_ms,oks_p99_ms,oks_max_ms,s503_steady,s503s_min_ms,s503s_p50_ms,s503s_p99_ms,s503s_max_ms,listen_overflows,fb_timeout,fb_queue_full,open_max,rss_max_mib,hwm_mib,threads_max,db_max_inflight,srv_admitted,srv_timeout,srv_queue_full,srv_client_gone,srv_error,srv_service_ms,restarted_after,srv_late_p50_ms,srv_late_p99_ms,srv_late_within_5ms"
+S1_COLS="system,n,conc,dur_s,sent,answered,answered_in_window,ok_in_window,ok_rps,ok_rps_steady,ok_rpm,s2xx,s503,s5xx_other,s4xx,timeouts,err_connect,err_lost,unanswered,ok_p50_ms,ok_p99_ms,ok_max_ms,s503_min_ms,s503_p50_ms,s503_p99_ms,s503_max_ms,oks_p50_ms,oks_p99_ms,oks_max_ms,s503_steady,s503s_min_ms,s503s_p50_ms,s503s_p99_ms,s503s_max_ms,listen_overflows,fb_timeout,fb_queue_full,open_max,rss_max_mib,hwm_mib,threads_max,db_max_inflight,srv_admitted,srv_timeout,srv_queue_full,srv_client_gone,srv_error,srv_service_ms,restarted_after,srv_late_p50_ms,srv_late_p99_ms,srv_late_within_5ms,s503sx_p50_ms,s503sx_p99_ms,s503sx_max_ms"
 echo "$S1_COLS" > "$CSV/s1_overload.csv"
 echo "$S1_COLS" > "$CSV/s4_ramped.csv"
 echo "system,n,db_conc,cache_conc,dur_s,cache_rps,cache_p50_ms,cache_p99_ms,cache_p999_ms,cache_max_ms,cache_failed,db_ok_rps,db_s503,rss_max_mib,threads_max" > "$CSV/s2_cache.csv"
@@ -217,7 +217,9 @@ s1_point() {
         printf ',%s' "$([ -n "$lo0" ] && [ -n "$lo1" ] && echo $((lo1 - lo0)))"
         for k in outcome_timeout outcome_queue_full open_max; do printf ',%s' "$(lgv "$f" $k)"; done
         printf ',%s,%s,%s' "$(kib_to_mib "$(lgv "$f" srv_rss_max_kib)")" "$(kib_to_mib "$(lgv "$f" srv_hwm_kib)")" "$(lgv "$f" srv_threads_max)"
-        printf ',%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$maxin" "$adm" "$tmo" "$qf" "$gone" "$err" "$svc" "$RESTARTED" "$late"
+        printf ',%s,%s,%s,%s,%s,%s,%s,%s,%s' "$maxin" "$adm" "$tmo" "$qf" "$gone" "$err" "$svc" "$RESTARTED" "$late"
+        for k in s503sx_p50_ms s503sx_p99_ms s503sx_max_ms; do printf ',%s' "$(lgv "$f" $k)"; done
+        printf '\n'
     } >> "$csv"
 
     # What our guarded server must never do.
